@@ -1,0 +1,173 @@
+"""Periodic radius graph and triplets for GemNet-T, in pure PyTorch (spec §3.3).
+
+Edges are directed ``s -> t`` (source/neighbour ``s``, target/centre ``t``). For an edge with image offset
+``k`` (integer, applied to the source):
+
+    d_vec = x_s + k @ L - x_t          # (E, 3), points from t to the source image
+    V_st  = -d_vec / |d_vec|           # unit vector from the source image to the target
+
+The graph is made exactly symmetric after the neighbour cap: every edge has a reverse edge
+(``id_swap``) with the negated offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A symmetric periodic graph with triplets.
+
+    Attributes:
+        src, dst: ``(E,)`` source and target atom of each edge.
+        offsets: ``(E, 3)`` integer image offset of the source (same dtype as positions).
+        dist: ``(E,)`` edge length in Å.
+        vec: ``(E, 3)`` ``V_st``, unit vector from source image to target.
+        id_swap: ``(E,)`` index of the reverse edge.
+        edge_batch: ``(E,)`` crystal of each edge.
+        id3_ba, id3_ca: ``(T,)`` triplet edge pairs b->a and c->a sharing the target a.
+        id3_ragged_idx: ``(T,)`` position of each triplet within its ``id3_ca`` group.
+    """
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    offsets: torch.Tensor
+    dist: torch.Tensor
+    vec: torch.Tensor
+    id_swap: torch.Tensor
+    edge_batch: torch.Tensor
+    id3_ba: torch.Tensor
+    id3_ca: torch.Tensor
+    id3_ragged_idx: torch.Tensor
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.src.shape[0])
+
+
+def _ragged_arange(counts: torch.Tensor) -> torch.Tensor:
+    """``[0..c0-1, 0..c1-1, ...]`` for non-negative ``counts``."""
+    total = int(counts.sum())
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(total, device=counts.device) - torch.repeat_interleave(starts, counts)
+
+
+def image_offsets(lattice: torch.Tensor, cutoff: float, max_images: int) -> torch.Tensor:
+    """All integer offsets needed to find every neighbour within ``cutoff`` for every crystal.
+
+    The repetitions per lattice direction are ``ceil(cutoff / plane spacing)``, the max over the batch,
+    capped at ``max_images``. Returns ``(K, 3)`` in the lattice's dtype.
+    """
+    a1, a2, a3 = lattice[:, 0], lattice[:, 1], lattice[:, 2]  # each (B, 3)
+    vol = (a1 * torch.cross(a2, a3, dim=-1)).sum(-1, keepdim=True).abs()  # (B, 1)
+    inv_spacing = torch.stack(
+        [
+            torch.cross(a2, a3, dim=-1).norm(dim=-1),
+            torch.cross(a3, a1, dim=-1).norm(dim=-1),
+            torch.cross(a1, a2, dim=-1).norm(dim=-1),
+        ],
+        -1,
+    ) / vol  # (B, 3)
+    rep = torch.ceil(cutoff * inv_spacing).amax(0).clamp(max=max_images)
+    rep = torch.nan_to_num(rep, nan=float(max_images)).long().tolist()
+    ranges = [torch.arange(-r, r + 1, device=lattice.device, dtype=lattice.dtype) for r in rep]
+    return torch.cartesian_prod(*ranges).reshape(-1, 3)  # (K, 3)
+
+
+def radius_graph_pbc(
+    cart: torch.Tensor,
+    lattice: torch.Tensor,
+    num_atoms: torch.Tensor,
+    *,
+    cutoff: float,
+    max_neighbors: int,
+    max_images: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Directed edges within ``cutoff`` (periodic self-images included), at most ``max_neighbors``
+    nearest sources per target. Returns ``(src, dst, offsets, d_vec)``."""
+    device = cart.device
+    b = lattice.shape[0]
+    ptr = torch.cat([num_atoms.new_zeros(1), torch.cumsum(num_atoms, 0)])
+    # All ordered pairs (t, s) inside each crystal.
+    pairs_per_crystal = num_atoms * num_atoms
+    pair_crystal = torch.repeat_interleave(torch.arange(b, device=device), pairs_per_crystal)  # (P,)
+    p = _ragged_arange(pairs_per_crystal)  # (P,) pair index inside its crystal
+    n_of_pair = num_atoms[pair_crystal]
+    tgt = ptr[pair_crystal] + torch.div(p, n_of_pair, rounding_mode="floor")  # (P,)
+    src = ptr[pair_crystal] + p % n_of_pair  # (P,)
+
+    offsets = image_offsets(lattice, cutoff, max_images)  # (K, 3)
+    shift = torch.einsum("kj,bji->bki", offsets, lattice)  # (B, K, 3) Cartesian image shifts
+    d_vec = cart[src].unsqueeze(1) + shift[pair_crystal] - cart[tgt].unsqueeze(1)  # (P, K, 3)
+    d2 = (d_vec * d_vec).sum(-1)  # (P, K)
+    keep = (d2 <= cutoff * cutoff) & (d2 > 1e-4)
+    pair_idx, off_idx = keep.nonzero(as_tuple=True)
+    src, tgt = src[pair_idx], tgt[pair_idx]
+    d_vec, d2, offs = d_vec[pair_idx, off_idx], d2[pair_idx, off_idx], offsets[off_idx]
+
+    # Neighbour cap: per target, keep the max_neighbors nearest (sort by distance, then by target).
+    order = torch.argsort(d2, stable=True)
+    order = order[torch.argsort(tgt[order], stable=True)]
+    counts = torch.bincount(tgt, minlength=cart.shape[0])
+    rank = _ragged_arange(counts)  # rank by distance within each target's group, in `order`
+    order = order[rank < max_neighbors]
+    return src[order], tgt[order], offs[order], d_vec[order]
+
+
+def build_graph(
+    frac_coords: torch.Tensor,
+    lattice: torch.Tensor,
+    num_atoms: torch.Tensor,
+    *,
+    cutoff: float,
+    max_neighbors: int,
+    max_images: int,
+) -> Graph:
+    """The symmetric graph with triplets that GemNet-T consumes (spec §3.3 steps 1-7)."""
+    batch_idx = torch.repeat_interleave(torch.arange(lattice.shape[0], device=lattice.device), num_atoms)
+    cart = torch.einsum("ni,nij->nj", frac_coords, lattice[batch_idx])  # (N, 3)
+    src, dst, offs, d_vec = radius_graph_pbc(
+        cart, lattice, num_atoms, cutoff=cutoff, max_neighbors=max_neighbors, max_images=max_images
+    )
+
+    # Symmetrise: keep s < t, and s == t with a lexicographically negative offset; append reverses.
+    neg = (offs[:, 0] < 0) | ((offs[:, 0] == 0) & (offs[:, 1] < 0)) | (
+        (offs[:, 0] == 0) & (offs[:, 1] == 0) & (offs[:, 2] < 0)
+    )
+    half = (src < dst) | ((src == dst) & neg)
+    src, dst, offs, d_vec = src[half], dst[half], offs[half], d_vec[half]
+    e_half = src.shape[0]
+    src, dst = torch.cat([src, dst]), torch.cat([dst, src])
+    offs, d_vec = torch.cat([offs, -offs]), torch.cat([d_vec, -d_vec])
+    arange = torch.arange(e_half, device=src.device)
+    id_swap = torch.cat([arange + e_half, arange])
+
+    dist = d_vec.norm(dim=-1)  # (E,)
+    vec = -d_vec / dist.unsqueeze(-1)  # (E, 3)
+
+    # Triplets: for every edge c->a, every other edge b->a into the same target a.
+    e = src.shape[0]
+    by_target = torch.argsort(dst, stable=True)
+    deg = torch.bincount(dst, minlength=frac_coords.shape[0])
+    tptr = torch.cumsum(deg, 0) - deg
+    id3_ca = torch.repeat_interleave(torch.arange(e, device=src.device), deg[dst])  # (T0,)
+    id3_ba = by_target[tptr[dst[id3_ca]] + _ragged_arange(deg[dst])]
+    distinct = id3_ba != id3_ca
+    id3_ba, id3_ca = id3_ba[distinct], id3_ca[distinct]
+    id3_ragged_idx = _ragged_arange((deg[dst] - 1).clamp(min=0))
+
+    return Graph(
+        src=src,
+        dst=dst,
+        offsets=offs,
+        dist=dist,
+        vec=vec,
+        id_swap=id_swap,
+        edge_batch=batch_idx[dst],
+        id3_ba=id3_ba,
+        id3_ca=id3_ca,
+        id3_ragged_idx=id3_ragged_idx,
+    )
