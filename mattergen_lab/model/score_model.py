@@ -17,6 +17,7 @@ from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.gemnet import GemNetConfig, GemNetT
 from mattergen_lab.model.layers import NoiseLevelEncoding
 from mattergen_lab.model.output import ScoreOutput
+from mattergen_lab.model.property_embeddings import PropertyEmbedding
 
 #: Named architectures. ``official`` is MatterGen's (35,343,478 parameters without the unused energy
 #: branches); the others are sized for CPU training, tests and Binder.
@@ -53,6 +54,15 @@ class ScoreModel(nn.Module):
         self.noise_level_encoding = NoiseLevelEncoding(config.latent_dim)
         self.gemnet = GemNetT(config)
         self.fc_atom = nn.Linear(config.emb_size_atom, NUM_CLASSES)
+        if config.condition_on_adapt:
+            self.property_embeddings_adapt = nn.ModuleDict(
+                {p: PropertyEmbedding(p, config.emb_size_atom) for p in config.condition_on_adapt}
+            )
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Properties this model can condition on."""
+        return self.config.condition_on_adapt
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ScoreModel":
@@ -63,10 +73,23 @@ class ScoreModel(nn.Module):
         batch: CrystalBatch,
         t: torch.Tensor,
         *,
-        cond_embeddings: dict[str, torch.Tensor] | None = None,
         cond_keep: dict[str, torch.Tensor] | None = None,
     ) -> ScoreOutput:
+        """Score of a noisy batch at times ``t`` ``(B,)``.
+
+        Adapted properties are read from ``batch.properties``; a crystal uses a property's conditional
+        embedding where its value is present and ``cond_keep[name]`` (``(B,)`` bool, default all True)
+        allows it; elsewhere the adapter contributes nothing (the unconditional score).
+        """
         lattice = batch.lattice
+        cond_embeddings, keep = {}, {}
+        for name in self.conditions:
+            if name not in batch.properties:
+                continue
+            emb, present = self.property_embeddings_adapt[name](batch.properties[name])
+            cond_embeddings[name] = emb.to(lattice.dtype)
+            user_keep = (cond_keep or {}).get(name)
+            keep[name] = present.to(lattice.device) & (user_keep.to(lattice.device).bool() if user_keep is not None else True)
         z = self.noise_level_encoding(t).to(lattice.dtype)  # (B, latent)
         out = self.gemnet(
             z=z,
@@ -75,7 +98,7 @@ class ScoreModel(nn.Module):
             num_atoms=batch.num_atoms,
             lattice=lattice,
             cond_embeddings=cond_embeddings,
-            cond_keep=cond_keep,
+            cond_keep=keep,
         )
         # Cartesian force f -> fractional output L^{-T} f (rows of L are lattice vectors).
         inv_t = torch.linalg.inv(lattice).transpose(1, 2)[batch.batch_idx]  # (N, 3, 3)

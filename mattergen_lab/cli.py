@@ -1,0 +1,138 @@
+"""``mattergen-lab`` command line: ``train`` and ``sample``.
+
+Examples::
+
+    mattergen-lab train --preset tiny --max-steps 300 --out runs/tiny
+    mattergen-lab sample --checkpoint runs/tiny/best --num-samples 16 --steps 200 --out runs/tiny/samples
+    torchrun --nproc_per_node 2 -m mattergen_lab.cli train --preset small --out runs/small   # DDP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("mattergen_lab")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a score model on MP-20 (or your own CSV)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints in OUT/best and OUT/last)")
+    p.add_argument("--preset", default="small", help="architecture: tiny | small | medium | official")
+    p.add_argument("--data-dir", default=None, help="data folder holding mp_20/ (default: $MATTERGEN_LAB_DATA or ../shared/data)")
+    p.add_argument("--csv", default=None, help="train on this CSV (columns: cif[, material_id, properties]) instead of MP-20")
+    p.add_argument("--splits", default="val,test,train", help="MP-20 splits to train on (comma separated)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="held-out validation fraction (seeded)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT crystals (quick runs)")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32, help="crystals per process and step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--config", default=None, help="JSON file with TrainConfig fields (flags override nothing in it)")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last exists")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate crystals from a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1000, help="predictor-corrector steps (official: 1000)")
+    p.add_argument("--num-atoms", type=int, default=None, help="atoms per cell (default: drawn from the model's training distribution)")
+    p.add_argument("--out", required=True, help="output folder: cifs/gen_*.cif and generated_crystals.extxyz")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def _load_training_data(args: argparse.Namespace):
+    from mattergen_lab.data import load_csv, load_mp20
+
+    if args.csv:
+        data = load_csv(args.csv)
+    else:
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+        parts = [load_mp20(s, data_dir=args.data_dir) for s in splits]
+        data = parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+    if args.limit:
+        data = data.subset(range(min(args.limit, len(data))))
+    return data.split_validation(args.val_fraction, seed=args.seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mattergen_lab.training.trainer import TrainConfig, train
+
+    if args.config:
+        cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        cfg = TrainConfig(
+            preset=args.preset, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+            val_every=args.val_every, seed=args.seed, device=args.device,
+        )
+    train_data, val_data = _load_training_data(args)
+    log.info("training on %d crystals, validating on %d", len(train_data), len(val_data))
+    bar = tqdm(total=cfg.max_steps, desc="train", unit="step", disable=None)
+
+    def on_step(row: dict[str, float]) -> None:
+        bar.n = int(row["step"])
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
+        bar.refresh()
+
+    data_info = {"source": args.csv or f"MP-20 {args.splits}", "num_train": len(train_data), "num_val": len(val_data)}
+    result = train(cfg, train_data, val_data, args.out, resume=not args.no_resume, extra_config={"data": data_info}, callback=on_step)
+    bar.close()
+    print(f"best validation loss {result.best_val_loss:.4f}; checkpoint: {result.checkpoint_dir}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from mattergen_lab.sampling.api import sample_to_dir
+
+    bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)
+    paths = sample_to_dir(
+        args.checkpoint,
+        args.out,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        num_steps=args.steps,
+        num_atoms=args.num_atoms,
+        seed=args.seed,
+        device=torch.device(args.device),
+        on_batch=lambda n: bar.update(n),
+    )
+    bar.close()
+    print(f"wrote {len(paths)} structures to {Path(args.out) / 'cifs'} and {Path(args.out) / 'generated_crystals.extxyz'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mattergen-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    commands = {"train": cmd_train, "sample": cmd_sample}
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mattergen-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

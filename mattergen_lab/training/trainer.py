@@ -1,0 +1,288 @@
+"""Training loop: Adam, gradient clipping by value, reduce-on-plateau, validation, resumable checkpoints.
+
+Runs on one process, or data-parallel under ``torchrun`` (PyTorch DDP; gloo on CPU, nccl on CUDA):
+
+    torchrun --nproc_per_node 2 -m mattergen_lab.cli train --data-dir ... --out runs/x
+
+Determinism: the model is initialised from ``seed``; the epoch order comes from a generator seeded with
+``(seed, epoch)``; the noise of step ``k`` on rank ``r`` from a generator seeded with ``(seed, r, k)``. A run
+resumed from its checkpoint therefore continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from mattergen_lab.crystal import CrystalBatch
+from mattergen_lab.model.io import Checkpoint, load_local_checkpoint, save_checkpoint
+from mattergen_lab.model.score_model import ScoreModel, preset_config
+from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion
+from mattergen_lab.training.loss import diffusion_loss
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Dataset(Protocol):
+    def __len__(self) -> int: ...
+    def get_batch(self, indices: Any, *, dtype: torch.dtype = ...) -> CrystalBatch: ...
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (official values where they apply, spec §6)."""
+
+    preset: str = "small"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-4
+    batch_size: int = 32  # per process
+    max_steps: int = 1000
+    val_every: int = 200  # steps; checkpoints are written at each validation
+    max_val_batches: int = 20
+    grad_clip_value: float = 0.5
+    lr_factor: float = 0.6
+    lr_patience: int = 100  # epochs without improvement of the epoch's mean train loss
+    min_lr: float = 1e-6
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive_ints = ("batch_size", "max_steps", "val_every", "max_val_batches")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainConfig: {name}={value!r} must be a positive integer")
+        for name in ("lr", "grad_clip_value", "min_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+                raise ValueError(f"TrainConfig: {name}={value!r} must be a positive number")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"TrainConfig: lr_factor={self.lr_factor!r} must be in (0, 1)")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"TrainConfig: dtype={self.dtype!r} must be one of {sorted(_DTYPES)}")
+        preset_config(self.preset, **self.model_overrides)  # validates preset and overrides
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    best_val_loss: float
+    checkpoint_dir: Path
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world_size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world
+
+
+def _all_mean(values: list[float], device: torch.device) -> list[float]:
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**62)
+    return torch.Generator().manual_seed(seed)
+
+
+def evaluate_loss(
+    model: torch.nn.Module,
+    data: Dataset,
+    diffusion: JointDiffusion,
+    *,
+    batch_size: int,
+    max_batches: int,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, float]:
+    """Mean loss over (a deterministic part of) ``data`` with fixed noise; averaged over processes."""
+    was_training = model.training
+    model.train()  # the loss is defined on the training-mode network (no element mask)
+    sums: dict[str, float] = {}
+    count = 0
+    idx = torch.arange(len(data))[rank::world]
+    with torch.no_grad():
+        for k in range(min(max_batches, math.ceil(len(idx) / batch_size))):
+            chunk = idx[k * batch_size : (k + 1) * batch_size]
+            if len(chunk) == 0:
+                break
+            batch = data.get_batch(chunk, dtype=dtype).to(device)
+            _, metrics = diffusion_loss(model, batch, diffusion, generator=_seeded(seed, 7, k))
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * len(chunk)
+            count += len(chunk)
+    model.train(was_training)
+    keys = sorted(sums)
+    means = _all_mean([sums[k] / max(count, 1) for k in keys], device)
+    return dict(zip(keys, means))
+
+
+def train(
+    config: TrainConfig,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    out_dir: str | os.PathLike,
+    *,
+    init_from: Checkpoint | None = None,
+    resume: bool = True,
+    diffusion_config: DiffusionConfig | None = None,
+    extra_config: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train a score model and write checkpoints to ``out_dir/last`` and ``out_dir/best``.
+
+    Args:
+        init_from: start from these weights (fine-tuning) instead of a fresh ``config.preset``.
+        resume: continue from ``out_dir/last`` when it holds a trainer state.
+        extra_config: plain data stored in each checkpoint's config (e.g. the data description).
+        callback: called on rank 0 with the metrics of every step (progress bars, notebooks).
+    """
+    rank, world = _distributed()
+    device = torch.device(config.device)
+    dtype = _DTYPES[config.dtype]
+    out_dir = Path(out_dir)
+    if len(train_data) < config.batch_size * world:
+        raise ValueError(
+            f"training set has {len(train_data)} crystals, fewer than batch_size={config.batch_size} x {world} process(es)"
+        )
+
+    torch.manual_seed(config.seed)
+    model = init_from.model if init_from is not None else ScoreModel(preset_config(config.preset, **config.model_overrides))
+    model = model.to(device=device, dtype=dtype)
+    diffusion = JointDiffusion(diffusion_config or DiffusionConfig())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
+    )
+    step, epoch, best_val, history, epoch_loss_sum = 0, 0, float("inf"), [], 0.0
+    last_dir, best_dir = out_dir / "last", out_dir / "best"
+    if resume and (last_dir / "trainer_state.pt").exists():
+        ckpt = load_local_checkpoint(last_dir, map_location=device, with_trainer_state=True)
+        model.load_state_dict(ckpt.model.state_dict())
+        state = ckpt.trainer_state or {}
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, best_val = int(state["step"]), int(state["epoch"]), float(state["best_val"])
+        epoch_loss_sum = float(state["epoch_loss_sum"])
+        history = list(ckpt.config.get("training", {}).get("history", []))
+        log.info("resumed from %s at step %d", last_dir, step)
+
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=bool(model.config.condition_on_adapt)
+        )
+
+    num_atoms_dist = _num_atoms_table(train_data)
+    base_config = {
+        "diffusion": diffusion.config.to_dict(),
+        "num_atoms_distribution": num_atoms_dist,
+        **(extra_config or {}),
+    }
+
+    def checkpoint(directory: Path, val: float) -> None:
+        if rank != 0:
+            return
+        trainer_state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "best_val": best_val,
+            "epoch_loss_sum": epoch_loss_sum,
+        }
+        training = {"config": config.to_dict(), "step": step, "epoch": epoch, "val_loss": val, "history": history}
+        save_checkpoint(directory, model, {**base_config, "training": training}, trainer_state=trainer_state)
+
+    per_rank = len(train_data) // world
+    steps_per_epoch = per_rank // config.batch_size
+    t_start = time.perf_counter()
+    ddp_model.train()
+    while step < config.max_steps:
+        order = torch.randperm(len(train_data), generator=_seeded(config.seed, 1, epoch))
+        shard = order[rank::world][:per_rank]
+        for k in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            if step >= config.max_steps:
+                break
+            idx = shard[k * config.batch_size : (k + 1) * config.batch_size]
+            batch = train_data.get_batch(idx, dtype=dtype).to(device)
+            loss, metrics = diffusion_loss(ddp_model, batch, diffusion, generator=_seeded(config.seed, 2, rank, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), config.grad_clip_value)
+            optimizer.step()
+            step += 1
+            names = sorted(metrics)
+            row = {"step": float(step), "epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"]}
+            row.update({f"train_{n}": v for n, v in zip(names, _all_mean([metrics[n] for n in names], device))})
+            epoch_loss_sum += row["train_loss"]
+            if step == epoch * steps_per_epoch + steps_per_epoch:  # the epoch is complete
+                scheduler.step(epoch_loss_sum / steps_per_epoch)
+                epoch, epoch_loss_sum = epoch + 1, 0.0
+            if step % config.val_every == 0 or step == config.max_steps:
+                if val_data is not None and len(val_data):
+                    val = evaluate_loss(
+                        model, val_data, diffusion, batch_size=config.batch_size, max_batches=config.max_val_batches,
+                        seed=config.seed, dtype=dtype, device=device, rank=rank, world=world,
+                    )
+                    row.update({f"val_{n}": v for n, v in val.items()})
+                val_loss = row.get("val_loss", row["train_loss"])
+                row["wall_s"] = time.perf_counter() - t_start
+                history.append(row)
+                if val_loss < best_val:
+                    best_val = val_loss
+                    checkpoint(best_dir, val_loss)
+                checkpoint(last_dir, val_loss)
+                log.info("step %d: %s", step, {n: round(v, 4) for n, v in row.items()})
+            if rank == 0 and callback is not None:
+                callback(row)
+    if world > 1:
+        dist.barrier()
+    return TrainResult(history=history, best_val_loss=best_val, checkpoint_dir=best_dir if best_dir.exists() else last_dir)
+
+
+def _num_atoms_table(data: Dataset) -> dict[str, float]:
+    """The training set's number-of-atoms distribution, stored in checkpoints for sampling."""
+    counts = getattr(data, "num_atoms", None)
+    if counts is None:
+        return {}
+    counts = torch.as_tensor(counts)
+    hist = torch.bincount(counts)
+    return {str(n): float(c) / float(hist.sum()) for n, c in enumerate(hist.tolist()) if c}
