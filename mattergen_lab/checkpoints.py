@@ -1,0 +1,390 @@
+"""Checkpoints: the ``checkpoints.yaml`` registry, download, sha256, safe loading, official-key mapping.
+
+One front door, :func:`load_checkpoint`, takes
+
+* a registry name (``mattergen_base``, ``dft_mag_density``, … or one of our bundled models),
+* a folder of ours (``config.json`` + ``model.safetensors``),
+* an official folder (``config.yaml`` + ``checkpoints/last.ckpt``, as on Hugging Face), or an official
+  ``.ckpt`` file (with ``config.yaml`` beside it or one level up).
+
+**Safe loading.** Official Lightning ``.ckpt`` files are read with ``torch.load(weights_only=True)``. If a
+file holds objects beyond that allow-list (e.g. OmegaConf configs in ``hyper_parameters``), it is read
+again with a restricted unpickler that rebuilds only tensors and plain containers (dict, list, tuple, str,
+numbers) and turns every other object into an inert :class:`ForeignObject` record *without importing or
+calling anything*; a warning names what was skipped. Nothing in a checkpoint is ever executed.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import pickle
+import re
+import socket
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import yaml
+
+from mattergen_lab.model.gemnet import OFFICIAL_UNUSED_KEY_PATTERNS, GemNetConfig
+from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint, load_local_checkpoint
+from mattergen_lab.model.score_model import ScoreModel
+
+log = logging.getLogger(__name__)
+
+REGISTRY_FILE = Path(__file__).resolve().parent.parent / "checkpoints.yaml"
+OFFICIAL_PREFIX = "diffusion_module.model."
+_KINDS = ("official", "bundled")
+
+
+class CheckpointUnavailableError(FileNotFoundError):
+    """A checkpoint could not be found locally nor downloaded; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One entry of ``checkpoints.yaml``."""
+
+    name: str
+    kind: str
+    description: str
+    properties: tuple[str, ...]
+    training_data: str
+    repo_id: str | None = None
+    files: tuple[str, ...] = ()
+    size_bytes: int | None = None
+    sha256: str | None = None
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_official(self) -> bool:
+        return self.kind == "official"
+
+
+def _field(name: str, entry: dict, key: str, types: type | tuple[type, ...], required: bool = True) -> Any:
+    if key not in entry or entry[key] is None:
+        if required:
+            raise ValueError(f"checkpoints.yaml: entry {name!r} is missing field {key!r}")
+        return None
+    value = entry[key]
+    if not isinstance(value, types):
+        raise ValueError(f"checkpoints.yaml: entry {name!r}, field {key!r}={value!r} has the wrong type")
+    return value
+
+
+def parse_registry(text: str, *, base_dir: Path) -> dict[str, CheckpointRecord]:
+    """Parse registry YAML into typed records; a malformed entry names the entry and the field."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"checkpoints.yaml is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("checkpoints"), dict):
+        raise ValueError("checkpoints.yaml: expected a top-level 'checkpoints:' mapping")
+    records = {}
+    for name, entry in doc["checkpoints"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"checkpoints.yaml: entry {name!r} must be a mapping")
+        kind = _field(name, entry, "kind", str)
+        if kind not in _KINDS:
+            raise ValueError(f"checkpoints.yaml: entry {name!r}, field 'kind'={kind!r} must be one of {_KINDS}")
+        props = _field(name, entry, "properties", list)
+        sha = _field(name, entry, "sha256", str, required=kind == "bundled")
+        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ValueError(f"checkpoints.yaml: entry {name!r}, field 'sha256'={sha!r} is not 64 hex digits")
+        common = dict(
+            name=name,
+            kind=kind,
+            description=_field(name, entry, "description", str),
+            properties=tuple(str(p) for p in props),
+            training_data=_field(name, entry, "training_data", str),
+            sha256=sha,
+            size_bytes=_field(name, entry, "size_bytes", int, required=False),
+        )
+        if kind == "official":
+            source = _field(name, entry, "source", dict)
+            repo_id = _field(name, source, "repo_id", str)
+            files = _field(name, source, "files", list)
+            if not any(str(f).endswith(".ckpt") for f in files) or not any(str(f).endswith("config.yaml") for f in files):
+                raise ValueError(f"checkpoints.yaml: entry {name!r}, field 'source.files' needs a .ckpt and a config.yaml")
+            records[name] = CheckpointRecord(**common, repo_id=repo_id, files=tuple(files))
+        else:
+            path = base_dir / _field(name, entry, "path", str)
+            records[name] = CheckpointRecord(**common, path=path, extra={k: v for k, v in entry.items() if k not in common})
+    return records
+
+
+@lru_cache(maxsize=4)
+def _registry_cached(path: str, mtime: float) -> dict[str, CheckpointRecord]:
+    return parse_registry(Path(path).read_text(), base_dir=Path(path).parent)
+
+
+def registry(path: str | os.PathLike | None = None) -> dict[str, CheckpointRecord]:
+    """All known checkpoints (parsed once per file version)."""
+    p = Path(path) if path is not None else REGISTRY_FILE
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint registry {p} not found")
+    return _registry_cached(str(p), p.stat().st_mtime)
+
+
+# ---------------------------------------------------------------------------------------- resolution
+def cache_root() -> Path:
+    return Path(os.environ.get("MATTERGEN_LAB_CHECKPOINTS", Path.home() / ".cache" / "mattergen-lab" / "checkpoints"))
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None) -> None:
+    if expected is None:
+        return
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 {actual} does not match the registry's {expected}; the file is corrupt or a different version")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(record: CheckpointRecord, folder: Path, reason: str) -> CheckpointUnavailableError:
+    files = "\n".join(f"    {f}  ->  {folder / Path(f).name if f.endswith('.yaml') else folder / 'checkpoints' / Path(f).name}" for f in record.files)
+    return CheckpointUnavailableError(
+        f"checkpoint {record.name!r} is not available: {reason}.\n"
+        f"  It needs these files from the Hugging Face repo {record.repo_id}:\n{files}\n"
+        f"  Download them on a machine with internet (e.g. `huggingface-cli download {record.repo_id} "
+        f"{' '.join(record.files)} --local-dir DIR`) and either copy them to the places above "
+        f"(the cache is $MATTERGEN_LAB_CHECKPOINTS, default ~/.cache/mattergen-lab/checkpoints), "
+        f"or pass `--checkpoint DIR/checkpoints/{record.name}` (Python: load_checkpoint('DIR/checkpoints/{record.name}'))."
+    )
+
+
+def resolve_official(record: CheckpointRecord, *, download: bool = True) -> Path:
+    """Local folder with ``config.yaml`` and ``checkpoints/last.ckpt``; downloads when missing."""
+    folder = cache_root() / record.name
+    ckpt, cfg = folder / "checkpoints" / "last.ckpt", folder / "config.yaml"
+    if ckpt.exists() and cfg.exists():
+        return folder
+    if not download:
+        raise _unavailable(record, folder, "it is not in the local cache")
+    if not _hub_reachable():
+        raise _unavailable(record, folder, "Hugging Face cannot be reached from this machine (offline?)")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        for remote in record.files:
+            local = Path(hf_hub_download(record.repo_id, remote))  # shows a tqdm progress bar
+            target = ckpt if remote.endswith(".ckpt") else cfg
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                os.symlink(local, target)
+    except Exception as exc:  # network errors, auth, missing files: all end in the same advice
+        raise _unavailable(record, folder, f"the download failed ({type(exc).__name__}: {exc})") from exc
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ safe load
+class ForeignObject:
+    """An object a checkpoint referenced that is not on the allow-list; recorded, never constructed.
+
+    ``module``/``name`` say what the pickle asked for; ``args`` and ``state`` hold what it passed.
+    """
+
+    module = "?"
+    name = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "ForeignObject":
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:  # BUILD: keep the state as data
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"ForeignObject({self.module}.{self.name})"
+
+
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch", "Size"): torch.Size,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "complex"): complex,
+    ("builtins", "slice"): slice,
+}
+_ALLOWED_GLOBALS.update({("torch", n): getattr(torch, n) for n in ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    foreign: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[(module, name)]
+        type(self).foreign.append(f"{module}.{name}")
+        return type("ForeignObject", (ForeignObject,), {"module": module, "name": name})
+
+
+class _RestrictedPickleModule:
+    """A ``pickle_module`` for ``torch.load`` that never imports or calls foreign code."""
+
+    Unpickler = _RestrictedUnpickler
+    load = pickle.load
+    __name__ = "mattergen_lab_restricted_pickle"
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load`` that never executes pickled code (see the module docstring)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        log.info("weights_only load of %s failed (%s); retrying with the restricted unpickler", path, exc)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {exc}") from exc
+    _RestrictedUnpickler.foreign = []
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {exc}") from exc
+    skipped = sorted(set(_RestrictedUnpickler.foreign))
+    if skipped:
+        warnings.warn(f"{path}: skipped non-tensor objects {skipped} (recorded, not executed)", stacklevel=2)
+    return obj
+
+
+# ------------------------------------------------------------------------------------- official mapping
+def _official_gemnet_config(cfg_yaml: dict[str, Any]) -> GemNetConfig:
+    model = cfg_yaml.get("lightning_module", {}).get("diffusion_module", {}).get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("gemnet"), dict):
+        raise ValueError("config.yaml has no lightning_module.diffusion_module.model.gemnet section")
+    g = model["gemnet"]
+    adapt = tuple(model.get("property_embeddings_adapt") or {}) or tuple(g.get("condition_on_adapt") or ())
+    if model.get("property_embeddings"):
+        raise ValueError("base-level property_embeddings are not supported (no released checkpoint uses them)")
+    kw = {k: g[k] for k in ("emb_size_atom", "emb_size_edge", "latent_dim", "num_blocks", "cutoff", "max_neighbors", "max_cell_images_per_dim") if k in g}
+    return GemNetConfig(**kw, condition_on_adapt=adapt)
+
+
+def map_official_state_dict(state_dict: dict[str, torch.Tensor], model: ScoreModel) -> dict[str, torch.Tensor]:
+    """Official ``diffusion_module.model.*`` keys -> our keys; strict, with a readable diff on mismatch."""
+    unused = [re.compile(p) for p in OFFICIAL_UNUSED_KEY_PATTERNS]
+    mapped = {}
+    foreign_prefix = []
+    for key, value in state_dict.items():
+        if not key.startswith(OFFICIAL_PREFIX):
+            foreign_prefix.append(key)
+            continue
+        short = key[len(OFFICIAL_PREFIX):]
+        if any(p.fullmatch(short) for p in unused):
+            continue
+        mapped[short] = value
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(set(mapped) - set(expected)) + sorted(foreign_prefix)
+    wrong = sorted(f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(expected[k].shape)}" for k in set(mapped) & set(expected) if mapped[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        lines = ["the checkpoint does not match the official MatterGen layout:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrongly shaped", wrong)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines += [f"    - {k}" for k in items[:20]] + ([f"    … and {len(items) - 20} more"] if len(items) > 20 else [])
+        raise ValueError("\n".join(lines))
+    return mapped
+
+
+def _find_official_files(path: Path) -> tuple[Path, Path]:
+    if path.is_file():
+        ckpt = path
+        for cand in (path.parent / "config.yaml", path.parent.parent / "config.yaml"):
+            if cand.exists():
+                return ckpt, cand
+        raise ValueError(f"{path}: no config.yaml beside it or one folder up")
+    cfg = path / "config.yaml"
+    ckpts = sorted(path.rglob("last.ckpt")) or sorted(path.rglob("*.ckpt"))
+    if not cfg.exists() or not ckpts:
+        raise ValueError(f"{path} is neither a mattergen-lab checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}) nor an official one (config.yaml + *.ckpt)")
+    return ckpts[0], cfg
+
+
+def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None) -> Checkpoint:
+    """Load an official MatterGen checkpoint (folder or ``.ckpt``) into our model, safely."""
+    ckpt_path, cfg_path = _find_official_files(Path(path))
+    verify_sha256(ckpt_path, expected_sha256)
+    cfg_yaml = yaml.safe_load(cfg_path.read_text())
+    if not isinstance(cfg_yaml, dict):
+        raise ValueError(f"{cfg_path} is not a YAML mapping")
+    obj = safe_torch_load(ckpt_path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise ValueError(f"{ckpt_path} has no 'state_dict' of tensors; it is not a MatterGen Lightning checkpoint")
+    state = obj["state_dict"]
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{ckpt_path}: state_dict entries are not tensors: {bad[:5]}")
+    model = ScoreModel(_official_gemnet_config(cfg_yaml))
+    model.load_state_dict(map_official_state_dict(state, model), strict=True)
+    from mattergen_lab.constants import ALEX_MP_20_NUM_ATOMS
+
+    config = {
+        "source": "official",
+        "path": str(ckpt_path),
+        "properties": list(model.conditions),
+        "scalers": {
+            p: {"mean": float(e.scaler.means), "std": float(e.scaler.stds), "log10": e.scaler.log10}
+            for p, e in getattr(model, "property_embeddings_adapt", {}).items()
+            if e.is_scalar
+        },
+        "num_atoms_distribution": {str(k): v for k, v in ALEX_MP_20_NUM_ATOMS.items()},
+        "model": model.config.to_dict(),
+    }
+    return Checkpoint(model=model, config=config, path=ckpt_path)
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, *, download: bool = True, registry_path: str | os.PathLike | None = None) -> Checkpoint:
+    """Load a checkpoint by registry name or path (see the module docstring)."""
+    path = Path(name_or_path)
+    if path.exists():
+        if path.is_dir() and (path / CONFIG_FILE).exists():
+            return load_local_checkpoint(path)
+        if path.is_file() and path.suffix == ".safetensors":
+            return load_local_checkpoint(path.parent)
+        return load_official(path)
+    records = registry(registry_path)
+    name = str(name_or_path)
+    if name not in records:
+        raise ValueError(f"checkpoint {name!r} is neither an existing path nor a registry name; known names: {sorted(records)}")
+    record = records[name]
+    if record.kind == "bundled":
+        assert record.path is not None
+        if not (record.path / WEIGHTS_FILE).exists():
+            raise CheckpointUnavailableError(f"bundled checkpoint {name!r}: {record.path / WEIGHTS_FILE} is missing from this checkout")
+        verify_sha256(record.path / WEIGHTS_FILE, record.sha256)
+        return load_local_checkpoint(record.path)
+    folder = resolve_official(record, download=download)
+    return load_official(folder, expected_sha256=record.sha256)
