@@ -1,0 +1,35 @@
+"""Sampling: per-field predictor/corrector steps and the predictor-corrector sampler (spec §5)."""
+
+from mattergen_lab.sampling.sampler import (
+    PredictorCorrectorSampler,
+    SamplerConfig,
+    SamplerFrame,
+    TableNumAtoms,
+)
+from mattergen_lab.sampling.steps import (
+    LatticeAncestralPredictor,
+    LatticeLangevinCorrector,
+    MaskedTypeAncestralPredictor,
+    StepOutput,
+    WrappedAncestralPredictor,
+    WrappedLangevinCorrector,
+    allowed_classes,
+    langevin_step_size,
+    mask_logits,
+)
+
+__all__ = [
+    "LatticeAncestralPredictor",
+    "LatticeLangevinCorrector",
+    "MaskedTypeAncestralPredictor",
+    "PredictorCorrectorSampler",
+    "SamplerConfig",
+    "SamplerFrame",
+    "StepOutput",
+    "TableNumAtoms",
+    "WrappedAncestralPredictor",
+    "WrappedLangevinCorrector",
+    "allowed_classes",
+    "langevin_step_size",
+    "mask_logits",
+]

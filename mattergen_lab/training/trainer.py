@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
+    deterministic: bool = True  # torch.use_deterministic_algorithms during training
 
     def __post_init__(self) -> None:
         positive_ints = ("batch_size", "max_steps", "val_every", "max_val_batches")
@@ -174,10 +175,28 @@ def train(
         extra_config: plain data stored in each checkpoint's config (e.g. the data description).
         callback: called on rank 0 with the metrics of every step (progress bars, notebooks).
     """
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    try:
+        return _train(config, train_data, val_data, Path(out_dir), init_from, resume, diffusion_config, extra_config, callback)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(
+    config: TrainConfig,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    out_dir: Path,
+    init_from: Checkpoint | None,
+    resume: bool,
+    diffusion_config: DiffusionConfig | None,
+    extra_config: dict[str, Any] | None,
+    callback: Callable[[dict[str, float]], None] | None,
+) -> TrainResult:
     rank, world = _distributed()
     device = torch.device(config.device)
     dtype = _DTYPES[config.dtype]
-    out_dir = Path(out_dir)
     if len(train_data) < config.batch_size * world:
         raise ValueError(
             f"training set has {len(train_data)} crystals, fewer than batch_size={config.batch_size} x {world} process(es)"

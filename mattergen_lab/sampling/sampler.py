@@ -1,0 +1,602 @@
+"""MatterGen's predictor-corrector sampler (spec §5).
+
+Schedule: ``timesteps = linspace(1, eps_t, N)``, ``dt = −(1 − eps_t)/(N − 1)``. At each t, with s = t + dt
+(s = 0 and σ_s = 0 on the last step):
+
+1. ``n_corrector_steps`` times: one model evaluation, then a Langevin corrector for the coordinates
+   (wrapped, snr 0.4) and the lattice (snr 0.2, symmetric noise, polar re-projection);
+2. one model evaluation, then ancestral predictors for coordinates, lattice and atom types (D3PM,
+   x_0-prediction, element-masked logits).
+
+Scores are ``model_out / std_t`` (the marginal std of the field at t, per atom for the coordinates, per
+crystal for the lattice). The final crystals are the *mean* of the last predictor (no noise, argmax types).
+
+Model evaluations all go through :meth:`PredictorCorrectorSampler.score_fn`, so guidance can wrap the model
+(pass a guided callable as ``model``) or override that one method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from mattergen_lab.constants import ALEX_MP_20_NUM_ATOMS, NUM_CLASSES
+from mattergen_lab.crystal import CrystalBatch, warn_if_too_large
+from mattergen_lab.model.output import ScoreOutput
+from mattergen_lab.noise.joint import JointDiffusion
+from mattergen_lab.sampling.steps import (
+    LatticeAncestralPredictor,
+    LatticeLangevinCorrector,
+    MaskedTypeAncestralPredictor,
+    WrappedAncestralPredictor,
+    WrappedLangevinCorrector,
+    allowed_classes,
+    mask_logits,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[CrystalBatch, torch.Tensor], ScoreOutput]
+
+#: Elements allowed per sample: ``None`` (all of ``SELECTED_ATOMIC_NUMBERS``), one list of elements for
+#: every crystal, a list with one entry (list or None) per crystal, or a bool tensor ``(101,)`` / ``(B, 101)``.
+AllowedElements = Any
+
+
+class NumAtomsSampler(Protocol):
+    def sample(self, k: int, *, generator: torch.Generator) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Predictor-corrector settings (official defaults, spec §5).
+
+    Attributes:
+        num_steps: N, the number of predictor steps (each preceded by the corrector).
+        eps_t: the last time; ``None`` means 1/N.
+        n_corrector_steps: Langevin steps before each predictor step (0 = predictor only).
+        coord_snr, lattice_snr: Langevin signal-to-noise ratios.
+        max_step_size: cap on the Langevin step size.
+        record_every: when > 0, :meth:`PredictorCorrectorSampler.sample_to_dir` also writes denoising
+            trajectories with a frame every ``record_every`` steps.
+    """
+
+    num_steps: int = 1000
+    eps_t: float | None = None
+    n_corrector_steps: int = 1
+    coord_snr: float = 0.4
+    lattice_snr: float = 0.2
+    max_step_size: float = 1e6
+    record_every: int = 0
+
+    def __post_init__(self) -> None:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not is_int(self.num_steps) or self.num_steps < 1:
+            raise ValueError(f"SamplerConfig: num_steps={self.num_steps!r} must be a positive integer")
+        if self.eps_t is not None:
+            upper_ok = self.eps_t < 1 or (self.num_steps == 1 and self.eps_t == 1)
+            if not is_num(self.eps_t) or not self.eps_t > 0 or not upper_ok:
+                raise ValueError(f"SamplerConfig: eps_t={self.eps_t!r} must be None or a number in (0, 1)")
+        if not is_int(self.n_corrector_steps) or self.n_corrector_steps < 0:
+            raise ValueError(f"SamplerConfig: n_corrector_steps={self.n_corrector_steps!r} must be an integer >= 0")
+        for name in ("coord_snr", "lattice_snr"):
+            value = getattr(self, name)
+            if not is_num(value) or value < 0:
+                raise ValueError(f"SamplerConfig: {name}={value!r} must be a non-negative number")
+        if not is_num(self.max_step_size) or self.max_step_size <= 0:
+            raise ValueError(f"SamplerConfig: max_step_size={self.max_step_size!r} must be a positive number")
+        if not is_int(self.record_every) or self.record_every < 0:
+            raise ValueError(f"SamplerConfig: record_every={self.record_every!r} must be an integer >= 0")
+
+    @property
+    def resolved_eps_t(self) -> float:
+        return 1.0 / self.num_steps if self.eps_t is None else float(self.eps_t)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SamplerConfig":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"SamplerConfig.from_dict expects a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"SamplerConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SamplerFrame:
+    """One snapshot of a denoising run.
+
+    Attributes:
+        step: number of predictor steps done (0 = the prior, N = done).
+        t: the time the state is at (1.0 for the prior, then s = t + dt after each step; 0 when final).
+        batch: the current (noisy) state; for the final frame, the denoised mean batch.
+        mean: the noise-free mean of the last predictor step (argmax types; may still hold MASK = 101);
+            ``None`` for the prior and the final frame.
+        final: True only for the last frame.
+    """
+
+    step: int
+    t: float
+    batch: CrystalBatch
+    mean: CrystalBatch | None
+    final: bool = False
+
+
+class TableNumAtoms:
+    """Draws n i.i.d. from a table ``{n: p}`` (default: the spec's ALEX_MP_20 table)."""
+
+    def __init__(self, table: Mapping[int, float] | None = None) -> None:
+        table = dict(ALEX_MP_20_NUM_ATOMS if table is None else table)
+        if not table or any(int(n) < 1 or not p >= 0 for n, p in table.items()) or sum(table.values()) <= 0:
+            raise ValueError(f"num-atoms table {table!r} must map positive counts to non-negative weights")
+        self.values = torch.tensor([int(n) for n in table], dtype=torch.long)
+        self.probs = torch.tensor([float(p) for p in table.values()], dtype=torch.float64)
+
+    def sample(self, k: int, *, generator: torch.Generator) -> torch.Tensor:
+        probs = self.probs.to(generator.device)
+        idx = torch.multinomial(probs, k, replacement=True, generator=generator)  # (k,)
+        return self.values[idx.cpu()]
+
+
+def _seed_for(base: int, chunk: int) -> int:
+    return (base * 1_000_003 + 7919 * (chunk + 1)) % (2**63 - 1)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class PredictorCorrectorSampler:
+    """Samples crystals from a score model ``model(batch, t) -> ScoreOutput``.
+
+    Args:
+        model: any callable with that contract (a :class:`~mattergen_lab.model.score_model.ScoreModel`,
+            a guided wrapper, or an analytic score in tests). It is called under ``torch.no_grad()``; put
+            modules in eval mode yourself.
+        diffusion: the corruption processes the model was trained with.
+        config: sampler settings.
+    """
+
+    def __init__(
+        self, model: ScoreFn, diffusion: JointDiffusion | None = None, config: SamplerConfig | None = None
+    ) -> None:
+        if not callable(model):
+            raise ValueError(f"model={model!r} must be callable as model(batch, t) -> ScoreOutput")
+        self.model = model
+        self.diffusion = diffusion or JointDiffusion()
+        self.config = config or SamplerConfig()
+        c, d = self.config, self.diffusion
+        self.coord_predictor = WrappedAncestralPredictor(d.coords)
+        self.lattice_predictor = LatticeAncestralPredictor(d.lattice)
+        self.type_predictor = MaskedTypeAncestralPredictor(d.types)
+        self.coord_corrector = WrappedLangevinCorrector(d.coords, snr=c.coord_snr, max_step_size=c.max_step_size)
+        self.lattice_corrector = LatticeLangevinCorrector(d.lattice, snr=c.lattice_snr, max_step_size=c.max_step_size)
+
+    # ------------------------------------------------------------------ model evaluation
+    def score_fn(self, batch: CrystalBatch, t: torch.Tensor) -> ScoreOutput:
+        """The single place the model is evaluated (no gradients). Checks the output shapes."""
+        with torch.no_grad():
+            out = self.model(batch, t)
+        n, b = batch.atom_types.shape[0], batch.num_crystals
+        expected = {"atom_logits": (n, NUM_CLASSES), "frac_coords": (n, 3), "lattice": (b, 3, 3)}
+        for name, shape in expected.items():
+            got = tuple(getattr(out, name).shape)
+            if got != shape:
+                raise ValueError(f"model output {name} has shape {got}, expected {shape}")
+        return out
+
+    def scores(self, out: ScoreOutput, batch: CrystalBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network outputs (≈ −ε) to scores: ``out / std_t`` for coordinates ``(N, 3)`` and lattice ``(B, 3, 3)``."""
+        d = self.diffusion
+        std_pos = d.coords.marginal_std_per_atom(t, batch.num_atoms).unsqueeze(-1)  # (N, 1)
+        std_cell = d.lattice.marginal_std(t, batch.num_atoms)[:, None, None]  # (B, 1, 1)
+        return out.frac_coords / std_pos, out.lattice / std_cell
+
+    def timesteps(self) -> list[float]:
+        """``linspace(1, eps_t, N)`` as Python floats."""
+        return torch.linspace(1.0, self.config.resolved_eps_t, self.config.num_steps, dtype=torch.float64).tolist()
+
+    # ------------------------------------------------------------------ the denoising loop
+    def iter_steps(
+        self,
+        num_atoms: torch.Tensor | Sequence[int],
+        *,
+        generator: torch.Generator,
+        every: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        allowed_elements: AllowedElements = None,
+        properties: dict[str, Any] | None = None,
+    ) -> Iterator[SamplerFrame]:
+        """Denoise one batch, yielding frames as it goes (nothing is kept in memory).
+
+        Yields the prior (step 0) and the state after every ``every``-th step (``every=0``: neither),
+        then always a final frame (``final=True``) holding the denoised mean batch.
+
+        Args:
+            num_atoms: ``(B,)`` atoms per crystal.
+            generator: all randomness; it must live on ``device`` (default: the generator's device).
+            allowed_elements: see :data:`AllowedElements`; elements outside ``SELECTED_ATOMIC_NUMBERS``
+                and MASK are never sampled.
+            properties: per-crystal conditioning values put on the batch the model sees.
+        """
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"every={every!r} must be an integer >= 0")
+        device = generator.device if device is None else torch.device(device)
+        if device.type != generator.device.type:
+            raise ValueError(f"generator lives on {generator.device} but sampling runs on {device}")
+        num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
+        if num_atoms.dim() != 1 or len(num_atoms) == 0 or bool((num_atoms < 1).any()):
+            raise ValueError(f"num_atoms={num_atoms.tolist()!r} must be a non-empty list of positive counts")
+        warn_if_too_large(num_atoms)
+        b = len(num_atoms)
+        allowed = self._allowed_tensor(allowed_elements, b, device)  # (101,) or (B, 101)
+
+        x = self.diffusion.prior(num_atoms, generator=generator, dtype=dtype, device=device, properties=properties)
+        batch_idx = x.batch_idx  # (N,)
+        num_atoms = x.num_atoms
+        ts = self.timesteps()
+        n = len(ts)
+        dt = (ts[-1] - 1.0) / (n - 1) if n > 1 else -1.0
+        if every:
+            yield SamplerFrame(step=0, t=1.0, batch=x, mean=None)
+        mean = x
+        for i, t_now in enumerate(ts):
+            last = i == n - 1
+            s_now = 0.0 if last else ts[i + 1]
+            t = torch.full((b,), t_now, dtype=dtype, device=device)  # (B,)
+            s = torch.full((b,), s_now, dtype=dtype, device=device)
+
+            for _ in range(self.config.n_corrector_steps):
+                out = self.score_fn(x, t)
+                score_pos, score_cell = self.scores(out, x, t)
+                pos = self.coord_corrector.step(x.frac_coords, score_pos, num_atoms=num_atoms, generator=generator)
+                cell = self.lattice_corrector.step(x.lattice, score_cell, t=t, dt=dt, generator=generator)
+                x = x.replace(frac_coords=pos.sample, lattice=cell.sample)
+
+            out = self.score_fn(x, t)
+            score_pos, score_cell = self.scores(out, x, t)
+            logits = mask_logits(out.atom_logits, allowed, batch_idx=batch_idx)
+            common = {"t": t, "s": s, "num_atoms": num_atoms, "last": last, "generator": generator}
+            pos = self.coord_predictor.step(x.frac_coords, score_pos, **common)
+            cell = self.lattice_predictor.step(x.lattice, score_cell, **common)
+            types = self.type_predictor.step(x.atom_types, logits, **common)
+            x = x.replace(frac_coords=pos.sample, lattice=cell.sample, atom_types=types.sample)
+            mean = x.replace(frac_coords=pos.mean, lattice=cell.mean, atom_types=types.mean)
+            if every and (i + 1) % every == 0:
+                yield SamplerFrame(step=i + 1, t=s_now, batch=x, mean=mean)
+        yield SamplerFrame(step=n, t=0.0, batch=mean, mean=None, final=True)
+
+    def _allowed_tensor(self, allowed_elements: AllowedElements, b: int, device: torch.device) -> torch.Tensor:
+        """``(101,)`` or ``(B, 101)`` bool mask of samplable classes."""
+        if isinstance(allowed_elements, torch.Tensor):
+            if allowed_elements.dtype != torch.bool or allowed_elements.shape not in ((NUM_CLASSES,), (b, NUM_CLASSES)):
+                raise ValueError(
+                    f"allowed_elements tensor must be bool of shape ({NUM_CLASSES},) or ({b}, {NUM_CLASSES}), "
+                    f"got {allowed_elements.dtype} {tuple(allowed_elements.shape)}"
+                )
+            return allowed_elements.to(device)
+        if allowed_elements is None:
+            return allowed_classes(None, device=device)
+        entries = list(allowed_elements)
+        per_crystal = bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)
+        if not per_crystal:
+            return allowed_classes(entries, device=device)
+        if len(entries) != b:
+            raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for {b} crystals")
+        return torch.stack([allowed_classes(e, device=device) for e in entries])  # (B, 101)
+
+    # ------------------------------------------------------------------ many crystals
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int = 64,
+        num_atoms: int | Sequence[int] | NumAtomsSampler | None = None,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        allowed_elements: AllowedElements = None,
+        properties: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list["Structure"]:
+        """Sample ``num_samples`` crystals, ``batch_size`` at a time, as pymatgen structures.
+
+        Crystal ``i`` belongs to chunk ``i // batch_size``, and each chunk draws its noise from its own
+        generator seeded from ``generator``: the same ``generator`` state gives the same crystals as
+        :meth:`sample_to_dir`, and a resumed run reproduces the crystals an uninterrupted run would give.
+
+        Args:
+            num_atoms: an int for every crystal, one int per crystal, an object with
+                ``.sample(k, *, generator) -> (k,) ints`` (e.g. a ``NumAtomsDistribution``), or ``None``
+                for the ALEX_MP_20 table.
+            allowed_elements: see :data:`AllowedElements`; a per-crystal list must have ``num_samples`` entries.
+            properties: scalar conditioning values applied to every crystal (float or str).
+            progress: show a tqdm bar over the steps of each chunk.
+            on_batch: called with the number of crystals finished after each chunk.
+        """
+        out: list[Structure] = []
+        for _, structures, _ in self._chunks(
+            num_samples, batch_size=batch_size, num_atoms=num_atoms, generator=generator, dtype=dtype,
+            device=device, allowed_elements=allowed_elements, properties=properties, progress=progress,
+        ):
+            out += structures
+            if on_batch is not None:
+                on_batch(len(structures))
+        return out
+
+    def sample_to_dir(
+        self,
+        out_dir: str | os.PathLike,
+        num_samples: int,
+        *,
+        batch_size: int = 64,
+        num_atoms: int | Sequence[int] | NumAtomsSampler | None = None,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        allowed_elements: AllowedElements = None,
+        properties: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Path]:
+        """Sample into ``out_dir`` as it goes; resumable. Returns the CIF path of every index.
+
+        Layout: ``out_dir/cifs/gen_{i}.cif`` (each written atomically as soon as its chunk is done),
+        ``out_dir/generated_crystals.extxyz`` (one frame per crystal, ``info["gen_index"] = i``, appended
+        after each chunk) and, when ``config.record_every > 0``, ``out_dir/trajectories/gen_{i}.extxyz``.
+
+        On restart, indices whose CIF exists are skipped (a chunk with missing indices is re-sampled with
+        the same seed and only the missing ones are written); the extxyz is first repaired from the CIFs
+        if an earlier run stopped while appending to it.
+        """
+        if not _is_pos_int(num_samples):
+            raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
+        out = Path(out_dir)
+        cif_dir = out / "cifs"
+        cif_dir.mkdir(parents=True, exist_ok=True)
+        extxyz = out / "generated_crystals.extxyz"
+        paths = [cif_dir / f"gen_{i}.cif" for i in range(num_samples)]
+        self._repair_extxyz(extxyz, cif_dir)
+        skip = {i for i, p in enumerate(paths) if p.exists()}
+        if len(skip) == len(paths):
+            log.info("all %d crystals already in %s", len(paths), cif_dir)
+        record = self.config.record_every
+        traj_dir = out / "trajectories"
+        if record:
+            traj_dir.mkdir(exist_ok=True)
+        for indices, structures, traj_tmp in self._chunks(
+            num_samples, batch_size=batch_size, num_atoms=num_atoms, generator=generator, dtype=dtype,
+            device=device, allowed_elements=allowed_elements, properties=properties, progress=progress,
+            skip=skip, traj_dir=traj_dir if record else None,
+        ):
+            new = [(i, s) for i, s in zip(indices, structures) if i not in skip]
+            for i, s in new:
+                _write_cif(paths[i], s)
+            _append_extxyz(extxyz, new)
+            for i, tmp in traj_tmp.items():
+                if i not in skip:
+                    os.replace(tmp, traj_dir / f"gen_{i}.extxyz")
+                elif os.path.exists(tmp):
+                    os.unlink(tmp)
+            log.info("wrote %d crystals (%s)", len(new), ", ".join(paths[i].name for i, _ in new))
+            if on_batch is not None:
+                on_batch(len(new))
+        return paths
+
+    def _chunks(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int,
+        num_atoms: Any,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+        device: torch.device | str | None,
+        allowed_elements: AllowedElements,
+        properties: Mapping[str, Any] | None,
+        progress: bool,
+        skip: set[int] | None = None,
+        traj_dir: Path | None = None,
+    ) -> Iterator[tuple[list[int], list["Structure"], dict[int, str]]]:
+        """Yield ``(indices, structures, trajectory temp files)`` per chunk of ``batch_size`` indices."""
+        if not _is_pos_int(num_samples):
+            raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
+        if not _is_pos_int(batch_size):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+        draw = self._num_atoms_drawer(num_atoms, num_samples)
+        per_sample_allowed = self._per_sample_allowed(allowed_elements, num_samples)
+        device = torch.device(device) if device is not None else self._model_device()
+        base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        skip = skip or set()
+        for j in range(math.ceil(num_samples / batch_size)):
+            indices = list(range(j * batch_size, min((j + 1) * batch_size, num_samples)))
+            if all(i in skip for i in indices):
+                continue
+            seed = _seed_for(base, j)
+            counts = draw(indices, torch.Generator().manual_seed(seed))
+            chunk_gen = torch.Generator(device=device).manual_seed(seed)
+            allowed = allowed_elements if per_sample_allowed is None else [per_sample_allowed[i] for i in indices]
+            props = _broadcast_properties(properties, len(indices), dtype=dtype, device=device)
+            frames = self.iter_steps(
+                counts, generator=chunk_gen, every=1 if (progress or traj_dir) else 0, dtype=dtype, device=device,
+                allowed_elements=allowed, properties=props,
+            )
+            if progress:
+                from tqdm.auto import tqdm
+
+                frames = tqdm(frames, total=self.config.num_steps + 2, desc=f"chunk {j}", leave=False)
+            traj_tmp: dict[int, str] = {}
+            final = None
+            for frame in frames:
+                if traj_dir is not None and (frame.final or frame.step % self.config.record_every == 0):
+                    _append_trajectory(traj_dir, traj_tmp, indices, frame)
+                if frame.final:
+                    final = frame
+            assert final is not None
+            yield indices, final.batch.to_structures(standard_orientation=True), traj_tmp
+
+    def _model_device(self) -> torch.device:
+        params = getattr(self.model, "parameters", None)
+        if callable(params):
+            for p in params():
+                return p.device
+        return torch.device("cpu")
+
+    @staticmethod
+    def _num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:
+        """Validate ``num_atoms`` once; return ``(indices, cpu generator) -> (k,) counts``."""
+        if num_atoms is None:
+            num_atoms = TableNumAtoms()
+        if _is_pos_int(num_atoms):
+            return lambda idx, g: torch.full((len(idx),), int(num_atoms), dtype=torch.long)
+        if hasattr(num_atoms, "sample"):
+            def draw(idx: list[int], g: torch.Generator) -> torch.Tensor:
+                counts = torch.as_tensor(num_atoms.sample(len(idx), generator=g), dtype=torch.long).cpu()
+                if counts.shape != (len(idx),) or bool((counts < 1).any()):
+                    raise ValueError(f"num_atoms sampler returned {counts.tolist()!r}; expected {len(idx)} positive ints")
+                return counts
+            return draw
+        if isinstance(num_atoms, Sequence) and not isinstance(num_atoms, str):
+            values = list(num_atoms)
+            if len(values) != num_samples or not all(_is_pos_int(v) for v in values):
+                raise ValueError(
+                    f"num_atoms must be one positive int per sample ({num_samples}); got {len(values)} entries {values[:8]!r}"
+                )
+            return lambda idx, g: torch.tensor([values[i] for i in idx], dtype=torch.long)
+        raise ValueError(f"num_atoms={num_atoms!r} must be None, a positive int, a list of ints or have .sample(k, generator=)")
+
+    @staticmethod
+    def _per_sample_allowed(allowed_elements: AllowedElements, num_samples: int) -> list[Any] | None:
+        """A per-sample list of element lists, or None when ``allowed_elements`` applies to all crystals."""
+        if allowed_elements is None or isinstance(allowed_elements, torch.Tensor):
+            if isinstance(allowed_elements, torch.Tensor) and allowed_elements.dim() == 2:
+                raise ValueError("a (B, 101) allowed_elements tensor is only accepted by iter_steps; pass lists to sample")
+            return None
+        entries = list(allowed_elements)
+        per = bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)
+        if not per:
+            return None
+        if len(entries) != num_samples:
+            raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for num_samples={num_samples}")
+        return entries
+
+    @staticmethod
+    def _repair_extxyz(extxyz: Path, cif_dir: Path) -> None:
+        """Make ``extxyz`` hold exactly one frame per existing CIF (after an interrupted run)."""
+        from ase.io import read, write
+
+        done = {int(p.stem.split("_")[1]): p for p in cif_dir.glob("gen_*.cif")}
+        try:
+            frames = read(extxyz, index=":", format="extxyz") if extxyz.exists() else []
+            readable = True
+        except Exception:  # e.g. a frame truncated by a crash while appending
+            frames, readable = [], False
+        have = [int(a.info.get("gen_index", -1)) for a in frames]
+        if readable and len(set(have)) == len(have) and set(have) <= set(done):
+            missing = sorted(set(done) - set(have))
+            if missing:
+                log.warning("adding %d crystals missing from %s", len(missing), extxyz)
+                _append_extxyz(extxyz, [(i, _read_cif(done[i])) for i in missing])
+            return
+        log.warning("%s does not match %s; rebuilding it from the CIFs", extxyz, cif_dir)
+        atoms = [_to_atoms(i, _read_cif(done[i])) for i in sorted(done)]
+        fd, tmp = tempfile.mkstemp(dir=extxyz.parent, prefix=f".{extxyz.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp, atoms, format="extxyz")
+            os.replace(tmp, extxyz)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------- file helpers
+def _is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _broadcast_properties(
+    properties: Mapping[str, Any] | None, b: int, *, dtype: torch.dtype, device: torch.device
+) -> dict[str, Any] | None:
+    if not properties:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in properties.items():
+        if isinstance(value, str):
+            out[key] = [value] * b
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = torch.full((b,), float(value), dtype=dtype, device=device)
+        else:
+            raise ValueError(f"property {key}={value!r} must be a number or a string (one value for every crystal)")
+    return out
+
+
+def _to_atoms(index: int, structure: "Structure") -> Any:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.info["gen_index"] = index
+    return atoms
+
+
+def _read_cif(path: Path) -> "Structure":
+    from pymatgen.core import Structure
+
+    return Structure.from_file(path)
+
+
+def _write_cif(path: Path, structure: "Structure") -> None:
+    from pymatgen.io.cif import CifWriter
+
+    _atomic_write_text(path, str(CifWriter(structure)))
+
+
+def _append_extxyz(path: Path, items: list[tuple[int, "Structure"]]) -> None:
+    """Append one frame per crystal, only once the whole chunk is finished."""
+    if not items:
+        return
+    from ase.io import write
+
+    write(path, [_to_atoms(i, s) for i, s in items], format="extxyz", append=True)
+
+
+def _append_trajectory(traj_dir: Path, tmp_files: dict[int, str], indices: list[int], frame: SamplerFrame) -> None:
+    """Append ``frame`` to each crystal's temporary trajectory file (renamed when the chunk finishes)."""
+    from ase.io import write
+
+    for i, atoms in zip(indices, frame.batch.to_atoms()):
+        if i not in tmp_files:
+            fd, tmp_files[i] = tempfile.mkstemp(dir=traj_dir, prefix=f".gen_{i}.", suffix=".extxyz.tmp")
+            os.close(fd)
+        atoms.info.update({"step": frame.step, "t": frame.t, "final": frame.final})
+        write(tmp_files[i], atoms, format="extxyz", append=True)
