@@ -60,7 +60,9 @@ class DiffusionConfig:
         for name, section_cls in _SECTIONS.items():
             if name in d:
                 if not isinstance(d[name], Mapping):
-                    raise ValueError(f"DiffusionConfig: {name}={d[name]!r} must be a mapping of {section_cls.__name__} fields")
+                    raise ValueError(
+                        f"DiffusionConfig: {name}={d[name]!r} must be a mapping of {section_cls.__name__} fields"
+                    )
                 kwargs[name] = section_cls.from_dict(d[name])
         if "t_min" in d:
             kwargs["t_min"] = d["t_min"]

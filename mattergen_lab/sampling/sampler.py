@@ -214,7 +214,7 @@ class PredictorCorrectorSampler:
         return out
 
     def scores(self, out: ScoreOutput, batch: CrystalBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network outputs (≈ −ε) to scores: ``out / std_t`` for coordinates ``(N, 3)`` and lattice ``(B, 3, 3)``."""
+        """Network outputs (≈ −ε) to scores ``out / std_t``: coordinates ``(N, 3)``, lattice ``(B, 3, 3)``."""
         d = self.diffusion
         std_pos = d.coords.marginal_std_per_atom(t, batch.num_atoms).unsqueeze(-1)  # (N, 1)
         std_cell = d.lattice.marginal_std(t, batch.num_atoms)[:, None, None]  # (B, 1, 1)
@@ -259,7 +259,22 @@ class PredictorCorrectorSampler:
         warn_if_too_large(num_atoms)
         b = len(num_atoms)
         allowed = self._allowed_tensor(allowed_elements, b, device)  # (101,) or (B, 101)
+        # Validation above runs eagerly; the loop below runs as the caller iterates.
+        return self._denoise(num_atoms, generator=generator, every=every, dtype=dtype, device=device,
+                             allowed=allowed, properties=properties)
 
+    def _denoise(
+        self,
+        num_atoms: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        every: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        allowed: torch.Tensor,
+        properties: dict[str, Any] | None,
+    ) -> Iterator[SamplerFrame]:
+        b = len(num_atoms)
         x = self.diffusion.prior(num_atoms, generator=generator, dtype=dtype, device=device, properties=properties)
         batch_idx = x.batch_idx  # (N,)
         num_atoms = x.num_atoms
@@ -307,8 +322,7 @@ class PredictorCorrectorSampler:
         if allowed_elements is None:
             return allowed_classes(None, device=device)
         entries = list(allowed_elements)
-        per_crystal = bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)
-        if not per_crystal:
+        if not _is_per_crystal(entries):
             return allowed_classes(entries, device=device)
         if len(entries) != b:
             raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for {b} crystals")
@@ -476,35 +490,39 @@ class PredictorCorrectorSampler:
     def _num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:
         """Validate ``num_atoms`` once; return ``(indices, cpu generator) -> (k,) counts``."""
         if num_atoms is None:
-            num_atoms = TableNumAtoms()
+            num_atoms = _default_num_atoms()
         if _is_pos_int(num_atoms):
             return lambda idx, g: torch.full((len(idx),), int(num_atoms), dtype=torch.long)
         if hasattr(num_atoms, "sample"):
             def draw(idx: list[int], g: torch.Generator) -> torch.Tensor:
                 counts = torch.as_tensor(num_atoms.sample(len(idx), generator=g), dtype=torch.long).cpu()
                 if counts.shape != (len(idx),) or bool((counts < 1).any()):
-                    raise ValueError(f"num_atoms sampler returned {counts.tolist()!r}; expected {len(idx)} positive ints")
+                    raise ValueError(
+                        f"num_atoms sampler returned {counts.tolist()!r}; expected {len(idx)} positive ints"
+                    )
                 return counts
             return draw
         if isinstance(num_atoms, Sequence) and not isinstance(num_atoms, str):
             values = list(num_atoms)
             if len(values) != num_samples or not all(_is_pos_int(v) for v in values):
                 raise ValueError(
-                    f"num_atoms must be one positive int per sample ({num_samples}); got {len(values)} entries {values[:8]!r}"
+                    f"num_atoms must be one positive int per sample ({num_samples}); "
+                    f"got {len(values)} entries {values[:8]!r}"
                 )
             return lambda idx, g: torch.tensor([values[i] for i in idx], dtype=torch.long)
-        raise ValueError(f"num_atoms={num_atoms!r} must be None, a positive int, a list of ints or have .sample(k, generator=)")
+        raise ValueError(
+            f"num_atoms={num_atoms!r} must be None, a positive int, a list of ints or have .sample(k, generator=)"
+        )
 
     @staticmethod
     def _per_sample_allowed(allowed_elements: AllowedElements, num_samples: int) -> list[Any] | None:
         """A per-sample list of element lists, or None when ``allowed_elements`` applies to all crystals."""
         if allowed_elements is None or isinstance(allowed_elements, torch.Tensor):
             if isinstance(allowed_elements, torch.Tensor) and allowed_elements.dim() == 2:
-                raise ValueError("a (B, 101) allowed_elements tensor is only accepted by iter_steps; pass lists to sample")
+                raise ValueError("a (B, 101) allowed_elements tensor is only accepted by iter_steps; pass lists")
             return None
         entries = list(allowed_elements)
-        per = bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)
-        if not per:
+        if not _is_per_crystal(entries):
             return None
         if len(entries) != num_samples:
             raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for num_samples={num_samples}")
@@ -541,6 +559,20 @@ class PredictorCorrectorSampler:
 
 
 # ---------------------------------------------------------------------------------------- file helpers
+def _default_num_atoms() -> NumAtomsSampler:
+    """The spec's ALEX_MP_20 table (through ``NumAtomsDistribution`` when the data package provides it)."""
+    try:
+        from mattergen_lab.data.num_atoms import NumAtomsDistribution
+    except ImportError:  # pragma: no cover - the data package is optional for the sampler
+        return TableNumAtoms()
+    return NumAtomsDistribution.from_table("ALEX_MP_20")
+
+
+def _is_per_crystal(entries: list[Any]) -> bool:
+    """True when ``entries`` is one element list (or None) per crystal rather than one list of elements."""
+    return bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)
+
+
 def _is_pos_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 

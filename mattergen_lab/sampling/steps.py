@@ -49,7 +49,9 @@ class StepOutput:
 
 
 # ---------------------------------------------------------------------------------------- element mask
-def allowed_classes(elements: Sequence[int | str] | None = None, *, device: torch.device | str | None = None) -> torch.Tensor:
+def allowed_classes(
+    elements: Sequence[int | str] | None = None, *, device: torch.device | str | None = None
+) -> torch.Tensor:
     """``(101,)`` bool: True for the classes (Z − 1) that may be sampled.
 
     ``elements`` (atomic numbers or symbols) is intersected with ``SELECTED_ATOMIC_NUMBERS``; ``None``
@@ -177,7 +179,8 @@ class WrappedLangevinCorrector:
         batch_idx = torch.repeat_interleave(torch.arange(len(num_atoms), device=x.device), num_atoms)  # (N,)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         h = langevin_step_size(
-            score, z, snr=self.snr, alpha=1.0, max_step_size=self.max_step_size, batch_idx=batch_idx, num_crystals=len(num_atoms)
+            score, z, snr=self.snr, alpha=1.0, max_step_size=self.max_step_size,
+            batch_idx=batch_idx, num_crystals=len(num_atoms),
         )
         mean = x + h * score
         return StepOutput(sample=wrap(mean + torch.sqrt(2 * h) * z), mean=wrap(mean))
