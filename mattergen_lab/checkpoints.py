@@ -34,7 +34,12 @@ import torch
 import yaml
 
 from mattergen_lab.model.gemnet import OFFICIAL_UNUSED_KEY_PATTERNS, GemNetConfig
-from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint, load_local_checkpoint
+from mattergen_lab.model.io import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Checkpoint,
+    load_local_checkpoint,
+)
 from mattergen_lab.model.score_model import ScoreModel
 
 log = logging.getLogger(__name__)

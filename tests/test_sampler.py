@@ -19,7 +19,12 @@ import warnings
 import pytest
 import torch
 
-from mattergen_lab.constants import MASK_CLASS, MASK_Z, NUM_CLASSES, SELECTED_ATOMIC_NUMBERS
+from mattergen_lab.constants import (
+    MASK_CLASS,
+    MASK_Z,
+    NUM_CLASSES,
+    SELECTED_ATOMIC_NUMBERS,
+)
 from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.noise import JointDiffusion, wrapped_normal_score

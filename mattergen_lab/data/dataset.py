@@ -36,7 +36,12 @@ import pandas as pd
 import torch
 
 from mattergen_lab.constants import MAX_ATOMIC_NUM
-from mattergen_lab.crystal import CrystalBatch, polar_symmetric, standardize_structure, structure_from_cif
+from mattergen_lab.crystal import (
+    CrystalBatch,
+    polar_symmetric,
+    standardize_structure,
+    structure_from_cif,
+)
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.data.paths import default_cache_dir, resolve_data_dir
 

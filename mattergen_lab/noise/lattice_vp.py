@@ -14,14 +14,12 @@ is ``−(L_t − mean_t) / std_t`` (= −ε_sym).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import AVERAGE_DENSITY
 
 
@@ -44,7 +42,7 @@ def symmetric_noise(
 
 
 @dataclass(frozen=True)
-class LatticeVPConfig:
+class LatticeVPConfig(PlainConfig):
     """Parameters of :class:`LatticeVPSDE` (official values)."""
 
     beta_min: float = 0.1
@@ -60,18 +58,6 @@ class LatticeVPConfig:
         if self.beta_max < self.beta_min:
             raise ValueError(f"LatticeVPConfig: beta_max={self.beta_max!r} must be >= beta_min={self.beta_min!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LatticeVPConfig":
-        if not isinstance(d, Mapping):
-            raise ValueError(f"LatticeVPConfig.from_dict expects a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"LatticeVPConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
 
 
 class LatticeVPSDE:

@@ -24,15 +24,13 @@ log space; impossible transitions get the finite log-probability :data:`NEG_INF`
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import MASK_CLASS, MASK_Z, NUM_CLASSES
 
 #: Finite stand-in for log(0).
@@ -60,7 +58,7 @@ def sample_categorical(logits: torch.Tensor, *, generator: torch.Generator) -> t
 
 
 @dataclass(frozen=True)
-class MaskedTypeConfig:
+class MaskedTypeConfig(PlainConfig):
     """Parameters of :class:`MaskedTypeDiffusion` (official values)."""
 
     num_steps: int = 1000
@@ -78,18 +76,6 @@ class MaskedTypeConfig:
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"MaskedTypeConfig: hybrid_lambda={lam!r} must be a non-negative finite number")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MaskedTypeConfig":
-        if not isinstance(d, Mapping):
-            raise ValueError(f"MaskedTypeConfig.from_dict expects a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"MaskedTypeConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
 
 
 class MaskedTypeDiffusion:

@@ -18,13 +18,12 @@ memory instead of ``(N, 343, 3)``. For small σ the target tends to −ε.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from mattergen_lab.config import PlainConfig
 
 
 def wrap(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +71,7 @@ def wrapped_normal_score(
 
 
 @dataclass(frozen=True)
-class WrappedVEConfig:
+class WrappedVEConfig(PlainConfig):
     """Parameters of :class:`WrappedVESDE` (official values)."""
 
     sigma_min: float = 0.01
@@ -89,18 +88,6 @@ class WrappedVEConfig:
         if isinstance(self.num_images, bool) or not isinstance(self.num_images, int) or self.num_images < 0:
             raise ValueError(f"WrappedVEConfig: num_images={self.num_images!r} must be a non-negative integer")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WrappedVEConfig":
-        if not isinstance(d, Mapping):
-            raise ValueError(f"WrappedVEConfig.from_dict expects a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"WrappedVEConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
 
 
 class WrappedVESDE:

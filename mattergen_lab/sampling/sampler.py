@@ -17,7 +17,6 @@ Model evaluations all go through :meth:`PredictorCorrectorSampler.score_fn`, so 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import ALEX_MP_20_NUM_ATOMS, NUM_CLASSES
 from mattergen_lab.crystal import CrystalBatch, warn_if_too_large
 from mattergen_lab.model.output import ScoreOutput
@@ -60,7 +60,7 @@ class NumAtomsSampler(Protocol):
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
+class SamplerConfig(PlainConfig):
     """Predictor-corrector settings (official defaults, spec §5).
 
     Attributes:
@@ -109,18 +109,6 @@ class SamplerConfig:
     def resolved_eps_t(self) -> float:
         return 1.0 / self.num_steps if self.eps_t is None else float(self.eps_t)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SamplerConfig":
-        if not isinstance(d, Mapping):
-            raise ValueError(f"SamplerConfig.from_dict expects a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"SamplerConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

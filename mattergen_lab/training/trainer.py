@@ -11,7 +11,6 @@ resumed from its checkpoint therefore continues exactly as an uninterrupted run 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from mattergen_lab.config import PlainConfig
 from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.io import Checkpoint, load_local_checkpoint, save_checkpoint
 from mattergen_lab.model.score_model import ScoreModel, preset_config
@@ -41,7 +41,7 @@ class Dataset(Protocol):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(PlainConfig):
     """Training hyper-parameters (official values where they apply, spec §6)."""
 
     preset: str = "small"
@@ -76,16 +76,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: dtype={self.dtype!r} must be one of {sorted(_DTYPES)}")
         preset_config(self.preset, **self.model_overrides)  # validates preset and overrides
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass
