@@ -45,6 +45,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=1000, help="predictor-corrector steps (official: 1000)")
     p.add_argument("--num-atoms", type=int, default=None, help="atoms per cell (default: drawn from the model's training distribution)")
     p.add_argument("--out", required=True, help="output folder: cifs/gen_*.cif and generated_crystals.extxyz")
+    p.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
+                   help="conditioning target, repeatable, e.g. --condition chemical_system=Li-Fe-O --condition hhi_score=1250")
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance factor γ (0 = unconditional)")
+    p.add_argument("--elements", default=None, help="only sample these elements, e.g. Li-Fe-O (a hard mask)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -107,6 +111,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from mattergen_lab.sampling.api import sample_to_dir
 
+    conditions = {}
+    for item in args.condition:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--condition {item!r} must look like NAME=VALUE")
+        conditions[name.strip()] = value.strip()
     bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)
     paths = sample_to_dir(
         args.checkpoint,
@@ -116,6 +126,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         num_steps=args.steps,
         num_atoms=args.num_atoms,
         seed=args.seed,
+        conditions=conditions,
+        guidance_scale=args.guidance,
+        elements=args.elements,
         device=torch.device(args.device),
         on_batch=lambda n: bar.update(n),
     )

@@ -199,3 +199,22 @@ def test_cached_official_folder_is_used_without_network(tmp_path, monkeypatch, o
 def test_unknown_name_lists_known_names():
     with pytest.raises(ValueError, match="known names: .*mattergen_base"):
         load_checkpoint("not_a_model")
+
+
+def test_a_few_sampling_steps_run_on_official_format_checkpoints(official_base, official_magnet, tmp_path):
+    from mattergen_lab.constants import SELECTED_ATOMIC_NUMBERS
+    from mattergen_lab.sampling.api import sample, sample_to_dir
+
+    with pytest.warns(UserWarning):
+        paths = sample_to_dir(official_base, tmp_path / "base", num_samples=2, batch_size=2, num_steps=3, num_atoms=4)
+    assert all(p.exists() for p in paths)
+    with pytest.warns(UserWarning):
+        structures = sample(
+            official_magnet, 2, batch_size=2, num_steps=3, num_atoms=3,
+            conditions={"dft_mag_density": 0.15, "hhi_score": 1250}, guidance_scale=2.0, elements="Fe-Co-O",
+        )
+    assert len(structures) == 2
+    assert {site.specie.symbol for s in structures for site in s} <= {"Fe", "Co", "O"}
+    assert all(site.specie.Z in SELECTED_ATOMIC_NUMBERS for s in structures for site in s)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="condition 'dft_band_gap' is not supported"):
+        sample(official_magnet, 1, num_steps=2, conditions={"dft_band_gap": 1.0})

@@ -66,6 +66,64 @@ def load_sampler(checkpoint: str | os.PathLike, **kwargs: Any) -> tuple[Predicto
     return build_sampler(load_checkpoint(checkpoint), **kwargs)
 
 
+def _validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo) -> dict[str, Any] | None:
+    """Check condition names and values at the boundary; ``ValueError`` names the bad one."""
+    import math
+
+    from mattergen_lab.model.property_embeddings import parse_chemical_system
+
+    if not conditions:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in conditions.items():
+        if name not in info.properties:
+            supported = list(info.properties) or "nothing (an unconditional model)"
+            raise ValueError(f"condition {name!r} is not supported by checkpoint {info.checkpoint!r}; it conditions on {supported}")
+        if name == "chemical_system":
+            out[name] = "-".join(parse_chemical_system(str(value)))
+        elif name == "space_group":
+            sg = int(float(value))
+            if not 1 <= sg <= 230 or sg != float(value):
+                raise ValueError(f"space_group={value!r} must be an integer in 1-230")
+            out[name] = sg
+        else:
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"condition {name}={value!r} must be a number") from None
+            if not math.isfinite(x):
+                raise ValueError(f"condition {name}={value!r} must be finite")
+            out[name] = x
+    return out
+
+
+def _sampling_kwargs(
+    info: SamplerInfo,
+    *,
+    num_atoms: int | None,
+    seed: int,
+    conditions: Mapping[str, Any] | None,
+    elements: str | None,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """Keyword arguments shared by ``sample`` and ``sample_to_dir``.
+
+    With a ``chemical_system`` condition (or ``elements``), atoms outside that system are masked out at
+    every step: a hard constraint, whatever the guidance factor.
+    """
+    from mattergen_lab.model.property_embeddings import parse_chemical_system
+
+    props = _validated_conditions(conditions, info)
+    system = elements or (props or {}).get("chemical_system")
+    return {
+        "num_atoms": num_atoms if num_atoms is not None else info.num_atoms,
+        "generator": torch.Generator().manual_seed(seed),
+        "device": device,
+        "properties": props,
+        "allowed_elements": parse_chemical_system(system) if system else None,
+    }
+
+
 def sample(
     checkpoint: str | os.PathLike,
     num_samples: int,
@@ -76,18 +134,19 @@ def sample(
     seed: int = 0,
     conditions: Mapping[str, Any] | None = None,
     guidance_scale: float = 0.0,
+    elements: str | None = None,
     device: torch.device | str = "cpu",
 ) -> list:
-    """Sample ``num_samples`` crystals and return pymatgen structures."""
+    """Sample ``num_samples`` crystals and return pymatgen structures.
+
+    Args:
+        conditions: target values, e.g. ``{"chemical_system": "Li-Fe-O", "hhi_score": 1250}``.
+        guidance_scale: classifier-free guidance factor γ (0 = unconditional, the official default).
+        elements: restrict the sampled elements, e.g. ``"Li-Fe-O"`` (any checkpoint).
+    """
     sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
-    return sampler.sample(
-        num_samples,
-        batch_size=batch_size,
-        num_atoms=num_atoms if num_atoms is not None else info.num_atoms,
-        generator=torch.Generator().manual_seed(seed),
-        device=device,
-        properties=dict(conditions or {}) or None,
-    )
+    kwargs = _sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device)
+    return sampler.sample(num_samples, batch_size=batch_size, **kwargs)
 
 
 def sample_to_dir(
@@ -101,18 +160,11 @@ def sample_to_dir(
     seed: int = 0,
     conditions: Mapping[str, Any] | None = None,
     guidance_scale: float = 0.0,
+    elements: str | None = None,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Path]:
-    """Sample into ``out_dir`` (``cifs/gen_*.cif`` + ``generated_crystals.extxyz``), resumable."""
+    """Like :func:`sample`, writing ``cifs/gen_*.cif`` + ``generated_crystals.extxyz`` as it goes (resumable)."""
     sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
-    return sampler.sample_to_dir(
-        out_dir,
-        num_samples,
-        batch_size=batch_size,
-        num_atoms=num_atoms if num_atoms is not None else info.num_atoms,
-        generator=torch.Generator().manual_seed(seed),
-        device=device,
-        properties=dict(conditions or {}) or None,
-        on_batch=on_batch,
-    )
+    kwargs = _sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device)
+    return sampler.sample_to_dir(out_dir, num_samples, batch_size=batch_size, on_batch=on_batch, **kwargs)
