@@ -11,6 +11,7 @@ resumed from its checkpoint therefore continues exactly as an uninterrupted run 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -59,6 +60,7 @@ class TrainConfig(PlainConfig):
     dtype: str = "float32"
     device: str = "cpu"
     deterministic: bool = True  # torch.use_deterministic_algorithms during training
+    p_unconditional: float = 0.2  # classifier-free guidance: probability of dropping each condition
 
     def __post_init__(self) -> None:
         positive_ints = ("batch_size", "max_steps", "val_every", "max_val_batches")
@@ -72,6 +74,8 @@ class TrainConfig(PlainConfig):
                 raise ValueError(f"TrainConfig: {name}={value!r} must be a positive number")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"TrainConfig: lr_factor={self.lr_factor!r} must be in (0, 1)")
+        if not 0 <= self.p_unconditional <= 1:
+            raise ValueError(f"TrainConfig: p_unconditional={self.p_unconditional!r} must be in [0, 1]")
         if self.dtype not in _DTYPES:
             raise ValueError(f"TrainConfig: dtype={self.dtype!r} must be one of {sorted(_DTYPES)}")
         preset_config(self.preset, **self.model_overrides)  # validates preset and overrides
@@ -110,6 +114,30 @@ def _seeded(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def condition_keep(
+    batch: CrystalBatch, names: tuple[str, ...], p_unconditional: float, *, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Classifier-free-guidance dropout for training (spec §4.3).
+
+    A crystal may use its conditional embeddings only if it is labelled for *all* conditioned properties
+    (missing labels: NaN or None); each property is then dropped independently with probability
+    ``p_unconditional``. Returns ``{name: (B,) bool}``, True where the condition is used.
+    """
+    if not names:
+        return {}
+    b = len(batch)
+    labelled = torch.ones(b, dtype=torch.bool)
+    for name in names:
+        value = batch.properties.get(name)
+        if value is None:
+            labelled[:] = False
+        elif isinstance(value, torch.Tensor):
+            labelled &= torch.isfinite(value.detach().double()).cpu()
+        else:
+            labelled &= torch.tensor([v is not None for v in value])
+    return {name: (labelled & (torch.rand(b, generator=generator) >= p_unconditional)).to(batch.device) for name in names}
+
+
 def evaluate_loss(
     model: torch.nn.Module,
     data: Dataset,
@@ -135,7 +163,9 @@ def evaluate_loss(
             if len(chunk) == 0:
                 break
             batch = data.get_batch(chunk, dtype=dtype).to(device)
-            _, metrics = diffusion_loss(model, batch, diffusion, generator=_seeded(seed, 7, k))
+            keep = condition_keep(batch, getattr(model, "conditions", ()), 0.0, generator=_seeded(seed, 8, k))  # labelled: conditional
+            fn = functools.partial(model, cond_keep=keep) if keep else model
+            _, metrics = diffusion_loss(fn, batch, diffusion, generator=_seeded(seed, 7, k))
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * len(chunk)
             count += len(chunk)
@@ -252,7 +282,9 @@ def _train(
                 break
             idx = shard[k * config.batch_size : (k + 1) * config.batch_size]
             batch = train_data.get_batch(idx, dtype=dtype).to(device)
-            loss, metrics = diffusion_loss(ddp_model, batch, diffusion, generator=_seeded(config.seed, 2, rank, step))
+            keep = condition_keep(batch, model.conditions, config.p_unconditional, generator=_seeded(config.seed, 3, rank, step))
+            fn = functools.partial(ddp_model, cond_keep=keep) if keep else ddp_model
+            loss, metrics = diffusion_loss(fn, batch, diffusion, generator=_seeded(config.seed, 2, rank, step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_value_(model.parameters(), config.grad_clip_value)

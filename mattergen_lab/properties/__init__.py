@@ -1,0 +1,57 @@
+"""Derived properties, property oracles and interval targets.
+
+* :mod:`~mattergen_lab.properties.hhi`: ``hhi_score`` (pymatgen production HHI, mass-weighted),
+  ``chemical_system``.
+* :mod:`~mattergen_lab.properties.symmetry`: ``space_group`` (spglib, symprec 0.1 Å, 5°) and
+  ``add_derived_properties`` for datasets.
+* :mod:`~mattergen_lab.properties.bulk_modulus`: equation-of-state bulk modulus (GPa) with CHGNet or MatterSim.
+* :mod:`~mattergen_lab.properties.magnetic`: magnetic density (μB/Å³) from user-supplied moments; there is no
+  offline oracle for it.
+* :mod:`~mattergen_lab.properties.targets`: ``sweep_interval``: sample across a range, keep what lands in it.
+"""
+
+from mattergen_lab.properties.bulk_modulus import (
+    BulkModulusError,
+    BulkModulusResult,
+    bulk_modulus,
+    get_calculator,
+)
+from mattergen_lab.properties.hhi import (
+    HHI_SOURCE,
+    chemical_system,
+    hhi_score,
+    hhi_scores,
+)
+from mattergen_lab.properties.magnetic import magnetic_density
+from mattergen_lab.properties.symmetry import (
+    ANGLE_TOLERANCE,
+    SYMPREC,
+    add_derived_properties,
+    space_group,
+    space_groups,
+)
+from mattergen_lab.properties.targets import (
+    IntervalResult,
+    checkpoint_sample_fn,
+    sweep_interval,
+)
+
+__all__ = [
+    "ANGLE_TOLERANCE",
+    "HHI_SOURCE",
+    "SYMPREC",
+    "BulkModulusError",
+    "BulkModulusResult",
+    "IntervalResult",
+    "add_derived_properties",
+    "bulk_modulus",
+    "checkpoint_sample_fn",
+    "chemical_system",
+    "get_calculator",
+    "hhi_score",
+    "hhi_scores",
+    "magnetic_density",
+    "space_group",
+    "space_groups",
+    "sweep_interval",
+]

@@ -1,0 +1,381 @@
+"""Bulk modulus from an equation-of-state fit on energies of an ML force field.
+
+Protocol (stated so that every number carries it):
+
+1. Optionally relax positions and cell (FIRE, ``fmax`` 0.05 eV/Å, at most 200 steps, ASE's
+   ``FrechetCellFilter``; ``ExpCellFilter`` on older ASE).
+2. Scale the cell isotropically to ``n_points`` volumes ``V_i = V_ref · (1 + s_i)`` with
+   ``s_i = linspace(-strain, +strain, n_points)``: **``strain`` is a volume strain** (0.04 = ±4 % in volume,
+   about ±1.3 % in lattice length). Fractional coordinates are kept; with ``relax=True`` the positions are
+   relaxed again at each volume (fixed cell), so crystals with free internal parameters get their
+   relaxed-ion response.
+3. Least-squares fit of E(V) with ASE's equation-of-state forms (``ase.eos.birchmurnaghan`` by default; the
+   same functions ``ase.eos.EquationOfState`` fits, but seeded from an exact quadratic fit, see
+   :func:`_fit_eos`), and report ``B0 = V d²E/dV²`` at the minimum, converted from eV/Å³ to GPa with
+   ``ase.units.GPa``. A fit without a minimum inside the sampled volumes is an error, never a NaN.
+
+The cell shape is not relaxed under strain, so for anisotropic crystals this is the fixed-shape (Voigt-like)
+response rather than the hydrostatic one. ML potentials are known to be softer than DFT: CHGNet 0.3.0 gives
+about 78 GPa for diamond Si (PBE ≈ 88–89 GPa) and about 51 GPa for fcc Al (PBE ≈ 75–80 GPa) with the
+defaults here.
+
+Energies come from :func:`get_calculator`: ``"chgnet"`` (weights ship in its wheel; works offline) or
+``"mattersim"`` (weights download on first use; offline, pass ``load_path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator
+    from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+CALCULATORS = ("chgnet", "mattersim")
+
+#: Equations of state of the form ``E(V; E0, B0, B0', V0)`` that ASE fits.
+SUPPORTED_EOS = ("birchmurnaghan", "murnaghan", "birch", "vinet", "pouriertarantola")
+
+#: MatterSim's default weights file and where MatterSim caches it.
+MATTERSIM_DEFAULT_WEIGHTS = "mattersim-v1.0.0-1M.pth"
+MATTERSIM_CACHE_DIR = Path("~/.local/mattersim/pretrained_models")
+
+#: A relaxation that changes the volume by more than this factor (either way) is stopped: the potential
+#: is collapsing or exploding the cell.
+_MAX_VOLUME_FACTOR = 2.0
+
+
+class BulkModulusError(RuntimeError):
+    """The bulk modulus could not be determined (failed relaxation or equation-of-state fit); says why."""
+
+
+@dataclass(frozen=True)
+class BulkModulusResult:
+    """Outcome of :func:`bulk_modulus`.
+
+    Attributes:
+        value_gpa: bulk modulus B0 in GPa.
+        volumes: ``(n_points,)`` cell volumes in Å³ at which energies were computed.
+        energies: ``(n_points,)`` total energies in eV (of the whole cell).
+        eos_name: the fitted equation of state (ASE name, e.g. ``"birchmurnaghan"``).
+        converged: ``False`` if any relaxation stopped at the step cap before reaching ``fmax``; ``True``
+            otherwise, including when no relaxation was asked for (``relax=False``).
+        v0: fitted equilibrium volume in Å³.
+        e0: fitted minimum energy in eV.
+        b_prime: fitted pressure derivative dB/dP (dimensionless).
+        rms_residual_ev: root-mean-square residual of the fit in eV.
+        relaxed: whether positions/cell were relaxed.
+        calculator: the calculator's class name (for the protocol record).
+    """
+
+    value_gpa: float
+    volumes: np.ndarray
+    energies: np.ndarray
+    eos_name: str
+    converged: bool
+    v0: float
+    e0: float
+    b_prime: float
+    rms_residual_ev: float
+    relaxed: bool
+    calculator: str
+
+
+# ====================================================================== calculators
+
+
+@functools.lru_cache(maxsize=4)
+def _load_chgnet(load_path: str | None) -> Any:
+    from chgnet.model import CHGNet
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:  # CHGNet prints its banner
+        model = CHGNet.from_file(load_path) if load_path else CHGNet.load(verbose=False)
+    log.debug("CHGNet: %s", out.getvalue().strip())
+    return model
+
+
+def _chgnet_calculator(device: str, load_path: str | None) -> "Calculator":
+    try:
+        from chgnet.model.dynamics import CHGNetCalculator
+    except ImportError as exc:
+        raise ImportError(
+            "CHGNet is not installed: pip install 'chgnet==0.4.2' (or the 'eval' extra of mattergen-lab)"
+        ) from exc
+    if load_path is not None and not Path(load_path).expanduser().is_file():
+        raise ValueError(f"CHGNet weights {str(load_path)!r} are not a file")
+    model = _load_chgnet(str(Path(load_path).expanduser()) if load_path else None)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        calc = CHGNetCalculator(model=model, use_device=device)
+    log.debug("CHGNet: %s", out.getvalue().strip())
+    return calc
+
+
+def _mattersim_weights(load_path: str | None) -> Path:
+    """The local MatterSim weights file; ``ValueError`` when it is not on this machine."""
+    name = str(load_path) if load_path else MATTERSIM_DEFAULT_WEIGHTS
+    cache_dir = MATTERSIM_CACHE_DIR.expanduser()
+    for candidate in (Path(name).expanduser(), cache_dir / Path(name).name):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(
+        f"MatterSim weights {name!r} are not available offline: not a file, and not in {cache_dir}. "
+        "MatterSim downloads them on first use, which needs internet. Download them on a connected machine "
+        "and pass load_path=PATH, or use get_calculator('chgnet') (CHGNet's weights ship in its wheel)."
+    )
+
+
+def _mattersim_calculator(device: str, load_path: str | None) -> "Calculator":
+    try:
+        from mattersim.forcefield import MatterSimCalculator
+    except Exception as exc:  # ImportError, or torchvision's RuntimeError (install trap)
+        raise ImportError(
+            "MatterSim is not installed or does not import. Install it with `pip install --no-deps "
+            "mattersim==1.2.3` plus its runtime needs (see the 'mattersim' extra in pyproject.toml); its "
+            f"declared torchvision/torchaudio dependencies break CPU torch. Or use 'chgnet'. ({exc})"
+        ) from exc
+    weights = _mattersim_weights(load_path)
+    try:
+        return MatterSimCalculator(load_path=str(weights), device=device)
+    except Exception as exc:  # noqa: BLE001 - any load failure gets the same advice
+        raise ValueError(
+            f"could not load MatterSim weights from {weights}: {type(exc).__name__}: {exc}. "
+            "Use get_calculator('chgnet') instead."
+        ) from exc
+
+
+def get_calculator(name: str = "chgnet", *, device: str = "cpu", load_path: str | Path | None = None) -> "Calculator":
+    """An ASE calculator for an ML force field.
+
+    Args:
+        name: ``"chgnet"`` (CHGNet 0.3.0 weights from its wheel; energies include MP2020-style corrections,
+            so do not correct them again) or ``"mattersim"`` (raw energies; needs its weights file).
+        device: ``"cpu"``, ``"cuda"``, ...
+        load_path: a weights file. CHGNet: optional. MatterSim: a path, or a file name in
+            ``~/.local/mattersim/pretrained_models`` (default ``mattersim-v1.0.0-1M.pth``).
+
+    Raises:
+        ValueError: unknown name, or MatterSim weights that are missing or do not load.
+        ImportError: the package is not installed (the message says how to install it).
+    """
+    key = str(name).lower()
+    if key == "chgnet":
+        return _chgnet_calculator(device, load_path)
+    if key == "mattersim":
+        return _mattersim_calculator(device, load_path)
+    raise ValueError(f"unknown calculator {name!r}; expected one of {list(CALCULATORS)}")
+
+
+def _resolve_calculator(calculator: "Calculator | str | None") -> "Calculator":
+    if calculator is None:
+        return get_calculator("chgnet")
+    if isinstance(calculator, str):
+        return get_calculator(calculator)
+    if not hasattr(calculator, "get_potential_energy"):
+        raise ValueError(f"calculator must be an ASE calculator or one of {list(CALCULATORS)}, got {type(calculator).__name__}")
+    return calculator
+
+
+# ====================================================================== relaxation
+
+
+def _cell_filter(atoms: "Atoms") -> Any:
+    try:
+        from ase.filters import FrechetCellFilter
+
+        return FrechetCellFilter(atoms)
+    except ImportError:  # ASE < 3.23
+        from ase.constraints import ExpCellFilter
+
+        return ExpCellFilter(atoms)
+
+
+def _relax(atoms: "Atoms", *, cell: bool, fmax: float, max_steps: int) -> tuple[bool, int]:
+    """Relax ``atoms`` in place with FIRE (positions, and the cell if ``cell``); returns ``(converged, steps)``.
+
+    Raises:
+        BulkModulusError: the volume left ``[V/2, 2V]`` of the start (a collapsing or exploding potential).
+    """
+    from ase.optimize import FIRE
+
+    v_start = atoms.get_volume()
+
+    def guard() -> None:
+        ratio = atoms.get_volume() / v_start
+        if not (1 / _MAX_VOLUME_FACTOR <= ratio <= _MAX_VOLUME_FACTOR):
+            raise BulkModulusError(
+                f"relaxation changed the volume by a factor {ratio:.2f} (from {v_start:.2f} Å³); the potential "
+                "is unreliable for this structure"
+            )
+
+    optimizer = FIRE(_cell_filter(atoms) if cell else atoms, logfile=None)
+    optimizer.attach(guard, interval=1)
+    converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
+    return converged, int(optimizer.nsteps)
+
+
+def _eos_function(eos: str) -> Any:
+    """ASE's ``E(V; E0, B0, B0', V0)`` function of that name (``ase.eos.birchmurnaghan``, ...)."""
+    import ase.eos
+
+    return getattr(ase.eos, eos)
+
+
+def _fit_eos(volumes: np.ndarray, energies: np.ndarray, eos: str, formula: str) -> tuple[float, float, float, float]:
+    """Least-squares fit of ASE's ``eos`` form; returns ``(E0 eV, B0 eV/Å³, B0', V0 Å³)``, all finite.
+
+    ASE's ``EquationOfState.fit`` seeds its fit from a fixed guess and can stop without converging on
+    clean data (seen for energies near 0 eV), so the seed here comes from an exact quadratic least-squares
+    fit instead: ``V0 = -c1 / 2c2``, ``B0 = 2 c2 V0``, ``B0' = 4``. Energies are centred for conditioning.
+    """
+    from scipy.optimize import curve_fit
+
+    reference = float(energies.mean())
+    centred = energies - reference  # (n_points,) eV
+    c2, c1, c0 = np.polyfit(volumes, centred, 2)
+    if not c2 > 0:
+        raise BulkModulusError(
+            f"{formula}: E(V) is not convex over the sampled volumes (quadratic coefficient {c2:.3g} eV/Å⁶), "
+            "so it has no minimum there; relax the structure first or check the calculator"
+        )
+    v_guess = -c1 / (2 * c2)
+    seed = [float(np.polyval([c2, c1, c0], v_guess)), float(2 * c2 * v_guess), 4.0, float(v_guess)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # overflow inside trial steps; the result is checked below
+            params, _ = curve_fit(_eos_function(eos), volumes, centred, p0=seed, maxfev=10000)
+    except Exception as exc:  # scipy raises RuntimeError/ValueError/LinAlgError
+        raise BulkModulusError(f"{formula}: the {eos} fit failed: {type(exc).__name__}: {exc}") from exc
+    e0, b0, b_prime, v0 = (float(x) for x in params)
+    if not all(math.isfinite(x) for x in (e0, b0, b_prime, v0)):
+        raise BulkModulusError(f"{formula}: the {eos} fit gave non-finite parameters (V0={v0}, B0={b0}, B0'={b_prime})")
+    return e0 + reference, b0, b_prime, v0
+
+
+# ====================================================================== bulk modulus
+
+
+def _to_atoms(structure: "Structure | Atoms") -> "Atoms":
+    from ase import Atoms
+
+    if isinstance(structure, Atoms):
+        atoms = structure.copy()
+    elif hasattr(structure, "lattice"):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        if not structure.is_ordered:
+            raise ValueError(f"structure {structure.composition.formula} is disordered; an ordered crystal is needed")
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+    else:
+        raise ValueError(f"expected a pymatgen Structure or an ASE Atoms, got {type(structure).__name__}")
+    atoms.calc = None
+    atoms.set_constraint()
+    if not all(atoms.pbc) or atoms.cell.rank != 3:
+        raise ValueError("the structure must be periodic in three dimensions")
+    return atoms
+
+
+def bulk_modulus(
+    structure: "Structure | Atoms",
+    *,
+    calculator: "Calculator | str | None" = None,
+    strain: float = 0.04,
+    n_points: int = 7,
+    relax: bool = True,
+    fmax: float = 0.05,
+    max_steps: int = 200,
+    eos: str = "birchmurnaghan",
+) -> BulkModulusResult:
+    """Bulk modulus (GPa) from an E(V) fit on isotropically scaled cells (protocol in the module docstring).
+
+    Args:
+        structure: a pymatgen ``Structure`` or ASE ``Atoms`` (not modified).
+        calculator: an ASE calculator, ``"chgnet"``/``"mattersim"``, or ``None`` for CHGNet.
+        strain: maximum **volume** strain (0.04 = volumes from 0.96 V to 1.04 V), in ``(0, 0.5)``.
+        n_points: number of volumes (≥ 5; the EOS has 4 parameters).
+        relax: relax positions and cell first, and positions at each volume.
+        fmax: force threshold in eV/Å for the relaxations.
+        max_steps: step cap per relaxation.
+        eos: one of :data:`SUPPORTED_EOS`.
+
+    Raises:
+        ValueError: bad arguments.
+        BulkModulusError: a relaxation blew up, an energy was not finite, or the fit failed or is not
+            physical (no minimum inside the sampled volumes, B0 ≤ 0); the message says which and what to try.
+    """
+    from ase.units import GPa
+
+    if not (isinstance(strain, (int, float)) and math.isfinite(strain) and 0 < strain < 0.5):
+        raise ValueError(f"{strain=} must be a volume strain in (0, 0.5)")
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 5:
+        raise ValueError(f"{n_points=} must be an integer >= 5")
+    if not (isinstance(fmax, (int, float)) and fmax > 0):
+        raise ValueError(f"{fmax=} must be positive (eV/Å)")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"{max_steps=} must be a positive integer")
+    if eos not in SUPPORTED_EOS:
+        raise ValueError(f"{eos=} is not supported; expected one of {list(SUPPORTED_EOS)}")
+    atoms = _to_atoms(structure)
+    calc = _resolve_calculator(calculator)
+    atoms.calc = calc
+    formula = atoms.get_chemical_formula()
+
+    converged = True
+    if relax:
+        converged, steps = _relax(atoms, cell=True, fmax=fmax, max_steps=max_steps)
+        log.info("%s: cell relaxation %s after %d steps", formula, "converged" if converged else "stopped", steps)
+
+    reference_cell = atoms.cell.array.copy()  # (3, 3)
+    volumes, energies = [], []
+    for s in np.linspace(-strain, strain, n_points):
+        strained = atoms.copy()
+        strained.set_cell(reference_cell * (1.0 + s) ** (1.0 / 3.0), scale_atoms=True)
+        strained.calc = calc
+        if relax and len(strained) > 1:
+            ok, _ = _relax(strained, cell=False, fmax=fmax, max_steps=max_steps)
+            converged = converged and ok
+        volumes.append(strained.get_volume())
+        energies.append(float(strained.get_potential_energy()))
+    volumes_arr, energies_arr = np.array(volumes), np.array(energies)  # (n_points,) Å³, eV
+    if not np.all(np.isfinite(energies_arr)):
+        raise BulkModulusError(f"{formula}: the calculator returned non-finite energies {energies_arr.tolist()}")
+
+    e0, b0, b_prime, v0 = _fit_eos(volumes_arr, energies_arr, eos, formula)
+    if not volumes_arr.min() <= v0 <= volumes_arr.max():
+        raise BulkModulusError(
+            f"{formula}: the fitted equilibrium volume {v0:.3f} Å³ lies outside the sampled volumes "
+            f"[{volumes_arr.min():.3f}, {volumes_arr.max():.3f}] Å³, so E(V) has no minimum there; "
+            "relax the structure first (relax=True) or use a larger strain"
+        )
+    if b0 <= 0:
+        raise BulkModulusError(f"{formula}: the {eos} fit gave a non-positive bulk modulus ({b0 / GPa:.3g} GPa)")
+    residual = _eos_function(eos)(volumes_arr, e0, b0, b_prime, v0) - energies_arr  # (n_points,) eV
+    rms = float(np.sqrt(np.mean(residual**2)))
+    span = float(energies_arr.max() - energies_arr.min())
+    if rms > 0.1 * span:
+        log.warning("%s: the %s fit is poor (rms residual %.3g eV for an energy span of %.3g eV)", formula, eos, rms, span)
+    return BulkModulusResult(
+        value_gpa=b0 / GPa,
+        volumes=volumes_arr,
+        energies=energies_arr,
+        eos_name=eos,
+        converged=converged,
+        v0=v0,
+        e0=e0,
+        b_prime=b_prime,
+        rms_residual_ev=rms,
+        relaxed=bool(relax),
+        calculator=type(calc).__name__,
+    )
