@@ -28,7 +28,8 @@ from mattergen_lab.properties import (
     sweep_interval,
 )
 
-bulk_modulus_module = importlib.import_module("mattergen_lab.properties.bulk_modulus")  # the package attribute is the function
+# `mattergen_lab.properties.bulk_modulus` as an attribute is the function; the module is reached this way
+bulk_modulus_module = importlib.import_module("mattergen_lab.properties.bulk_modulus")
 
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa, typed here rather than taken from ase.units
 
@@ -38,7 +39,8 @@ def rock_salt(a: float = 5.64) -> Structure:
 
 
 def diamond_si(a: float = 5.43) -> Structure:
-    return Structure(Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]]), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    fcc = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+    return Structure(fcc, ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
 
 
 # ====================================================================== HHI and chemical system
@@ -168,7 +170,7 @@ def test_add_derived_properties_on_mp20_val(data_dir):
 class BirchMurnaghan(Calculator):
     """Energy E(V) of the third-order Birch–Murnaghan EOS (written out here), zero forces, hydrostatic stress."""
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
 
     def __init__(self, v0: float, b0_gpa: float, b_prime: float) -> None:
         super().__init__()
@@ -195,7 +197,7 @@ class BirchMurnaghan(Calculator):
 class Linear(Calculator):
     """E = slope · V: no minimum, a cell that wants to collapse."""
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
 
     def __init__(self, slope: float) -> None:
         super().__init__()
@@ -219,7 +221,8 @@ def test_bulk_modulus_recovers_a_known_equation_of_state():
     assert result.eos_name == "birchmurnaghan" and result.converged and not result.relaxed
     # ±4 % in volume (a volume strain, not a linear one), 7 points
     assert result.volumes.shape == (7,) and result.energies.shape == (7,)
-    assert result.volumes.min() / v_true == pytest.approx(0.96) and result.volumes.max() / v_true == pytest.approx(1.04)
+    assert result.volumes.min() / v_true == pytest.approx(0.96)
+    assert result.volumes.max() / v_true == pytest.approx(1.04)
     assert result.rms_residual_ev < 1e-8
 
     # start 5 % too large: the cell relaxation brings it back and the fit is the same
@@ -335,7 +338,7 @@ def test_sweep_interval_keeps_exactly_the_samples_inside():
     assert [s.lattice.a for s in result.structures] == pytest.approx(values[expected_inside].tolist())
     assert result.hit_rate == pytest.approx(8 / 12)
     summary = result.summary()
-    assert summary.loc[4.0, "n_inside"] == 4 and summary.loc[3.0, "n_inside"] == 2 and summary.loc[5.0, "hit_rate"] == 0.5
+    assert summary["n_inside"].tolist() == [2, 4, 2] and summary.loc[5.0, "hit_rate"] == 0.5
     assert set(table["formula"]) == {"Cu"}
 
     one = sweep_interval(lattice_sample_fn, lattice_constant, low=3.0, high=5.0, n_targets=1, samples_per_target=2)
@@ -353,7 +356,8 @@ def test_sweep_interval_records_oracle_failures():
     assert result.table["inside"].tolist() == [True, True, True, False]
     assert result.summary().loc[4.0, "n_failed"] == 1
     with pytest.raises(ValueError, match="too big"):
-        sweep_interval(lattice_sample_fn, picky, low=3.5, high=4.5, targets=[4.0], samples_per_target=4, on_error="raise")
+        sweep_interval(lattice_sample_fn, picky, low=3.5, high=4.5, targets=[4.0], samples_per_target=4,
+                       on_error="raise")
 
 
 @pytest.mark.parametrize(

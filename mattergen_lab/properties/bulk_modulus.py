@@ -15,9 +15,12 @@ Protocol (stated so that every number carries it):
    ``ase.units.GPa``. A fit without a minimum inside the sampled volumes is an error, never a NaN.
 
 The cell shape is not relaxed under strain, so for anisotropic crystals this is the fixed-shape (Voigt-like)
-response rather than the hydrostatic one. ML potentials are known to be softer than DFT: CHGNet 0.3.0 gives
-about 78 GPa for diamond Si (PBE ≈ 88–89 GPa) and about 51 GPa for fcc Al (PBE ≈ 75–80 GPa) with the
-defaults here.
+response rather than the hydrostatic one.
+
+Treat an ML bulk modulus as a screening oracle, not as DFT. Measured with CHGNet 0.3.0 and the defaults
+here (``relax=True``): Si (diamond) 78 GPa (DFT-PBE ≈ 88), Al (fcc) 52 GPa (≈ 77), Cu (fcc) 165 GPa
+(≈ 140), MgO (rock salt) 126 GPa (≈ 150): errors of 10–35 %, mostly too soft. B0' is poorly determined
+from ±4 % in volume (it scattered from 2 to 19 in those runs); B0 is the robust number.
 
 Energies come from :func:`get_calculator`: ``"chgnet"`` (weights ship in its wheel; works offline) or
 ``"mattersim"`` (weights download on first use; offline, pass ``load_path``).
@@ -107,7 +110,7 @@ def _load_chgnet(load_path: str | None) -> Any:
     return model
 
 
-def _chgnet_calculator(device: str, load_path: str | None) -> "Calculator":
+def _chgnet_calculator(device: str, load_path: str | None) -> Calculator:
     try:
         from chgnet.model.dynamics import CHGNetCalculator
     except ImportError as exc:
@@ -137,26 +140,27 @@ def _mattersim_weights(load_path: str | None) -> Path:
     )
 
 
-def _mattersim_calculator(device: str, load_path: str | None) -> "Calculator":
+def _mattersim_calculator(device: str, load_path: str | None) -> Calculator:
     try:
         from mattersim.forcefield import MatterSimCalculator
     except Exception as exc:  # ImportError, or torchvision's RuntimeError (install trap)
         raise ImportError(
-            "MatterSim is not installed or does not import. Install it with `pip install --no-deps "
-            "mattersim==1.2.3` plus its runtime needs (see the 'mattersim' extra in pyproject.toml); its "
-            f"declared torchvision/torchaudio dependencies break CPU torch. Or use 'chgnet'. ({exc})"
+            "MatterSim is not installed or does not import. On a CPU machine install it with `pip install "
+            "--no-deps mattersim==1.2.3` plus torch_runstats torch-ema torchmetrics opt_einsum_fx loguru deprecated "
+            "scikit-learn e3nn torch_geometric requests: its declared torchvision/torchaudio dependencies pull "
+            f"CUDA builds that break a CPU torch. Or use 'chgnet'. ({type(exc).__name__}: {exc})"
         ) from exc
     weights = _mattersim_weights(load_path)
     try:
         return MatterSimCalculator(load_path=str(weights), device=device)
-    except Exception as exc:  # noqa: BLE001 - any load failure gets the same advice
+    except Exception as exc:
         raise ValueError(
             f"could not load MatterSim weights from {weights}: {type(exc).__name__}: {exc}. "
             "Use get_calculator('chgnet') instead."
         ) from exc
 
 
-def get_calculator(name: str = "chgnet", *, device: str = "cpu", load_path: str | Path | None = None) -> "Calculator":
+def get_calculator(name: str = "chgnet", *, device: str = "cpu", load_path: str | Path | None = None) -> Calculator:
     """An ASE calculator for an ML force field.
 
     Args:
@@ -178,20 +182,22 @@ def get_calculator(name: str = "chgnet", *, device: str = "cpu", load_path: str 
     raise ValueError(f"unknown calculator {name!r}; expected one of {list(CALCULATORS)}")
 
 
-def _resolve_calculator(calculator: "Calculator | str | None") -> "Calculator":
+def _resolve_calculator(calculator: Calculator | str | None) -> Calculator:
     if calculator is None:
         return get_calculator("chgnet")
     if isinstance(calculator, str):
         return get_calculator(calculator)
     if not hasattr(calculator, "get_potential_energy"):
-        raise ValueError(f"calculator must be an ASE calculator or one of {list(CALCULATORS)}, got {type(calculator).__name__}")
+        raise ValueError(
+            f"calculator must be an ASE calculator or one of {list(CALCULATORS)}, got {type(calculator).__name__}"
+        )
     return calculator
 
 
 # ====================================================================== relaxation
 
 
-def _cell_filter(atoms: "Atoms") -> Any:
+def _cell_filter(atoms: Atoms) -> Any:
     try:
         from ase.filters import FrechetCellFilter
 
@@ -202,7 +208,7 @@ def _cell_filter(atoms: "Atoms") -> Any:
         return ExpCellFilter(atoms)
 
 
-def _relax(atoms: "Atoms", *, cell: bool, fmax: float, max_steps: int) -> tuple[bool, int]:
+def _relax(atoms: Atoms, *, cell: bool, fmax: float, max_steps: int) -> tuple[bool, int]:
     """Relax ``atoms`` in place with FIRE (positions, and the cell if ``cell``); returns ``(converged, steps)``.
 
     Raises:
@@ -260,14 +266,16 @@ def _fit_eos(volumes: np.ndarray, energies: np.ndarray, eos: str, formula: str) 
         raise BulkModulusError(f"{formula}: the {eos} fit failed: {type(exc).__name__}: {exc}") from exc
     e0, b0, b_prime, v0 = (float(x) for x in params)
     if not all(math.isfinite(x) for x in (e0, b0, b_prime, v0)):
-        raise BulkModulusError(f"{formula}: the {eos} fit gave non-finite parameters (V0={v0}, B0={b0}, B0'={b_prime})")
+        raise BulkModulusError(
+            f"{formula}: the {eos} fit gave non-finite parameters (V0={v0}, B0={b0}, B0'={b_prime})"
+        )
     return e0 + reference, b0, b_prime, v0
 
 
 # ====================================================================== bulk modulus
 
 
-def _to_atoms(structure: "Structure | Atoms") -> "Atoms":
+def _to_atoms(structure: Structure | Atoms) -> Atoms:
     from ase import Atoms
 
     if isinstance(structure, Atoms):
@@ -288,9 +296,9 @@ def _to_atoms(structure: "Structure | Atoms") -> "Atoms":
 
 
 def bulk_modulus(
-    structure: "Structure | Atoms",
+    structure: Structure | Atoms,
     *,
-    calculator: "Calculator | str | None" = None,
+    calculator: Calculator | str | None = None,
     strain: float = 0.04,
     n_points: int = 7,
     relax: bool = True,
@@ -361,11 +369,19 @@ def bulk_modulus(
         )
     if b0 <= 0:
         raise BulkModulusError(f"{formula}: the {eos} fit gave a non-positive bulk modulus ({b0 / GPa:.3g} GPa)")
+    low_v, high_v = float(volumes_arr.min()), float(volumes_arr.max())
+    if not low_v + 0.25 * (high_v - low_v) <= v0 <= high_v - 0.25 * (high_v - low_v):
+        log.warning(
+            "%s: the fitted V0 = %.3f Å³ lies near the edge of the sampled volumes [%.3f, %.3f] Å³; B0 is poorly "
+            "constrained there (relax first or widen the strain)", formula, v0, low_v, high_v,
+        )
     residual = _eos_function(eos)(volumes_arr, e0, b0, b_prime, v0) - energies_arr  # (n_points,) eV
     rms = float(np.sqrt(np.mean(residual**2)))
     span = float(energies_arr.max() - energies_arr.min())
     if rms > 0.1 * span:
-        log.warning("%s: the %s fit is poor (rms residual %.3g eV for an energy span of %.3g eV)", formula, eos, rms, span)
+        log.warning(
+            "%s: the %s fit is poor (rms residual %.3g eV for an energy span of %.3g eV)", formula, eos, rms, span
+        )
     return BulkModulusResult(
         value_gpa=b0 / GPa,
         volumes=volumes_arr,

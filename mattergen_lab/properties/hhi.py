@@ -59,7 +59,7 @@ def _lookup_arrays() -> tuple[np.ndarray, np.ndarray]:
     return hhi, mass
 
 
-def _as_composition(x: Any) -> "Composition":
+def _as_composition(x: Any) -> Composition:
     """A Composition (oxidation states dropped) from a Composition, a formula string or a structure."""
     from pymatgen.core import Composition
 
@@ -80,7 +80,7 @@ def _as_composition(x: Any) -> "Composition":
 
     try:
         elements = comp.element_composition
-    except Exception as exc:  # noqa: BLE001 - reported as a ValueError
+    except Exception as exc:
         raise ValueError(f"composition {comp.formula!r} has species that are not elements: {exc}") from exc
     not_elements = sorted(str(e) for e in elements if not isinstance(e, Element))
     if not_elements:  # pymatgen reads unknown symbols such as "Qq" as dummy species
@@ -131,7 +131,8 @@ def hhi_scores(atom_types: np.ndarray | Sequence[int], num_atoms: np.ndarray | S
     if len(counts) and int(counts.min()) < 1:
         raise ValueError("every crystal needs at least one atom")
     if len(z) and (int(z.min()) < 1 or int(z.max()) > _MAX_Z):
-        raise ValueError(f"atomic numbers must be in 1..{_MAX_Z}, got {sorted(set(z[(z < 1) | (z > _MAX_Z)].tolist()))}")
+        bad = sorted(set(z[(z < 1) | (z > _MAX_Z)].tolist()))
+        raise ValueError(f"atomic numbers must be in 1..{_MAX_Z}, got {bad}")
     hhi, mass = _lookup_arrays()
     crystal = np.repeat(np.arange(len(counts)), counts)  # (N,) crystal index of each atom
     atom_mass = mass[z]  # (N,)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
 
 
-def magnetic_density(structure: "Structure", magmoms: Sequence[float] | np.ndarray | None = None) -> float:
+def magnetic_density(structure: Structure, magmoms: Sequence[float] | np.ndarray | None = None) -> float:
     """``|Σ magnetic moments| / volume`` in μB/Å³ (MP's ``total_magnetization / volume``).
 
     Args:

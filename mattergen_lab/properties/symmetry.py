@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -51,7 +52,7 @@ def _check_tolerances(symprec: float, angle_tolerance: float) -> None:
         raise ValueError(f"{angle_tolerance=} must be a positive number (degrees)")
 
 
-def space_group(structure: "Structure", symprec: float = SYMPREC, angle_tolerance: float = ANGLE_TOLERANCE) -> int:
+def space_group(structure: Structure, symprec: float = SYMPREC, angle_tolerance: float = ANGLE_TOLERANCE) -> int:
     """International space-group number (1–230) from pymatgen's ``SpacegroupAnalyzer`` (spglib).
 
     Args:
@@ -75,14 +76,18 @@ def space_group(structure: "Structure", symprec: float = SYMPREC, angle_toleranc
 
         structure = AseAtomsAdaptor.get_structure(structure)
     try:
-        number = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance).get_space_group_number()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # spglib 2.5+: about its error-handling switch
+            analyzer = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance)
+            number = analyzer.get_space_group_number()
     except Exception as exc:  # spglib reports failure in several ways across versions
         raise ValueError(
             f"spglib could not determine the space group of {structure.composition.reduced_formula} "
             f"({symprec=}, {angle_tolerance=}): {type(exc).__name__}: {exc}"
         ) from exc
     if number is None or not 1 <= int(number) <= 230:
-        raise ValueError(f"spglib returned no valid space group for {structure.composition.reduced_formula}: {number!r}")
+        formula = structure.composition.reduced_formula
+        raise ValueError(f"spglib returned no valid space group for {formula}: {number!r}")
     return int(number)
 
 
@@ -94,7 +99,9 @@ def _spglib_number(cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: flo
     import spglib
 
     try:
-        data = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
     except Exception:  # noqa: BLE001 - counted and logged by the caller
         return float("nan")
     return float("nan") if data is None else float(data.number)
@@ -107,7 +114,7 @@ def _spglib_numbers(
 
 
 def space_groups(
-    dataset: "CrystalDataset",
+    dataset: CrystalDataset,
     *,
     symprec: float = SYMPREC,
     angle_tolerance: float = ANGLE_TOLERANCE,
@@ -120,8 +127,9 @@ def space_groups(
         num_workers: processes; ``None`` uses up to 8 for 2,000+ crystals (Linux), 1 otherwise.
     """
     _check_tolerances(symprec, angle_tolerance)
-    cells = [
-        (dataset.lattice[i], dataset.frac_coords[dataset.ptr[i] : dataset.ptr[i + 1]], dataset.atom_types[dataset.ptr[i] : dataset.ptr[i + 1]])
+    ptr = dataset.ptr
+    cells = [  # (lattice (3, 3), frac_coords (n, 3), atomic numbers (n,)) per crystal
+        (dataset.lattice[i], dataset.frac_coords[ptr[i] : ptr[i + 1]], dataset.atom_types[ptr[i] : ptr[i + 1]])
         for i in range(len(dataset))
     ]
     if num_workers is None:
@@ -141,14 +149,14 @@ def space_groups(
 
 
 def add_derived_properties(
-    dataset: "CrystalDataset",
+    dataset: CrystalDataset,
     *,
     names: Sequence[str] = DERIVED_PROPERTIES,
     symprec: float = SYMPREC,
     angle_tolerance: float = ANGLE_TOLERANCE,
     overwrite: bool = False,
     num_workers: int | None = None,
-) -> "CrystalDataset":
+) -> CrystalDataset:
     """A new dataset with ``hhi_score`` and/or ``space_group`` added to ``dataset.properties``.
 
     * ``hhi_score``: production HHI, mass-fraction weighted (:func:`~mattergen_lab.properties.hhi_score`),

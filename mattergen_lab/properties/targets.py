@@ -158,7 +158,9 @@ def sweep_interval(
     for target in values:
         structures = list(sample_fn(target, samples_per_target))
         if len(structures) != samples_per_target:
-            log.warning("sample_fn returned %d structures for target %g (asked for %d)", len(structures), target, samples_per_target)
+            log.warning(
+                "sample_fn returned %d structures for target %g (asked for %d)", len(structures), target, samples_per_target
+            )
         for j, structure in enumerate(structures):
             value, error = float("nan"), None
             try:
@@ -183,7 +185,9 @@ def sweep_interval(
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     table["inside"] = table["inside"].astype(bool)
     kept = [generated[i] for i in table.loc[table["inside"], "index"]]
-    log.info("interval [%g, %g]: %d of %d samples inside over %d targets", low, high, len(kept), len(generated), len(values))
+    log.info(
+        "interval [%g, %g]: %d of %d samples inside over %d targets", low, high, len(kept), len(generated), len(values)
+    )
     return IntervalResult(low, high, tuple(values), table, kept, generated)
 
 
