@@ -63,6 +63,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-6, help="official fine-tuning rate; tiny CPU models like ~1e-3")
+    p.add_argument("--splits", default="val,test,train", help="MP-20 splits, when --data is not a CSV")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--val-every", type=int, default=200)
     p.add_argument("--limit", type=int, default=None)
@@ -156,7 +157,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from mattergen_lab.checkpoints import load_checkpoint
-    from mattergen_lab.data import load_csv, load_mp20
+    from mattergen_lab.data import CrystalDataset, load_csv, load_mp20
     from mattergen_lab.model.property_embeddings import SUPPORTED_PROPERTIES
     from mattergen_lab.training.finetune import finetune
     from mattergen_lab.training.trainer import TrainConfig
@@ -168,7 +169,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.data and Path(args.data).is_file():
         data = load_csv(args.data)
     else:
-        data = type(load_mp20("val", data_dir=args.data)).concat([load_mp20(s, data_dir=args.data) for s in ("val", "test", "train")])
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+        data = CrystalDataset.concat([load_mp20(s, data_dir=args.data) for s in splits])
     needs_derived = {"hhi_score", "space_group"} & set(args.properties) - set(data.properties)
     if needs_derived:
         from mattergen_lab.properties import add_derived_properties

@@ -81,7 +81,7 @@ def test_condition_values_are_checked(trained_tiny):
     from mattergen_lab.sampling.api import sample
 
     ckpt_dir, _, _ = trained_tiny
-    with pytest.raises(ValueError, match="condition 'dft_band_gap' is not supported .* an unconditional model"):
+    with pytest.raises(ValueError, match=r"condition 'dft_band_gap' is not supported .*\(an unconditional model\)"):
         sample(ckpt_dir, 1, num_steps=2, conditions={"dft_band_gap": 1.0})
     with pytest.raises(ValueError, match="'Xx' is not an element"):
         sample(ckpt_dir, 1, num_steps=2, elements="Li-Xx-O")
@@ -139,7 +139,7 @@ def test_hard_chemical_system_mask_holds_at_every_step(chemsys_model, gamma):
     frames = 0
     for frame in sampler.iter_steps(
         num_atoms, generator=torch.Generator().manual_seed(2), every=1,
-        allowed_elements=parse_chemical_system(target), properties={"chemical_system": target},
+        allowed_elements=parse_chemical_system(target), properties={"chemical_system": [target] * 100},
     ):
         types = set(frame.batch.atom_types.tolist())
         assert types <= allowed, sorted(types - allowed)
@@ -159,3 +159,28 @@ def test_nan_target_is_refused(chemsys_model, trained_tiny, tmp_path):
         _validated_conditions({"dft_band_gap": math.nan}, info_scalar)
     with pytest.raises(ValueError, match="space_group=231 must be an integer in 1-230"):
         _validated_conditions({"space_group": 231}, info_scalar)
+
+
+def test_cli_finetune_then_conditional_sample(trained_tiny, tmp_path):
+    from pymatgen.core import Structure
+
+    from mattergen_lab.cli import main
+    from mattergen_lab.model.io import load_local_checkpoint
+
+    ckpt_dir, _, _ = trained_tiny
+    out = tmp_path / "ft"
+    code = main(["finetune", "--base", str(ckpt_dir), "--property", "dft_band_gap", "--property", "chemical_system",
+                 "--splits", "val", "--limit", "64", "--max-steps", "3", "--batch-size", "4", "--val-every", "3",
+                 "--lr", "1e-3", "--out", str(out)])
+    assert code == 0
+    ckpt = load_local_checkpoint(out / "best")
+    assert ckpt.model.conditions == ("dft_band_gap", "chemical_system")
+    scaler = ckpt.config["scalers"]["dft_band_gap"]
+    assert 0.1 < scaler["mean"] < 3.0 and scaler["std"] > 0.1  # MP-20 band gaps, eV
+    samples = tmp_path / "samples"
+    code = main(["sample", "--checkpoint", str(out / "best"), "--num-samples", "2", "--batch-size", "2", "--steps", "5",
+                 "--condition", "chemical_system=Li-Fe-O", "--condition", "dft_band_gap=2.5", "--guidance", "2", "--out", str(samples)])
+    assert code == 0
+    for path in sorted((samples / "cifs").glob("*.cif")):
+        assert {site.specie.symbol for site in Structure.from_file(path)} <= {"Li", "Fe", "O"}
+    assert main(["finetune", "--base", str(ckpt_dir), "--property", "magnetism", "--out", str(tmp_path / "x")]) == 2

@@ -253,8 +253,7 @@ def test_bulk_modulus_failures_are_errors_with_a_reason():
         bulk_modulus(si, calculator=Linear(1.0), eos="sj")
 
 
-def test_bulk_modulus_of_silicon_with_chgnet():
-    pytest.importorskip("chgnet")
+def test_bulk_modulus_of_silicon_with_chgnet():  # needs the `eval` extra (CHGNet); the README installs it
     result = bulk_modulus(diamond_si(5.43), calculator="chgnet", relax=True)
     # DFT (PBE) ≈ 88-89 GPa, experiment ≈ 98 GPa. CHGNet 0.3.0 gives ≈ 78 GPa with this protocol (it is
     # softer than DFT). The window [70, 100] GPa fails for wrong units (eV/Å³: 0.5; kbar: 780) or a

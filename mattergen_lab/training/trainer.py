@@ -216,6 +216,9 @@ def _train(
 ) -> TrainResult:
     rank, world = _distributed()
     device = torch.device(config.device)
+    if device.type == "cuda" and world > 1 and device.index is None:  # one GPU per torchrun process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     dtype = _DTYPES[config.dtype]
     if len(train_data) < config.batch_size * world:
         raise ValueError(
@@ -246,7 +249,9 @@ def _train(
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=bool(model.config.condition_on_adapt)
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(model.config.condition_on_adapt),
         )
 
     num_atoms_dist = _num_atoms_table(train_data)
