@@ -234,7 +234,8 @@ class PredictorCorrectorSampler:
             generator: all randomness; it must live on ``device`` (default: the generator's device).
             allowed_elements: see :data:`AllowedElements`; elements outside ``SELECTED_ATOMIC_NUMBERS``
                 and MASK are never sampled.
-            properties: per-crystal conditioning values put on the batch the model sees.
+            properties: conditioning values put on the batch the model sees: one number or string for
+                every crystal, or one value per crystal.
         """
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"every={every!r} must be an integer >= 0")
@@ -263,6 +264,7 @@ class PredictorCorrectorSampler:
         properties: dict[str, Any] | None,
     ) -> Iterator[SamplerFrame]:
         b = len(num_atoms)
+        properties = _broadcast_properties(properties, b, dtype=dtype, device=device)
         x = self.diffusion.prior(num_atoms, generator=generator, dtype=dtype, device=device, properties=properties)
         batch_idx = x.batch_idx  # (N,)
         num_atoms = x.num_atoms
@@ -576,8 +578,12 @@ def _broadcast_properties(
             out[key] = [value] * b
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = torch.full((b,), float(value), dtype=dtype, device=device)
+        elif isinstance(value, torch.Tensor) and value.shape == (b,):
+            out[key] = value.to(device=device, dtype=dtype)
+        elif isinstance(value, (list, tuple)) and len(value) == b:  # already one value per crystal
+            out[key] = list(value) if any(isinstance(v, str) or v is None for v in value) else torch.tensor(value, dtype=dtype, device=device)
         else:
-            raise ValueError(f"property {key}={value!r} must be a number or a string (one value for every crystal)")
+            raise ValueError(f"property {key}={value!r} must be a number, a string, or one value per crystal ({b})")
     return out
 
 
