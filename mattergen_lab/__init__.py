@@ -1,3 +1,47 @@
-"""mattergen-lab: a re-implementation of MatterGen with an interactive design environment."""
+"""mattergen-lab: a re-implementation of MatterGen with an interactive design environment.
+
+The public API is importable from here; submodules load on first use, so ``import mattergen_lab`` stays
+cheap (no pymatgen, no pandas until needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CrystalBatch": "mattergen_lab.crystal",
+    "GemNetConfig": "mattergen_lab.model.gemnet",
+    "ScoreModel": "mattergen_lab.model.score_model",
+    "ScoreOutput": "mattergen_lab.model.output",
+    "DiffusionConfig": "mattergen_lab.noise.joint",
+    "JointDiffusion": "mattergen_lab.noise.joint",
+    "PredictorCorrectorSampler": "mattergen_lab.sampling.sampler",
+    "SamplerConfig": "mattergen_lab.sampling.sampler",
+    "ClassifierFreeGuidance": "mattergen_lab.sampling.guidance",
+    "load_sampler": "mattergen_lab.sampling.api",
+    "sample": "mattergen_lab.sampling.api",
+    "sample_to_dir": "mattergen_lab.sampling.api",
+    "load_checkpoint": "mattergen_lab.checkpoints",
+    "registry": "mattergen_lab.checkpoints",
+    "TrainConfig": "mattergen_lab.training.trainer",
+    "train": "mattergen_lab.training.trainer",
+    "finetune": "mattergen_lab.training.finetune",
+    "load_mp20": "mattergen_lab.data",
+    "load_csv": "mattergen_lab.data",
+    "CrystalDataset": "mattergen_lab.data",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mattergen_lab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -82,3 +82,11 @@ def test_bad_input_names_the_value(structures):
         masked.to_structures()
     with pytest.warns(UserWarning, match="num_atoms=24 exceeds the 20 atoms"):
         warn_if_too_large([8, 24])
+
+
+def test_public_api_imports_lazily():
+    import subprocess
+    import sys
+
+    code = "import sys, mattergen_lab as m; assert 'pymatgen' not in sys.modules and 'pandas' not in sys.modules; [getattr(m, n) for n in m.__all__]"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
