@@ -124,7 +124,8 @@ def test_guidance_moves_samples_towards_the_target_chemical_system(chemsys_model
             properties={"chemical_system": target},  # no allowed_elements: the soft effect alone
         )
         fractions[gamma] = _fraction_in_system(structures, target)
-    # Measured (seeded): see the README. Threshold: at least +0.25 absolute and at least doubled.
+    # Measured on the calibration run: 0.147 at γ = 0 and 0.606 at γ = 2 (464 atoms each).
+    # Threshold: at least +0.25 absolute and at least doubled.
     assert fractions[2.0] - fractions[0.0] >= 0.25, fractions
     assert fractions[2.0] >= 2 * fractions[0.0], fractions
 
