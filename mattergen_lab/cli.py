@@ -71,6 +71,21 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def _add_checkpoints(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("checkpoints", help="list the known checkpoints (checkpoints.yaml) and whether they are local")
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from mattergen_lab.checkpoints import cache_root, registry
+
+    print(f"{'name':<36} {'kind':<9} {'local':<6} properties")
+    for name, rec in registry().items():
+        local = (cache_root() / name / "checkpoints" / "last.ckpt").exists() if rec.is_official else bool(rec.path and rec.path.exists())
+        print(f"{name:<36} {rec.kind:<9} {'yes' if local else 'no':<6} {', '.join(rec.properties) or '(unconditional)'}")
+    print(f"official checkpoints are cached in {cache_root()} ($MATTERGEN_LAB_CHECKPOINTS)")
+    return 0
+
+
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train a tiny model on MP-20 (CPU, minutes), then sample crystals from it")
     p.add_argument("--out", default="runs/quickstart")
@@ -222,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_finetune(sub)
+    _add_checkpoints(sub)
     _add_quickstart(sub)
     return parser
 
@@ -229,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"train": cmd_train, "sample": cmd_sample, "quickstart": cmd_quickstart, "finetune": cmd_finetune}
+    commands = {"train": cmd_train, "sample": cmd_sample, "quickstart": cmd_quickstart, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:

@@ -218,3 +218,12 @@ def test_a_few_sampling_steps_run_on_official_format_checkpoints(official_base, 
     assert all(site.specie.Z in SELECTED_ATOMIC_NUMBERS for s in structures for site in s)
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="condition 'dft_band_gap' is not supported"):
         sample(official_magnet, 1, num_steps=2, conditions={"dft_band_gap": 1.0})
+
+
+def test_cli_lists_the_registry(capsys, tmp_path, monkeypatch):
+    from mattergen_lab.cli import main
+
+    monkeypatch.setenv("MATTERGEN_LAB_CHECKPOINTS", str(tmp_path))
+    assert main(["checkpoints"]) == 0
+    out = capsys.readouterr().out
+    assert "dft_mag_density_hhi_score" in out and "dft_mag_density, hhi_score" in out and str(tmp_path) in out
