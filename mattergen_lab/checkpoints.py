@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 import torch
 import yaml
 
+from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.model.gemnet import OFFICIAL_UNUSED_KEY_PATTERNS, GemNetConfig
 from mattergen_lab.model.io import (
     CONFIG_FILE,
@@ -354,18 +355,12 @@ def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None
         raise ValueError(f"{ckpt_path}: state_dict entries are not tensors: {bad[:5]}")
     model = ScoreModel(_official_gemnet_config(cfg_yaml))
     model.load_state_dict(map_official_state_dict(state, model), strict=True)
-    from mattergen_lab.constants import ALEX_MP_20_NUM_ATOMS
-
     config = {
         "source": "official",
         "path": str(ckpt_path),
         "properties": list(model.conditions),
-        "scalers": {
-            p: {"mean": float(e.scaler.means), "std": float(e.scaler.stds), "log10": e.scaler.log10}
-            for p, e in getattr(model, "property_embeddings_adapt", {}).items()
-            if e.is_scalar
-        },
-        "num_atoms_distribution": {str(k): v for k, v in ALEX_MP_20_NUM_ATOMS.items()},
+        "scalers": model.scaler_summary(),
+        "num_atoms_distribution": NumAtomsDistribution.from_table("ALEX_MP_20").to_dict(),
         "model": model.config.to_dict(),
     }
     return Checkpoint(model=model, config=config, path=ckpt_path)

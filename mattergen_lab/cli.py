@@ -97,14 +97,14 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_training_data(args: argparse.Namespace):
-    from mattergen_lab.data import load_csv, load_mp20
+    from mattergen_lab.data import CrystalDataset, load_csv, load_mp20
 
     if args.csv:
         data = load_csv(args.csv)
     else:
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
         parts = [load_mp20(s, data_dir=args.data_dir) for s in splits]
-        data = parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+        data = parts[0] if len(parts) == 1 else CrystalDataset.concat(parts)
     if args.limit:
         data = data.subset(range(min(args.limit, len(data))))
     return data.split_validation(args.val_fraction, seed=args.seed)

@@ -14,6 +14,7 @@ Each adapted property ``p`` has ``property_embeddings_adapt.<p>`` with:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -70,13 +71,10 @@ class ChemicalSystemMultiHot(nn.Module):
 
     @staticmethod
     def multi_hot(systems: Sequence[str], *, device: torch.device | None = None) -> torch.Tensor:
-        from pymatgen.core import Element
-
-        out = torch.zeros(len(systems), NUM_CLASSES, device=device)
+        out = torch.zeros(len(systems), NUM_CLASSES)
         for i, system in enumerate(systems):
-            for symbol in parse_chemical_system(system):
-                out[i, Element(symbol).Z] = 1.0
-        return out
+            out[i, list(_system_numbers(system))] = 1.0
+        return out.to(device)
 
     def forward(self, systems: Sequence[str]) -> torch.Tensor:
         w = self.embedding.weight
@@ -92,6 +90,14 @@ class SpaceGroupEmbedding(nn.Module):
 
     def forward(self, space_group: torch.Tensor) -> torch.Tensor:
         return self.embedding(space_group.long() - 1)
+
+
+@lru_cache(maxsize=1024)
+def _system_numbers(system: str) -> tuple[int, ...]:
+    """Atomic numbers of a chemical system, parsed once per string (this runs on every network call)."""
+    from pymatgen.core import Element
+
+    return tuple(Element(s).Z for s in parse_chemical_system(system))
 
 
 def parse_chemical_system(system: str) -> list[str]:

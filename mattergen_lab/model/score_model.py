@@ -105,5 +105,14 @@ class ScoreModel(nn.Module):
         frac = (inv_t @ out.forces.unsqueeze(-1)).squeeze(-1)  # (N, 3)
         return ScoreOutput(atom_logits=self.fc_atom(out.node_embeddings), frac_coords=frac, lattice=out.stress)
 
+    def scaler_summary(self) -> dict[str, dict[str, float | bool]]:
+        """``{property: {mean, std, log10}}`` of each scalar adapter's scaler (plain data for configs)."""
+        embeddings = getattr(self, "property_embeddings_adapt", {})
+        return {
+            name: {"mean": float(e.scaler.means), "std": float(e.scaler.stds), "log10": e.scaler.log10}
+            for name, e in embeddings.items()
+            if e.is_scalar
+        }
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -4,7 +4,6 @@ from mattergen_lab.sampling.sampler import (
     PredictorCorrectorSampler,
     SamplerConfig,
     SamplerFrame,
-    TableNumAtoms,
 )
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
@@ -26,7 +25,6 @@ __all__ = [
     "SamplerConfig",
     "SamplerFrame",
     "StepOutput",
-    "TableNumAtoms",
     "WrappedAncestralPredictor",
     "WrappedLangevinCorrector",
     "allowed_classes",

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from mattergen_lab.config import PlainConfig
-from mattergen_lab.constants import ALEX_MP_20_NUM_ATOMS, NUM_CLASSES
+from mattergen_lab.constants import NUM_CLASSES
 from mattergen_lab.crystal import CrystalBatch, warn_if_too_large
+from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.noise.joint import JointDiffusion
 from mattergen_lab.sampling.steps import (
@@ -129,22 +130,6 @@ class SamplerFrame:
     batch: CrystalBatch
     mean: CrystalBatch | None
     final: bool = False
-
-
-class TableNumAtoms:
-    """Draws n i.i.d. from a table ``{n: p}`` (default: the spec's ALEX_MP_20 table)."""
-
-    def __init__(self, table: Mapping[int, float] | None = None) -> None:
-        table = dict(ALEX_MP_20_NUM_ATOMS if table is None else table)
-        if not table or any(int(n) < 1 or not p >= 0 for n, p in table.items()) or sum(table.values()) <= 0:
-            raise ValueError(f"num-atoms table {table!r} must map positive counts to non-negative weights")
-        self.values = torch.tensor([int(n) for n in table], dtype=torch.long)
-        self.probs = torch.tensor([float(p) for p in table.values()], dtype=torch.float64)
-
-    def sample(self, k: int, *, generator: torch.Generator) -> torch.Tensor:
-        probs = self.probs.to(generator.device)
-        idx = torch.multinomial(probs, k, replacement=True, generator=generator)  # (k,)
-        return self.values[idx.cpu()]
 
 
 def _seed_for(base: int, chunk: int) -> int:
@@ -480,7 +465,7 @@ class PredictorCorrectorSampler:
     def _num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:
         """Validate ``num_atoms`` once; return ``(indices, cpu generator) -> (k,) counts``."""
         if num_atoms is None:
-            num_atoms = _default_num_atoms()
+            num_atoms = NumAtomsDistribution.from_table("ALEX_MP_20")
         if _is_pos_int(num_atoms):
             return lambda idx, g: torch.full((len(idx),), int(num_atoms), dtype=torch.long)
         if hasattr(num_atoms, "sample"):
@@ -549,15 +534,6 @@ class PredictorCorrectorSampler:
 
 
 # ---------------------------------------------------------------------------------------- file helpers
-def _default_num_atoms() -> NumAtomsSampler:
-    """The spec's ALEX_MP_20 table (through ``NumAtomsDistribution`` when the data package provides it)."""
-    try:
-        from mattergen_lab.data.num_atoms import NumAtomsDistribution
-    except ImportError:  # pragma: no cover - the data package is optional for the sampler
-        return TableNumAtoms()
-    return NumAtomsDistribution.from_table("ALEX_MP_20")
-
-
 def _is_per_crystal(entries: list[Any]) -> bool:
     """True when ``entries`` is one element list (or None) per crystal rather than one list of elements."""
     return bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)

@@ -96,11 +96,7 @@ def finetune(
     info = {
         "properties": list(model.conditions),
         "base_checkpoint": str(base.path or ""),
-        "scalers": {
-            p: {"mean": float(e.scaler.means), "std": float(e.scaler.stds), "log10": e.scaler.log10}
-            for p, e in model.property_embeddings_adapt.items()
-            if e.is_scalar
-        },
+        "scalers": model.scaler_summary(),
         **(extra_config or {}),
     }
     return train(config, train_data, val_data, out_dir, init_from=start, extra_config=info, callback=callback)

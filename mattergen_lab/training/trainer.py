@@ -39,6 +39,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class Dataset(Protocol):
     def __len__(self) -> int: ...
     def get_batch(self, indices: Any, *, dtype: torch.dtype = ...) -> CrystalBatch: ...
+    def num_atoms_distribution(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -254,10 +255,9 @@ def _train(
             find_unused_parameters=bool(model.config.condition_on_adapt),
         )
 
-    num_atoms_dist = _num_atoms_table(train_data)
     base_config = {
         "diffusion": diffusion.config.to_dict(),
-        "num_atoms_distribution": num_atoms_dist,
+        "num_atoms_distribution": train_data.num_atoms_distribution().to_dict(),
         **(extra_config or {}),
     }
 
@@ -323,12 +323,3 @@ def _train(
         dist.barrier()
     return TrainResult(history=history, best_val_loss=best_val, checkpoint_dir=best_dir if best_dir.exists() else last_dir)
 
-
-def _num_atoms_table(data: Dataset) -> dict[str, float]:
-    """The training set's number-of-atoms distribution, stored in checkpoints for sampling."""
-    counts = getattr(data, "num_atoms", None)
-    if counts is None:
-        return {}
-    counts = torch.as_tensor(counts)
-    hist = torch.bincount(counts)
-    return {str(n): float(c) / float(hist.sum()) for n, c in enumerate(hist.tolist()) if c}
