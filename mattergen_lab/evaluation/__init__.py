@@ -1,9 +1,46 @@
-"""Evaluation of generated crystals (validity now; relaxation, E_hull and S.U.N. to come)."""
+"""Evaluation of generated crystals: relaxation, energy above hull, S.U.N., RMSD and validity (spec §7).
 
-from mattergen_lab.evaluation.validity import (
-    StructureCheck,
-    check_structure,
-    min_interatomic_distance,
-)
+Main entry points: :func:`evaluate_structures` / :func:`evaluate_path` (per-structure table, aggregates and
+protocol record), :func:`get_relaxer`, :func:`load_reference`. Submodules are imported lazily, so
+``import mattergen_lab.evaluation`` is cheap.
+"""
 
-__all__ = ["StructureCheck", "check_structure", "min_interatomic_distance"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "StructureCheck": "validity",
+    "check_structure": "validity",
+    "min_interatomic_distance": "validity",
+    "RelaxConfig": "relax",
+    "RelaxResult": "relax",
+    "Relaxer": "relax",
+    "get_relaxer": "relax",
+    "mp2020_corrected_entry": "relax",
+    "ReferenceHull": "reference",
+    "MissingReferenceError": "reference",
+    "load_reference": "reference",
+    "elemental_references": "reference",
+    "NoveltyReference": "matching",
+    "load_novelty_reference": "matching",
+    "structures_match": "matching",
+    "unique_flags": "matching",
+    "EvaluationResult": "evaluate",
+    "evaluate_structures": "evaluate",
+    "evaluate_path": "evaluate",
+    "read_structures": "evaluate",
+    "rmsd_from_relaxation": "evaluate",
+    "composition_valid": "evaluate",
+    "compute_metrics": "evaluate",
+    "STABILITY_THRESHOLD": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"mattergen_lab.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mattergen_lab.evaluation' has no attribute {name!r}")

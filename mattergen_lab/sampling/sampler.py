@@ -30,6 +30,7 @@ import torch
 
 from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import NUM_CLASSES
+from mattergen_lab.fileio import atomic_write_text
 from mattergen_lab.crystal import CrystalBatch, warn_if_too_large
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.model.output import ScoreOutput
@@ -134,17 +135,6 @@ class SamplerFrame:
 
 def _seed_for(base: int, chunk: int) -> int:
     return (base * 1_000_003 + 7919 * (chunk + 1)) % (2**63 - 1)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class PredictorCorrectorSampler:
@@ -580,7 +570,7 @@ def _read_cif(path: Path) -> "Structure":
 def _write_cif(path: Path, structure: "Structure") -> None:
     from pymatgen.io.cif import CifWriter
 
-    _atomic_write_text(path, str(CifWriter(structure)))
+    atomic_write_text(path, str(CifWriter(structure)))
 
 
 def _append_extxyz(path: Path, items: list[tuple[int, "Structure"]]) -> None:

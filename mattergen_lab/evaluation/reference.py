@@ -1,0 +1,377 @@
+"""Reference convex hulls for energy above hull (spec §7.2).
+
+A :class:`ReferenceHull` holds pymatgen ``PDEntry`` objects with **total energies in the MP2020-compatible
+convention** (the convention of Materials Project entries, of CHGNet energies, and of MatterSim energies after
+the MP2020 correction), indexed by chemical system. For a structure it builds a ``PhaseDiagram`` from all
+entries in every sub-system of its chemical system and returns
+``get_e_above_hull(entry, allow_negative=True)``, as MatterGen does.
+
+Sources (:func:`load_reference`):
+
+* ``"mp20"`` (default): the MP formation energies of all 45,229 MP-20 entries
+  (``mp_20/mp20_all_compositions_formation_energies.csv``) turned into total energies with the MP elemental
+  reference entries (``reference/2023-02-07-mp-elemental-reference-entries.json.gz``, 89 elements):
+  ``E = N·E_f + Σ_i n_i·μ_i``. This is far smaller than MatterGen's Alex-MP reference (845,997 entries), so
+  E_hull here is relative to the MP-20 hull (stated in every protocol record).
+* a JSON file (``.json`` / ``.json.gz``) of pymatgen entries (``ComputedEntry``, ``ComputedStructureEntry`` or
+  ``PDEntry`` dicts, as a list or a ``{id: entry}`` mapping), in the MP2020 convention;
+* a CSV with a ``composition`` (or ``formula``) column and one of ``energy`` (total, eV),
+  ``energy_per_atom`` or ``formation_energy_per_atom`` (the latter uses the MP elemental references);
+* MatterGen's Alex-MP reference file (``reference_MP2020correction.gz``: a gzipped LMDB; needs ``pip install
+  lmdb``); its values are read as plain data, never as arbitrary pickled objects;
+* ``"mp-api"``: the Materials Project through ``mp-api`` with ``MP_API_KEY`` set, fetched per chemical system.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import pickle
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mattergen_lab.data.paths import resolve_data_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+log = logging.getLogger(__name__)
+
+MP20_FORMATION_ENERGIES = "mp_20/mp20_all_compositions_formation_energies.csv"
+MP_ELEMENTAL_REFERENCES = "reference/2023-02-07-mp-elemental-reference-entries.json.gz"
+
+
+class MissingReferenceError(ValueError):
+    """An element of a structure has no reference entry, so no hull can be built for it."""
+
+
+def _system_key(elements: Iterable[Any]) -> frozenset[str]:
+    return frozenset(str(getattr(e, "symbol", e)) for e in elements)
+
+
+class ReferenceHull:
+    """Reference entries by chemical system, and energy above hull against them.
+
+    Args:
+        entries: ``PDEntry``-like objects (``composition``, ``energy``) in the MP2020-compatible convention.
+        name: short name for the protocol record (``"mp20"``, a file name, ...).
+        description: one line for reports.
+        fetch: optional ``fetch(elements) -> entries`` called once per chemical system not yet seen
+            (the ``mp-api`` source uses it).
+    """
+
+    def __init__(
+        self,
+        entries: Iterable[PDEntry],
+        *,
+        name: str,
+        description: str = "",
+        fetch: Callable[[list[str]], list[PDEntry]] | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self._fetch = fetch
+        self._fetched: set[frozenset[str]] = set()
+        self._by_system: dict[frozenset[str], list[PDEntry]] = defaultdict(list)
+        self._size = 0
+        for entry in entries:
+            self._add(entry)
+        self._diagrams: dict[frozenset[str], PhaseDiagram] = {}
+
+    def _add(self, entry: PDEntry) -> None:
+        if not math.isfinite(float(entry.energy)):
+            return  # MatterGen skips NaN energies
+        self._by_system[_system_key(entry.composition.elements)].append(entry)
+        self._size += 1
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return f"ReferenceHull({self.name!r}, {self._size} entries, {len(self.elements)} elements)"
+
+    @property
+    def elements(self) -> set[str]:
+        """Elements with a reference entry of their own (the hull's terminal phases)."""
+        return {next(iter(k)) for k in self._by_system if len(k) == 1}
+
+    def protocol(self) -> dict[str, Any]:
+        return {"reference_hull": self.name, "reference_hull_entries": self._size, "reference_hull_source": self.description}
+
+    def entries_in(self, elements: Iterable[Any]) -> list[PDEntry]:
+        """All entries whose elements are a subset of ``elements``."""
+        system = _system_key(elements)
+        if self._fetch is not None and system not in self._fetched:
+            for entry in self._fetch(sorted(system)):
+                self._add(entry)
+            self._fetched.add(system)
+            self._diagrams = {k: v for k, v in self._diagrams.items() if not k <= system}
+        out: list[PDEntry] = []
+        for r in range(1, len(system) + 1):
+            for sub in itertools.combinations(sorted(system), r):
+                out.extend(self._by_system.get(frozenset(sub), ()))
+        return out
+
+    def phase_diagram(self, elements: Iterable[Any]) -> PhaseDiagram:
+        """The ``PhaseDiagram`` of a chemical system (cached). Raises :class:`MissingReferenceError`."""
+        from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+        system = _system_key(elements)
+        if system not in self._diagrams:
+            entries = self.entries_in(system)
+            have = {next(iter(_system_key(e.composition.elements))) for e in entries if len(e.composition.elements) == 1}
+            missing = sorted(system - have)
+            if missing:
+                raise MissingReferenceError(
+                    f"element(s) {', '.join(missing)} have no entry in the reference hull {self.name!r} "
+                    f"({self._size} entries), so no energy above hull can be computed for the "
+                    f"{'-'.join(sorted(system))} system"
+                )
+            self._diagrams[system] = PhaseDiagram(entries)
+        return self._diagrams[system]
+
+    def e_above_hull(self, entry: Any) -> float:
+        """Energy above the reference hull in eV/atom (negative below it), MatterGen's ``allow_negative=True``."""
+        diagram = self.phase_diagram(entry.composition.elements)
+        return float(diagram.get_e_above_hull(entry, allow_negative=True))
+
+    def formation_energy_per_atom(self, entry: Any) -> float:
+        """Formation energy in eV/atom relative to the reference's elemental phases."""
+        diagram = self.phase_diagram(entry.composition.elements)
+        return float(diagram.get_form_energy_per_atom(entry))
+
+
+# ====================================================================== sources
+
+
+@lru_cache(maxsize=4)
+def _elemental_references(path: str) -> dict[str, Any]:
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    with gzip.open(path, "rt") as fh:
+        raw = json.load(fh)
+    return {el: ComputedEntry.from_dict(d) for el, d in raw.items()}
+
+
+def elemental_references(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The MP elemental reference entries (lowest-energy MP entry per element), ``{symbol: ComputedEntry}``."""
+    path = resolve_data_dir(data_dir) / MP_ELEMENTAL_REFERENCES
+    if not path.is_file():
+        raise FileNotFoundError(f"MP elemental references not found at {path}; set --data-dir or MATTERGEN_LAB_DATA")
+    return _elemental_references(str(path))
+
+
+def _pd_entry(composition: Composition, energy: float, name: str) -> PDEntry:
+    from pymatgen.analysis.phase_diagram import PDEntry
+
+    return PDEntry(composition, float(energy), name=name)
+
+
+def _from_formation_energies(
+    rows: Iterable[tuple[str, str, float]], refs: dict[str, Any], source: str
+) -> list[PDEntry]:
+    """``(id, composition, formation energy per atom)`` rows → total-energy entries, plus the elements."""
+    from pymatgen.core import Composition
+
+    entries = [_pd_entry(Composition({el: 1}), ref.energy_per_atom, ref.entry_id or f"{el}-ref") for el, ref in refs.items()]
+    for line, (entry_id, comp_text, e_form) in enumerate(rows, start=2):
+        try:
+            comp = Composition(comp_text)
+            missing = [el.symbol for el in comp.elements if el.symbol not in refs]
+        except Exception as exc:
+            raise ValueError(f"{source}, line {line} ({entry_id}): bad composition {comp_text!r}: {exc}") from None
+        if missing:
+            log.warning("%s, line %d (%s): no elemental reference for %s; skipped", source, line, entry_id, missing)
+            continue
+        energy = float(e_form) * comp.num_atoms + sum(n * refs[el.symbol].energy_per_atom for el, n in comp.items())
+        entries.append(_pd_entry(comp, energy, str(entry_id)))
+    return entries
+
+
+@lru_cache(maxsize=2)
+def _mp20_hull(path: str, refs_path: str) -> ReferenceHull:
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    refs = _elemental_references(refs_path)
+    rows = zip(table["material_id"], table["composition"], table["formation_energy_per_atom"])
+    entries = _from_formation_energies(rows, refs, source=Path(path).name)
+    return ReferenceHull(
+        entries,
+        name="mp20",
+        description=(
+            f"MP-20 formation energies ({len(table)} entries, {Path(path).name}) + MP elemental references "
+            f"({len(refs)} elements, {Path(refs_path).name}); MP2020-compatible total energies"
+        ),
+    )
+
+
+def _read_entries_json(path: Path) -> list[Any]:
+    from monty.json import MontyDecoder
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        raw = json.load(fh)
+    items = list(raw.values()) if isinstance(raw, dict) and "@class" not in raw else raw
+    if isinstance(items, dict):
+        items = [items]
+    entries = []
+    for i, item in enumerate(items):
+        try:
+            entry = MontyDecoder().process_decoded(item)
+            entry.composition, entry.energy  # noqa: B018 - must be entry-like
+        except Exception as exc:
+            raise ValueError(f"{path}: item {i} is not a pymatgen entry ({type(exc).__name__}: {exc})") from None
+        entries.append(entry)
+    return entries
+
+
+def _read_entries_csv(path: Path, data_dir: str | os.PathLike | None) -> list[Any]:
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    table = pd.read_csv(path)
+    comp_col = next((c for c in ("composition", "formula") if c in table.columns), None)
+    if comp_col is None:
+        raise ValueError(f"{path}: needs a 'composition' or 'formula' column; found {list(table.columns)}")
+    ids = table["material_id"] if "material_id" in table.columns else [f"{path.stem}-{i}" for i in range(len(table))]
+    if "formation_energy_per_atom" in table.columns and "energy" not in table.columns:
+        refs = elemental_references(data_dir)
+        return _from_formation_energies(zip(ids, table[comp_col], table["formation_energy_per_atom"]), refs, str(path))
+    energy_col = next((c for c in ("energy", "energy_per_atom") if c in table.columns), None)
+    if energy_col is None:
+        raise ValueError(
+            f"{path}: needs an 'energy' (total, eV), 'energy_per_atom' or 'formation_energy_per_atom' column; "
+            f"found {list(table.columns)}"
+        )
+    entries = []
+    for line, (entry_id, comp_text, value) in enumerate(zip(ids, table[comp_col], table[energy_col]), start=2):
+        try:
+            comp = Composition(str(comp_text))
+        except Exception as exc:
+            raise ValueError(f"{path}, line {line}: bad composition {comp_text!r}: {exc}") from None
+        energy = float(value) * (comp.num_atoms if energy_col == "energy_per_atom" else 1.0)
+        entries.append(_pd_entry(comp, energy, str(entry_id)))
+    return entries
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles only plain data (dict, list, str, numbers): any class or function reference is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a reference file (plain data only)")
+
+
+def _plain_loads(data: bytes) -> Any:
+    return _PlainDataUnpickler(io.BytesIO(data)).load()
+
+
+def read_lmdb_reference(path: str | os.PathLike) -> list[Any]:
+    """Entries of a MatterGen reference file (gzipped LMDB, e.g. ``reference_MP2020correction.gz``).
+
+    The layout (MatterGen's ``LMDBGZSerializer``): keys ``chemical_systems``, ``{chemsys}.reduced_formulas``,
+    ``{chemsys}.{formula}.length`` and ``{chemsys}.{formula}.{i}``, each value a pickled plain ``dict`` (an
+    entry's ``as_dict()``). Values are unpickled as plain data only.
+    """
+    try:
+        import lmdb
+    except ImportError as exc:
+        raise ImportError(f"reading {path} needs the lmdb package: pip install lmdb") from exc
+    from monty.json import MontyDecoder
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix="mattergen-lab-ref-"))
+    try:
+        db_path = tmp / path.name.removesuffix(".gz")
+        with gzip.open(path, "rb") as src, open(db_path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+        env = lmdb.open(str(db_path), subdir=False, readonly=True, lock=False)
+        entries = []
+        try:
+            with env.begin() as txn:
+
+                def get(key: str) -> Any:
+                    value = txn.get(key.encode("ascii"))
+                    if value is None:
+                        raise ValueError(f"{path}: key {key!r} is missing; not a MatterGen reference file")
+                    return _plain_loads(value)
+
+                for chemsys in get("chemical_systems"):
+                    for formula in get(f"{chemsys}.reduced_formulas"):
+                        for i in range(int(get(f"{chemsys}.{formula}.length"))):
+                            entries.append(MontyDecoder().process_decoded(get(f"{chemsys}.{formula}.{i}")))
+        finally:
+            env.close()
+        return entries
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mp_api_fetch(api_key: str) -> Callable[[list[str]], list[Any]]:
+    def fetch(elements: list[str]) -> list[Any]:
+        from mp_api.client import MPRester
+
+        with MPRester(api_key) as mpr:  # MP entries carry MP2020-corrected total energies
+            return list(mpr.get_entries_in_chemsys(elements))
+
+    return fetch
+
+
+def load_reference(
+    source: str | os.PathLike | ReferenceHull = "mp20", *, data_dir: str | os.PathLike | None = None
+) -> ReferenceHull:
+    """A :class:`ReferenceHull` from a name or a file (see the module docstring for the formats)."""
+    if isinstance(source, ReferenceHull):
+        return source
+    text = str(source)
+    if text == "mp20":
+        root = resolve_data_dir(data_dir)
+        csv_path, refs_path = root / MP20_FORMATION_ENERGIES, root / MP_ELEMENTAL_REFERENCES
+        for p in (csv_path, refs_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"reference 'mp20' needs {p}; set --data-dir or MATTERGEN_LAB_DATA")
+        return _mp20_hull(str(csv_path), str(refs_path))
+    if text == "mp-api":
+        key = os.environ.get("MP_API_KEY")
+        if not key:
+            raise ValueError("reference 'mp-api' needs a Materials Project API key in the MP_API_KEY environment variable")
+        return ReferenceHull([], name="mp-api", description="Materials Project (mp-api, per chemical system)", fetch=_mp_api_fetch(key))
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"reference {text!r} is neither 'mp20', 'mp-api' nor an existing file")
+    name = path.name.lower()
+    if name.endswith((".json", ".json.gz")):
+        entries = _read_entries_json(path)
+    elif name.endswith(".csv"):
+        entries = _read_entries_csv(path, data_dir)
+    elif name.endswith(".gz"):
+        entries = read_lmdb_reference(path)
+    else:
+        raise ValueError(f"reference file {path}: unknown format; use .json[.gz], .csv or MatterGen's LMDB .gz")
+    if not entries:
+        raise ValueError(f"reference file {path} has no entries")
+    return ReferenceHull(entries, name=path.name, description=f"{len(entries)} entries from {path}")
+
+
+def check_elements(hull: ReferenceHull, items: Sequence[tuple[str, Iterable[Any]]]) -> None:
+    """Raise :class:`MissingReferenceError` naming the first item (e.g. a file) with an unknown element."""
+    known = hull.elements if hull._fetch is None else None
+    if known is None:
+        return
+    for label, elements in items:
+        missing = sorted(_system_key(elements) - known)
+        if missing:
+            raise MissingReferenceError(
+                f"{label}: element(s) {', '.join(missing)} are not in the reference hull {hull.name!r}"
+            )
