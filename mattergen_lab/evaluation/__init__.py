@@ -37,7 +37,7 @@ _EXPORTS = {
     "STABILITY_THRESHOLD": "evaluate",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [*_EXPORTS]  # noqa: PLE0604
 
 
 def __getattr__(name: str) -> Any:

@@ -53,7 +53,10 @@ def _ordered_matcher() -> Any:
 
 @lru_cache(maxsize=1)
 def _disordered_matcher() -> Any:
-    from pymatgen.analysis.structure_matcher import OrderDisorderElementComparator, StructureMatcher
+    from pymatgen.analysis.structure_matcher import (
+        OrderDisorderElementComparator,
+        StructureMatcher,
+    )
 
     return StructureMatcher(
         ltol=LTOL, stol=STOL, angle_tol=ANGLE_TOL, primitive_cell=True, scale=True,

@@ -189,7 +189,7 @@ def _from_formation_energies(
         try:
             comp = Composition(comp_text)
             missing = [el.symbol for el in comp.elements if el.symbol not in refs]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
             raise ValueError(f"{source}, line {line} ({entry_id}): bad composition {comp_text!r}: {exc}") from None
         if missing:
             log.warning("%s, line %d (%s): no elemental reference for %s; skipped", source, line, entry_id, missing)
@@ -231,7 +231,7 @@ def _read_entries_json(path: Path) -> list[Any]:
         try:
             entry = MontyDecoder().process_decoded(item)
             entry.composition, entry.energy  # noqa: B018 - must be entry-like
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
             raise ValueError(f"{path}: item {i} is not a pymatgen entry ({type(exc).__name__}: {exc})") from None
         entries.append(entry)
     return entries
@@ -259,7 +259,7 @@ def _read_entries_csv(path: Path, data_dir: str | os.PathLike | None) -> list[An
     for line, (entry_id, comp_text, value) in enumerate(zip(ids, table[comp_col], table[energy_col]), start=2):
         try:
             comp = Composition(str(comp_text))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
             raise ValueError(f"{path}, line {line}: bad composition {comp_text!r}: {exc}") from None
         energy = float(value) * (comp.num_atoms if energy_col == "energy_per_atom" else 1.0)
         entries.append(_pd_entry(comp, energy, str(entry_id)))

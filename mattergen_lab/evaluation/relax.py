@@ -156,7 +156,7 @@ class Relaxer:
         start = time.perf_counter()
         try:
             atoms = AseAtomsAdaptor.get_atoms(structure)
-        except Exception as exc:  # disordered, empty, ...
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
             return RelaxResult("failed", None, math.nan, 0, 0.0, message=f"cannot convert to ASE: {exc}")
         atoms.calc = self.calculator
         cfg = self.config
@@ -185,7 +185,7 @@ class Relaxer:
                 status, message = "max_steps", f"not converged to fmax {cfg.fmax} eV/Å in {cfg.max_steps} steps"
         except _Stop as stop:
             status, message = stop.status, stop.message
-        except Exception as exc:  # the calculator failed (e.g. no neighbours, out of memory)
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
             status, message = "failed", f"{type(exc).__name__}: {exc}"
         steps = int(optimizer.nsteps)
         seconds = time.perf_counter() - start
@@ -198,13 +198,13 @@ class Relaxer:
         try:
             relaxed = AseAtomsAdaptor.get_structure(final)
             relaxed.remove_site_property("magmom") if "magmom" in relaxed.site_properties else None
-        except Exception:
+        except Exception:  # noqa: BLE001 - reported, never raised
             relaxed = None
         max_force = math.nan
         if math.isfinite(energy):
             try:
                 max_force = float(np.linalg.norm(final.get_forces(), axis=1).max()) if final.calc else math.nan
-            except Exception:
+            except Exception:  # noqa: BLE001 - reported, never raised
                 max_force = math.nan
         atoms.calc = None
         return RelaxResult(status, relaxed, energy, steps, seconds, max_force, message)
@@ -275,7 +275,7 @@ def mattersim_weights_available(load_path: str | None = None) -> bool:
 
     try:
         import mattersim  # noqa: F401
-    except Exception:
+    except Exception:  # noqa: BLE001 - reported, never raised
         return False
     name = str(load_path) if load_path else MATTERSIM_DEFAULT_WEIGHTS
     return any(p.is_file() for p in (Path(name).expanduser(), MATTERSIM_CACHE_DIR.expanduser() / Path(name).name))

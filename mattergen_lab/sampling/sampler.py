@@ -30,9 +30,9 @@ import torch
 
 from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import NUM_CLASSES
-from mattergen_lab.fileio import atomic_write_text
 from mattergen_lab.crystal import CrystalBatch, warn_if_too_large
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
+from mattergen_lab.fileio import atomic_write_text
 from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.noise.joint import JointDiffusion
 from mattergen_lab.sampling.steps import (
