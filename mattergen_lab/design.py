@@ -54,6 +54,15 @@ log = logging.getLogger(__name__)
 #: The scalar design targets the target panel offers (MatterGen property names).
 DESIGN_PROPERTIES = ("dft_mag_density", "hhi_score", "dft_bulk_modulus", "dft_band_gap")
 
+#: A target drives whichever of these property names a checkpoint conditions on. MatterGen's official
+#: bulk-modulus checkpoint was fine-tuned on ML bulk moduli (``ml_bulk_modulus``); MP-20 has DFT values.
+TARGET_ALIASES: dict[str, tuple[str, ...]] = {"dft_bulk_modulus": ("dft_bulk_modulus", "ml_bulk_modulus")}
+
+
+def property_for(target: str, supported: Sequence[str]) -> str | None:
+    """The conditioning property of a checkpoint (``supported``) that serves ``target``, or ``None``."""
+    return next((name for name in TARGET_ALIASES.get(target, (target,)) if name in supported), None)
+
 #: What a still-masked atom (Z = 101) is shown as; He is never generated (not in SELECTED_ATOMIC_NUMBERS).
 MASK_PLACEHOLDER = "He"
 
@@ -245,7 +254,7 @@ class DesignRequest:
     def conditions(self, supported: Sequence[str]) -> dict[str, Any]:
         """Conditioning values for a checkpoint conditioning on ``supported``: every target, plus the
         chemical system when the checkpoint has a ``chemical_system`` adapter (otherwise it is a mask only)."""
-        out: dict[str, Any] = dict(self.targets)
+        out: dict[str, Any] = {property_for(k, supported) or k: v for k, v in self.targets.items()}
         if self.chemical_system and "chemical_system" in supported:
             out["chemical_system"] = self.chemical_system
         return out
@@ -313,7 +322,7 @@ def hub_reachable(max_age_s: float = 300.0) -> bool:
 
 
 def _missing_targets(targets: Sequence[str], props: Sequence[str]) -> str:
-    missing = [t for t in targets if t not in props]
+    missing = [t for t in targets if property_for(t, props) is None]
     if not missing:
         return ""
     have = ", ".join(props) if props else "nothing (unconditional)"

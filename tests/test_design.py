@@ -297,3 +297,13 @@ assert not ui, ui
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "UI: []" in res.stdout
+
+
+def test_bulk_modulus_target_drives_the_official_ml_bulk_modulus_adapter():
+    from mattergen_lab.design import DesignRequest, property_for
+
+    assert property_for("dft_bulk_modulus", ("ml_bulk_modulus",)) == "ml_bulk_modulus"
+    assert property_for("dft_bulk_modulus", ("dft_bulk_modulus", "ml_bulk_modulus")) == "dft_bulk_modulus"
+    assert property_for("dft_band_gap", ("ml_bulk_modulus",)) is None
+    request = DesignRequest(checkpoint="x", targets={"dft_bulk_modulus": 250.0})
+    assert request.conditions(("ml_bulk_modulus",)) == {"ml_bulk_modulus": 250.0}
