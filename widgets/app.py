@@ -11,6 +11,7 @@ can call directly (``wait=True`` blocks until the worker is done).
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import os
@@ -33,10 +34,12 @@ log = logging.getLogger(__name__)
 Evaluator = Callable[..., Any]
 
 
-def _default_evaluator(structures: list, *, ids: list[str] | None = None, progress: Callable | None = None) -> Any:
+def _default_evaluator(
+    structures: list, *, ids: list[str] | None = None, progress: Callable | None = None, data_dir: Any = None
+) -> Any:
     from mattergen_lab.evaluation import evaluate_structures
 
-    return evaluate_structures(structures, ids=ids, progress=progress)
+    return evaluate_structures(structures, ids=ids, progress=progress, data_dir=data_dir)
 
 
 class DesignApp(w.VBox):
@@ -65,7 +68,7 @@ class DesignApp(w.VBox):
         registry_path: str | os.PathLike | None = None,
         data_dir: str | os.PathLike | None = None,
     ) -> None:
-        self.evaluator = evaluator or _default_evaluator
+        self.evaluator = evaluator or functools.partial(_default_evaluator, data_dir=data_dir)
         self._reference = reference
         self._data_dir = data_dir
         self.candidates: list[design.Candidate] = []

@@ -30,24 +30,38 @@ PARETO_COLUMNS: dict[str, bool] = {
 
 _SELECTED = dict(size=18, color="rgba(0,0,0,0)", line=dict(color="#111", width=2))
 
+# Full style of every trace. In the browser, a batched update resets trace properties that the batch does not
+# set (seen with plotly 7 + anywidget: ``mode`` and ``name`` came through as null), so the traces are created
+# fully styled and every update re-sends the whole style together with the data.
+_HULL_STYLES = (
+    dict(name="hull", mode="lines", line=dict(color="#7f8c8d", width=1), hoverinfo="skip", showlegend=False),
+    dict(name="MP-20 reference", mode="markers", marker=dict(color="#2c3e50", size=7, symbol="circle"), hoverinfo="text"),
+    dict(name="candidates", mode="markers", hoverinfo="text"),
+    dict(name="selected", mode="markers", marker=_SELECTED, hoverinfo="skip"),
+)
+_CANDIDATE_MARKER = dict(size=11, symbol="diamond", colorscale="Viridis_r", cmin=0, cmax=0.3,
+                         colorbar=dict(title="E_hull", thickness=10))
+_PARETO_STYLES = (
+    dict(name="dominated", mode="markers", marker=dict(color="#95a5a6", size=9), hoverinfo="text"),
+    dict(name="Pareto-optimal", mode="lines+markers", marker=dict(color="#e74c3c", size=12, symbol="star"),
+         line=dict(color="#e74c3c", width=1, shape="hv"), hoverinfo="text"),
+    dict(name="selected", mode="markers", marker=_SELECTED, hoverinfo="skip"),
+)
+
 
 class HullPlot(w.VBox):
     """Convex hull of the target chemical system: reference entries, and candidates coloured by E_hull."""
 
     def __init__(self, on_select: Callable[[str], None] | None = None) -> None:
-        self.figure = go.FigureWidget(layout=go.Layout(
-            title="Convex hull", height=360, width=460, margin=dict(l=50, r=10, t=40, b=40), showlegend=True,
-            legend=dict(orientation="h", y=-0.15),
-        ))
-        for name in ("hull", "reference", "candidates", "selected"):
-            self.figure.add_scatter(x=[], y=[], name=name, mode="markers")
-        with self.figure.batch_update():
-            hull, ref, cand, sel = self.figure.data
-            hull.update(mode="lines", line=dict(color="#7f8c8d", width=1), hoverinfo="skip", showlegend=False)
-            ref.update(marker=dict(color="#2c3e50", size=7, symbol="circle"), name="MP-20 reference")
-            cand.update(marker=dict(size=11, symbol="diamond", color=[], colorscale="Viridis_r", cmin=0, cmax=0.3,
-                                    colorbar=dict(title="E_hull", thickness=10)), name="candidates")
-            sel.update(marker=_SELECTED, name="selected", hoverinfo="skip")
+        self.figure = go.FigureWidget(
+            data=[go.Scatter(x=[], y=[], **style) for style in _HULL_STYLES[:2]]
+            + [go.Scatter(x=[], y=[], marker=dict(_CANDIDATE_MARKER, color=[]), **_HULL_STYLES[2]),
+               go.Scatter(x=[], y=[], **_HULL_STYLES[3])],
+            layout=go.Layout(
+                title="Convex hull", height=360, width=460, margin=dict(l=50, r=10, t=40, b=40), showlegend=True,
+                legend=dict(orientation="h", y=-0.15),
+            ),
+        )
         self.figure.add_class("mgl-hull-plot")
         self.figure.data[2].on_click(self._on_click)
         self._on_select = on_select
@@ -62,24 +76,24 @@ class HullPlot(w.VBox):
         hull, ref, cand, sel = self.figure.data
         with self.figure.batch_update():
             if data is None:
-                for tr in (hull, ref, cand, sel):
-                    tr.update(x=[], y=[])
+                for tr, style in zip((hull, ref, cand, sel), _HULL_STYLES):
+                    tr.update(x=[], y=[], **style)
                 self.figure.layout.title = "Convex hull"
                 return
             xs, ys = [], []
             for lx, ly in data.lines:
                 xs += list(lx) + [None]
                 ys += list(ly) + [None]
-            hull.update(x=xs, y=ys)
+            hull.update(x=xs, y=ys, **_HULL_STYLES[0])
             ref.update(x=[r["x"] for r in data.reference], y=[r["y"] for r in data.reference],
                        text=[f"{r['label']} {r['entry_id']}<br>E_hull {r['e_hull']:.3f} eV/atom" for r in data.reference],
-                       hoverinfo="text")
+                       **_HULL_STYLES[1])
             cand.update(x=[c["x"] for c in data.candidates], y=[c["y"] for c in data.candidates],
                         customdata=[c["id"] for c in data.candidates],
                         text=[f"{c['id']}: {c['label']}<br>E_hull {c['e_hull']:.3f} eV/atom" for c in data.candidates],
-                        hoverinfo="text", marker=dict(color=[c["e_hull"] for c in data.candidates]))
+                        marker=dict(_CANDIDATE_MARKER, color=[c["e_hull"] for c in data.candidates]), **_HULL_STYLES[2])
             chosen = [c for c in data.candidates if c["id"] == selected]
-            sel.update(x=[c["x"] for c in chosen], y=[c["y"] for c in chosen])
+            sel.update(x=[c["x"] for c in chosen], y=[c["y"] for c in chosen], **_HULL_STYLES[3])
             system = "-".join(data.elements)
             ternary = data.kind == "ternary"  # triangle coordinates: axes carry no meaning, keep the aspect
             self.figure.layout.xaxis.visible = self.figure.layout.yaxis.visible = not ternary
@@ -110,20 +124,17 @@ class ParetoPlot(w.VBox):
         opts = list(PARETO_COLUMNS)
         self.x = w.Dropdown(options=opts, value="energy_above_hull", description="x", layout=w.Layout(width="220px"))
         self.y = w.Dropdown(options=opts, value="hhi_score", description="y", layout=w.Layout(width="220px"))
+        self.x.add_class("mgl-pareto-x")
+        self.y.add_class("mgl-pareto-y")
         self.x_max = w.Checkbox(value=PARETO_COLUMNS["energy_above_hull"], description="maximize x", indent=False)
         self.y_max = w.Checkbox(value=PARETO_COLUMNS["hhi_score"], description="maximize y", indent=False)
-        self.figure = go.FigureWidget(layout=go.Layout(
-            title="Pareto front", height=360, width=460, margin=dict(l=50, r=10, t=40, b=40),
-            legend=dict(orientation="h", y=-0.15),
-        ))
-        for name in ("dominated", "Pareto-optimal", "selected"):
-            self.figure.add_scatter(x=[], y=[], name=name, mode="markers")
-        with self.figure.batch_update():
-            dom, opt, sel = self.figure.data
-            dom.update(marker=dict(color="#95a5a6", size=9))
-            opt.update(mode="lines+markers", marker=dict(color="#e74c3c", size=12, symbol="star"),
-                       line=dict(color="#e74c3c", width=1, shape="hv"))
-            sel.update(marker=_SELECTED, hoverinfo="skip")
+        self.figure = go.FigureWidget(
+            data=[go.Scatter(x=[], y=[], **style) for style in _PARETO_STYLES],
+            layout=go.Layout(
+                title="Pareto front", height=360, width=460, margin=dict(l=50, r=10, t=40, b=40),
+                legend=dict(orientation="h", y=-0.15),
+            ),
+        )
         self.figure.add_class("mgl-pareto-plot")
         for trace in self.figure.data[:2]:
             trace.on_click(self._on_click)
@@ -146,8 +157,8 @@ class ParetoPlot(w.VBox):
         dom, opt, sel = self.figure.data
         if table is None or not len(table):
             with self.figure.batch_update():
-                for tr in (dom, opt, sel):
-                    tr.update(x=[], y=[])
+                for tr, style in zip((dom, opt, sel), _PARETO_STYLES):
+                    tr.update(x=[], y=[], **style)
             return
         x, y = self.x.value, self.y.value
         self.mask = design.pareto_front(table, x, y, maximize=(self.x_max.value, self.y_max.value))
@@ -158,12 +169,13 @@ class ParetoPlot(w.VBox):
         with self.figure.batch_update():
             rest = ~self.mask & np.isfinite(xs) & np.isfinite(ys)
             dom.update(x=_clean(xs[rest]), y=_clean(ys[rest]), customdata=ids[rest].tolist(),
-                       text=[labels[i] for i in np.flatnonzero(rest)], hoverinfo="text")
+                       text=[labels[i] for i in np.flatnonzero(rest)], **_PARETO_STYLES[0])
             opt.update(x=_clean(xs[self.mask][order]), y=_clean(ys[self.mask][order]),
                        customdata=ids[self.mask][order].tolist(),
-                       text=[labels[i] for i in np.flatnonzero(self.mask)[order]], hoverinfo="text")
+                       text=[labels[i] for i in np.flatnonzero(self.mask)[order]], **_PARETO_STYLES[1])
             chosen = ids == (selected := self.selected)
-            sel.update(x=_clean(xs[chosen]) if selected else [], y=_clean(ys[chosen]) if selected else [])
+            sel.update(x=_clean(xs[chosen]) if selected else [], y=_clean(ys[chosen]) if selected else [],
+                       **_PARETO_STYLES[2])
             self.figure.layout.xaxis.title = x
             self.figure.layout.yaxis.title = y
             missing = int((~(np.isfinite(xs) & np.isfinite(ys))).sum())
