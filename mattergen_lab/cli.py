@@ -254,7 +254,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import warnings
+
     from tqdm.auto import tqdm
+
+    # pymatgen warns once per noble gas while scanning elements, and CHGNet about a tensor conversion: noise
+    warnings.filterwarnings("ignore", message="No Pauling electronegativity")
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 
     from mattergen_lab.evaluation.evaluate import evaluate_structures, read_structures
     from mattergen_lab.evaluation.relax import RelaxConfig, get_relaxer

@@ -433,3 +433,25 @@ def test_evaluate_path_reads_extxyz_and_zip(mp20_test_structures, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert np.isclose(rmsd_from_relaxation(structures[0], structures[0]), 0.0, atol=1e-6)
+
+
+def test_lp_hull_equals_pymatgen_phase_diagram_and_handles_many_elements(data_dir):
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+    hull = load_reference("mp20", data_dir=data_dir)
+    rng = np.random.default_rng(1)
+    for system in (["Li", "Fe", "O"], ["Na", "Ti", "V", "S"], ["Cu", "Ni"], ["Ba", "Ti", "O"]):
+        diagram = PhaseDiagram(hull.entries_in(system))
+        for _ in range(5):  # random compositions at random energies around the hull
+            amounts = rng.integers(1, 5, len(system))
+            comp = Composition(dict(zip(system, amounts.tolist())))
+            probe = PDEntry(comp, float(diagram.get_hull_energy_per_atom(comp) + rng.normal(0, 0.2)) * comp.num_atoms)
+            assert hull.e_above_hull(probe) == pytest.approx(diagram.get_e_above_hull(probe, allow_negative=True), abs=1e-7)
+            assert hull.formation_energy_per_atom(probe) == pytest.approx(diagram.get_form_energy_per_atom(probe), abs=1e-7)
+    # a 12-element composition (what an untrained model makes): a PhaseDiagram in 11 dimensions takes
+    # minutes; the linear programme takes well under a second and still matches the terminal phases
+    comp = Composition("CsCaHoErTaMnGeRhPbBrO5F3")
+    start = time.perf_counter()
+    e_hull = hull.e_above_hull(PDEntry(comp, -5.0 * comp.num_atoms))
+    assert time.perf_counter() - start < 5.0
+    assert math.isfinite(e_hull)

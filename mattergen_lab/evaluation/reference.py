@@ -4,7 +4,8 @@ A :class:`ReferenceHull` holds pymatgen ``PDEntry`` objects with **total energie
 convention** (the convention of Materials Project entries, of CHGNet energies, and of MatterSim energies after
 the MP2020 correction), indexed by chemical system. For a structure it builds a ``PhaseDiagram`` from all
 entries in every sub-system of its chemical system and returns
-``get_e_above_hull(entry, allow_negative=True)``, as MatterGen does.
+``get_e_above_hull(entry, allow_negative=True)``, as MatterGen does (computed as a linear programme over the entries, which gives the same number and stays
+fast for compositions with many elements).
 
 Sources (:func:`load_reference`):
 
@@ -39,6 +40,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mattergen_lab.data.paths import resolve_data_dir
 
@@ -141,15 +144,54 @@ class ReferenceHull:
             self._diagrams[system] = PhaseDiagram(entries)
         return self._diagrams[system]
 
+    def _terminal_energies(self, system: frozenset[str]) -> dict[str, float]:
+        """Lowest energy per atom of each element of ``system`` (its terminal phase)."""
+        best: dict[str, float] = {}
+        for el in system:
+            for e in self._by_system.get(frozenset([el]), ()):
+                best[el] = min(best.get(el, math.inf), float(e.energy_per_atom))
+        missing = sorted(system - set(best))
+        if missing:
+            raise MissingReferenceError(
+                f"element(s) {', '.join(missing)} have no entry in the reference hull {self.name!r} "
+                f"({self._size} entries), so no energy above hull can be computed for the "
+                f"{'-'.join(sorted(system))} system"
+            )
+        return best
+
+    def hull_energy_per_atom(self, composition: Any) -> float:
+        """Energy per atom of the reference hull at ``composition`` (eV/atom).
+
+        The lower convex envelope is found as a linear programme: the cheapest mixture of reference entries
+        (fractions ``x_i ≥ 0`` of atoms) with exactly this composition. This equals pymatgen's
+        ``PhaseDiagram`` decomposition energy (a test checks it), and, unlike a ``PhaseDiagram`` (a convex hull
+        in as many dimensions as elements), stays fast for the 8–12-element compositions an untrained model
+        produces.
+        """
+        from scipy.optimize import linprog
+
+        comp = composition.fractional_composition
+        system = _system_key(comp.elements)
+        self._terminal_energies(system)  # raises MissingReferenceError naming the element
+        entries = self.entries_in(system)
+        elements = sorted(system)
+        a_eq = np.array([[e.composition.get_atomic_fraction(el) for e in entries] for el in elements])  # (n_el, n_entries)
+        b_eq = np.array([comp.get_atomic_fraction(el) for el in elements])  # (n_el,)
+        cost = np.array([float(e.energy_per_atom) for e in entries])  # (n_entries,)
+        result = linprog(cost, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        if not result.success:  # cannot happen when every element has a terminal entry
+            raise RuntimeError(f"hull energy of {composition.reduced_formula}: {result.message}")
+        return float(result.fun)
+
     def e_above_hull(self, entry: Any) -> float:
         """Energy above the reference hull in eV/atom (negative below it), MatterGen's ``allow_negative=True``."""
-        diagram = self.phase_diagram(entry.composition.elements)
-        return float(diagram.get_e_above_hull(entry, allow_negative=True))
+        return float(entry.energy_per_atom) - self.hull_energy_per_atom(entry.composition)
 
     def formation_energy_per_atom(self, entry: Any) -> float:
-        """Formation energy in eV/atom relative to the reference's elemental phases."""
-        diagram = self.phase_diagram(entry.composition.elements)
-        return float(diagram.get_form_energy_per_atom(entry))
+        """Formation energy in eV/atom relative to the reference's lowest-energy elemental phases."""
+        comp = entry.composition.fractional_composition
+        mu = self._terminal_energies(_system_key(comp.elements))
+        return float(entry.energy_per_atom) - sum(comp.get_atomic_fraction(el) * mu[el.symbol] for el in comp.elements)
 
 
 # ====================================================================== sources
