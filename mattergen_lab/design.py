@@ -206,6 +206,7 @@ class DesignRequest:
         every: a trajectory frame every ``every`` steps.
         batch_size: crystals denoised together; a cancelled run keeps every finished batch.
         num_atoms: atoms per crystal, or ``None`` to draw from the checkpoint's distribution.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``..., or ``None`` for CUDA when available, else CPU.
     """
 
     checkpoint: str
@@ -218,6 +219,7 @@ class DesignRequest:
     every: int = 5
     batch_size: int = 4
     num_atoms: int | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, (str, os.PathLike)) or not str(self.checkpoint).strip():
@@ -250,6 +252,21 @@ class DesignRequest:
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
         if self.num_atoms is not None and (not _is_int(self.num_atoms) or self.num_atoms < 1):
             raise ValueError(f"num_atoms={self.num_atoms!r} must be None or a positive integer")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"device={self.device!r} is not a torch device ({exc})") from None
+
+    def resolved_device(self) -> str:
+        """The device to sample on: ``device``, or CUDA when available, else CPU."""
+        import torch
+
+        if self.device is not None:
+            return str(self.device)
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def conditions(self, supported: Sequence[str]) -> dict[str, Any]:
         """Conditioning values for a checkpoint conditioning on ``supported``: every target, plus the
@@ -471,7 +488,8 @@ def _load(request: DesignRequest) -> tuple[Any, SamplerInfo]:
     p = Path(request.checkpoint)
     stamp = max((f.stat().st_mtime for f in p.iterdir()), default=0.0) if p.is_dir() else (p.stat().st_mtime if p.exists() else 0.0)
     ckpt = _cached_checkpoint(request.checkpoint, stamp)
-    return build_sampler(ckpt, num_steps=request.num_steps, guidance_scale=request.guidance_scale)
+    return build_sampler(ckpt, num_steps=request.num_steps, guidance_scale=request.guidance_scale,
+                         device=request.resolved_device())
 
 
 def candidate_oracles(structure: Structure) -> dict[str, Any]:
@@ -513,20 +531,23 @@ def iter_design(
     from mattergen_lab.sampling.api import _sampling_kwargs
 
     sampler, info = _load(request)
+    device = request.resolved_device()
     kwargs = _sampling_kwargs(
         info, num_atoms=None, seed=request.seed, conditions=request.conditions(info.properties) or None,
-        elements=request.chemical_system, device="cpu",
+        elements=request.chemical_system, device=device,
     )
     n, bs, steps = request.num_samples, request.batch_size, request.num_steps
     n_batches = math.ceil(n / bs)
     total = n_batches * steps
     for j in range(n_batches):
         indices = tuple(range(j * bs, min((j + 1) * bs, n)))
-        gen = torch.Generator().manual_seed((request.seed * 1_000_003 + 7919 * (j + 1)) % (2**63 - 1))
+        seed = (request.seed * 1_000_003 + 7919 * (j + 1)) % (2**63 - 1)
+        gen = torch.Generator(device).manual_seed(seed)  # sampling noise, on the sampling device
         if request.num_atoms is not None:
             counts = torch.full((len(indices),), request.num_atoms, dtype=torch.long)
-        else:
-            counts = torch.as_tensor(info.num_atoms.sample(len(indices), generator=gen), dtype=torch.long)
+        else:  # atom counts are drawn on the CPU, so they do not depend on the device
+            counts = torch.as_tensor(info.num_atoms.sample(len(indices), generator=torch.Generator().manual_seed(seed)),
+                                     dtype=torch.long)
         trajectories: list[list[CrystalSnapshot]] = [[] for _ in indices]
         for frame in sampler.iter_steps(
             counts, generator=gen, every=1, allowed_elements=kwargs["allowed_elements"], properties=kwargs["properties"],

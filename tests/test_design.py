@@ -307,3 +307,15 @@ def test_bulk_modulus_target_drives_the_official_ml_bulk_modulus_adapter():
     assert property_for("dft_band_gap", ("ml_bulk_modulus",)) is None
     request = DesignRequest(checkpoint="x", targets={"dft_bulk_modulus": 250.0})
     assert request.conditions(("ml_bulk_modulus",)) == {"ml_bulk_modulus": 250.0}
+
+
+def test_request_device_is_validated_and_resolved():
+    import torch
+
+    from mattergen_lab.design import DesignRequest
+
+    assert DesignRequest(checkpoint="x", device="cpu").resolved_device() == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert DesignRequest(checkpoint="x").resolved_device() == expected
+    with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
+        DesignRequest(checkpoint="x", device="gpu0")
