@@ -455,3 +455,19 @@ def test_lp_hull_equals_pymatgen_phase_diagram_and_handles_many_elements(data_di
     e_hull = hull.e_above_hull(PDEntry(comp, -5.0 * comp.num_atoms))
     assert time.perf_counter() - start < 5.0
     assert math.isfinite(e_hull)
+
+
+def test_many_element_compositions_stay_fast_and_say_why():
+    from mattergen_lab.evaluation import composition_valid
+    from mattergen_lab.evaluation.evaluate import MAX_SMACT_ELEMENTS
+
+    many = Composition("Li2TbTmVCuReNiAgGeSb2IrSeO")  # 13 elements: SMACT alone ran for minutes
+    start = time.perf_counter()
+    assert composition_valid(many) is False
+    assert time.perf_counter() - start < 1.0
+    assert len(many.elements) > MAX_SMACT_ELEMENTS
+    assert composition_valid(Composition("Fe2O3")) is True and composition_valid(Composition("NaCl2")) is False
+    hull = ReferenceHull([PDEntry(Composition({el: 1}), -1.0) for el in many.elements], name="elements")
+    with pytest.raises(ValueError, match="13-element system .* too costly"):
+        hull.phase_diagram(many.elements)
+    assert hull.e_above_hull(PDEntry(many, -0.5 * many.num_atoms)) == pytest.approx(0.5)

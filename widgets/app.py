@@ -281,6 +281,11 @@ class DesignApp(w.VBox):
         if system is None:
             self.hull.update(None)
             return
+        n_elements = len(system.split("-"))
+        if n_elements > 4:
+            self.hull.update(None, message=f"The hull is drawn for systems of up to 4 elements; {html.escape(system)} has "
+                                           f"{n_elements}. Set a target chemistry to explore one system.")
+            return
         try:
             pd_ = self._phase_diagram(system)
             rows = self.table[["id", "formula", "energy_above_hull"]].to_dict("records")

@@ -55,6 +55,12 @@ MP20_FORMATION_ENERGIES = "mp_20/mp20_all_compositions_formation_energies.csv"
 MP_ELEMENTAL_REFERENCES = "reference/2023-02-07-mp-elemental-reference-entries.json.gz"
 
 
+#: ``PhaseDiagram`` builds a convex hull in as many dimensions as elements; beyond this it takes minutes to
+#: hours, so :meth:`ReferenceHull.phase_diagram` refuses (E_hull itself never needs one, see
+#: :meth:`ReferenceHull.hull_energy_per_atom`).
+MAX_PHASE_DIAGRAM_ELEMENTS = 6
+
+
 class MissingReferenceError(ValueError):
     """An element of a structure has no reference entry, so no hull can be built for it."""
 
@@ -131,6 +137,11 @@ class ReferenceHull:
         from pymatgen.analysis.phase_diagram import PhaseDiagram
 
         system = _system_key(elements)
+        if len(system) > MAX_PHASE_DIAGRAM_ELEMENTS:
+            raise ValueError(
+                f"a phase diagram of the {len(system)}-element system {'-'.join(sorted(system))} is too costly "
+                f"(more than {MAX_PHASE_DIAGRAM_ELEMENTS} elements); E_hull is still available through e_above_hull"
+            )
         if system not in self._diagrams:
             entries = self.entries_in(system)
             have = {next(iter(_system_key(e.composition.elements))) for e in entries if len(e.composition.elements) == 1}
