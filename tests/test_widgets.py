@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from mattergen_lab.checkpoints import registry
 import torch
 
 pytest.importorskip("ipywidgets")
@@ -149,7 +151,8 @@ def test_checkpoint_chooser_offers_only_usable_checkpoints(app, ckpts):
     assert t.unavailable_reasons[ckpts["mag"]].startswith("dft_band_gap: not a conditioning property of this checkpoint")
     assert app.generate() is None and "no checkpoint can condition on dft_band_gap;" in app.status.value
     t.set_targets({})
-    assert {v for _, v in t.checkpoint.options} == {ckpts["mag"], ckpts["plain"]}
+    bundled = {name for name, record in registry().items() if record.kind == "bundled"}  # with no targets, every bundled model is usable
+    assert {v for _, v in t.checkpoint.options} == {ckpts["mag"], ckpts["plain"]} | bundled
 
 
 def test_generate_streams_into_viewer_progress_gallery_and_table(app):
