@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 import zipfile
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mattergen_lab.constants import MASK_Z, SELECTED_ATOMIC_NUMBERS
+from mattergen_lab.fileio import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -845,10 +845,8 @@ def export_candidates(
     path.parent.mkdir(parents=True, exist_ok=True)
     table = table.reset_index(drop=True).copy()
     files: list[dict[str, Any]] = []
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    def write(fh: Any) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for i, structure in enumerate(structures):
                 row = table.iloc[i]
                 stem = _safe_name(f"{row['id']}_{row['formula']}")
@@ -880,10 +878,7 @@ def export_candidates(
             zf.writestr("report.csv", csv.getvalue())
             zf.writestr("report.json", json.dumps(full, indent=2, default=_json_default))
             zf.writestr("report.html", _report_html(full, table))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, write)  # a temp file beside path, then a rename: never a half-written zip
     return path
 
 
