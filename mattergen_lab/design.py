@@ -72,7 +72,7 @@ EXPORT_ANGLE_TOLERANCE = 5.0
 
 #: Columns of the evaluation table that the candidate table keeps (``mattergen_lab.evaluation`` contract).
 EVALUATION_COLUMNS = (
-    "energy_per_atom", "energy_above_hull", "stable", "unique", "novel", "novel_unique_stable",
+    "energy_per_atom", "energy_above_hull", "stable", "is_unique", "is_novel", "novel_unique_stable",
     "rmsd_from_relaxation", "comp_valid", "structure_valid", "relax_status", "error",
 )
 

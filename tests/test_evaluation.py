@@ -81,7 +81,7 @@ def test_mp20_structures_relax_stable_and_not_novel(mp20_run, mp20_test_structur
     assert (first4["energy_above_hull"] < 0.1).all(), first4[["formula", "energy_above_hull"]]
     assert first4["stable"].all()
     # each is found in MP-20 itself: not novel, matched to its own material id
-    assert not first4["novel"].any()
+    assert not first4["is_novel"].any()
     assert list(first4["novelty_match"]) == ids
     assert not first4["novel_unique_stable"].any()
     # CHGNet energies are used as they are: no second MP2020 correction
@@ -94,7 +94,7 @@ def test_mp20_structures_relax_stable_and_not_novel(mp20_run, mp20_test_structur
 
 
 def test_duplicate_is_caught_by_uniqueness(mp20_run):
-    assert list(mp20_run.table["unique"]) == [True, True, True, True, False]
+    assert list(mp20_run.table["is_unique"]) == [True, True, True, True, False]
     metrics = {k: v["value"] for k, v in mp20_run.metrics.items()}
     assert metrics["frac_unique_structures"] == pytest.approx(4 / 5)
     assert metrics["frac_stable_structures"] == pytest.approx(1.0)

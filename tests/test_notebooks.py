@@ -126,7 +126,7 @@ def _check_05(nb, work: Path) -> None:
     screened = sorted(p.stem for p in (out / "screened").glob("*.cif"))
     table = pd.read_csv(out / "evaluation" / "per_structure.csv")
     assert sorted(table["id"]) == screened and len(screened) >= 1
-    expected = {"id", "formula", "energy_above_hull", "stable", "unique", "novel", "novel_unique_stable",
+    expected = {"id", "formula", "energy_above_hull", "stable", "is_unique", "is_novel", "novel_unique_stable",
                 "rmsd_from_relaxation", "comp_valid", "structure_valid", "relax_status", "error"}
     assert expected <= set(table.columns)
     lines = (out / "evaluation" / "results.jsonl").read_text().splitlines()

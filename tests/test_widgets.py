@@ -67,7 +67,7 @@ class FakeEvaluator:
         rows = []
         for i, (s, cid) in enumerate(zip(structures, ids)):
             rows.append({"id": cid, "formula": s.composition.reduced_formula, "energy_per_atom": -5.0 + i,
-                         "energy_above_hull": 0.05 * i, "stable": i == 0, "unique": True, "novel": True,
+                         "energy_above_hull": 0.05 * i, "stable": i == 0, "is_unique": True, "is_novel": True,
                          "novel_unique_stable": i == 0, "relax_status": "ok"})
             if progress is not None:
                 progress(i + 1, len(structures))

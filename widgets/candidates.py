@@ -24,8 +24,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("in_target_system", "in system", "{}"),
     ("energy_above_hull", "E_hull (eV/atom)", "{:.3f}"),
     ("stable", "S", "{}"),
-    ("unique", "U", "{}"),
-    ("novel", "N", "{}"),
+    ("is_unique", "U", "{}"),
+    ("is_novel", "N", "{}"),
     ("novel_unique_stable", "S.U.N.", "{}"),
     ("relax_status", "relax", "{}"),
 )

@@ -57,7 +57,7 @@ STRUCTURE_SUFFIXES = (".cif", ".extxyz", ".xyz", ".vasp", ".poscar")
 COLUMNS = (
     "id", "formula", "chemical_system", "num_atoms", "space_group", "volume_per_atom",
     "energy", "energy_per_atom", "energy_correction", "formation_energy_per_atom", "energy_above_hull",
-    "stable", "unique", "novel", "novel_unique", "novel_unique_stable", "novelty_match",
+    "stable", "is_unique", "is_novel", "novel_unique", "novel_unique_stable", "novelty_match",
     "novel_system", "rmsd_from_relaxation", "comp_valid", "structure_valid", "structure_comp_valid", "min_distance",
     "relax_status", "relax_steps", "relax_seconds", "max_force", "error",
 )
@@ -278,10 +278,10 @@ def _evaluate_one(
     row["rmsd_from_relaxation"] = rmsd_from_relaxation(structure, relaxed) if result.ok and relaxed is not None else math.nan
     if novelty is not None and relaxed is not None:
         match = novelty.find(relaxed, matcher=matcher)
-        row["novel"], row["novelty_match"] = match is None, match or ""
+        row["is_novel"], row["novelty_match"] = match is None, match or ""
         row["novel_system"] = comp.chemical_system not in novelty._by_system
     else:  # no novelty reference (None: unknown), or no relaxed structure to compare (not novel)
-        row["novel"] = None if novelty is None else False
+        row["is_novel"] = None if novelty is None else False
         row["novelty_match"], row["novel_system"] = "", None if novelty is None else False
     row["error"] = "; ".join(errors)
     return row, relaxed
@@ -297,7 +297,7 @@ def _frac(values: Any, n: int) -> float:
 def compute_metrics(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """MatterGen-style ``{name: {"value", "description"}}`` aggregates of a per-structure table."""
     n = len(table)
-    has_novelty = bool(table["novel"].notna().any())
+    has_novelty = bool(table["is_novel"].notna().any())
     values = {
         "avg_energy_above_hull_per_atom": float(np.nanmean(table["energy_above_hull"])) if table["energy_above_hull"].notna().any() else math.nan,
         "avg_rmsd_from_relaxation": float(np.nanmean(table["rmsd_from_relaxation"])) if table["rmsd_from_relaxation"].notna().any() else math.nan,
@@ -307,10 +307,10 @@ def compute_metrics(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
         "avg_comp_validity": _frac(table["comp_valid"], n),
         "avg_structure_comp_validity": _frac(table["structure_comp_valid"], n),
         "avg_structure_validity": _frac(table["structure_valid"], n),
-        "frac_novel_structures": _frac(table["novel"].fillna(False), n) if has_novelty else math.nan,
+        "frac_novel_structures": _frac(table["is_novel"].fillna(False), n) if has_novelty else math.nan,
         "frac_novel_systems": _frac(table["novel_system"].fillna(False), n) if has_novelty else math.nan,
         "frac_novel_unique_structures": _frac(table["novel_unique"], n) if has_novelty else math.nan,
-        "frac_unique_structures": _frac(table["unique"], n),
+        "frac_unique_structures": _frac(table["is_unique"], n),
         "frac_unique_systems": float(table["chemical_system"].nunique() / n) if n else math.nan,
     }
     return {k: {"value": v, "description": METRIC_DESCRIPTIONS[k]} for k, v in values.items()}
@@ -342,9 +342,9 @@ def _finalize(rows: list[dict[str, Any]], relaxed: list[Structure | None], match
 
     flags = unique_flags(relaxed, matcher=matcher)
     table = pd.DataFrame(rows)
-    table["unique"] = flags
-    novel = table["novel"].fillna(False).astype(bool)
-    table["novel_unique"] = novel & table["unique"]
+    table["is_unique"] = flags
+    novel = table["is_novel"].fillna(False).astype(bool)
+    table["novel_unique"] = novel & table["is_unique"]
     table["novel_unique_stable"] = table["novel_unique"] & table["stable"].astype(bool)
     extra = [c for c in table.columns if c not in COLUMNS]
     return table[[c for c in COLUMNS if c in table.columns] + extra]
