@@ -550,12 +550,11 @@ def iter_design(
                                      dtype=torch.long)
         trajectories: list[list[CrystalSnapshot]] = [[] for _ in indices]
         for frame in sampler.iter_steps(
-            counts, generator=gen, every=1, allowed_elements=kwargs["allowed_elements"], properties=kwargs["properties"],
+            counts, generator=gen, every=request.every, allowed_elements=kwargs["allowed_elements"],
+            properties=kwargs["properties"],
         ):
             if cancel is not None and cancel.is_set():
                 return
-            if not frame.final and frame.step % request.every and frame.step != steps:
-                continue
             snaps = snapshots_from_batch(frame.batch, step=frame.step, t=frame.t)
             for traj, s in zip(trajectories, snaps):
                 traj.append(s)

@@ -209,10 +209,6 @@ def composition_valid(composition: Any) -> bool:
         return False
 
 
-def _nan_if_none(x: Any) -> float:
-    return float(x) if x is not None else math.nan
-
-
 def _fingerprint(structure: Structure) -> str:
     text = f"{structure.composition.formula}|{np.round(structure.lattice.abc, 4).tolist()}"
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -279,7 +275,7 @@ def _evaluate_one(
     if novelty is not None and relaxed is not None:
         match = novelty.find(relaxed, matcher=matcher)
         row["is_novel"], row["novelty_match"] = match is None, match or ""
-        row["novel_system"] = comp.chemical_system not in novelty._by_system
+        row["novel_system"] = not novelty.has_system(comp.chemical_system)
     else:  # no novelty reference (None: unknown), or no relaxed structure to compare (not novel)
         row["is_novel"] = None if novelty is None else False
         row["novelty_match"], row["novel_system"] = "", None if novelty is None else False

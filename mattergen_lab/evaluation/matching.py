@@ -189,6 +189,10 @@ class NoveltyReference:
     def __len__(self) -> int:
         return self._num_structures + self._num_proxies
 
+    def has_system(self, chemical_system: str) -> bool:
+        """Whether any known structure (with coordinates) has this chemical system, e.g. ``"Li-O"``."""
+        return chemical_system in self._by_system
+
     def protocol(self) -> dict[str, Any]:
         return {
             "novelty_reference": self.name,

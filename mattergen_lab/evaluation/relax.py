@@ -109,7 +109,7 @@ class _Stop(Exception):
         self.status, self.message = status, message
 
 
-def _cell_filter(atoms: Any, name: str) -> Any:
+def _cell_filter(atoms: Any, name: str = "FrechetCellFilter") -> Any:
     from ase import filters
 
     return getattr(filters, name)(atoms)
@@ -197,7 +197,8 @@ class Relaxer:
             final, energy = atoms, math.nan
         try:
             relaxed = AseAtomsAdaptor.get_structure(final)
-            relaxed.remove_site_property("magmom") if "magmom" in relaxed.site_properties else None
+            if "magmom" in relaxed.site_properties:
+                relaxed.remove_site_property("magmom")
         except Exception:  # noqa: BLE001 - reported, never raised
             relaxed = None
         max_force = math.nan

@@ -3,7 +3,7 @@
 Protocol (stated so that every number carries it):
 
 1. Optionally relax positions and cell (FIRE, ``fmax`` 0.05 eV/Å, at most 200 steps, ASE's
-   ``FrechetCellFilter``; ``ExpCellFilter`` on older ASE).
+   ``FrechetCellFilter``, the same filter as the evaluation relaxer).
 2. Scale the cell isotropically to ``n_points`` volumes ``V_i = V_ref · (1 + s_i)`` with
    ``s_i = linspace(-strain, +strain, n_points)``: **``strain`` is a volume strain** (0.04 = ±4 % in volume,
    about ±1.3 % in lattice length). Fractional coordinates are kept; with ``relax=True`` the positions are
@@ -198,14 +198,9 @@ def _resolve_calculator(calculator: Calculator | str | None) -> Calculator:
 
 
 def _cell_filter(atoms: Atoms) -> Any:
-    try:
-        from ase.filters import FrechetCellFilter
+    from mattergen_lab.evaluation.relax import _cell_filter as cell_filter  # lazy: evaluation imports this module
 
-        return FrechetCellFilter(atoms)
-    except ImportError:  # ASE < 3.23
-        from ase.constraints import ExpCellFilter
-
-        return ExpCellFilter(atoms)
+    return cell_filter(atoms)
 
 
 def _relax(atoms: Atoms, *, cell: bool, fmax: float, max_steps: int) -> tuple[bool, int]:
