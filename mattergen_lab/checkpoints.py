@@ -162,7 +162,8 @@ def verify_sha256(path: Path, expected: str | None) -> None:
         raise ValueError(f"{path}: sha256 {actual} does not match the registry's {expected}; the file is corrupt or a different version")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` s (False when ``HF_HUB_OFFLINE``)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
@@ -193,7 +194,7 @@ def resolve_official(record: CheckpointRecord, *, download: bool = True) -> Path
         return folder
     if not download:
         raise _unavailable(record, folder, "it is not in the local cache")
-    if not _hub_reachable():
+    if not hub_reachable():
         raise _unavailable(record, folder, "Hugging Face cannot be reached from this machine (offline?)")
     from huggingface_hub import hf_hub_download
 
@@ -286,7 +287,8 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
 
 
 # ------------------------------------------------------------------------------------- official mapping
-def _official_gemnet_config(cfg_yaml: dict[str, Any]) -> GemNetConfig:
+def official_gemnet_config(cfg_yaml: dict[str, Any]) -> GemNetConfig:
+    """The GemNet-T architecture (incl. its adapters) described by an official ``config.yaml`` (parsed)."""
     model = cfg_yaml.get("lightning_module", {}).get("diffusion_module", {}).get("model")
     if not isinstance(model, dict) or not isinstance(model.get("gemnet"), dict):
         raise ValueError("config.yaml has no lightning_module.diffusion_module.model.gemnet section")
@@ -325,7 +327,8 @@ def map_official_state_dict(state_dict: dict[str, torch.Tensor], model: ScoreMod
     return mapped
 
 
-def _find_official_files(path: Path) -> tuple[Path, Path]:
+def find_official_files(path: Path) -> tuple[Path, Path]:
+    """``(last.ckpt, config.yaml)`` for an official checkpoint given as its file or its folder."""
     if path.is_file():
         ckpt = path
         for cand in (path.parent / "config.yaml", path.parent.parent / "config.yaml"):
@@ -341,7 +344,7 @@ def _find_official_files(path: Path) -> tuple[Path, Path]:
 
 def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None) -> Checkpoint:
     """Load an official MatterGen checkpoint (folder or ``.ckpt``) into our model, safely."""
-    ckpt_path, cfg_path = _find_official_files(Path(path))
+    ckpt_path, cfg_path = find_official_files(Path(path))
     verify_sha256(ckpt_path, expected_sha256)
     cfg_yaml = yaml.safe_load(cfg_path.read_text())
     if not isinstance(cfg_yaml, dict):
@@ -353,7 +356,7 @@ def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"{ckpt_path}: state_dict entries are not tensors: {bad[:5]}")
-    model = ScoreModel(_official_gemnet_config(cfg_yaml))
+    model = ScoreModel(official_gemnet_config(cfg_yaml))
     model.load_state_dict(map_official_state_dict(state, model), strict=True)
     config = {
         "source": "official",
@@ -388,3 +391,81 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, download: bool = True, r
         return load_local_checkpoint(record.path)
     folder = resolve_official(record, download=download)
     return load_official(folder, expected_sha256=record.sha256)
+
+
+# ------------------------------------------------------------------------------------------ bundling
+def _loss_table(history: list[dict[str, Any]]) -> str:
+    def fmt(h: dict[str, Any], key: str, scale: float = 1.0, digits: int = 3) -> str:
+        v = h.get(key)
+        return f"{v / scale:.{digits}f}" if isinstance(v, (int, float)) else "–"
+
+    rows = ["| step | train loss | val loss | val coordinates | val lattice | val atom types | wall (min) |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [
+        f"| {int(h.get('step', 0))} | {fmt(h, 'train_loss')} | {fmt(h, 'val_loss')} | {fmt(h, 'val_pos')} | "
+        f"{fmt(h, 'val_cell')} | {fmt(h, 'val_atomic_numbers')} | {fmt(h, 'wall_s', 60.0, 0)} |"
+        for h in history
+    ]
+    return "\n".join(rows)
+
+
+def _replace_registry_entry(text: str, name: str, block: str) -> str:
+    """``text`` with the ``checkpoints:`` entry ``name`` replaced by ``block`` (appended when new)."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == f"  {name}:"), None)
+    if start is None:
+        return text.rstrip("\n") + "\n" + block
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
+        end += 1
+    return "".join(lines[:start]) + block + "".join(lines[end:])
+
+
+def bundle_checkpoint(
+    source: str | os.PathLike,
+    name: str,
+    *,
+    description: str,
+    training_data: str,
+    num_steps: int,
+    card: str = "",
+    root: str | os.PathLike | None = None,
+    registry_path: str | os.PathLike | None = None,
+) -> CheckpointRecord:
+    """Copy a trained folder of ours into ``checkpoints/<name>/`` and register it in ``checkpoints.yaml``.
+
+    Writes ``model.safetensors`` (unchanged), ``config.json`` with ``sampling.num_steps`` set to the
+    recommended step count, and ``MODEL_CARD.md`` (``card`` followed by the loss history from the config).
+    The registry entry (kind ``bundled``, the weights' sha256, the conditioning properties read from the
+    model) replaces an existing one of the same name, keeping the rest of the file and its comments.
+    """
+    import json
+    import shutil
+
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise ValueError(f"bundle name {name!r}: use lower-case letters, digits and '_'")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} must be a positive integer")
+    ckpt = load_local_checkpoint(source)  # strict: refuses a folder whose weights do not match its config
+    reg = Path(registry_path) if registry_path else REGISTRY_FILE
+    dest = (Path(root) if root else reg.parent / "checkpoints") / name
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(source) / WEIGHTS_FILE, dest / WEIGHTS_FILE)
+    cfg = dict(ckpt.config)
+    cfg["sampling"] = {**(cfg.get("sampling") or {}), "num_steps": num_steps}
+    (dest / CONFIG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
+    history = ((cfg.get("training") or {}).get("history")) or []
+    (dest / "MODEL_CARD.md").write_text(
+        f"# {name}: model card\n\n{card.strip()}\n\n## Losses (validation: at most 20 batches of the held-out split)\n\n"
+        f"{_loss_table(history)}\n\nRecommended sampling steps: **{num_steps}** (`config.json` → `sampling.num_steps`).\n"
+    )
+    sha = sha256_of(dest / WEIGHTS_FILE)
+    rel = os.path.relpath(dest, reg.parent)
+    block = (
+        f"  {name}:\n    kind: bundled\n    description: {json.dumps(description)}\n    path: {rel}\n    sha256: \"{sha}\"\n"
+        f"    properties: [{', '.join(ckpt.model.conditions)}]\n    training_data: {json.dumps(training_data)}\n"
+    )
+    text = _replace_registry_entry(reg.read_text(), name, block)
+    records = parse_registry(text, base_dir=reg.parent)  # refuse to write a registry that does not parse
+    reg.write_text(text)
+    return records[name]

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger("mattergen_lab")
@@ -42,7 +43,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=1000, help="predictor-corrector steps (official: 1000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="predictor-corrector steps (default: the checkpoint's recommended count; official: 1000)")
     p.add_argument("--num-atoms", type=int, default=None, help="atoms per cell (default: drawn from the model's training distribution)")
     p.add_argument("--out", required=True, help="output folder: cifs/gen_*.cif and generated_crystals.extxyz")
     p.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
@@ -87,13 +89,19 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="train a tiny model on MP-20 (CPU, minutes), then sample crystals from it")
+    p = sub.add_parser(
+        "quickstart",
+        help="sample crystals from the bundled MP-20 model (CPU, offline, about a minute) and print them",
+    )
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--train-steps", type=int, default=1500)
-    p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--steps", type=int, default=200, help="sampling steps")
+    p.add_argument("--checkpoint", default="mgl_mp20_small", help="registry name or folder (default: the bundled base model)")
+    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's recommended count)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-tiny", action="store_true",
+                   help="first train a 'tiny' model on 3,000 MP-20 crystals (a few minutes) and sample from that instead")
+    p.add_argument("--train-steps", type=int, default=1500, help="with --train-tiny: training steps")
+    p.add_argument("--data-dir", default=None, help="with --train-tiny: data folder holding mp_20/")
 
 
 def _load_training_data(args: argparse.Namespace):
@@ -190,7 +198,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if needs_derived:
         from mattergen_lab.properties import add_derived_properties
 
-        data = add_derived_properties(data)
+        data = add_derived_properties(data, names=sorted(needs_derived))
     if args.limit:
         data = data.subset(range(min(args.limit, len(data))))
     train_data, val_data = data.split_validation(args.val_fraction, seed=args.seed)
@@ -203,30 +211,61 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from pymatgen.core import Structure
+
     from mattergen_lab.evaluation import check_structure
     from mattergen_lab.sampling.api import sample_to_dir
 
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples {args.num_samples} must be at least 1")
     out = Path(args.out)
-    if not (out / "done").exists():  # train (or resume an interrupted run) until finished once
-        print(f"Training the 'tiny' preset for {args.train_steps} steps on 3,000 MP-20 crystals (CPU, a few minutes)...")
-        targs = build_parser().parse_args(
-            ["train", "--preset", "tiny", "--out", str(out), "--splits", "val", "--limit", "3000", "--val-fraction", "0.05",
-             "--max-steps", str(args.train_steps), "--batch-size", "32", "--lr", "3e-3", "--val-every", "250",
-             "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])
-        )
-        cmd_train(targs)
-        (out / "done").write_text("training finished\n")
+    checkpoint: str | Path = args.checkpoint
+    if args.train_tiny:
+        if not (out / "done").exists():  # train (or resume an interrupted run) until finished once
+            print(f"Training the 'tiny' preset for {args.train_steps} steps on 3,000 MP-20 crystals (CPU, a few minutes)...")
+            targs = build_parser().parse_args(
+                ["train", "--preset", "tiny", "--out", str(out), "--splits", "val", "--limit", "3000", "--val-fraction", "0.05",
+                 "--max-steps", str(args.train_steps), "--batch-size", "32", "--lr", "3e-3", "--val-every", "250",
+                 "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+            )
+            cmd_train(targs)
+            (out / "done").write_text("training finished\n")
+        checkpoint = out / "best"
     samples = out / "samples"
-    print(f"Sampling {args.num_samples} crystals with {args.steps} predictor-corrector steps...")
-    paths = sample_to_dir(out / "best", samples, num_samples=args.num_samples, batch_size=args.num_samples, num_steps=args.steps, seed=args.seed)
-    from pymatgen.core import Structure
-
+    steps = f"{args.steps} predictor-corrector steps" if args.steps else "the checkpoint's recommended step count"
+    print(f"Sampling {args.num_samples} crystals from {checkpoint} with {steps} (resumes if interrupted)...")
+    start = time.perf_counter()
+    paths = sample_to_dir(checkpoint, samples, num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
+                          num_steps=args.steps, seed=args.seed)
+    print(f"done in {time.perf_counter() - start:.0f} s")
     print(f"{'file':<12} {'formula':<20} {'atoms':>5} {'Å³/atom':>8} {'d_min Å':>8}  valid")
     for path in paths:
         s = Structure.from_file(path)
         c = check_structure(s)
         print(f"{path.name:<12} {s.composition.reduced_formula:<20} {len(s):>5} {c.volume_per_atom:>8.1f} {c.min_distance:>8.2f}  {c.valid}")
     print(f"CIFs in {samples / 'cifs'}; all crystals in {samples / 'generated_crystals.extxyz'}")
+    print("Next: evaluate them with `mattergen-lab evaluate --structures "
+          f"{samples / 'generated_crystals.extxyz'} --out {out / 'evaluation'}`, or open notebooks/01_quickstart.ipynb")
+    return 0
+
+
+def _add_bundle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundle", help="copy a trained folder into checkpoints/<name>/ and register it in checkpoints.yaml")
+    p.add_argument("source", help="a trained folder (config.json + model.safetensors), e.g. runs/x/best")
+    p.add_argument("--name", required=True)
+    p.add_argument("--description", required=True)
+    p.add_argument("--training-data", required=True)
+    p.add_argument("--num-steps", type=int, required=True, help="recommended sampling steps, stored in config.json")
+    p.add_argument("--card", default=None, help="Markdown file with the model card's text (provenance); losses are appended")
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from mattergen_lab.checkpoints import bundle_checkpoint
+
+    card = Path(args.card).read_text() if args.card else ""
+    record = bundle_checkpoint(args.source, args.name, description=args.description, training_data=args.training_data,
+                               num_steps=args.num_steps, card=card)
+    print(f"registered {record.name} ({record.path}, sha256 {record.sha256}, properties {list(record.properties)})")
     return 0
 
 
@@ -297,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_checkpoints(sub)
     _add_quickstart(sub)
+    _add_bundle(sub)
     _add_evaluate(sub)
     return parser
 
@@ -304,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"train": cmd_train, "sample": cmd_sample, "quickstart": cmd_quickstart, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints,
+    commands = {"train": cmd_train, "sample": cmd_sample, "quickstart": cmd_quickstart, "bundle": cmd_bundle, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints,
                 "evaluate": cmd_evaluate}
     try:
         return commands[args.command](args)

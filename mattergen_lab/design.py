@@ -302,8 +302,8 @@ def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str
     (``config.yaml``). Raises ``ValueError`` for something that is neither.
     """
     from mattergen_lab.checkpoints import (
-        _find_official_files,
-        _official_gemnet_config,
+        find_official_files,
+        official_gemnet_config,
         registry,
     )
     from mattergen_lab.model.io import CONFIG_FILE, read_config
@@ -316,8 +316,8 @@ def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str
             return tuple(read_config(path)["model"].get("condition_on_adapt") or ())
         import yaml
 
-        _, cfg = _find_official_files(path)
-        return tuple(_official_gemnet_config(yaml.safe_load(cfg.read_text())).condition_on_adapt)
+        _, cfg = find_official_files(path)
+        return tuple(official_gemnet_config(yaml.safe_load(cfg.read_text())).condition_on_adapt)
     records = registry(registry_path)
     if str(name_or_path) not in records:
         raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")
@@ -329,12 +329,12 @@ _ONLINE: dict[str, tuple[float, bool]] = {}
 
 def hub_reachable(max_age_s: float = 300.0) -> bool:
     """Whether Hugging Face can be reached (cached for ``max_age_s``; honours ``HF_HUB_OFFLINE``)."""
-    from mattergen_lab.checkpoints import _hub_reachable
+    from mattergen_lab.checkpoints import hub_reachable
 
     now = time.monotonic()
     hit = _ONLINE.get("hub")
     if hit is None or now - hit[0] > max_age_s or os.environ.get("HF_HUB_OFFLINE"):
-        _ONLINE["hub"] = (now, _hub_reachable(timeout=1.5))
+        _ONLINE["hub"] = (now, hub_reachable(timeout=1.5))
     return _ONLINE["hub"][1]
 
 
@@ -528,11 +528,11 @@ def iter_design(
     """
     import torch
 
-    from mattergen_lab.sampling.api import _sampling_kwargs
+    from mattergen_lab.sampling.api import sampling_kwargs
 
     sampler, info = _load(request)
     device = request.resolved_device()
-    kwargs = _sampling_kwargs(
+    kwargs = sampling_kwargs(
         info, num_atoms=None, seed=request.seed, conditions=request.conditions(info.properties) or None,
         elements=request.chemical_system, device=device,
     )
