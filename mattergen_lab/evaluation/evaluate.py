@@ -110,6 +110,11 @@ def _read_ase_file(path: Path) -> list[tuple[str, Structure]]:
     return out
 
 
+def _natural_key(path: Path) -> list:
+    """Sort ``gen_2`` before ``gen_10`` (generation order, which uniqueness depends on)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
 def read_structures(path: str | os.PathLike) -> list[tuple[str, Structure]]:
     """``(id, structure)`` pairs from a folder (CIF, extxyz, POSCAR), a zip of CIFs, or an extxyz/CIF file.
 
@@ -121,7 +126,7 @@ def read_structures(path: str | os.PathLike) -> list[tuple[str, Structure]]:
         raise FileNotFoundError(f"structures {str(path)!r} do not exist")
     items: list[tuple[str, Structure]] = []
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in STRUCTURE_SUFFIXES)
+        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in STRUCTURE_SUFFIXES), key=_natural_key)
         for p in files:
             items.extend(_read_file(p))
     elif path.suffix.lower() == ".zip":

@@ -196,7 +196,7 @@ def checkpoint_sample_fn(
     property_name: str,
     *,
     guidance_scale: float = 2.0,
-    num_steps: int = 1000,
+    num_steps: int | None = None,
     seed: int = 0,
     conditions: Mapping[str, Any] | None = None,
     **sample_kwargs: Any,
@@ -211,7 +211,7 @@ def checkpoint_sample_fn(
         checkpoint: registry name or path of a checkpoint conditioned on ``property_name``.
         property_name: the swept property, e.g. ``"hhi_score"``.
         guidance_scale: classifier-free guidance γ (2.0 as in MatterGen's README examples; 0 = unconditional).
-        num_steps: sampler steps (1000 as the official sampler).
+        num_steps: sampler steps (default: the checkpoint's recommended count; 1000 for official checkpoints).
         seed: base seed.
         conditions: other conditions held fixed, e.g. ``{"dft_mag_density": 0.2}``.
         **sample_kwargs: passed to ``sample`` (``batch_size``, ``num_atoms``, ``elements``, ``device``).
@@ -221,7 +221,7 @@ def checkpoint_sample_fn(
     guidance_scale = _finite_number("guidance_scale", guidance_scale)
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale={guidance_scale!r} must be >= 0")
-    num_steps = _positive_int("num_steps", num_steps)
+    num_steps = None if num_steps is None else _positive_int("num_steps", num_steps)
     fixed = dict(conditions or {})
     if property_name in fixed:
         raise ValueError(f"{property_name!r} is the swept property; remove it from conditions={fixed!r}")
