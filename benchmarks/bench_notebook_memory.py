@@ -1,6 +1,6 @@
 """Peak memory (RSS) and wall time of the kernel that executes a notebook.
 
-    python benchmarks/bench_notebook_memory.py                       # notebooks 01 and 02, normal mode
+    python benchmarks/bench_notebook_memory.py                       # notebooks 01-04, normal mode
     python benchmarks/bench_notebook_memory.py notebooks/05_evaluate.ipynb --smoke
 
 Each notebook runs top to bottom with nbclient in a fresh kernel, in a temporary working directory (so its
@@ -19,7 +19,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT = [REPO / "notebooks" / "01_quickstart.ipynb", REPO / "notebooks" / "02_chemistry_guided.ipynb"]
+DEFAULT = [REPO / "notebooks" / name for name in (
+    "01_quickstart.ipynb",
+    "02_chemistry_guided.ipynb",
+    "03_property_sliders.ipynb",
+    "04_low_supply_chain_magnets.ipynb",
+)]
 
 
 def _rss_kb(pid: int) -> tuple[int, int]:
@@ -113,7 +118,7 @@ def run_notebook(path: Path, *, smoke: bool, timeout: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks 01 and 02")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks 01-04")
     parser.add_argument("--smoke", action="store_true", help="set MATTERGEN_LAB_SMOKE=1 (tiny sizes)")
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell timeout, seconds")
     args = parser.parse_args()

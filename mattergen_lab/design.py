@@ -132,11 +132,11 @@ class PropertyRange:
 
 
 #: Used when no data directory exists. Measured on MP-20 val (9,047 crystals): 0 to the 99.5th percentile
-#: (magnetic density 0.1551 Å⁻³ over 8,694 labels, band gap 6.748 eV over 9,047, bulk modulus 326.8 GPa
+#: (magnetic density 0.1551 μB/Å³ over 8,694 labels, band gap 6.748 eV over 9,047, bulk modulus 326.8 GPa
 #: over 1,152), HHI (pymatgen production HHI from composition, 8,333 crystals) from the 0.5th percentile 929.5
 #: to the 99.5th 9500.
 FALLBACK_RANGES: dict[str, PropertyRange] = {
-    "dft_mag_density": PropertyRange("dft_mag_density", "magnetic density", "Å⁻³", 0.0, 0.155, 0.1, 0.001, "constants (MP-20 val)"),
+    "dft_mag_density": PropertyRange("dft_mag_density", "magnetic density", "μB/Å³", 0.0, 0.155, 0.1, 0.001, "constants (MP-20 val)"),
     "hhi_score": PropertyRange("hhi_score", "HHI", "", 930.0, 9500.0, 1250.0, 10.0, "constants (MP-20 val)"),
     "dft_bulk_modulus": PropertyRange("dft_bulk_modulus", "bulk modulus", "GPa", 0.0, 327.0, 200.0, 1.0, "constants (MP-20 val)"),
     "dft_band_gap": PropertyRange("dft_band_gap", "band gap", "eV", 0.0, 6.75, 3.0, 0.01, "constants (MP-20 val)"),
@@ -148,7 +148,7 @@ def property_ranges(data_dir: str | os.PathLike | None = None) -> dict[str, Prop
 
     Scalar DFT properties go from 0 to their 99.5th percentile; HHI (computed from composition with
     :func:`mattergen_lab.properties.hhi_score`) from its 0.5th to its 99.5th percentile. Defaults are
-    paper-style design targets (0.1 Å⁻³, HHI 1250, 200 GPa, 3 eV) clipped into the range.
+    paper-style design targets (0.1 μB/Å³, HHI 1250, 200 GPa, 3 eV) clipped into the range.
     """
     from mattergen_lab.data.paths import DataNotFoundError, resolve_data_dir
 
@@ -180,7 +180,8 @@ def _ranges_from_data(root: str) -> tuple[tuple[str, PropertyRange], ...]:
         low = float(np.percentile(v, 0.5)) if name == "hhi_score" else 0.0
         high = float(np.percentile(v, 99.5))
         step = 10 ** math.floor(math.log10((high - low) / 200)) if high > low else fb.step
-        low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+        digits = max(0, -math.floor(math.log10(step)))  # no float noise such as 0.15510000000000002
+        low, high = round(math.floor(low / step) * step, digits), round(math.ceil(high / step) * step, digits)
         default = min(max(fb.default, low), high)
         src = f"MP-20 val ({len(v)} labels; {'0.5' if name == 'hhi_score' else '0'}–99.5th percentile)"
         out.append((name, dataclasses.replace(fb, low=low, high=high, default=default, step=step, source=src)))
@@ -202,7 +203,8 @@ class DesignRequest:
             mask at every step with any checkpoint, and a condition too when the checkpoint has that adapter.
         targets: ``{property: value}`` for scalar conditions (e.g. ``{"dft_mag_density": 0.15}``).
         guidance_scale: classifier-free guidance γ (0 = unconditional).
-        num_samples, num_steps, seed: how many crystals, predictor steps, and the random seed.
+        num_samples, num_steps, seed: how many crystals, predictor steps (``None``: the checkpoint's recommended
+            count, 200 for the bundled models, 1000 for official ones), and the random seed.
         every: a trajectory frame every ``every`` steps.
         batch_size: crystals denoised together; a cancelled run keeps every finished batch.
         num_atoms: atoms per crystal, or ``None`` to draw from the checkpoint's distribution.
@@ -214,7 +216,7 @@ class DesignRequest:
     targets: Mapping[str, float] = field(default_factory=dict)
     guidance_scale: float = 0.0
     num_samples: int = 8
-    num_steps: int = 100
+    num_steps: int | None = None
     seed: int = 0
     every: int = 5
     batch_size: int = 4
@@ -246,6 +248,8 @@ class DesignRequest:
         object.__setattr__(self, "guidance_scale", float(g))
         for name in ("num_samples", "num_steps", "every", "batch_size"):
             v = getattr(self, name)
+            if name == "num_steps" and v is None:  # the checkpoint's recommended count
+                continue
             if not _is_int(v) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
         if not _is_int(self.seed) or self.seed < 0:
@@ -536,7 +540,7 @@ def iter_design(
         info, num_atoms=None, seed=request.seed, conditions=request.conditions(info.properties) or None,
         elements=request.chemical_system, device=device,
     )
-    n, bs, steps = request.num_samples, request.batch_size, request.num_steps
+    n, bs, steps = request.num_samples, request.batch_size, info.sampler_config.num_steps
     n_batches = math.ceil(n / bs)
     total = n_batches * steps
     for j in range(n_batches):

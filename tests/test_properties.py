@@ -224,6 +224,12 @@ def test_bulk_modulus_recovers_a_known_equation_of_state():
     assert result.volumes.min() / v_true == pytest.approx(0.96)
     assert result.volumes.max() / v_true == pytest.approx(1.04)
     assert result.rms_residual_ev < 1e-8
+    assert result.warnings == ()
+    # a very soft "solid" (0.5 GPa) and a minimum near the edge of the sampled volumes are flagged, not hidden
+    soft = bulk_modulus(si, calculator=BirchMurnaghan(v0=v_true, b0_gpa=0.5, b_prime=4.5), relax=False)
+    assert soft.value_gpa == pytest.approx(0.5, rel=1e-3) and any("below 1 GPa" in w for w in soft.warnings)
+    edge = bulk_modulus(si, calculator=BirchMurnaghan(v0=1.03 * v_true, b0_gpa=100.0, b_prime=4.5), relax=False)
+    assert any("near the edge" in w for w in edge.warnings)
 
     # start 5 % too large: the cell relaxation brings it back and the fit is the same
     expanded = si.copy()
@@ -404,3 +410,21 @@ def test_checkpoint_sample_fn_calls_the_sampling_api(monkeypatch):
         checkpoint_sample_fn("runs/x/best", "hhi_score", guidance_scale=-1.0)
     with pytest.raises(ValueError, match="swept property"):
         checkpoint_sample_fn("runs/x/best", "hhi_score", conditions={"hhi_score": 1.0})
+
+
+def test_chgnet_moment_proxy_is_an_upper_bound_of_the_moments_it_predicts():
+    pytest.importorskip("chgnet")
+    from pymatgen.core import Lattice, Structure
+
+    from mattergen_lab.properties import chgnet_site_moments, magnetic_density, magnetic_density_upper_bound
+
+    bcc_fe = Structure(Lattice.cubic(2.87), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    m = chgnet_site_moments(bcc_fe)
+    assert m.shape == (2,) and np.all(m >= 0)
+    assert 1.8 < m.mean() < 2.8  # bcc iron: about 2.2 μB per atom in DFT
+    bound = magnetic_density_upper_bound(bcc_fe)
+    assert bound == pytest.approx(m.sum() / bcc_fe.volume)
+    # an antiferromagnetic arrangement of the same moments has zero magnetic density: the proxy cannot see that
+    assert abs(magnetic_density(bcc_fe, magmoms=[m[0], -m[0]])) < 1e-12 < bound
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert magnetic_density_upper_bound(nacl) < 0.01 * bound  # no magnetic ions

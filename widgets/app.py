@@ -205,7 +205,7 @@ class DesignApp(w.VBox):
 
     def _generate_worker(self, request: design.DesignRequest) -> None:
         self._runs += 1
-        self.progress.value, self.progress.max = 0, request.num_steps * -(-request.num_samples // request.batch_size)
+        self.progress.value = 0  # the maximum arrives with the first frame (the step count may be the checkpoint's)
         self._set_status(f"Loading {request.checkpoint}…")
         run = design.run_design(request, on_frame=self._on_frame, cancel=self._cancel, id_prefix=f"{self._runs}-")
         self.last_run = run

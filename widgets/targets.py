@@ -71,7 +71,7 @@ class TargetPanel(w.VBox):
         self.guidance.add_class("mgl-guidance")
         self.num_samples = w.BoundedIntText(value=8, min=1, max=1024, description="Samples")
         self.num_samples.add_class("mgl-num-samples")
-        self.steps = w.BoundedIntText(value=100, min=1, max=5000, description="Steps")
+        self.steps = w.BoundedIntText(value=200, min=1, max=5000, description="Steps")  # the bundled models' recommended count
         self.steps.add_class("mgl-steps")
         self.seed = w.BoundedIntText(value=0, min=0, max=2**31 - 1, description="Seed")
         self.seed.add_class("mgl-seed")

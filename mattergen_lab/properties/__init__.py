@@ -22,7 +22,7 @@ from mattergen_lab.properties.hhi import (
     hhi_score,
     hhi_scores,
 )
-from mattergen_lab.properties.magnetic import magnetic_density
+from mattergen_lab.properties.magnetic import chgnet_site_moments, magnetic_density, magnetic_density_upper_bound
 from mattergen_lab.properties.symmetry import (
     ANGLE_TOLERANCE,
     SYMPREC,
@@ -51,6 +51,8 @@ __all__ = [
     "hhi_score",
     "hhi_scores",
     "magnetic_density",
+    "magnetic_density_upper_bound",
+    "chgnet_site_moments",
     "space_group",
     "space_groups",
     "sweep_interval",

@@ -82,6 +82,8 @@ class BulkModulusResult:
         rms_residual_ev: root-mean-square residual of the fit in eV.
         relaxed: whether positions/cell were relaxed.
         calculator: the calculator's class name (for the protocol record).
+        warnings: why the value is poorly constrained, if it is (V0 near the edge of the sampled volumes, a
+            poor fit, a bulk modulus below 1 GPa); empty for a clean fit. Treat a value with warnings with care.
     """
 
     value_gpa: float
@@ -95,6 +97,7 @@ class BulkModulusResult:
     rms_residual_ev: float
     relaxed: bool
     calculator: str
+    warnings: tuple[str, ...] = ()
 
 
 # ====================================================================== calculators
@@ -364,19 +367,20 @@ def bulk_modulus(
         )
     if b0 <= 0:
         raise BulkModulusError(f"{formula}: the {eos} fit gave a non-positive bulk modulus ({b0 / GPa:.3g} GPa)")
+    notes: list[str] = []
     low_v, high_v = float(volumes_arr.min()), float(volumes_arr.max())
     if not low_v + 0.25 * (high_v - low_v) <= v0 <= high_v - 0.25 * (high_v - low_v):
-        log.warning(
-            "%s: the fitted V0 = %.3f Å³ lies near the edge of the sampled volumes [%.3f, %.3f] Å³; B0 is poorly "
-            "constrained there (relax first or widen the strain)", formula, v0, low_v, high_v,
-        )
+        notes.append(f"the fitted V0 = {v0:.3f} Å³ lies near the edge of the sampled volumes [{low_v:.3f}, {high_v:.3f}] Å³; "
+                     "B0 is poorly constrained there (relax first or widen the strain)")
     residual = _eos_function(eos)(volumes_arr, e0, b0, b_prime, v0) - energies_arr  # (n_points,) eV
     rms = float(np.sqrt(np.mean(residual**2)))
     span = float(energies_arr.max() - energies_arr.min())
     if rms > 0.1 * span:
-        log.warning(
-            "%s: the %s fit is poor (rms residual %.3g eV for an energy span of %.3g eV)", formula, eos, rms, span
-        )
+        notes.append(f"the {eos} fit is poor (rms residual {rms:.3g} eV for an energy span of {span:.3g} eV)")
+    if b0 / GPa < 1.0:
+        notes.append(f"the bulk modulus {b0 / GPa:.3g} GPa is below 1 GPa: not a solid this calculator can describe")
+    for note in notes:
+        log.warning("%s: %s", formula, note)
     return BulkModulusResult(
         value_gpa=b0 / GPa,
         volumes=volumes_arr,
@@ -389,4 +393,5 @@ def bulk_modulus(
         rms_residual_ev=rms,
         relaxed=bool(relax),
         calculator=type(calc).__name__,
+        warnings=tuple(notes),
     )

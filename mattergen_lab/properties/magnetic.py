@@ -8,7 +8,9 @@ volume (Å³). This is the Materials Project's ``total_magnetization / volume``
 **There is no offline oracle for magnetic density.** The moments must come from the user, normally from a
 spin-polarised DFT calculation of the (relaxed) crystal. CHGNet predicts per-site moment *magnitudes*
 (unsigned, trained on MP), which say nothing about ferro- vs antiferromagnetic order; their sum is only
-an upper bound (the ferromagnetic case) and is not used as an oracle here.
+an upper bound (the ferromagnetic case). :func:`magnetic_density_upper_bound` computes that bound as a
+clearly named **proxy** for ranking candidates (notebook 04, ``benchmarks/bench_adapters.py``); it is never
+reported as the magnetic density.
 """
 
 from __future__ import annotations
@@ -55,3 +57,30 @@ def magnetic_density(structure: Structure, magmoms: Sequence[float] | np.ndarray
         raise ValueError(f"the cell volume {volume} Å³ is not positive")
     total = float(np.linalg.norm(moments.sum(axis=0)))  # μB; abs() for collinear moments
     return total / volume
+
+
+def chgnet_site_moments(structure: Structure, *, load_path: str | None = None) -> np.ndarray:
+    """CHGNet's predicted site magnetic moments (μB, **unsigned** magnitudes), one per site.
+
+    CHGNet was trained on MP's DFT moments but predicts only their magnitudes, so this says nothing about
+    ferro- versus antiferromagnetic order. Raises whatever CHGNet raises (e.g. for isolated atoms).
+    """
+    import contextlib
+    import io
+
+    from mattergen_lab.properties.bulk_modulus import _load_chgnet
+
+    model = _load_chgnet(load_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        prediction = model.predict_structure(structure, task="em")  # energy + moments ("m" alone is refused)
+    return np.abs(np.asarray(prediction["m"], dtype=np.float64)).reshape(len(structure))
+
+
+def magnetic_density_upper_bound(structure: Structure, *, load_path: str | None = None) -> float:
+    """A **proxy**, not an oracle: ``Σ|m_i| / V`` (μB/Å³) with CHGNet's unsigned site moments.
+
+    It equals the magnetic density of the ferromagnetic arrangement of CHGNet's moments, an upper bound on
+    MP's ``total_magnetization / volume`` for those moments; antiferromagnets come out far too high. Use it to
+    rank candidates for DFT follow-up, label it as a proxy, and prefer relaxed structures.
+    """
+    return magnetic_density(structure, magmoms=chgnet_site_moments(structure, load_path=load_path))

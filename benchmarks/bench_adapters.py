@@ -1,0 +1,481 @@
+"""How far classifier-free guidance moves samples towards a target: γ = ``--guidance`` against γ = 0.
+
+For every bundled adapter, the same checkpoint is sampled twice with the same seed (so the same
+number-of-atoms draws and the same prior noise): at γ = 0 (one unconditional pass per step; the target is
+ignored) and at γ = 2 (``s_uncond + γ (s_cond − s_uncond)``). Each batch of samples is then measured with
+an oracle for the adapter's property:
+
+* ``chemical_system`` (target ``--chemical-system``, default Li-Mn-O): **exact**. The library's sampling
+  API turns a chemical-system condition into a hard element mask at every step
+  (``mattergen_lab.sampling.api.sampling_kwargs``); here the mask is switched off (``allowed_elements=None``)
+  so that the numbers show what the guidance alone does. Li-Mn-O: 76 MP-20 structures (the most common
+  ternary oxide system without F), and its sub-systems Li-O, Mn-O and Li-Mn are well represented too.
+  Metrics: element set equal to the target, element set a subset of it, share of sites on target elements.
+* ``hhi_score`` (target 1250, low supply risk): **exact** (``mattergen_lab.properties.hhi_score``).
+* ``dft_mag_density`` (target 0.15 μB/Å³, about the 99.5th percentile of MP-20): no DFT oracle offline.
+  Two **proxies**: the share of samples with a magnetic 3d element (Cr, Mn, Fe, Co, Ni), and CHGNet's
+  predicted site-moment magnitudes on the unrelaxed samples as a ferromagnetic upper bound Σ|m_i|/V
+  (CHGNet moments are unsigned, so ferro- and antiferromagnets look the same).
+* ``dft_mag_density`` + ``hhi_score`` jointly: both of the above.
+* ``dft_band_gap`` (target 3.0 eV; 9.8 % of MP-20 is at or above it): no band-gap oracle offline.
+  **Proxies**: a lookup of the sample's reduced formula in MP-20 (train + val + test CSVs; for a formula
+  with several polymorphs, the band gap of the one with the lowest formation energy), reported with its
+  coverage; and the share of samples containing O, F or N (anion-rich compounds tend to be insulators).
+* ``dft_bulk_modulus`` (target 200 GPa, about the 90th percentile of MP-20's 5,736 labels; median 98):
+  **ML oracle** ``mattergen_lab.properties.bulk_modulus`` (CHGNet, relax then E(V) fit) on the first
+  ``--bulk-modulus-samples`` structurally valid samples of each γ (slow: ~1 min per structure on 2 cores).
+
+Every adapter also reports the structural validity at both γ (guidance can cost validity).
+
+    python benchmarks/bench_adapters.py --num-samples 32
+
+Samples go to ``OUT/<adapter>/gamma_<γ>/`` (resumable; the script refuses to reuse a folder sampled with
+other settings); bulk moduli are cached per structure. Writes ``OUT/adapters.json`` and prints a markdown
+table: adapter, target, oracle, metric, γ = 0, γ = 2, N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ADAPTERS = (
+    "mgl_mp20_small_chemical_system",
+    "mgl_mp20_small_dft_mag_density",
+    "mgl_mp20_small_hhi_score",
+    "mgl_mp20_small_dft_mag_density_hhi_score",
+    "mgl_mp20_small_dft_band_gap",
+    "mgl_mp20_small_dft_bulk_modulus",
+)
+MAGNETIC_3D = ("Cr", "Mn", "Fe", "Co", "Ni")
+ANIONS = ("O", "F", "N")
+HHI_LOW = 1500.0  # below: "low" supply-chain concentration (US DoJ/FTC convention, as pymatgen quotes)
+
+
+# ====================================================================== pure helpers (tested)
+
+
+def _elements(structure: Any) -> set[str]:
+    return {el.symbol for el in structure.composition.elements}
+
+
+def chemical_system_metrics(structures: Sequence[Any], target: Iterable[str]) -> dict[str, float]:
+    """Percentages: element set == target, element set ⊆ target, and the mean share of sites on target elements."""
+    target = set(target)
+    n = len(structures)
+    if n == 0:
+        return {"exact_pct": math.nan, "subset_pct": math.nan, "site_fraction_pct": math.nan}
+    exact = sum(_elements(s) == target for s in structures)
+    subset = sum(_elements(s) <= target for s in structures)
+    share = [sum(site.specie.symbol in target for site in s) / len(s) for s in structures]
+    return {"exact_pct": 100 * exact / n, "subset_pct": 100 * subset / n, "site_fraction_pct": 100 * float(np.mean(share))}
+
+
+def contains_any_pct(structures: Sequence[Any], elements: Iterable[str]) -> float:
+    """Percentage of structures containing at least one of ``elements``."""
+    wanted = set(elements)
+    return 100 * sum(bool(_elements(s) & wanted) for s in structures) / len(structures) if structures else math.nan
+
+
+def stats(values: Iterable[float]) -> dict[str, float]:
+    """Mean, median and count over the finite values (NaN = oracle failure, counted in ``failed``)."""
+    v = np.asarray(list(values), dtype=float)
+    ok = v[np.isfinite(v)]
+    return {
+        "mean": float(ok.mean()) if len(ok) else math.nan,
+        "median": float(np.median(ok)) if len(ok) else math.nan,
+        "n": len(ok),
+        "failed": len(v) - len(ok),
+    }
+
+
+def band_gap_lookup(table: Any) -> dict[str, tuple[float, str]]:
+    """``{reduced formula: (band gap, material_id)}`` of the lowest-formation-energy polymorph of each formula.
+
+    ``table`` has columns ``material_id, formula, formation_energy_per_atom, dft_band_gap`` (MP-20 CSVs;
+    their ``formula`` is not pymatgen's reduced formula, so it is normalised here).
+    """
+    from pymatgen.core import Composition
+
+    t = table.dropna(subset=["dft_band_gap", "formation_energy_per_atom"]).copy()
+    t["reduced"] = [Composition(f).reduced_formula for f in t["formula"]]
+    t = t.sort_values(["reduced", "formation_energy_per_atom", "material_id"]).drop_duplicates("reduced", keep="first")
+    return {r: (float(g), str(m)) for r, g, m in zip(t["reduced"], t["dft_band_gap"], t["material_id"])}
+
+
+def load_band_gap_lookup(data_dir: str | os.PathLike | None) -> dict[str, tuple[float, str]]:
+    import pandas as pd
+
+    from mattergen_lab.data.paths import resolve_data_dir
+
+    mp20 = resolve_data_dir(data_dir) / "mp_20"
+    cols = ["material_id", "formula", "formation_energy_per_atom", "dft_band_gap"]
+    parts = [pd.read_csv(mp20 / f, usecols=cols) for f in ("train_no_positions.csv", "val.csv", "test.csv")]
+    return band_gap_lookup(pd.concat(parts, ignore_index=True))
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], guidance: float) -> str:
+    head = f"| adapter | target | oracle | metric | γ=0 | γ={guidance:g} | N |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n0, n2 = r["n"]
+        n = str(n0) if n0 == n2 else f"{n0} / {n2}"
+        lines.append(f"| {r['adapter']} | {r['target']} | {r['oracle']} | {r['metric']} | {fmt(r['gamma_0'])} | "
+                     f"{fmt(r['gamma_g'])} | {n} |")
+    return "\n".join(lines)
+
+
+# ====================================================================== oracles with heavy models
+
+
+class Oracles:
+    """Lazily loaded CHGNet calculator and MP-20 band-gap table (each loaded once)."""
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.data_dir = data_dir
+        self._calc = None
+        self._gaps = None
+
+    def calculator(self) -> Any:
+        if self._calc is None:
+            from mattergen_lab.properties import get_calculator
+
+            self._calc = get_calculator("chgnet")
+        return self._calc
+
+    def gaps(self) -> dict[str, tuple[float, str]]:
+        if self._gaps is None:
+            self._gaps = load_band_gap_lookup(self.data_dir)
+        return self._gaps
+
+    def fm_moment_density(self, structure: Any) -> tuple[float, str]:
+        """CHGNet (task "em": energy + site moments) on the unrelaxed structure → Σ|m_i|/V; NaN + reason on failure."""
+        try:
+            from mattergen_lab.properties import magnetic_density_upper_bound
+
+            return magnetic_density_upper_bound(structure), ""
+        except Exception as exc:  # noqa: BLE001 - isolated atoms etc.: recorded, not raised
+            return math.nan, f"{type(exc).__name__}: {exc}"[:200]
+
+
+# ====================================================================== bookkeeping
+
+
+def read_generated(sample_dir: str | os.PathLike, num_samples: int) -> list[Any]:
+    """``gen_0 … gen_{n-1}`` from ``generated_crystals.extxyz`` (full precision), in generation order.
+
+    The extxyz is read rather than the CIFs because pymatgen refuses to read back some CIFs it wrote for
+    badly formed samples (a nearly flat cell: "Invalid CIF file with no structures!").
+    """
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    path = Path(sample_dir) / "generated_crystals.extxyz"
+    frames = {int(a.info["gen_index"]): a for a in read(path, index=":", format="extxyz")}
+    missing = [i for i in range(num_samples) if i not in frames]
+    if missing:
+        raise SystemExit(f"{path} lacks crystals {missing[:10]}; rerun to resume sampling")
+    return [AseAtomsAdaptor.get_structure(frames[i]) for i in range(num_samples)]
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from mattergen_lab.fileio import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return str(obj)
+
+
+def _weights_sha256(path: Any) -> str | None:
+    import hashlib
+
+    weights = Path(path) / "model.safetensors" if path else None
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights is not None and weights.is_file() else None
+
+
+def targets_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "chemical_system": args.chemical_system,
+        "hhi_score": args.hhi_target,
+        "dft_mag_density": args.mag_density_target,
+        "dft_band_gap": args.band_gap_target,
+        "dft_bulk_modulus": args.bulk_modulus_target,
+    }
+
+
+def sample_batch(ckpt: Any, weights: str | None, gamma: float, conditions: dict[str, Any], args: argparse.Namespace,
+                 out_dir: Path) -> tuple[list[Any], dict[str, Any]]:
+    """Sample ``args.num_samples`` crystals at guidance γ into ``out_dir`` (resumable), **without** element mask."""
+    from mattergen_lab.sampling.api import build_sampler, sampling_kwargs
+
+    sampler, info = build_sampler(ckpt, num_steps=args.steps, guidance_scale=gamma, device="cpu")
+    kwargs = sampling_kwargs(info, num_atoms=None, seed=args.seed, conditions=conditions, elements=None, device="cpu")
+    kwargs["allowed_elements"] = None  # measure the guidance alone: no hard chemical-system mask
+    request = {"checkpoint": info.checkpoint, "weights_sha256": weights, "guidance_scale": gamma,
+               "conditions": kwargs["properties"], "num_steps": info.sampler_config.num_steps, "seed": args.seed,
+               "batch_size": args.batch_size, "element_mask": None}
+    previous = _read_json(out_dir / "request.json")
+    if previous and previous != json.loads(json.dumps(request, default=_json_default)):
+        raise SystemExit(f"{out_dir} holds samples made with other settings ({previous}); use a new --out")
+    _write_json(out_dir / "request.json", request)
+    t0 = time.perf_counter()
+    paths = sampler.sample_to_dir(out_dir, args.num_samples, batch_size=args.batch_size, **kwargs)
+    timings = _read_json(out_dir / "timings.json")
+    timings["sampling_wall_s"] = round(float(timings.get("sampling_wall_s", 0.0)) + time.perf_counter() - t0, 1)
+    _write_json(out_dir / "timings.json", timings)
+    assert len(paths) == args.num_samples
+    return read_generated(out_dir, args.num_samples), {**request, "sampling_wall_s": timings["sampling_wall_s"]}
+
+
+def bulk_moduli(structures: Sequence[Any], oracles: Oracles, args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
+    """Bulk modulus of the first ``args.bulk_modulus_samples`` structurally valid samples (cached per structure)."""
+    from mattergen_lab.evaluation import check_structure
+    from mattergen_lab.fileio import append_jsonl, read_jsonl
+    from mattergen_lab.properties import bulk_modulus
+
+    settings = {"max_steps": args.bulk_modulus_max_steps, "calculator": "chgnet", "strain": 0.04, "n_points": 7}
+    cache = {r["index"]: r for r in read_jsonl(out_dir / "bulk_modulus.jsonl") if r.get("settings") == settings}
+    picks = [i for i, s in enumerate(structures) if check_structure(s).valid][: args.bulk_modulus_samples]
+    rows = []
+    for i in picks:
+        if i not in cache:
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"index": i, "formula": structures[i].composition.reduced_formula, "settings": settings}
+            try:
+                res = bulk_modulus(structures[i], calculator=oracles.calculator(), max_steps=args.bulk_modulus_max_steps)
+                row.update(value_gpa=float(res.value_gpa), converged=bool(res.converged), error="")
+            except Exception as exc:  # noqa: BLE001 - BulkModulusError, ValueError, calculator errors: recorded
+                row.update(value_gpa=math.nan, converged=False, error=f"{type(exc).__name__}: {exc}"[:300])
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            append_jsonl(out_dir / "bulk_modulus.jsonl", row)
+            cache[i] = row
+            print(f"    bulk modulus gen_{i} {row['formula']}: {fmt(row['value_gpa'])} GPa ({row['seconds']} s) {row['error']}",
+                  flush=True)
+        rows.append(cache[i])
+    return rows
+
+
+def measure(adapter: str, properties: Sequence[str], structures: Sequence[Any], oracles: Oracles,
+            args: argparse.Namespace, out_dir: Path) -> tuple[dict[str, tuple[str, Any, int]], list[dict[str, Any]]]:
+    """``{metric: (oracle kind, value, N)}`` and one record per sample for one batch."""
+    from mattergen_lab.evaluation import check_structure
+    from mattergen_lab.properties import hhi_score
+
+    n = len(structures)
+    per = [{"id": f"gen_{i}", "formula": s.composition.reduced_formula, "chemical_system": s.composition.chemical_system,
+            "num_atoms": len(s), "structure_valid": bool(check_structure(s).valid)} for i, s in enumerate(structures)]
+    m: dict[str, tuple[str, Any, int]] = {
+        "structurally valid (%)": ("exact", 100 * sum(p["structure_valid"] for p in per) / n, n),
+    }
+    if "chemical_system" in properties:
+        target = args.chemical_system.split("-")
+        cs = chemical_system_metrics(structures, target)
+        m["elements = target system (%)"] = ("exact", cs["exact_pct"], n)
+        m["elements ⊆ target system (%)"] = ("exact", cs["subset_pct"], n)
+        m["sites on target elements (%)"] = ("exact", cs["site_fraction_pct"], n)
+    if "hhi_score" in properties:
+        values = []
+        for p, s in zip(per, structures):
+            try:
+                p["hhi_score"] = float(hhi_score(s))
+            except ValueError:  # an element without an HHI value
+                p["hhi_score"] = math.nan
+            values.append(p["hhi_score"])
+        st = stats(values)
+        finite = [v for v in values if math.isfinite(v)]
+        m["HHI mean"] = ("exact", st["mean"], st["n"])
+        m["HHI median"] = ("exact", st["median"], st["n"])
+        m[f"HHI < {HHI_LOW:g} (%)"] = ("exact", 100 * sum(v < HHI_LOW for v in finite) / len(finite) if finite else math.nan,
+                                      st["n"])
+    if "dft_mag_density" in properties:
+        for p, s in zip(per, structures):
+            p["magnetic_3d"] = bool(_elements(s) & set(MAGNETIC_3D))
+            p["chgnet_fm_moment_density"], p["chgnet_error"] = oracles.fm_moment_density(s)
+        m["contains Cr/Mn/Fe/Co/Ni (%)"] = ("proxy", contains_any_pct(structures, MAGNETIC_3D), n)
+        st = stats(p["chgnet_fm_moment_density"] for p in per)
+        m["CHGNet Σ|m_i|/V, FM upper bound, unrelaxed (μB/Å³), mean"] = ("proxy (ML: CHGNet)", st["mean"], st["n"])
+    if "dft_band_gap" in properties:
+        gaps = oracles.gaps()
+        for p in per:
+            hit = gaps.get(p["formula"])
+            p["mp20_band_gap"], p["mp20_match"] = (hit if hit else (math.nan, ""))
+        st = stats(p["mp20_band_gap"] for p in per)
+        m["formula found in MP-20 (%)"] = ("proxy (lookup)", 100 * st["n"] / n, n)
+        m["MP-20 band gap of that formula (eV), mean"] = ("proxy (lookup)", st["mean"], st["n"])
+        m["contains O/F/N (%)"] = ("proxy", contains_any_pct(structures, ANIONS), n)
+    if "dft_bulk_modulus" in properties and args.bulk_modulus_samples > 0:
+        rows = bulk_moduli(structures, oracles, args, out_dir)
+        for r in rows:
+            per[r["index"]]["bulk_modulus_gpa"] = r["value_gpa"]
+            per[r["index"]]["bulk_modulus_error"] = r["error"]
+        st = stats(r["value_gpa"] for r in rows)
+        m["CHGNet EOS bulk modulus (GPa), mean"] = ("ML (CHGNet)", st["mean"], st["n"])
+        m["CHGNet EOS bulk modulus (GPa), median"] = ("ML (CHGNet)", st["median"], st["n"])
+        m["bulk modulus failures"] = ("ML (CHGNet)", st["failed"], len(rows))
+    return m, per
+
+
+def target_text(properties: Sequence[str], targets: Mapping[str, Any]) -> str:
+    unit = {"dft_mag_density": " μB/Å³", "dft_band_gap": " eV", "dft_bulk_modulus": " GPa", "hhi_score": ""}
+    def value(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{p}={value(targets[p])}{unit.get(p, '')}" for p in properties)
+
+
+def run_adapter(adapter: str, args: argparse.Namespace, oracles: Oracles, out: Path) -> dict[str, Any]:
+    from mattergen_lab.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(adapter)
+    properties = tuple(ckpt.model.conditions)
+    targets = targets_from_args(args)
+    unknown = [p for p in properties if p not in targets]
+    if unknown:
+        raise SystemExit(f"{adapter} conditions on {unknown}, which this benchmark has no target for")
+    conditions = {p: targets[p] for p in properties}
+    weights = _weights_sha256(ckpt.path)
+    record: dict[str, Any] = {"properties": list(properties), "conditions": conditions, "gammas": {}}
+    metrics = {}
+    for key, gamma in (("gamma_0", 0.0), ("gamma_g", float(args.guidance))):
+        d = out / adapter / f"gamma_{gamma:g}"
+        print(f"  γ={gamma:g}: sampling {args.num_samples} → {d}", flush=True)
+        structures, request = sample_batch(ckpt, weights, gamma, conditions, args, d)
+        t0 = time.perf_counter()
+        metrics[key], per = measure(adapter, properties, structures, oracles, args, d)
+        oracle_s = round(time.perf_counter() - t0, 1)
+        record["gammas"][key] = {**request, "oracle_wall_s": oracle_s, "num_atoms": [len(s) for s in structures],
+                                 "per_sample": per}
+        print(f"    sampling {request['sampling_wall_s']} s (cumulative), oracles {oracle_s} s", flush=True)
+    g = record["gammas"]
+    record["same_num_atoms"] = g["gamma_0"]["num_atoms"] == g["gamma_g"]["num_atoms"]
+    record["rows"] = [
+        {"adapter": adapter, "target": target_text(properties, targets), "oracle": metrics["gamma_0"][name][0],
+         "metric": name, "gamma_0": metrics["gamma_0"][name][1], "gamma_g": metrics["gamma_g"][name][1],
+         "n": (metrics["gamma_0"][name][2], metrics["gamma_g"][name][2])}
+        for name in metrics["gamma_0"]
+    ]
+    return record
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapters", nargs="+", default=list(ADAPTERS), choices=ADAPTERS)
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: each checkpoint's recommended count)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=2.0, help="γ compared with γ = 0")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench_adapters")
+    parser.add_argument("--bulk-modulus-samples", type=int, default=8, help="structurally valid samples per γ (slow)")
+    parser.add_argument("--bulk-modulus-max-steps", type=int, default=200, help="relaxation step cap of the EOS oracle")
+    parser.add_argument("--chemical-system", default="Li-Mn-O")
+    parser.add_argument("--hhi-target", type=float, default=1250.0)
+    parser.add_argument("--mag-density-target", type=float, default=0.15, help="μB/Å³")
+    parser.add_argument("--band-gap-target", type=float, default=3.0, help="eV")
+    parser.add_argument("--bulk-modulus-target", type=float, default=200.0, help="GPa")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    if args.num_samples < 1:
+        parser.error("--num-samples must be >= 1")
+    warnings.filterwarnings("ignore", message="No Pauling electronegativity")
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+    import torch
+
+    from mattergen_lab.design import validate_chemical_system
+
+    args.chemical_system = "-".join(validate_chemical_system(args.chemical_system))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    info = machine_info()
+    print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, threads {info['torch_threads']}, "
+          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}", flush=True)
+    oracles = Oracles(args.data_dir)
+    results: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    for adapter in args.adapters:
+        print(f"{adapter}", flush=True)
+        t0 = time.perf_counter()
+        results[adapter] = run_adapter(adapter, args, oracles, out)
+        results[adapter]["wall_s_this_run"] = round(time.perf_counter() - t0, 1)
+    # Keep adapters measured by earlier runs into the same --out with the same settings (a run over a subset
+    # adds to the file instead of replacing it).
+    identity = {k: v for k, v in vars(args).items() if k not in ("adapters", "threads", "data_dir")}
+    previous = _read_json(out / "adapters.json")
+    if previous.get("identity") == json.loads(json.dumps(identity)):
+        results = {**previous.get("adapters", {}), **results}
+    order = [a for a in ADAPTERS if a in results]
+    rows = [r for a in order for r in results[a]["rows"]]
+    table = markdown_table(rows, args.guidance)
+    record = {
+        "benchmark": "bench_adapters",
+        "identity": identity,
+        "settings": {k: v for k, v in vars(args).items()},
+        "targets": targets_from_args(args),
+        "element_mask": "off for chemical_system (allowed_elements=None): guidance only",
+        "oracles": {
+            "chemical_system": "exact: element set of the generated structure",
+            "hhi_score": "exact: mattergen_lab.properties.hhi_score (pymatgen production HHI, mass-weighted)",
+            "dft_mag_density": "proxies: share with Cr/Mn/Fe/Co/Ni; CHGNet 0.3.0 site-moment magnitudes on the "
+                               "unrelaxed sample, Σ|m_i|/V (ferromagnetic upper bound)",
+            "dft_band_gap": "proxies: MP-20 band gap of the same reduced formula (lowest-formation-energy polymorph; "
+                            "train+val+test CSVs), with coverage; share containing O/F/N",
+            "dft_bulk_modulus": "ML: mattergen_lab.properties.bulk_modulus (CHGNet, relax + Birch-Murnaghan, ±4 % "
+                                "volume) on the first structurally valid samples",
+        },
+        "machine": info,
+        "wall_s_this_run": round(time.perf_counter() - t_all, 1),
+        "rows": rows,
+        "markdown": table,
+        "adapters": results,
+    }
+    _write_json(out / "adapters.json", record)
+    print()
+    print(table)
+    print(f"\nwrote {out / 'adapters.json'} ({record['wall_s_this_run']} s)")
+
+
+if __name__ == "__main__":
+    main()

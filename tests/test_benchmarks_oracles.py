@@ -1,0 +1,158 @@
+"""Pure helpers of benchmarks/bench_quality.py and benchmarks/bench_adapters.py (shard merge, oracles, proxies)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bq = _load("bench_quality")
+ba = _load("bench_adapters")
+
+
+def _rocksalt(a: float = 5.64):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _cscl():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _row(sid: str, structure, *, stable: bool, novel: bool) -> dict:
+    comp = structure.composition
+    return {
+        "id": sid, "formula": comp.reduced_formula, "chemical_system": comp.chemical_system,
+        "num_atoms": len(structure), "energy": -10.0, "energy_above_hull": 0.0 if stable else 0.5,
+        "stable": stable, "is_novel": novel, "novel_system": False, "rmsd_from_relaxation": 0.1,
+        "comp_valid": True, "structure_valid": True, "structure_comp_valid": True, "relax_status": "converged",
+        "input_fingerprint": "x",
+    }
+
+
+def test_shard_indices_round_robin():
+    assert bq.shard_indices(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert bq.shard_indices(4, 1) == [[0, 1, 2, 3]]
+    # a sample keeps its shard when the run grows
+    assert bq.shard_indices(10, 3)[1][:2] == bq.shard_indices(7, 3)[1]
+
+
+def test_merged_table_recomputes_uniqueness_over_all_shards():
+    from mattergen_lab.evaluation import compute_metrics
+    from mattergen_lab.evaluation.evaluate import _finalize
+
+    nacl, nacl_strained, cscl = _rocksalt(), _rocksalt(5.70), _cscl()
+    # shard 0: gen_0 (NaCl), gen_2 (CsCl); shard 1: gen_1 (the same NaCl, 1 % larger), gen_3 (no relaxed structure)
+    relaxed = [nacl, nacl_strained, cscl, None]
+    rows = [_row("gen_0", nacl, stable=True, novel=True), _row("gen_1", nacl_strained, stable=True, novel=True),
+            _row("gen_2", cscl, stable=True, novel=False), _row("gen_3", cscl, stable=False, novel=False)]
+    # what each shard alone would say: gen_1 is unique in shard 1
+    from mattergen_lab.evaluation import unique_flags
+
+    assert unique_flags([nacl_strained, None]) == [True, False]
+
+    table = bq.merged_table(rows, relaxed)
+    assert table["id"].tolist() == ["gen_0", "gen_1", "gen_2", "gen_3"]
+    assert table["is_unique"].tolist() == [True, False, True, False]
+    assert table["novel_unique_stable"].tolist() == [True, False, False, False]  # S.U.N.
+    assert "input_fingerprint" not in table.columns
+    metrics = compute_metrics(table)
+    assert metrics["frac_unique_structures"]["value"] == pytest.approx(0.5)
+    assert metrics["frac_novel_unique_stable_structures"]["value"] == pytest.approx(0.25)
+    assert metrics["frac_stable_structures"]["value"] == pytest.approx(0.75)
+    # identical to the library's own end-of-run step on the whole set
+    library = _finalize([dict(r) for r in rows], relaxed, "disordered").drop(columns=["input_fingerprint"])
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), library.reset_index(drop=True), check_dtype=False)
+
+
+def test_summary_metrics_and_relax_counts():
+    from mattergen_lab.evaluation import compute_metrics
+
+    rows = [_row("gen_0", _rocksalt(), stable=True, novel=True), _row("gen_1", _cscl(), stable=False, novel=True)]
+    rows[1]["relax_status"] = "max_steps"
+    rows[1]["comp_valid"] = rows[1]["structure_comp_valid"] = False
+    table = bq.merged_table(rows, [_rocksalt(), _cscl()])
+    s = bq.summary_metrics(compute_metrics(table), table)
+    assert s["stable_pct"] == 50.0
+    assert s["compositional_validity_pct"] == 50.0
+    assert s["structural_validity_pct"] == 100.0
+    assert s["unique_pct"] == 100.0
+    assert s["sun_pct"] == 50.0
+    assert s["mean_rmsd_angstrom"] == pytest.approx(0.1)
+    assert s["relaxations"] == {"converged": 1, "max_steps": 1, "timeout": 0, "exploded": 0, "failed": 0}
+
+
+def test_chemical_system_metrics():
+    from pymatgen.core import Lattice, Structure
+
+    lat = Lattice.cubic(4.0)
+    li_mn_o = Structure(lat, ["Li", "Mn", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0]])
+    mn_o = Structure(lat, ["Mn", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    li_fe_o = Structure(lat, ["Li", "Fe", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0]])
+    m = ba.chemical_system_metrics([li_mn_o, mn_o, li_fe_o], ["Li", "Mn", "O"])
+    assert m["exact_pct"] == pytest.approx(100 / 3)
+    assert m["subset_pct"] == pytest.approx(200 / 3)
+    assert m["site_fraction_pct"] == pytest.approx(100 * (1 + 1 + 0.75) / 3)
+    assert ba.contains_any_pct([li_mn_o, mn_o, li_fe_o, _cscl()], ba.MAGNETIC_3D) == 75.0
+    assert ba.contains_any_pct([li_mn_o, _cscl()], ba.ANIONS) == 50.0
+
+
+def test_stats():
+    s = ba.stats([1.0, 3.0, math.nan, 8.0])
+    assert (s["mean"], s["median"], s["n"], s["failed"]) == (4.0, 3.0, 3, 1)
+    assert math.isnan(ba.stats([math.nan])["mean"])
+
+
+def test_band_gap_lookup_takes_lowest_formation_energy_polymorph():
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "material_id": ["mp-a", "mp-b", "mp-c", "mp-d", "mp-e"],
+        "formula": ["OMg", "MgO", "Mg2O2", "LiFeO2", "NaCl"],  # MP-20 CSV formulas are in site order
+        "formation_energy_per_atom": [-2.5, -3.0, -2.0, -1.5, -2.0],
+        "dft_band_gap": [3.0, 4.5, 1.0, 2.1, np.nan],  # a row without a gap is ignored
+    })
+    lookup = ba.band_gap_lookup(table)
+    assert lookup == {"MgO": (4.5, "mp-b"), "LiFeO2": (2.1, "mp-d")}
+
+
+def test_band_gap_lookup_on_mp20(data_dir):
+    lookup = ba.load_band_gap_lookup(data_dir)
+    assert len(lookup) == 37217  # distinct reduced formulas in MP-20 train + val + test
+    gap, mid = lookup["MgO"]
+    assert (round(gap, 3), mid) == (4.638, "mp-1265")
+    gap, mid = lookup["Si"]
+    assert (round(gap, 4), mid) == (0.8527, "mp-149")
+
+
+def test_markdown_table_rows():
+    rows = [{"adapter": "a", "target": "hhi_score=1250", "oracle": "exact", "metric": "HHI mean",
+             "gamma_0": 3974.2, "gamma_g": 3705.0, "n": (32, 32)},
+            {"adapter": "b", "target": "dft_bulk_modulus=200 GPa", "oracle": "ML (CHGNet)", "metric": "mean",
+             "gamma_0": math.nan, "gamma_g": 151.234, "n": (5, 7)}]
+    lines = ba.markdown_table(rows, 2.0).splitlines()
+    assert lines[0] == "| adapter | target | oracle | metric | γ=0 | γ=2 | N |"
+    assert lines[2] == "| a | hhi_score=1250 | exact | HHI mean | 3974 | 3705 | 32 |"
+    assert lines[3] == "| b | dft_bulk_modulus=200 GPa | ML (CHGNet) | mean | – | 151 | 5 / 7 |"
