@@ -182,20 +182,13 @@ class Oracles:
 
 
 def read_generated(sample_dir: str | os.PathLike, num_samples: int) -> list[Any]:
-    """``gen_0 … gen_{n-1}`` from ``generated_crystals.extxyz`` (full precision), in generation order.
+    """``gen_0 … gen_{n-1}`` in generation order (:func:`mattergen_lab.sampling.api.read_samples`)."""
+    from mattergen_lab.sampling.api import read_samples
 
-    The extxyz is read rather than the CIFs because pymatgen refuses to read back some CIFs it wrote for
-    badly formed samples (a nearly flat cell: "Invalid CIF file with no structures!").
-    """
-    from ase.io import read
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    path = Path(sample_dir) / "generated_crystals.extxyz"
-    frames = {int(a.info["gen_index"]): a for a in read(path, index=":", format="extxyz")}
-    missing = [i for i in range(num_samples) if i not in frames]
-    if missing:
-        raise SystemExit(f"{path} lacks crystals {missing[:10]}; rerun to resume sampling")
-    return [AseAtomsAdaptor.get_structure(frames[i]) for i in range(num_samples)]
+    try:
+        return read_samples(sample_dir, num_samples)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _read_json(path: Path) -> Any:

@@ -107,8 +107,17 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised ``tiny`` ScoreModel in our checkpoint format (random weights suit a UI test)."""
+    """A randomly initialised ``tiny`` ScoreModel in our checkpoint format (random weights suit a UI test).
+
+    When refreshing the README's screenshot (``MATTERGEN_LAB_UPDATE_SCREENSHOT=1``) the bundled band-gap adapter
+    is used instead, so the picture shows crystals from a trained model.
+    """
     import torch
+
+    if os.environ.get("MATTERGEN_LAB_UPDATE_SCREENSHOT") == "1":
+        from mattergen_lab.checkpoints import registry
+
+        return registry()[f"mgl_mp20_small_{PROPERTY}"].path
 
     from mattergen_lab.model.io import save_checkpoint
     from mattergen_lab.model.score_model import ScoreModel

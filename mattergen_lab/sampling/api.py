@@ -187,3 +187,24 @@ def sample_to_dir(
     sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
     kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device)
     return sampler.sample_to_dir(out_dir, num_samples, batch_size=batch_size, on_batch=on_batch, **kwargs)
+
+
+def read_samples(out_dir: str | os.PathLike, num_samples: int | None = None) -> list:
+    """The crystals a :func:`sample_to_dir` run wrote, as pymatgen structures in generation order.
+
+    Reads ``generated_crystals.extxyz`` (full precision; pymatgen cannot read back some CIFs it writes for badly
+    formed samples, e.g. a nearly flat cell). With ``num_samples``, ``gen_0 … gen_{n-1}`` must all be there;
+    ``ValueError`` names the missing ones (rerun ``sample_to_dir`` to resume).
+    """
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    path = Path(out_dir) / "generated_crystals.extxyz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: no crystals were sampled into {out_dir}")
+    frames = {int(a.info["gen_index"]): a for a in read(path, index=":", format="extxyz")}
+    wanted = range(num_samples) if num_samples is not None else sorted(frames)
+    missing = [i for i in wanted if i not in frames]
+    if missing:
+        raise ValueError(f"{path} lacks crystals {missing[:10]}{' …' if len(missing) > 10 else ''}; rerun sampling to resume")
+    return [AseAtomsAdaptor.get_structure(frames[i]) for i in wanted]
