@@ -216,6 +216,26 @@ def test_relaxation_step_cap_and_explosion_are_reported(chgnet):
     assert result.status == "exploded" and "volume changed by a factor" in result.message
     assert math.isnan(result.energy) and not result.ok
 
+    class Collapsing(Exploding):  # pulls the cell in without bound (positive pressure)
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results["energy"] = float(atoms.get_volume())
+            self.results["stress"] = np.array([5.0, 5.0, 5.0, 0, 0, 0])
+            self.calls = getattr(self, "calls", 0) + 1
+
+    collapsing = Collapsing()
+    relaxer = relax_module.Relaxer("test", collapsing, NO_CORRECTION, "x", config=RelaxConfig(max_steps=500, max_volume_factor=50))
+    result = relaxer.relax(nacl)  # 22.4 Å³/atom, shrinking
+    assert result.status == "exploded" and "collapsed" in result.message and "below the 3 Å³/atom floor" in result.message
+    assert result.structure.volume / len(result.structure) < 3.0 < nacl.volume / len(nacl) and not result.ok
+    # a crystal that starts below the floor is refused before the force field is called at all
+    dense = nacl.copy()
+    dense.scale_lattice(2.5 * len(dense))
+    calls_before = collapsing.calls
+    refused = relaxer.relax(dense)
+    assert refused.status == "exploded" and refused.steps == 0 and "2.5 Å³/atom" in refused.message
+    assert collapsing.calls == calls_before
+
     capped = relax_module.Relaxer("chgnet", chgnet.calculator, NO_CORRECTION, "x", config=RelaxConfig(max_steps=1))
     rattled = nacl.copy()
     rattled.perturb(0.2, min_distance=0.1)

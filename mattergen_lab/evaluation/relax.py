@@ -63,6 +63,10 @@ class RelaxConfig:
     max_steps: int = 500
     max_seconds: float = 120.0  # per structure
     max_volume_factor: float = 5.0  # the volume may change by at most this factor either way
+    # A floor on the volume per atom (Å³): the densest MP-20 crystal has 5.8 Å³/atom. Below the floor a crystal
+    # is collapsing, and the force field's neighbour graph grows without bound (one 7-atom O cell at 1.4 Å³/atom
+    # took CHGNet to 4.8 GB of memory), so the relaxation stops with status "exploded".
+    min_volume_per_atom: float = 3.0
     optimizer: str = "FIRE"
     cell_filter: str = "FrechetCellFilter"
 
@@ -75,6 +79,8 @@ class RelaxConfig:
             raise ValueError(f"RelaxConfig: max_seconds={self.max_seconds!r} must be a positive number")
         if not self.max_volume_factor > 1:
             raise ValueError(f"RelaxConfig: max_volume_factor={self.max_volume_factor!r} must be > 1")
+        if not (isinstance(self.min_volume_per_atom, (int, float)) and self.min_volume_per_atom >= 0):
+            raise ValueError(f"RelaxConfig: min_volume_per_atom={self.min_volume_per_atom!r} must be a number >= 0 (Å³)")
         if self.optimizer != "FIRE":
             raise ValueError(f"RelaxConfig: optimizer={self.optimizer!r}; only 'FIRE' is supported")
         if self.cell_filter not in ("FrechetCellFilter", "ExpCellFilter"):
@@ -164,11 +170,20 @@ class Relaxer:
         deadline = start + cfg.max_seconds
         last_good: dict[str, Any] = {}
 
+        def too_dense(volume: float) -> str:
+            per_atom = volume / max(len(atoms), 1)
+            if per_atom < cfg.min_volume_per_atom:
+                return (f"collapsed: {per_atom:.2g} Å³/atom is below the {cfg.min_volume_per_atom:g} Å³/atom floor "
+                        "(denser than any known solid at ambient pressure)")
+            return ""
+
         def guard() -> None:
             volume = float(atoms.get_volume())
             ratio = volume / v_start if v_start > 0 else math.inf
             if not (1 / cfg.max_volume_factor <= ratio <= cfg.max_volume_factor):
                 raise _Stop("exploded", f"volume changed by a factor {ratio:.3g} (from {v_start:.3g} Å³)")
+            if reason := too_dense(volume):
+                raise _Stop("exploded", reason)
             energy = float(atoms.get_potential_energy())
             if not math.isfinite(energy) or not np.all(np.isfinite(atoms.get_positions())):
                 raise _Stop("exploded", "non-finite energy or positions")
@@ -176,6 +191,8 @@ class Relaxer:
             if time.perf_counter() > deadline:
                 raise _Stop("timeout", f"stopped after {cfg.max_seconds:g} s")
 
+        if reason := too_dense(v_start):  # refused before the force field builds its graph
+            return RelaxResult("exploded", structure.copy(), math.nan, 0, time.perf_counter() - start, math.nan, reason)
         optimizer = FIRE(_cell_filter(atoms, cfg.cell_filter), logfile=None)
         optimizer.attach(guard, interval=1)
         status, message = "converged", ""
