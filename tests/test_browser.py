@@ -57,7 +57,7 @@ VIEWPORT = {"width": 1440, "height": 2000}
 
 PROPERTY = "dft_band_gap"  # the tiny checkpoint conditions on it, so its slider is a usable target
 CHEMSYS = "Li-O"  # a hard element mask: every candidate must be a Li-O compound
-STEPS = 10
+STEPS = 200 if os.environ.get("MATTERGEN_LAB_UPDATE_SCREENSHOT") == "1" else 10  # the README picture uses the recommended count
 NUM_SAMPLES = 3
 SLIDER_KEYS = 25  # ArrowRight presses on the property slider's handle
 WATCHED = ("steps", "num-samples", "chemsys", f"toggle-{PROPERTY}", f"slider-{PROPERTY}")
