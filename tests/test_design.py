@@ -73,7 +73,7 @@ def test_property_ranges_from_mp20(data_dir):
     ranges = design.property_ranges(data_dir)
     assert set(ranges) == set(design.DESIGN_PROPERTIES)
     mag, hhi, gap, bulk = (ranges[k] for k in ("dft_mag_density", "hhi_score", "dft_band_gap", "dft_bulk_modulus"))
-    assert mag.low == 0 and mag.high == pytest.approx(0.1551, abs=2e-4) and mag.unit == "Å⁻³"
+    assert mag.low == 0 and mag.high == pytest.approx(0.1551, abs=2e-4) and mag.unit == "μB/Å³"
     assert gap.high == pytest.approx(6.75, abs=0.01) and gap.unit == "eV"
     assert bulk.high == pytest.approx(327, abs=1) and bulk.unit == "GPa"
     assert 900 <= hhi.low <= 930 and hhi.high == pytest.approx(9500, abs=10)
@@ -97,10 +97,13 @@ def test_checkpoint_options_say_why_unavailable(mag_ckpt, tmp_path, monkeypatch)
     assert opts[mag_ckpt].reason.startswith("dft_band_gap: not a conditioning property of this checkpoint")
     assert opts["dft_band_gap"].reason == "official weights not downloaded and no internet"
     assert "not a conditioning property" in opts["mattergen_base"].reason
-    assert not any(o.available for o in opts.values())
+    # offline, only the bundled band-gap adapter can take a band-gap target
+    assert {v for v, o in opts.items() if o.available} == {"mgl_mp20_small_dft_band_gap"}
 
     online = {o.value: o for o in design.checkpoint_options(["dft_mag_density"], paths=[mag_ckpt], online=True)}
-    assert [v for v, o in online.items() if o.available] == [mag_ckpt, "dft_mag_density", "dft_mag_density_hhi_score"]
+    assert {v for v, o in online.items() if o.available} == {
+        mag_ckpt, "dft_mag_density", "dft_mag_density_hhi_score",
+        "mgl_mp20_small_dft_mag_density", "mgl_mp20_small_dft_mag_density_hhi_score"}
     assert online["dft_mag_density"].note == "downloads 512 MB on first use"
     # no targets: every checkpoint can be used unconditionally (a chemical system is a mask for any model)
     assert all(o.available for o in design.checkpoint_options([], paths=[mag_ckpt], online=True))
