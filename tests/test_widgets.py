@@ -113,12 +113,16 @@ def test_dom_contract_classes_exist(app):
 def test_controls_build_the_request(app, ckpts):
     t = app.targets
     t.sliders["hhi_score"].value = 1500
-    t.toggles["hhi_score"].value = True  # mag ckpt has no hhi adapter: the request still builds, the run refuses
+    t.toggles["hhi_score"].value = True  # mag ckpt has no hhi adapter; the bundled joint adapter has both
     t.guidance.value = 1.5
-    assert t.checkpoint.value is None  # no checkpoint conditions on both -> nothing offered
+    assert [v for _, v in t.checkpoint.options] == ["mgl_mp20_small_dft_mag_density_hhi_score"]
+    assert t.request().targets == {"dft_mag_density": 0.12, "hhi_score": 1500}
+    t.toggles["dft_band_gap"].value = True
+    assert t.checkpoint.value is None  # no checkpoint conditions on all three -> nothing offered
     with pytest.raises(ValueError, match="no checkpoint can condition on"):
         t.request()
-    t.toggles["hhi_score"].value = False
+    t.toggles["dft_band_gap"].value = t.toggles["hhi_score"].value = False
+    t.checkpoint.value = ckpts["mag"]
     req = t.request()
     assert (req.checkpoint, req.chemical_system, req.targets, req.guidance_scale) == (ckpts["mag"], "Fe-Li-O", {"dft_mag_density": 0.12}, 1.5)
     assert (req.num_samples, req.num_steps, req.seed, req.every, req.batch_size) == (4, 6, 3, 2, 2)
@@ -141,15 +145,18 @@ def test_invalid_element_is_shown_inline(app):
 
 def test_checkpoint_chooser_offers_only_usable_checkpoints(app, ckpts):
     t = app.targets
-    assert [v for _, v in t.checkpoint.options] == [ckpts["mag"]]  # mag density on: the plain model is out
+    mag_models = {ckpts["mag"], "mgl_mp20_small_dft_mag_density", "mgl_mp20_small_dft_mag_density_hhi_score"}
+    assert {v for _, v in t.checkpoint.options} == mag_models  # mag density on: the plain models are out
     reasons = t.unavailable_reasons
     assert reasons[ckpts["plain"]].startswith("dft_mag_density: not a conditioning property of this checkpoint")
     assert reasons["dft_mag_density"] == "official weights not downloaded and no internet"
     assert "Unavailable checkpoints" in t.unavailable.value and "no internet" in t.unavailable.value
     t.set_targets({"dft_band_gap": 2.0})
-    assert t.checkpoint.options == () and t.checkpoint.value is None
+    assert [v for _, v in t.checkpoint.options] == ["mgl_mp20_small_dft_band_gap"]
     assert t.unavailable_reasons[ckpts["mag"]].startswith("dft_band_gap: not a conditioning property of this checkpoint")
-    assert app.generate() is None and "no checkpoint can condition on dft_band_gap;" in app.status.value
+    t.set_targets({"dft_band_gap": 2.0, "dft_bulk_modulus": 150.0})
+    assert t.checkpoint.options == () and t.checkpoint.value is None
+    assert app.generate() is None and "no checkpoint can condition on" in app.status.value
     t.set_targets({})
     bundled = {name for name, record in registry().items() if record.kind == "bundled"}  # with no targets, every bundled model is usable
     assert {v for _, v in t.checkpoint.options} == {ckpts["mag"], ckpts["plain"]} | bundled
