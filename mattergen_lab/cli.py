@@ -238,11 +238,12 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     paths = sample_to_dir(checkpoint, samples, num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
                           num_steps=args.steps, seed=args.seed)
     print(f"done in {time.perf_counter() - start:.0f} s")
-    print(f"{'file':<12} {'formula':<20} {'atoms':>5} {'Å³/atom':>8} {'d_min Å':>8}  valid")
-    for path in paths:
-        s = Structure.from_file(path)
+    structures = [(path.name, Structure.from_file(path)) for path in paths]
+    width = max([20] + [len(s.composition.reduced_formula) for _, s in structures])
+    print(f"{'file':<12} {'formula':<{width}} {'atoms':>5} {'Å³/atom':>8} {'d_min Å':>8}  valid")
+    for name, s in structures:
         c = check_structure(s)
-        print(f"{path.name:<12} {s.composition.reduced_formula:<20} {len(s):>5} {c.volume_per_atom:>8.1f} {c.min_distance:>8.2f}  {c.valid}")
+        print(f"{name:<12} {s.composition.reduced_formula:<{width}} {len(s):>5} {c.volume_per_atom:>8.1f} {c.min_distance:>8.2f}  {c.valid}")
     print(f"CIFs in {samples / 'cifs'}; all crystals in {samples / 'generated_crystals.extxyz'}")
     print("Next: evaluate them with `mattergen-lab evaluate --structures "
           f"{samples / 'generated_crystals.extxyz'} --out {out / 'evaluation'}`, or open notebooks/01_quickstart.ipynb")
