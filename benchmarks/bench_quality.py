@@ -51,26 +51,12 @@ def shard_indices(num_samples: int, workers: int) -> list[list[int]]:
 def merged_table(rows: Sequence[dict[str, Any]], relaxed: Sequence[Any], *, matcher: str = "disordered"):
     """The per-structure table of the whole set from per-shard rows (in generation order).
 
-    Mirrors the library's end-of-run step (``mattergen_lab.evaluation.evaluate._finalize``): ``is_unique``
-    is recomputed with :func:`~mattergen_lab.evaluation.matching.unique_flags` over all relaxed structures
-    (``None`` = no relaxed structure = not unique), then ``novel_unique = is_novel & is_unique`` and
-    ``novel_unique_stable = novel_unique & stable`` (the S.U.N. column).
+    The library's :func:`~mattergen_lab.evaluation.evaluate.finalize_table` recomputes ``is_unique`` (and the
+    S.U.N. column) over all relaxed structures, replacing the per-shard values.
     """
-    import pandas as pd
+    from mattergen_lab.evaluation.evaluate import finalize_table
 
-    from mattergen_lab.evaluation.evaluate import COLUMNS
-    from mattergen_lab.evaluation.matching import unique_flags
-
-    if len(rows) != len(relaxed):
-        raise ValueError(f"{len(rows)} rows for {len(relaxed)} relaxed structures")
-    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("is_unique", "novel_unique", "novel_unique_stable")}
-                          for r in rows])
-    table["is_unique"] = unique_flags(list(relaxed), matcher=matcher)
-    novel = table["is_novel"].fillna(False).astype(bool)
-    table["novel_unique"] = novel & table["is_unique"]
-    table["novel_unique_stable"] = table["novel_unique"] & table["stable"].astype(bool)
-    extra = [c for c in table.columns if c not in COLUMNS and c != "input_fingerprint"]
-    return table[[c for c in COLUMNS if c in table.columns] + extra]
+    return finalize_table(rows, relaxed, matcher).drop(columns=["input_fingerprint"], errors="ignore")
 
 
 def relax_counts(statuses: Sequence[str]) -> dict[str, int]:

@@ -211,10 +211,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from pymatgen.core import Structure
-
     from mattergen_lab.evaluation import check_structure
-    from mattergen_lab.sampling.api import sample_to_dir
+    from mattergen_lab.sampling.api import read_samples, sample_to_dir
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples {args.num_samples} must be at least 1")
@@ -238,7 +236,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     paths = sample_to_dir(checkpoint, samples, num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
                           num_steps=args.steps, seed=args.seed)
     print(f"done in {time.perf_counter() - start:.0f} s")
-    structures = [(path.name, Structure.from_file(path)) for path in paths]
+    # the extxyz, not the CIFs: pymatgen cannot read back some CIFs it writes for badly formed cells
+    structures = list(zip((p.name for p in paths), read_samples(samples, args.num_samples)))
     width = max([20] + [len(s.composition.reduced_formula) for _, s in structures])
     print(f"{'file':<12} {'formula':<{width}} {'atoms':>5} {'Å³/atom':>8} {'d_min Å':>8}  valid")
     for name, s in structures:

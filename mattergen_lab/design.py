@@ -333,12 +333,12 @@ _ONLINE: dict[str, tuple[float, bool]] = {}
 
 def hub_reachable(max_age_s: float = 300.0) -> bool:
     """Whether Hugging Face can be reached (cached for ``max_age_s``; honours ``HF_HUB_OFFLINE``)."""
-    from mattergen_lab.checkpoints import hub_reachable
+    from mattergen_lab.checkpoints import hub_reachable as probe
 
     now = time.monotonic()
     hit = _ONLINE.get("hub")
     if hit is None or now - hit[0] > max_age_s or os.environ.get("HF_HUB_OFFLINE"):
-        _ONLINE["hub"] = (now, hub_reachable(timeout=1.5))
+        _ONLINE["hub"] = (now, probe(timeout=1.5))
     return _ONLINE["hub"][1]
 
 

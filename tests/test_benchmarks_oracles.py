@@ -59,7 +59,7 @@ def test_shard_indices_round_robin():
 
 def test_merged_table_recomputes_uniqueness_over_all_shards():
     from mattergen_lab.evaluation import compute_metrics
-    from mattergen_lab.evaluation.evaluate import _finalize
+    from mattergen_lab.evaluation.evaluate import finalize_table
 
     nacl, nacl_strained, cscl = _rocksalt(), _rocksalt(5.70), _cscl()
     # shard 0: gen_0 (NaCl), gen_2 (CsCl); shard 1: gen_1 (the same NaCl, 1 % larger), gen_3 (no relaxed structure)
@@ -81,7 +81,7 @@ def test_merged_table_recomputes_uniqueness_over_all_shards():
     assert metrics["frac_novel_unique_stable_structures"]["value"] == pytest.approx(0.25)
     assert metrics["frac_stable_structures"]["value"] == pytest.approx(0.75)
     # identical to the library's own end-of-run step on the whole set
-    library = _finalize([dict(r) for r in rows], relaxed, "disordered").drop(columns=["input_fingerprint"])
+    library = finalize_table([dict(r) for r in rows], relaxed, "disordered").drop(columns=["input_fingerprint"])
     import pandas as pd
 
     pd.testing.assert_frame_equal(table.reset_index(drop=True), library.reset_index(drop=True), check_dtype=False)

@@ -338,12 +338,23 @@ class EvaluationResult:
         )
 
 
-def _finalize(rows: list[dict[str, Any]], relaxed: list[Structure | None], matcher: str) -> pd.DataFrame:
+#: Columns that depend on the whole set of structures, recomputed by :func:`finalize_table`.
+WHOLE_SET_COLUMNS = ("is_unique", "novel_unique", "novel_unique_stable")
+
+
+def finalize_table(rows: Sequence[dict[str, Any]], relaxed: Sequence[Structure | None], matcher: str = "disordered") -> pd.DataFrame:
+    """The per-structure table from per-structure rows (in generation order) and their relaxed structures.
+
+    Uniqueness depends on the whole set, so ``is_unique`` (and with it ``novel_unique`` and the S.U.N. column
+    ``novel_unique_stable``) is computed here over all ``relaxed`` structures; values already in the rows (e.g.
+    from separately evaluated shards) are replaced.
+    """
     import pandas as pd
 
-    flags = unique_flags(relaxed, matcher=matcher)
-    table = pd.DataFrame(rows)
-    table["is_unique"] = flags
+    if len(rows) != len(relaxed):
+        raise ValueError(f"{len(rows)} rows for {len(relaxed)} relaxed structures")
+    table = pd.DataFrame([{k: v for k, v in r.items() if k not in WHOLE_SET_COLUMNS} for r in rows])
+    table["is_unique"] = unique_flags(list(relaxed), matcher=matcher)
     novel = table["is_novel"].fillna(False).astype(bool)
     table["novel_unique"] = novel & table["is_unique"]
     table["novel_unique_stable"] = table["novel_unique"] & table["stable"].astype(bool)
@@ -475,7 +486,7 @@ def evaluate_structures(
         import pandas as pd
 
         return EvaluationResult(pd.DataFrame(columns=list(COLUMNS)), {}, protocol, [])
-    table = _finalize(rows, relaxed_list, matcher)
+    table = finalize_table(rows, relaxed_list, matcher)
     metrics = compute_metrics(table)
     result = EvaluationResult(table.drop(columns=["input_fingerprint"], errors="ignore"), metrics, protocol, relaxed_list)
     if out is not None:
