@@ -856,7 +856,7 @@ def export_candidates(
                 sym_name = f"{stem}_sym_symprec{symprec:g}.cif"
                 try:
                     sym_text, sg = _symmetrized_cif(structure, symprec)
-                except Exception as exc:  # spglib can fail on odd cells: keep the P1 files and say so
+                except Exception as exc:  # noqa: BLE001 - spglib can fail on odd cells: keep the P1 files and say so
                     log.warning("symmetrizing %s failed: %s", stem, exc)
                     sym_text, sg, sym_name = None, None, None
                 if sym_text is not None:
