@@ -32,6 +32,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="crystals per process and step")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--lr-schedule", default="wsd", choices=["wsd", "plateau"],
+                   help="wsd: warm-up, constant, cosine decay over the last --decay-steps; plateau: the official reduce-on-plateau")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--decay-steps", type=int, default=0, help="wsd: decay over the last DECAY_STEPS of --max-steps (0: none)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights (0: off, the official recipe)")
+    p.add_argument("--no-fit-scales", action="store_true", help="keep the preset's initial scale factors (no fit on data)")
+    p.add_argument("--model-overrides", default=None, help='JSON of architecture fields to change, e.g. \'{"max_neighbors": 16}\'')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--config", default=None, help="JSON file with TrainConfig fields (flags override nothing in it)")
@@ -128,7 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = TrainConfig(
             preset=args.preset, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-            val_every=args.val_every, seed=args.seed, device=args.device,
+            val_every=args.val_every, seed=args.seed, device=args.device, lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps, decay_steps=args.decay_steps, ema_decay=args.ema_decay,
+            fit_scale_factors=not args.no_fit_scales,
+            model_overrides=json.loads(args.model_overrides) if args.model_overrides else {},
         )
     train_data, val_data = _load_training_data(args)
     log.info("training on %d crystals, validating on %d", len(train_data), len(val_data))
@@ -239,10 +249,17 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     # the extxyz, not the CIFs: pymatgen cannot read back some CIFs it writes for badly formed cells
     structures = list(zip((p.name for p in paths), read_samples(samples, args.num_samples)))
     width = max([20] + [len(s.composition.reduced_formula) for _, s in structures])
-    print(f"{'file':<12} {'formula':<{width}} {'atoms':>5} {'Å³/atom':>8} {'d_min Å':>8}  valid")
+    print(f"{'file':<12} {'formula':<{width}} {'atoms':>5} {'Å³/atom':>8} {'d_min Å':>8}  valid  density")
+    implausible = 0
     for name, s in structures:
         c = check_structure(s)
-        print(f"{name:<12} {s.composition.reduced_formula:<{width}} {len(s):>5} {c.volume_per_atom:>8.1f} {c.min_distance:>8.2f}  {c.valid}")
+        implausible += not c.plausible_density
+        density = "ok" if c.plausible_density else "IMPLAUSIBLE"
+        print(f"{name:<12} {s.composition.reduced_formula:<{width}} {len(s):>5} {c.volume_per_atom:>8.1f} {c.min_distance:>8.2f}  "
+              f"{str(c.valid):<5}  {density}")
+    if implausible:
+        print(f"{implausible} crystal(s) have a density far outside MP-20's range (more than 3x beyond "
+              "5.8-202 Å³/atom): 'valid' only means no two atoms are closer than 0.5 Å.")
     print(f"CIFs in {samples / 'cifs'}; all crystals in {samples / 'generated_crystals.extxyz'}")
     print("Next: evaluate them with `mattergen-lab evaluate --structures "
           f"{samples / 'generated_crystals.extxyz'} --out {out / 'evaluation'}`, or open notebooks/01_quickstart.ipynb")

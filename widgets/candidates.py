@@ -20,6 +20,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("formula", "formula", "{}"),
     ("space_group", "SG", "{:.0f}"),
     ("num_atoms", "atoms", "{:.0f}"),
+    ("plausible_density", "density ok", "{}"),
     ("hhi_score", "HHI", "{:.0f}"),
     ("in_target_system", "in system", "{}"),
     ("energy_above_hull", "E_hull (eV/atom)", "{:.3f}"),

@@ -58,7 +58,7 @@ COLUMNS = (
     "id", "formula", "chemical_system", "num_atoms", "space_group", "volume_per_atom",
     "energy", "energy_per_atom", "energy_correction", "formation_energy_per_atom", "energy_above_hull",
     "stable", "is_unique", "is_novel", "novel_unique", "novel_unique_stable", "novelty_match",
-    "novel_system", "rmsd_from_relaxation", "comp_valid", "structure_valid", "structure_comp_valid", "min_distance",
+    "novel_system", "rmsd_from_relaxation", "comp_valid", "structure_valid", "structure_comp_valid", "min_distance", "plausible_density",
     "relax_status", "relax_steps", "relax_seconds", "max_force", "error",
 )
 
@@ -243,6 +243,7 @@ def _evaluate_one(
         "structure_valid": check.valid,
         "structure_comp_valid": comp_ok and check.valid,
         "min_distance": check.min_distance,
+        "plausible_density": check.plausible_density,
         "input_fingerprint": _fingerprint(structure),
     }
     errors = [f"invalid structure: {check.reason}"] if check.reason else []

@@ -52,6 +52,26 @@ def diffusion_loss(
         The scalar loss (differentiable) and float metrics ``loss``, ``pos``, ``cell``,
         ``atomic_numbers`` (the per-field terms are unweighted means over crystals).
     """
+    terms = loss_per_crystal(model, batch, diffusion, generator=generator, t=t, weights=weights)
+    loss = terms["loss"].mean()
+    metrics = {name: float(value.detach().mean()) for name, value in terms.items() if name != "t"}
+    return loss, metrics
+
+
+def loss_per_crystal(
+    model: Callable[[CrystalBatch, torch.Tensor], ScoreOutput],
+    batch: CrystalBatch,
+    diffusion: JointDiffusion,
+    *,
+    generator: torch.Generator,
+    t: torch.Tensor | None = None,
+    weights: Mapping[str, float] = LOSS_WEIGHTS,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of each crystal: ``{loss, pos, cell, atomic_numbers, t}``, each ``(B,)``.
+
+    ``loss`` is the weighted sum (differentiable); the field terms are unweighted; ``t`` is the time used.
+    Arguments as in :func:`diffusion_loss`.
+    """
     missing = sorted(set(LOSS_WEIGHTS) - set(weights))
     if missing:
         raise ValueError(f"weights={dict(weights)!r} lacks key(s) {missing}")
@@ -69,13 +89,5 @@ def diffusion_loss(
         out.atom_logits, target.atom_classes, target.noisy_classes, target.type_step
     )  # (N,)
     types = _sum_per_crystal(type_atom, batch_idx, b)  # (B,)
-
     per_crystal = weights["pos"] * pos + weights["cell"] * cell + weights["atomic_numbers"] * types  # (B,)
-    loss = per_crystal.mean()
-    metrics = {
-        "loss": float(loss.detach()),
-        "pos": float(pos.detach().mean()),
-        "cell": float(cell.detach().mean()),
-        "atomic_numbers": float(types.detach().mean()),
-    }
-    return loss, metrics
+    return {"loss": per_crystal, "pos": pos, "cell": cell, "atomic_numbers": types, "t": t}

@@ -1,4 +1,10 @@
-"""Training loop: Adam, gradient clipping by value, reduce-on-plateau, validation, resumable checkpoints.
+"""Training loop: Adam, gradient clipping by value, warm-up/decay or reduce-on-plateau, EMA, validation,
+resumable checkpoints. The recipe's parts live in :mod:`~mattergen_lab.training.recipe`; validation in
+:mod:`~mattergen_lab.training.validation`.
+
+A fresh model first has its scale factors fitted on noised training crystals (``fit_scale_factors``). With
+``ema_decay > 0`` the checkpoints' ``model.safetensors`` holds the EMA weights (used for validation, "best" and
+sampling); the raw weights travel in ``trainer_state.pt``.
 
 Runs on one process, or data-parallel under ``torchrun`` (PyTorch DDP; gloo on CPU, nccl on CUDA):
 
@@ -30,6 +36,8 @@ from mattergen_lab.model.io import Checkpoint, load_local_checkpoint, save_check
 from mattergen_lab.model.score_model import ScoreModel, preset_config
 from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion
 from mattergen_lab.training.loss import diffusion_loss
+from mattergen_lab.training.recipe import fit_scales_on_data, learning_rate, make_ema
+from mattergen_lab.training.validation import evaluate_loss
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +62,15 @@ class TrainConfig(PlainConfig):
     val_every: int = 200  # steps; checkpoints are written at each validation
     max_val_batches: int = 20
     grad_clip_value: float = 0.5
-    lr_factor: float = 0.6
-    lr_patience: int = 100  # epochs without improvement of the epoch's mean train loss
+    lr_schedule: str = "wsd"  # "wsd": warm-up, stable, cosine decay (recipe.learning_rate); "plateau": official
+    warmup_steps: int = 0
+    decay_steps: int = 0  # "wsd": cosine decay to min_lr over the last decay_steps of max_steps (0: none)
+    lr_factor: float = 0.6  # "plateau" only
+    lr_patience: int = 100  # "plateau" only: epochs without improvement of the epoch's mean train loss
     min_lr: float = 1e-6
+    ema_decay: float = 0.999  # 0: no EMA (the official recipe)
+    fit_scale_factors: bool = True  # fresh models only; fine-tuning keeps the base model's values
+    scale_fit_batches: int = 8
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
@@ -64,7 +78,7 @@ class TrainConfig(PlainConfig):
     p_unconditional: float = 0.2  # classifier-free guidance: probability of dropping each condition
 
     def __post_init__(self) -> None:
-        positive_ints = ("batch_size", "max_steps", "val_every", "max_val_batches")
+        positive_ints = ("batch_size", "max_steps", "val_every", "max_val_batches", "scale_fit_batches")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -75,6 +89,14 @@ class TrainConfig(PlainConfig):
                 raise ValueError(f"TrainConfig: {name}={value!r} must be a positive number")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"TrainConfig: lr_factor={self.lr_factor!r} must be in (0, 1)")
+        if self.lr_schedule not in ("wsd", "plateau"):
+            raise ValueError(f"TrainConfig: lr_schedule={self.lr_schedule!r} must be 'wsd' or 'plateau'")
+        for name in ("warmup_steps", "decay_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"TrainConfig: {name}={value!r} must be a non-negative integer")
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"TrainConfig: ema_decay={self.ema_decay!r} must be in [0, 1)")
         if not 0 <= self.p_unconditional <= 1:
             raise ValueError(f"TrainConfig: p_unconditional={self.p_unconditional!r} must be in [0, 1]")
         if self.dtype not in _DTYPES:
@@ -139,43 +161,6 @@ def condition_keep(
     return {name: (labelled & (torch.rand(b, generator=generator) >= p_unconditional)).to(batch.device) for name in names}
 
 
-def evaluate_loss(
-    model: torch.nn.Module,
-    data: Dataset,
-    diffusion: JointDiffusion,
-    *,
-    batch_size: int,
-    max_batches: int,
-    seed: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    rank: int = 0,
-    world: int = 1,
-) -> dict[str, float]:
-    """Mean loss over (a deterministic part of) ``data`` with fixed noise; averaged over processes."""
-    was_training = model.training
-    model.train()  # the loss is defined on the training-mode network (no element mask)
-    sums: dict[str, float] = {}
-    count = 0
-    idx = torch.arange(len(data))[rank::world]
-    with torch.no_grad():
-        for k in range(min(max_batches, math.ceil(len(idx) / batch_size))):
-            chunk = idx[k * batch_size : (k + 1) * batch_size]
-            if len(chunk) == 0:
-                break
-            batch = data.get_batch(chunk, dtype=dtype).to(device)
-            keep = condition_keep(batch, getattr(model, "conditions", ()), 0.0, generator=_seeded(seed, 8, k))  # labelled: conditional
-            fn = functools.partial(model, cond_keep=keep) if keep else model
-            _, metrics = diffusion_loss(fn, batch, diffusion, generator=_seeded(seed, 7, k))
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value * len(chunk)
-            count += len(chunk)
-    model.train(was_training)
-    keys = sorted(sums)
-    means = _all_mean([sums[k] / max(count, 1) for k in keys], device)
-    return dict(zip(keys, means))
-
-
 def train(
     config: TrainConfig,
     train_data: Dataset,
@@ -235,17 +220,29 @@ def _train(
         optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
     )
     step, epoch, best_val, history, epoch_loss_sum = 0, 0, float("inf"), [], 0.0
+    scale_factors: dict[str, float] = {}
     last_dir, best_dir = out_dir / "last", out_dir / "best"
-    if resume and (last_dir / "trainer_state.pt").exists():
+    resuming = resume and (last_dir / "trainer_state.pt").exists()
+    if resuming:
         ckpt = load_local_checkpoint(last_dir, map_location=device, with_trainer_state=True)
-        model.load_state_dict(ckpt.model.state_dict())
         state = ckpt.trainer_state or {}
+        model.load_state_dict(state.get("raw_model", ckpt.model.state_dict()))  # older states: no EMA
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, best_val = int(state["step"]), int(state["epoch"]), float(state["best_val"])
         epoch_loss_sum = float(state["epoch_loss_sum"])
         history = list(ckpt.config.get("training", {}).get("history", []))
+        scale_factors = dict(ckpt.config.get("training", {}).get("fitted_scale_factors", {}))
         log.info("resumed from %s at step %d", last_dir, step)
+    elif init_from is None and config.fit_scale_factors:
+        scale_factors = fit_scales_on_data(
+            model, train_data, diffusion, num_batches=config.scale_fit_batches, batch_size=config.batch_size,
+            seed=config.seed, dtype=dtype, device=device,
+        )
+    ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    if ema is not None and resuming and "ema" in state:
+        ema.load_state_dict(state["ema"])
+    eval_model = ema.module if ema is not None else model
 
     ddp_model: torch.nn.Module = model
     if world > 1:
@@ -272,8 +269,13 @@ def _train(
             "best_val": best_val,
             "epoch_loss_sum": epoch_loss_sum,
         }
-        training = {"config": config.to_dict(), "step": step, "epoch": epoch, "val_loss": val, "history": history}
-        save_checkpoint(directory, model, {**base_config, "training": training}, trainer_state=trainer_state)
+        if ema is not None:
+            trainer_state.update(raw_model=model.state_dict(), ema=ema.state_dict())
+        training = {
+            "config": config.to_dict(), "step": step, "epoch": epoch, "val_loss": val, "history": history,
+            "weights": "ema" if ema is not None else "raw", "fitted_scale_factors": scale_factors,
+        }
+        save_checkpoint(directory, eval_model, {**base_config, "training": training}, trainer_state=trainer_state)
 
     per_rank = len(train_data) // world
     steps_per_epoch = per_rank // config.batch_size
@@ -290,27 +292,34 @@ def _train(
             keep = condition_keep(batch, model.conditions, config.p_unconditional, generator=_seeded(config.seed, 3, rank, step))
             fn = functools.partial(ddp_model, cond_keep=keep) if keep else ddp_model
             loss, metrics = diffusion_loss(fn, batch, diffusion, generator=_seeded(config.seed, 2, rank, step))
+            if config.lr_schedule == "wsd":
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_value_(model.parameters(), config.grad_clip_value)
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             names = sorted(metrics)
             row = {"step": float(step), "epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{n}": v for n, v in zip(names, _all_mean([metrics[n] for n in names], device))})
             epoch_loss_sum += row["train_loss"]
             if step == epoch * steps_per_epoch + steps_per_epoch:  # the epoch is complete
-                scheduler.step(epoch_loss_sum / steps_per_epoch)
+                if config.lr_schedule == "plateau":
+                    scheduler.step(epoch_loss_sum / steps_per_epoch)
                 epoch, epoch_loss_sum = epoch + 1, 0.0
             if step % config.val_every == 0 or step == config.max_steps:
                 if val_data is not None and len(val_data):
                     val = evaluate_loss(
-                        model, val_data, diffusion, batch_size=config.batch_size, max_batches=config.max_val_batches,
+                        eval_model, val_data, diffusion, batch_size=config.batch_size, max_batches=config.max_val_batches,
                         seed=config.seed, dtype=dtype, device=device, rank=rank, world=world,
                     )
                     row.update({f"val_{n}": v for n, v in val.items()})
                 val_loss = row.get("val_loss", row["train_loss"])
                 row["wall_s"] = time.perf_counter() - t_start
+                row["crystals_seen"] = float(step * config.batch_size * world)
                 history.append(row)
                 if val_loss < best_val:
                     best_val = val_loss

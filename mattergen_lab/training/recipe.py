@@ -1,0 +1,82 @@
+"""The parts of the training recipe that are not the loop: learning-rate schedule, EMA, scale-factor fitting.
+
+* **Schedule** ``"wsd"`` (warm-up, stable, decay): linear warm-up over ``warmup_steps``, the constant peak rate,
+  then a cosine decay to ``min_lr`` over the last ``decay_steps`` of ``max_steps``. A run in its stable phase can
+  be extended (a larger ``max_steps``) without a jump in the rate, which is what an open-ended CPU run resumed
+  session after session needs. ``"plateau"`` is the official recipe (reduce-on-plateau of the epoch's train loss).
+* **EMA** of the weights (``torch.optim.swa_utils.AveragedModel``) with the usual warm-up of the decay,
+  ``min(decay, (1 + n) / (10 + n))``; validation, checkpoints' ``model.safetensors`` and sampling use it.
+* **Scale factors** fitted on real, noised training crystals before the first step (:mod:`~mattergen_lab.model.scaling`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from mattergen_lab.model.scaling import fit_scale_factors
+from mattergen_lab.noise.joint import JointDiffusion
+
+if TYPE_CHECKING:
+    from mattergen_lab.training.trainer import Dataset, TrainConfig
+
+
+def learning_rate(config: "TrainConfig", step: int) -> float:
+    """The ``"wsd"`` learning rate for optimizer step ``step`` (0-based)."""
+    peak = config.lr
+    if config.warmup_steps and step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    decay_start = config.max_steps - config.decay_steps
+    if config.decay_steps and step >= decay_start:
+        progress = min(1.0, (step - decay_start + 1) / config.decay_steps)
+        return config.min_lr + (peak - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """An EMA copy of ``model`` whose decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates."""
+
+    def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return AveragedModel(model, avg_fn=ema_update, use_buffers=True)
+
+
+def fit_scales_on_data(
+    model: nn.Module,
+    data: "Dataset",
+    diffusion: JointDiffusion,
+    *,
+    num_batches: int,
+    batch_size: int,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, float]:
+    """Fit the model's scale factors on ``num_batches`` seeded random batches of noised training crystals."""
+    from mattergen_lab.training.trainer import _seeded
+
+    gen = _seeded(seed, 5)
+    n = min(batch_size, len(data))
+    batches = [data.get_batch(torch.randperm(len(data), generator=gen)[:n], dtype=dtype).to(device) for _ in range(num_batches)]
+    noise = {id(b): k for k, b in enumerate(batches)}
+
+    def run(m: nn.Module, batch):
+        k = noise[id(batch)]
+        g = _seeded(seed, 6, k)
+        t = diffusion.sample_time(len(batch), generator=g, dtype=batch.lattice.dtype, device=batch.device)
+        noisy, _ = diffusion.corrupt(batch, t, generator=g)
+        return m(noisy, t)
+
+    was_training = model.training
+    model.train()  # the training-mode network (no element mask), as in the loss
+    try:
+        return fit_scale_factors(model, run, batches)
+    finally:
+        model.train(was_training)
