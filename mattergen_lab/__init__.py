@@ -2,6 +2,19 @@
 
 The public API is importable from here; submodules load on first use, so ``import mattergen_lab`` stays
 cheap (no pymatgen, no pandas until needed).
+
+Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a module imports from a layer above it):
+
+    9  widgets                          (the app: ipywidgets, plotly, nglview)
+    8  design, cli                      (user-facing runs, tables, export; the command line)
+    7  evaluation                       (relaxation, E_hull, S.U.N., RMSD)
+    6  properties                       (oracles: HHI, symmetry, bulk modulus, magnetism; property sweeps)
+    5  sampling                         (SamplingRequest, the predictor-corrector sampler, guidance)
+    4  checkpoints, training, testing   (registry and loading; the training loop; test helpers)
+    3  model                            (GemNet-T score network, adapters, scale fitting)
+    2  noise, data, forcefields         (diffusion processes; datasets; CHGNet/MatterSim calculators)
+    1  crystal, chemistry               (CrystalBatch; ChemicalSystem)
+    0  constants, config, fileio, caches
 """
 
 from __future__ import annotations
@@ -32,6 +45,9 @@ _EXPORTS = {
     "load_mp20": "mattergen_lab.data",
     "load_csv": "mattergen_lab.data",
     "CrystalDataset": "mattergen_lab.data",
+    "ChemicalSystem": "mattergen_lab.chemistry",
+    "SamplingRequest": "mattergen_lab.sampling.request",
+    "clear_caches": "mattergen_lab.caches",
 }
 
 __all__ = ["__version__", *_EXPORTS]

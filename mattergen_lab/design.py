@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.chemistry import ChemicalSystem
+from mattergen_lab.sampling.request import SamplingRequest
 from mattergen_lab.constants import MASK_Z, SELECTED_ATOMIC_NUMBERS
 from mattergen_lab.fileio import atomic_write
 
@@ -97,23 +99,9 @@ def validate_chemical_system(text: str) -> list[str]:
         ValueError: empty text, a token that is not an element symbol, or an element MatterGen never
             generates (noble gases, Tc, Pm, Z >= 84); the message names the token.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise ValueError(f"chemical system {text!r} is empty; write it like 'Li-Fe-O'")
-    tokens = [t for t in re.split(r"[\s,;\-]+", text.strip()) if t]
-    allowed = _allowed_symbols()
-    from pymatgen.core.periodic_table import Element
-
-    for tok in tokens:
-        sym = tok[:1].upper() + tok[1:].lower()
-        if not Element.is_valid_symbol(sym):
-            raise ValueError(f"chemical system {text!r}: {tok!r} is not an element symbol")
-        if sym not in allowed:
-            raise ValueError(
-                f"chemical system {text!r}: {sym} is an element MatterGen cannot generate "
-                "(noble gases, Tc, Pm and Z >= 84 are excluded)"
-            )
-    symbols = sorted({t[:1].upper() + t[1:].lower() for t in tokens})
-    return symbols
+    return list(ChemicalSystem.parse(text).require_generatable().symbols)
 
 
 # ------------------------------------------------------------------------------------ property ranges
@@ -271,6 +259,16 @@ class DesignRequest:
         if self.device is not None:
             return str(self.device)
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def sampling_request(self, supported: Sequence[str]) -> SamplingRequest:
+        """The library's :class:`~mattergen_lab.sampling.request.SamplingRequest` for this design request, for a
+        checkpoint conditioning on ``supported``: the same seed gives the same crystals as ``sample()`` and the CLI."""
+        return SamplingRequest(
+            checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
+            conditions=self.conditions(supported), guidance_scale=self.guidance_scale,
+            elements=ChemicalSystem.parse(self.chemical_system) if self.chemical_system else None,
+            num_atoms=self.num_atoms, seed=self.seed, device=self.resolved_device(),
+        )
 
     def conditions(self, supported: Sequence[str]) -> dict[str, Any]:
         """Conditioning values for a checkpoint conditioning on ``supported``: every target, plus the
@@ -498,6 +496,7 @@ def _load(request: DesignRequest) -> tuple[Any, SamplerInfo]:
 
 def candidate_oracles(structure: Structure) -> dict[str, Any]:
     """Cheap oracle values: formula, chemical system, space group (spglib, symprec 0.1), HHI, density."""
+    from mattergen_lab.evaluation.validity import density_plausibility
     from mattergen_lab.properties import hhi_score, space_group
 
     out: dict[str, Any] = {
@@ -507,6 +506,7 @@ def candidate_oracles(structure: Structure) -> dict[str, Any]:
         "density": float(structure.density),
         "volume_per_atom": float(structure.volume / len(structure)),
     }
+    out["plausible_density"], out["density_note"] = density_plausibility(out["volume_per_atom"])
     try:
         out["space_group"] = int(space_group(structure))
     except ValueError:
@@ -530,46 +530,31 @@ def iter_design(
     a chemical system is a hard element mask at every step. When ``cancel`` is set, the stream stops at the
     next step and the unfinished batch is dropped; finished batches were already yielded.
     """
-    import torch
-
-    from mattergen_lab.sampling.api import sampling_kwargs
+    from mattergen_lab.sampling.api import validated_conditions
 
     sampler, info = _load(request)
-    device = request.resolved_device()
-    kwargs = sampling_kwargs(
-        info, num_atoms=None, seed=request.seed, conditions=request.conditions(info.properties) or None,
-        elements=request.chemical_system, device=device,
-    )
-    n, bs, steps = request.num_samples, request.batch_size, info.sampler_config.num_steps
-    n_batches = math.ceil(n / bs)
-    total = n_batches * steps
-    for j in range(n_batches):
-        indices = tuple(range(j * bs, min((j + 1) * bs, n)))
-        seed = (request.seed * 1_000_003 + 7919 * (j + 1)) % (2**63 - 1)
-        gen = torch.Generator(device).manual_seed(seed)  # sampling noise, on the sampling device
-        if request.num_atoms is not None:
-            counts = torch.full((len(indices),), request.num_atoms, dtype=torch.long)
-        else:  # atom counts are drawn on the CPU, so they do not depend on the device
-            counts = torch.as_tensor(info.num_atoms.sample(len(indices), generator=torch.Generator().manual_seed(seed)),
-                                     dtype=torch.long)
-        trajectories: list[list[CrystalSnapshot]] = [[] for _ in indices]
-        for frame in sampler.iter_steps(
-            counts, generator=gen, every=request.every, allowed_elements=kwargs["allowed_elements"],
-            properties=kwargs["properties"],
-        ):
-            if cancel is not None and cancel.is_set():
-                return
-            snaps = snapshots_from_batch(frame.batch, step=frame.step, t=frame.t)
-            for traj, s in zip(trajectories, snaps):
-                traj.append(s)
-            candidates: tuple[Candidate, ...] = ()
-            if frame.final:
-                structures = frame.batch.to_structures(standard_orientation=True)
-                candidates = tuple(
-                    Candidate(f"{id_prefix}{i}", s, traj, request, candidate_oracles(s))
-                    for i, s, traj in zip(indices, structures, trajectories)
-                )
-            yield DesignFrame(j, indices, frame.step, frame.t, j * steps + frame.step, total, snaps, frame.final, candidates)
+    sreq = request.sampling_request(info.properties)
+    validated_conditions(sreq.conditions, info)  # ValueError names a target this checkpoint cannot condition on
+    steps = info.sampler_config.num_steps
+    total = sreq.num_chunks * steps
+    trajectories: list[list[CrystalSnapshot]] = []
+    for item in sampler.iter_chunks(sreq, every=request.every, num_atoms=request.num_atoms or info.num_atoms):
+        if cancel is not None and cancel.is_set():
+            return
+        j, indices, frame = item.chunk, item.indices, item.frame
+        if frame.step == 0 and not frame.final:  # the prior: a new chunk starts
+            trajectories = [[] for _ in indices]
+        snaps = snapshots_from_batch(frame.batch, step=frame.step, t=frame.t)
+        for traj, s in zip(trajectories, snaps):
+            traj.append(s)
+        candidates: tuple[Candidate, ...] = ()
+        if frame.final:
+            structures = frame.batch.to_structures(standard_orientation=True)
+            candidates = tuple(
+                Candidate(f"{id_prefix}{i}", s, traj, request, candidate_oracles(s))
+                for i, s, traj in zip(indices, structures, trajectories)
+            )
+        yield DesignFrame(j, indices, frame.step, frame.t, j * steps + frame.step, total, snaps, frame.final, candidates)
 
 
 def run_design(

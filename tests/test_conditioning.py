@@ -152,14 +152,14 @@ def test_hard_chemical_system_mask_holds_at_every_step(chemsys_model, gamma):
 
 
 def test_nan_target_is_refused(chemsys_model, trained_tiny, tmp_path):
-    from mattergen_lab.sampling.api import _validated_conditions, load_sampler
+    from mattergen_lab.sampling.api import validated_conditions, load_sampler
 
     _, info = load_sampler(chemsys_model, num_steps=2)
     info_scalar = type(info)(**{**info.__dict__, "properties": ("dft_band_gap", "space_group")})
     with pytest.raises(ValueError, match="dft_band_gap=nan must be finite"):
-        _validated_conditions({"dft_band_gap": math.nan}, info_scalar)
+        validated_conditions({"dft_band_gap": math.nan}, info_scalar)
     with pytest.raises(ValueError, match="space_group=231 must be an integer in 1-230"):
-        _validated_conditions({"space_group": 231}, info_scalar)
+        validated_conditions({"space_group": 231}, info_scalar)
 
 
 def test_cli_finetune_then_conditional_sample(trained_tiny, tmp_path):

@@ -30,6 +30,7 @@ from mattergen_lab.properties import (
 
 # `mattergen_lab.properties.bulk_modulus` as an attribute is the function; the module is reached this way
 bulk_modulus_module = importlib.import_module("mattergen_lab.properties.bulk_modulus")
+forcefields_module = importlib.import_module("mattergen_lab.forcefields")
 
 EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa, typed here rather than taken from ase.units
 
@@ -278,7 +279,7 @@ def test_get_calculator_names_and_mattersim_without_weights(monkeypatch, tmp_pat
     fake.MatterSimCalculator = lambda **kw: made.append(kw) or "calculator"
     monkeypatch.setitem(sys.modules, "mattersim", types.ModuleType("mattersim"))
     monkeypatch.setitem(sys.modules, "mattersim.forcefield", fake)
-    monkeypatch.setattr(bulk_modulus_module, "MATTERSIM_CACHE_DIR", tmp_path / "empty")
+    monkeypatch.setattr(forcefields_module, "MATTERSIM_CACHE_DIR", tmp_path / "empty")
     with pytest.raises(ValueError, match="not available offline.*chgnet"):
         get_calculator("mattersim")
     weights = tmp_path / "mine.pth"

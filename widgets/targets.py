@@ -67,18 +67,28 @@ class TargetPanel(w.VBox):
             self.sliders[name], self.toggles[name] = slider, toggle
             rows.append(w.HBox([toggle, slider]))
 
-        self.guidance = w.BoundedFloatText(value=2.0, min=0.0, max=20.0, step=0.5, description="Guidance γ")
+        # γ = 2 is MatterGen's README example for adapters; the library and the CLI default to 0 (unconditional).
+        # It only applies to a checkpoint with adapters: an unconditional one is sampled at γ = 0, and says so.
+        self.guidance = w.BoundedFloatText(value=2.0, min=0.0, max=20.0, step=0.5, description="Guidance γ",
+                                           tooltip="classifier-free guidance for adapter checkpoints (MatterGen's example: 2); "
+                                                   "an unconditional checkpoint ignores it")
         self.guidance.add_class("mgl-guidance")
         self.num_samples = w.BoundedIntText(value=8, min=1, max=1024, description="Samples")
         self.num_samples.add_class("mgl-num-samples")
-        self.steps = w.BoundedIntText(value=200, min=1, max=5000, description="Steps")  # the bundled models' recommended count
+        # The shown 200 is the bundled models' recommendation; until the user edits it, requests send None, so each
+        # checkpoint runs its own recommended count (1000 for the official ones).
+        self.steps = w.BoundedIntText(value=200, min=1, max=5000, description="Steps",
+                                      tooltip="predictor-corrector steps; unchanged = the checkpoint's recommended count")
         self.steps.add_class("mgl-steps")
+        self.steps_changed = False
+        self.steps.observe(lambda _change: setattr(self, "steps_changed", True), "value")
         self.seed = w.BoundedIntText(value=0, min=0, max=2**31 - 1, description="Seed")
         self.seed.add_class("mgl-seed")
         self.every = w.BoundedIntText(value=5, min=1, max=1000, description="Frame every")
         self.batch_size = w.BoundedIntText(value=4, min=1, max=256, description="Batch size")
 
         self.checkpoint = w.Dropdown(description="Checkpoint", layout=w.Layout(width="95%"))
+        self.checkpoint.observe(self._on_checkpoint, "value")
         self.checkpoint.add_class("mgl-checkpoint")
         self.local_path = w.Text(placeholder="local checkpoint folder or .ckpt", description="Local path")
         self.add_path = w.Button(description="Add", layout=w.Layout(width="60px"))
@@ -117,13 +127,14 @@ class TargetPanel(w.VBox):
         if not self.checkpoint.value:
             wanted = ", ".join(sorted(self.targets())) or "these targets"
             raise ValueError(f"no checkpoint can condition on {wanted}; see the unavailable checkpoints for why")
+        conditional = bool(design.checkpoint_properties(self.checkpoint.value, registry_path=self._registry_path))
         return design.DesignRequest(
             checkpoint=self.checkpoint.value,
             chemical_system=self.chemical_system(),
             targets=self.targets(),
-            guidance_scale=float(self.guidance.value),
+            guidance_scale=float(self.guidance.value) if conditional else 0.0,
             num_samples=int(self.num_samples.value),
-            num_steps=int(self.steps.value),
+            num_steps=int(self.steps.value) if self.steps_changed else None,
             seed=int(self.seed.value),
             every=int(self.every.value),
             batch_size=int(self.batch_size.value),
@@ -161,6 +172,13 @@ class TargetPanel(w.VBox):
         self.refresh_checkpoints(select=path)
 
     # ------------------------------------------------------------------ handlers
+    def _on_checkpoint(self, change: dict) -> None:
+        """Switching checkpoints frees the models the previous runs kept loaded (Binder has 1-2 GB)."""
+        import mattergen_lab
+
+        if change.get("old") and change.get("new") != change.get("old"):
+            mattergen_lab.clear_caches()
+
     def _on_toggle(self, change: dict) -> None:
         for name, toggle in self.toggles.items():
             self.sliders[name].disabled = not toggle.value

@@ -28,16 +28,17 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mattergen_lab.properties.bulk_modulus import (
-    MATTERSIM_CACHE_DIR,
+from mattergen_lab.forcefields import (
     MATTERSIM_DEFAULT_WEIGHTS,
+    cell_filter,
     get_calculator,
+    mattersim_weights_available,
 )
+from mattergen_lab.forcefields import package_version as _package_version
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase.calculators.calculator import Calculator
@@ -115,19 +116,6 @@ class _Stop(Exception):
         self.status, self.message = status, message
 
 
-def _cell_filter(atoms: Any, name: str = "FrechetCellFilter") -> Any:
-    from ase import filters
-
-    return getattr(filters, name)(atoms)
-
-
-def _package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 @dataclass
 class Relaxer:
     """An ASE calculator plus the protocol that goes with it.
@@ -193,7 +181,7 @@ class Relaxer:
 
         if reason := too_dense(v_start):  # refused before the force field builds its graph
             return RelaxResult("exploded", structure.copy(), math.nan, 0, time.perf_counter() - start, math.nan, reason)
-        optimizer = FIRE(_cell_filter(atoms, cfg.cell_filter), logfile=None)
+        optimizer = FIRE(cell_filter(atoms, cfg.cell_filter), logfile=None)
         optimizer.attach(guard, interval=1)
         status, message = "converged", ""
         try:
@@ -285,18 +273,6 @@ def mp2020_corrected_entry(structure: Structure, energy: float, *, entry_id: str
 
 
 # ====================================================================== factory
-
-
-def mattersim_weights_available(load_path: str | None = None) -> bool:
-    """Whether MatterSim imports and its weights file is on this machine (no download is attempted)."""
-    from pathlib import Path
-
-    try:
-        import mattersim  # noqa: F401
-    except Exception:  # noqa: BLE001 - reported, never raised
-        return False
-    name = str(load_path) if load_path else MATTERSIM_DEFAULT_WEIGHTS
-    return any(p.is_file() for p in (Path(name).expanduser(), MATTERSIM_CACHE_DIR.expanduser() / Path(name).name))
 
 
 def get_relaxer(

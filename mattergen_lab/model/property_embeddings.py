@@ -19,7 +19,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from mattergen_lab.constants import MAX_ATOMIC_NUM, NUM_CLASSES
+from mattergen_lab.chemistry import ChemicalSystem
+from mattergen_lab.constants import NUM_CLASSES
 from mattergen_lab.model.layers import NoiseLevelEncoding
 
 SCALAR_PROPERTIES = (
@@ -95,22 +96,15 @@ class SpaceGroupEmbedding(nn.Module):
 @lru_cache(maxsize=1024)
 def _system_numbers(system: str) -> tuple[int, ...]:
     """Atomic numbers of a chemical system, parsed once per string (this runs on every network call)."""
-    from pymatgen.core import Element
-
-    return tuple(Element(s).Z for s in parse_chemical_system(system))
+    return ChemicalSystem.parse(system).atomic_numbers
 
 
 def parse_chemical_system(system: str) -> list[str]:
-    """``"Li-Fe-O"`` -> ``["Fe", "Li", "O"]``; an unknown element raises ``ValueError`` naming it."""
-    from pymatgen.core.periodic_table import Element
-
+    """``"Li-Fe-O"`` -> ``["Fe", "Li", "O"]`` (:class:`~mattergen_lab.chemistry.ChemicalSystem`'s rules);
+    an unknown element raises ``ValueError`` naming it."""
     if not isinstance(system, str) or not system.strip():
         raise ValueError(f"chemical system {system!r} must be a non-empty string like 'Li-Fe-O'")
-    symbols = [s.strip() for s in system.split("-")]
-    for s in symbols:
-        if not Element.is_valid_symbol(s) or Element(s).Z > MAX_ATOMIC_NUM:
-            raise ValueError(f"chemical system {system!r}: {s!r} is not an element symbol")
-    return sorted(set(symbols))
+    return list(ChemicalSystem.parse(system).symbols)
 
 
 class PropertyEmbedding(nn.Module):

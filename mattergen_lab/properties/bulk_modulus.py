@@ -28,17 +28,15 @@ Energies come from :func:`get_calculator`: ``"chgnet"`` (weights ship in its whe
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import logging
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mattergen_lab.forcefields import CALCULATORS, cell_filter, get_calculator, resolve_calculator  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms
@@ -47,14 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CALCULATORS = ("chgnet", "mattersim")
-
 #: Equations of state of the form ``E(V; E0, B0, B0', V0)`` that ASE fits.
 SUPPORTED_EOS = ("birchmurnaghan", "murnaghan", "birch", "vinet", "pouriertarantola")
-
-#: MatterSim's default weights file and where MatterSim caches it.
-MATTERSIM_DEFAULT_WEIGHTS = "mattersim-v1.0.0-1M.pth"
-MATTERSIM_CACHE_DIR = Path("~/.local/mattersim/pretrained_models")
 
 #: A relaxation that changes the volume by more than this factor (either way) is stopped: the potential
 #: is collapsing or exploding the cell.
@@ -100,110 +92,7 @@ class BulkModulusResult:
     warnings: tuple[str, ...] = ()
 
 
-# ====================================================================== calculators
-
-
-@functools.lru_cache(maxsize=4)
-def _load_chgnet(load_path: str | None) -> Any:
-    from chgnet.model import CHGNet
-
-    with contextlib.redirect_stdout(io.StringIO()) as out:  # CHGNet prints its banner
-        model = CHGNet.from_file(load_path) if load_path else CHGNet.load(verbose=False)
-    log.debug("CHGNet: %s", out.getvalue().strip())
-    return model
-
-
-def _chgnet_calculator(device: str, load_path: str | None) -> Calculator:
-    try:
-        from chgnet.model.dynamics import CHGNetCalculator
-    except ImportError as exc:
-        raise ImportError(
-            "CHGNet is not installed: pip install 'chgnet==0.4.2' (or the 'eval' extra of mattergen-lab)"
-        ) from exc
-    if load_path is not None and not Path(load_path).expanduser().is_file():
-        raise ValueError(f"CHGNet weights {str(load_path)!r} are not a file")
-    model = _load_chgnet(str(Path(load_path).expanduser()) if load_path else None)
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        calc = CHGNetCalculator(model=model, use_device=device)
-    log.debug("CHGNet: %s", out.getvalue().strip())
-    return calc
-
-
-def _mattersim_weights(load_path: str | None) -> Path:
-    """The local MatterSim weights file; ``ValueError`` when it is not on this machine."""
-    name = str(load_path) if load_path else MATTERSIM_DEFAULT_WEIGHTS
-    cache_dir = MATTERSIM_CACHE_DIR.expanduser()
-    for candidate in (Path(name).expanduser(), cache_dir / Path(name).name):
-        if candidate.is_file():
-            return candidate
-    raise ValueError(
-        f"MatterSim weights {name!r} are not available offline: not a file, and not in {cache_dir}. "
-        "MatterSim downloads them on first use, which needs internet. Download them on a connected machine "
-        "and pass load_path=PATH, or use get_calculator('chgnet') (CHGNet's weights ship in its wheel)."
-    )
-
-
-def _mattersim_calculator(device: str, load_path: str | None) -> Calculator:
-    try:
-        from mattersim.forcefield import MatterSimCalculator
-    except Exception as exc:  # ImportError, or torchvision's RuntimeError (install trap)
-        raise ImportError(
-            "MatterSim is not installed or does not import. On a CPU machine install it with `pip install "
-            "--no-deps mattersim==1.2.3` plus torch_runstats torch-ema torchmetrics opt_einsum_fx loguru deprecated "
-            "scikit-learn e3nn torch_geometric requests: its declared torchvision/torchaudio dependencies pull "
-            f"CUDA builds that break a CPU torch. Or use 'chgnet'. ({type(exc).__name__}: {exc})"
-        ) from exc
-    weights = _mattersim_weights(load_path)
-    try:
-        return MatterSimCalculator(load_path=str(weights), device=device)
-    except Exception as exc:
-        raise ValueError(
-            f"could not load MatterSim weights from {weights}: {type(exc).__name__}: {exc}. "
-            "Use get_calculator('chgnet') instead."
-        ) from exc
-
-
-def get_calculator(name: str = "chgnet", *, device: str = "cpu", load_path: str | Path | None = None) -> Calculator:
-    """An ASE calculator for an ML force field.
-
-    Args:
-        name: ``"chgnet"`` (CHGNet 0.3.0 weights from its wheel; energies include MP2020-style corrections,
-            so do not correct them again) or ``"mattersim"`` (raw energies; needs its weights file).
-        device: ``"cpu"``, ``"cuda"``, ...
-        load_path: a weights file. CHGNet: optional. MatterSim: a path, or a file name in
-            ``~/.local/mattersim/pretrained_models`` (default ``mattersim-v1.0.0-1M.pth``).
-
-    Raises:
-        ValueError: unknown name, or MatterSim weights that are missing or do not load.
-        ImportError: the package is not installed (the message says how to install it).
-    """
-    key = str(name).lower()
-    if key == "chgnet":
-        return _chgnet_calculator(device, load_path)
-    if key == "mattersim":
-        return _mattersim_calculator(device, load_path)
-    raise ValueError(f"unknown calculator {name!r}; expected one of {list(CALCULATORS)}")
-
-
-def _resolve_calculator(calculator: Calculator | str | None) -> Calculator:
-    if calculator is None:
-        return get_calculator("chgnet")
-    if isinstance(calculator, str):
-        return get_calculator(calculator)
-    if not hasattr(calculator, "get_potential_energy"):
-        raise ValueError(
-            f"calculator must be an ASE calculator or one of {list(CALCULATORS)}, got {type(calculator).__name__}"
-        )
-    return calculator
-
-
 # ====================================================================== relaxation
-
-
-def _cell_filter(atoms: Atoms) -> Any:
-    from mattergen_lab.evaluation.relax import _cell_filter as cell_filter  # lazy: evaluation imports this module
-
-    return cell_filter(atoms)
 
 
 def _relax(atoms: Atoms, *, cell: bool, fmax: float, max_steps: int) -> tuple[bool, int]:
@@ -224,7 +113,7 @@ def _relax(atoms: Atoms, *, cell: bool, fmax: float, max_steps: int) -> tuple[bo
                 "is unreliable for this structure"
             )
 
-    optimizer = FIRE(_cell_filter(atoms) if cell else atoms, logfile=None)
+    optimizer = FIRE(cell_filter(atoms) if cell else atoms, logfile=None)
     optimizer.attach(guard, interval=1)
     converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
     return converged, int(optimizer.nsteps)
@@ -334,7 +223,7 @@ def bulk_modulus(
     if eos not in SUPPORTED_EOS:
         raise ValueError(f"{eos=} is not supported; expected one of {list(SUPPORTED_EOS)}")
     atoms = _to_atoms(structure)
-    calc = _resolve_calculator(calculator)
+    calc = resolve_calculator(calculator)
     atoms.calc = calc
     formula = atoms.get_chemical_formula()
 

@@ -68,9 +68,9 @@ def chgnet_site_moments(structure: Structure, *, load_path: str | None = None) -
     import contextlib
     import io
 
-    from mattergen_lab.properties.bulk_modulus import _load_chgnet
+    from mattergen_lab.forcefields import load_chgnet
 
-    model = _load_chgnet(load_path)
+    model = load_chgnet(load_path)
     with contextlib.redirect_stdout(io.StringIO()):
         prediction = model.predict_structure(structure, task="em")  # energy + moments ("m" alone is refused)
     return np.abs(np.asarray(prediction["m"], dtype=np.float64)).reshape(len(structure))

@@ -67,6 +67,11 @@ def build_sampler(
     model = ckpt.model.to(device).eval()
     diffusion = JointDiffusion(DiffusionConfig.from_dict(ckpt.config.get("diffusion", {})))
     config = sampler_config or SamplerConfig(num_steps=num_steps or recommended_num_steps(ckpt))
+    if guidance_scale and not model.conditions:
+        raise ValueError(
+            f"guidance_scale={guidance_scale!r} needs a conditional checkpoint; {ckpt.path or 'this model'} is "
+            "unconditional (use guidance_scale=0, or an adapter checkpoint)"
+        )
     score_fn = ClassifierFreeGuidance(model, guidance_scale) if model.conditions else model
     table = ckpt.config.get("num_atoms_distribution") or None
     dist = NumAtomsDistribution.from_dict(table) if table else NumAtomsDistribution.from_table("ALEX_MP_20")
@@ -85,7 +90,7 @@ def load_sampler(checkpoint: str | os.PathLike, **kwargs: Any) -> tuple[Predicto
     return build_sampler(load_checkpoint(checkpoint), **kwargs)
 
 
-def _validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo) -> dict[str, Any] | None:
+def validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo) -> dict[str, Any] | None:
     """Check condition names and values at the boundary; ``ValueError`` names the bad one."""
     import math
 
@@ -132,11 +137,11 @@ def sampling_kwargs(
     """
     from mattergen_lab.model.property_embeddings import parse_chemical_system
 
-    props = _validated_conditions(conditions, info)
+    props = validated_conditions(conditions, info)
     system = elements or (props or {}).get("chemical_system")
     return {
         "num_atoms": num_atoms if num_atoms is not None else info.num_atoms,
-        "generator": torch.Generator().manual_seed(seed),
+        "seed": seed,
         "device": device,
         "properties": props,
         "allowed_elements": parse_chemical_system(system) if system else None,

@@ -35,6 +35,7 @@ from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.fileio import atomic_write_text
 from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.noise.joint import JointDiffusion
+from mattergen_lab.sampling.request import SamplingRequest
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
     LatticeLangevinCorrector,
@@ -133,8 +134,22 @@ class SamplerFrame:
     final: bool = False
 
 
-def _seed_for(base: int, chunk: int) -> int:
-    return (base * 1_000_003 + 7919 * (chunk + 1)) % (2**63 - 1)
+@dataclass(frozen=True)
+class ChunkFrame:
+    """One frame of :meth:`PredictorCorrectorSampler.iter_chunks`: chunk ``chunk`` holds samples ``indices``."""
+
+    chunk: int
+    indices: tuple[int, ...]
+    frame: SamplerFrame
+
+
+def _seed_of(seed: int | None, generator: torch.Generator | None) -> int:
+    """The run seed: ``seed``, or (older callers) one number drawn from ``generator``."""
+    if seed is not None:
+        return seed
+    if generator is None:
+        raise ValueError("pass seed= (an integer >= 0)")
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
 
 class PredictorCorrectorSampler:
@@ -300,7 +315,8 @@ class PredictorCorrectorSampler:
         *,
         batch_size: int = 64,
         num_atoms: int | Sequence[int] | NumAtomsSampler | None = None,
-        generator: torch.Generator,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         allowed_elements: AllowedElements = None,
@@ -310,9 +326,10 @@ class PredictorCorrectorSampler:
     ) -> list["Structure"]:
         """Sample ``num_samples`` crystals, ``batch_size`` at a time, as pymatgen structures.
 
-        Crystal ``i`` belongs to chunk ``i // batch_size``, and each chunk draws its noise from its own
-        generator seeded from ``generator``: the same ``generator`` state gives the same crystals as
-        :meth:`sample_to_dir`, and a resumed run reproduces the crystals an uninterrupted run would give.
+        It reads :meth:`iter_chunks`: crystal ``i`` belongs to chunk ``i // batch_size``, seeded by
+        :func:`~mattergen_lab.sampling.request.chunk_seed` of ``seed``, so the same seed gives the same crystals as
+        :meth:`sample_to_dir`, the CLI and the design app, and a resumed run reproduces an uninterrupted one.
+        (``generator=`` is still accepted: the run seed is then one number drawn from it.)
 
         Args:
             num_atoms: an int for every crystal, one int per crystal, an object with
@@ -323,14 +340,17 @@ class PredictorCorrectorSampler:
             progress: show a tqdm bar over the steps of each chunk.
             on_batch: called with the number of crystals finished after each chunk.
         """
+        request = self._request(num_samples, batch_size, seed, generator, device)
         out: list[Structure] = []
-        for _, structures, _ in self._chunks(
-            num_samples, batch_size=batch_size, num_atoms=num_atoms, generator=generator, dtype=dtype,
-            device=device, allowed_elements=allowed_elements, properties=properties, progress=progress,
+        for item in self.iter_chunks(
+            request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
+            progress=progress,
         ):
-            out += structures
-            if on_batch is not None:
-                on_batch(len(structures))
+            if item.frame.final:
+                structures = item.frame.batch.to_structures(standard_orientation=True)
+                out += structures
+                if on_batch is not None:
+                    on_batch(len(structures))
         return out
 
     def sample_to_dir(
@@ -340,7 +360,8 @@ class PredictorCorrectorSampler:
         *,
         batch_size: int = 64,
         num_atoms: int | Sequence[int] | NumAtomsSampler | None = None,
-        generator: torch.Generator,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         allowed_elements: AllowedElements = None,
@@ -373,11 +394,18 @@ class PredictorCorrectorSampler:
         traj_dir = out / "trajectories"
         if record:
             traj_dir.mkdir(exist_ok=True)
-        for indices, structures, traj_tmp in self._chunks(
-            num_samples, batch_size=batch_size, num_atoms=num_atoms, generator=generator, dtype=dtype,
-            device=device, allowed_elements=allowed_elements, properties=properties, progress=progress,
-            skip=skip, traj_dir=traj_dir if record else None,
+        request = self._request(num_samples, batch_size, seed, generator, device)
+        traj_tmp: dict[int, str] = {}
+        for item in self.iter_chunks(
+            request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
+            progress=progress, skip=skip, every=record,
         ):
+            indices, frame = list(item.indices), item.frame
+            if record and (frame.final or frame.step % record == 0):
+                _append_trajectory(traj_dir, traj_tmp, indices, frame)
+            if not frame.final:
+                continue
+            structures = frame.batch.to_structures(standard_orientation=True)
             new = [(i, s) for i, s in zip(indices, structures) if i not in skip]
             for i, s in new:
                 _write_cif(paths[i], s)
@@ -387,68 +415,82 @@ class PredictorCorrectorSampler:
                     os.replace(tmp, traj_dir / f"gen_{i}.extxyz")
                 elif os.path.exists(tmp):
                     os.unlink(tmp)
+            traj_tmp = {}
             log.info("wrote %d crystals (%s)", len(new), ", ".join(paths[i].name for i, _ in new))
             if on_batch is not None:
                 on_batch(len(new))
         return paths
 
-    def _chunks(
+    def _request(self, num_samples: Any, batch_size: Any, seed: int | None, generator: torch.Generator | None,
+                 device: torch.device | str | None) -> SamplingRequest:
+        dev = str(device) if device is not None else None
+        return SamplingRequest(num_samples=num_samples, batch_size=batch_size, seed=_seed_of(seed, generator), device=dev)
+
+    def iter_chunks(
         self,
-        num_samples: int,
+        request: SamplingRequest,
         *,
-        batch_size: int,
-        num_atoms: Any,
-        generator: torch.Generator,
-        dtype: torch.dtype,
-        device: torch.device | str | None,
-        allowed_elements: AllowedElements,
-        properties: Mapping[str, Any] | None,
-        progress: bool,
+        every: int = 0,
+        dtype: torch.dtype = torch.float32,
+        num_atoms: int | Sequence[int] | NumAtomsSampler | None = None,
+        allowed_elements: AllowedElements = None,
+        properties: Mapping[str, Any] | None = None,
+        progress: bool = False,
         skip: set[int] | None = None,
-        traj_dir: Path | None = None,
-    ) -> Iterator[tuple[list[int], list["Structure"], dict[int, str]]]:
-        """Yield ``(indices, structures, trajectory temp files)`` per chunk of ``batch_size`` indices."""
-        if not _is_pos_int(num_samples):
-            raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
-        if not _is_pos_int(batch_size):
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
-        draw = self._num_atoms_drawer(num_atoms, num_samples)
-        per_sample_allowed = self._per_sample_allowed(allowed_elements, num_samples)
-        device = torch.device(device) if device is not None else self._model_device()
-        base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    ) -> Iterator[ChunkFrame]:
+        """The one chunked, seeded sampling loop: frames of every chunk of ``request``, chunk after chunk.
+
+        Chunk ``j`` (samples ``j·batch_size …``) draws its atom counts on the CPU and its noise on the sampling
+        device from generators seeded with ``chunk_seed(request.seed, j)``. Each chunk yields the frames of
+        :meth:`iter_steps` (every ``every`` steps; ``every=0``: only the final frame). Chunks whose samples are
+        all in ``skip`` are not run (resuming).
+
+        Args:
+            request: samples, batch size, seed, device (``None``: the model's), atom counts, element mask and
+                conditions. ``request.num_steps`` must be ``None`` or this sampler's step count.
+            num_atoms, allowed_elements, properties: override the request's (a ``NumAtomsDistribution``, one
+                element list per crystal, conditioning values); ``num_atoms=None`` with no request value is the
+                ALEX_MP_20 table.
+        """
+        if request.num_steps is not None and request.num_steps != self.config.num_steps:
+            raise ValueError(f"request.num_steps={request.num_steps} but this sampler runs {self.config.num_steps} steps")
+        n = request.num_samples
+        draw = self._num_atoms_drawer(num_atoms if num_atoms is not None else request.num_atoms, n)
+        if allowed_elements is None and request.mask is not None:
+            allowed_elements = list(request.mask.atomic_numbers)
+        per_sample_allowed = self._per_sample_allowed(allowed_elements, n)
+        if properties is None and request.conditions:
+            properties = request.conditions
+        device = torch.device(request.device) if request.device is not None else self._model_device()
         skip = skip or set()
-        for j in range(math.ceil(num_samples / batch_size)):
-            indices = list(range(j * batch_size, min((j + 1) * batch_size, num_samples)))
+        for j, indices, seed in request.chunks():
             if all(i in skip for i in indices):
                 continue
-            seed = _seed_for(base, j)
-            counts = draw(indices, torch.Generator().manual_seed(seed))
-            chunk_gen = torch.Generator(device=device).manual_seed(seed)
+            counts = draw(list(indices), torch.Generator().manual_seed(seed))
             allowed = allowed_elements if per_sample_allowed is None else [per_sample_allowed[i] for i in indices]
             props = _broadcast_properties(properties, len(indices), dtype=dtype, device=device)
             frames = self.iter_steps(
-                counts, generator=chunk_gen, every=1 if (progress or traj_dir) else 0, dtype=dtype, device=device,
-                allowed_elements=allowed, properties=props,
+                counts, generator=torch.Generator(device=device).manual_seed(seed), every=every, dtype=dtype,
+                device=device, allowed_elements=allowed, properties=props,
             )
             if progress:
                 from tqdm.auto import tqdm
 
-                frames = tqdm(frames, total=self.config.num_steps + 2, desc=f"chunk {j}", leave=False)
-            traj_tmp: dict[int, str] = {}
-            final = None
+                frames = tqdm(frames, total=self.config.num_steps // max(every, 1) + 2, desc=f"chunk {j}", leave=False)
             for frame in frames:
-                if traj_dir is not None and (frame.final or frame.step % self.config.record_every == 0):
-                    _append_trajectory(traj_dir, traj_tmp, indices, frame)
-                if frame.final:
-                    final = frame
-            assert final is not None
-            yield indices, final.batch.to_structures(standard_orientation=True), traj_tmp
+                yield ChunkFrame(j, indices, frame)
 
     def _model_device(self) -> torch.device:
-        params = getattr(self.model, "parameters", None)
-        if callable(params):
-            for p in params():
-                return p.device
+        """The device of the model's first parameter, looking through wrappers (``.model``, e.g. guidance)."""
+        model: Any = self.model
+        for _ in range(4):
+            params = getattr(model, "parameters", None)
+            if callable(params):
+                for p in params():
+                    return p.device
+            model = getattr(model, "model", None)
+            if model is None:
+                break
         return torch.device("cpu")
 
     @staticmethod

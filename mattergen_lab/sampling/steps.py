@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mattergen_lab.chemistry import atomic_number_of
 from mattergen_lab.constants import MASK_CLASS, NUM_CLASSES, SELECTED_ATOMIC_NUMBERS
 from mattergen_lab.crystal import polar_symmetric
 from mattergen_lab.noise.lattice_vp import LatticeVPSDE, symmetric_noise
@@ -76,12 +77,10 @@ def allowed_classes(
 
 def _atomic_number(element: int | str) -> int:
     if isinstance(element, str):
-        from pymatgen.core import Element
-
         try:
-            return int(Element(element).Z)
-        except ValueError as exc:
-            raise ValueError(f"unknown element symbol {element!r}") from exc
+            return atomic_number_of(element)
+        except ValueError:
+            raise ValueError(f"unknown element symbol {element!r}") from None
     if isinstance(element, bool) or not isinstance(element, int):
         raise ValueError(f"element {element!r} must be an atomic number (int) or a symbol (str)")
     return element

@@ -1,0 +1,110 @@
+"""``SamplingRequest``: everything one sampling run needs, validated once at the boundary.
+
+The CLI, :func:`~mattergen_lab.sampling.api.sample`, the design runs and the app all build one, and the sampler's
+single chunk loop (:meth:`PredictorCorrectorSampler.iter_chunks`) reads it. It owns the only seed-to-chunk
+formula (:func:`chunk_seed`), so the same seed gives the same crystals, atom for atom, from every entry point:
+crystal ``i`` belongs to chunk ``i // batch_size``, and chunk ``j`` draws its atom counts (on the CPU) and its
+sampling noise (on the sampling device) from generators seeded with ``chunk_seed(seed, j)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mattergen_lab.chemistry import ChemicalSystem
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of chunk ``chunk`` of a run seeded with ``seed`` (the one formula)."""
+    return (seed * 1_000_003 + 7919 * (chunk + 1)) % (2**63 - 1)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """One sampling run (``ValueError`` on construction names the bad value).
+
+    Attributes:
+        checkpoint: registry name or checkpoint folder (for reports; the sampler is built from it by the caller).
+        num_samples, batch_size: how many crystals, and how many are denoised together.
+        num_steps: predictor-corrector steps; ``None`` is the checkpoint's recommendation.
+        conditions: adapter targets, e.g. ``{"dft_band_gap": 2.0}`` or ``{"chemical_system": "Li-Fe-O"}``.
+        guidance_scale: classifier-free guidance γ (0 = unconditional; the library's and the CLI's default).
+        elements: a hard element mask at every step (any checkpoint); a ``chemical_system`` condition implies it.
+        num_atoms: atoms per crystal (one int for all, or one per crystal); ``None`` draws from the checkpoint's table.
+        seed: the run's seed; chunk ``j`` uses :func:`chunk_seed(seed, j) <chunk_seed>`.
+        device: ``"cpu"``, ``"cuda"``...; ``None`` is the model's device.
+    """
+
+    checkpoint: str = ""
+    num_samples: int = 16
+    batch_size: int = 16
+    num_steps: int | None = None
+    conditions: Mapping[str, Any] = field(default_factory=dict)
+    guidance_scale: float = 0.0
+    elements: ChemicalSystem | None = None
+    num_atoms: int | tuple[int, ...] | None = None
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        for name in ("num_samples", "batch_size"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        if self.num_steps is not None and (not _is_int(self.num_steps) or self.num_steps < 1):
+            raise ValueError(f"num_steps={self.num_steps!r} must be None or a positive integer")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+            raise ValueError(f"guidance_scale={g!r} must be a number >= 0")
+        object.__setattr__(self, "guidance_scale", float(g))
+        conditions = dict(self.conditions or {})
+        if "chemical_system" in conditions:
+            system = ChemicalSystem.parse(conditions["chemical_system"]).require_generatable()
+            conditions["chemical_system"] = str(system)
+        object.__setattr__(self, "conditions", conditions)
+        if self.elements is not None:
+            object.__setattr__(self, "elements", ChemicalSystem.parse(self.elements).require_generatable())
+        n = self.num_atoms
+        if n is not None:
+            if _is_int(n):
+                if n < 1:
+                    raise ValueError(f"num_atoms={n!r} must be a positive integer")
+            elif isinstance(n, (list, tuple)) and len(n) == self.num_samples and all(_is_int(v) and v >= 1 for v in n):
+                object.__setattr__(self, "num_atoms", tuple(n))
+            else:
+                raise ValueError(f"num_atoms={n!r} must be None, a positive int or one positive int per sample ({self.num_samples})")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"device={self.device!r} is not a torch device ({exc})") from None
+            object.__setattr__(self, "device", str(self.device))
+
+    @property
+    def mask(self) -> ChemicalSystem | None:
+        """The element mask: ``elements``, else the ``chemical_system`` condition, else ``None`` (all elements)."""
+        if self.elements is not None:
+            return self.elements
+        system = self.conditions.get("chemical_system")
+        return ChemicalSystem.parse(system) if system else None
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def chunks(self) -> Iterator[tuple[int, tuple[int, ...], int]]:
+        """``(j, sample indices, seed)`` of every chunk."""
+        for j in range(self.num_chunks):
+            yield j, tuple(range(j * self.batch_size, min((j + 1) * self.batch_size, self.num_samples))), chunk_seed(self.seed, j)
