@@ -13,12 +13,12 @@ import sys
 
 #: (module, function) of every cache that holds a model, a hull, a reference set or a data table.
 HEAVY_CACHES = (
-    ("mattergen_lab.design", "_cached_checkpoint"),
+    ("mattergen_lab.design.runs", "_cached_checkpoint"),
     ("mattergen_lab.forcefields", "load_chgnet"),
     ("mattergen_lab.evaluation.reference", "_mp20_hull"),
     ("mattergen_lab.evaluation.reference", "_elemental_references"),
     ("mattergen_lab.evaluation.matching", "_mp20_novelty_reference"),
-    ("mattergen_lab.design", "_ranges_from_data"),
+    ("mattergen_lab.design.requests", "_ranges_from_data"),
 )
 
 

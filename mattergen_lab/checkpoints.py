@@ -12,6 +12,9 @@ file holds objects beyond that allow-list (e.g. OmegaConf configs in ``hyper_par
 again with a restricted unpickler that rebuilds only tensors and plain containers (dict, list, tuple, str,
 numbers) and turns every other object into an inert :class:`ForeignObject` record *without importing or
 calling anything*; a warning names what was skipped. Nothing in a checkpoint is ever executed.
+
+Length: registry parsing, official-checkpoint download and conversion, and bundling share the registry format;
+they are kept in one file so that format has one reader and one writer.
 """
 
 from __future__ import annotations

@@ -271,7 +271,7 @@ def test_export_is_atomic(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return "poscar"
 
-    monkeypatch.setattr(design, "_poscar", failing_poscar)
+    monkeypatch.setattr(design.export, "_poscar", failing_poscar)
     with pytest.raises(RuntimeError, match="disk full"):
         design.export_candidates([c.structure for c in cands], table, target, report={})
     assert target.read_bytes() == b"previous export"

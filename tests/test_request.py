@@ -109,5 +109,5 @@ def test_clear_caches_frees_loaded_checkpoints():
     design._cached_checkpoint(BASE, 0.0)
     assert design._cached_checkpoint.cache_info().currsize >= 1
     cleared = mattergen_lab.clear_caches()
-    assert "mattergen_lab.design._cached_checkpoint" in cleared
+    assert "mattergen_lab.design.runs._cached_checkpoint" in cleared
     assert design._cached_checkpoint.cache_info().currsize == 0

@@ -11,6 +11,9 @@ Three sources:
 Whatever the source, :meth:`CrystalDataset.get_batch` applies MatterGen's load-time transforms: fractional
 coordinates wrapped to ``[0, 1)``, the lattice replaced by its symmetric polar factor, and a
 ``chemical_system`` string per crystal.
+
+Length: one dataset class plus its three loaders (CSV with a parse cache, MatterGen's cache, MP-20), which share
+the property-column logic; splitting them would scatter that logic.
 """
 
 from __future__ import annotations

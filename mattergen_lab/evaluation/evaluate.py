@@ -6,6 +6,9 @@ MatterGen's metrics JSON (spec §7.5). Every result carries a protocol record.
 With ``out_dir`` the evaluation is resumable: each finished structure is appended to ``results.jsonl`` (its
 relaxed structure to ``relaxed/<id>.cif`` first), so a run that is killed and started again skips what was
 finished and loses nothing. Uniqueness needs the whole set, so it is computed at the end.
+
+Length: the per-structure pipeline, its resumable results file and the whole-set metrics are one protocol;
+they are kept together so the protocol record and the columns cannot drift apart.
 """
 
 from __future__ import annotations

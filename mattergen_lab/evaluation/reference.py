@@ -21,6 +21,9 @@ Sources (:func:`load_reference`):
 * MatterGen's Alex-MP reference file (``reference_MP2020correction.gz``: a gzipped LMDB; needs ``pip install
   lmdb``); its values are read as plain data, never as arbitrary pickled objects;
 * ``"mp-api"``: the Materials Project through ``mp-api`` with ``MP_API_KEY`` set, fetched per chemical system.
+
+Length: every reference-hull source (MP-20, JSON, CSV, LMDB, mp-api) and the E_hull linear programme; each
+source is a short function over the same entry format.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ crystal for the lattice). The final crystals are the *mean* of the last predicto
 
 Model evaluations all go through :meth:`PredictorCorrectorSampler.score_fn`, so guidance can wrap the model
 (pass a guided callable as ``model``) or override that one method.
+
+Length: this file is one class (the sampler: model evaluation, the denoising loop, the chunk loop and its two
+readers); its inputs (``inputs.py``), files (``writers.py``) and request (``request.py``) live beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +33,18 @@ import torch
 from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import NUM_CLASSES
 from mattergen_lab.crystal import CrystalBatch, warn_if_too_large
-from mattergen_lab.data.num_atoms import NumAtomsDistribution
-from mattergen_lab.fileio import atomic_write_text
 from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.noise.joint import JointDiffusion
 from mattergen_lab.sampling.request import SamplingRequest
+from mattergen_lab.sampling.inputs import (
+    AllowedElements,
+    broadcast_properties,
+    is_per_crystal,
+    is_pos_int,
+    num_atoms_drawer,
+    per_sample_allowed,
+)
+from mattergen_lab.sampling.writers import SampleDirWriter
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
     LatticeLangevinCorrector,
@@ -53,9 +62,6 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[CrystalBatch, torch.Tensor], ScoreOutput]
 
-#: Elements allowed per sample: ``None`` (all of ``SELECTED_ATOMIC_NUMBERS``), one list of elements for
-#: every crystal, a list with one entry (list or None) per crystal, or a bool tensor ``(101,)`` / ``(B, 101)``.
-AllowedElements = Any
 
 
 class NumAtomsSampler(Protocol):
@@ -254,7 +260,7 @@ class PredictorCorrectorSampler:
         properties: dict[str, Any] | None,
     ) -> Iterator[SamplerFrame]:
         b = len(num_atoms)
-        properties = _broadcast_properties(properties, b, dtype=dtype, device=device)
+        properties = broadcast_properties(properties, b, dtype=dtype, device=device)
         x = self.diffusion.prior(num_atoms, generator=generator, dtype=dtype, device=device, properties=properties)
         batch_idx = x.batch_idx  # (N,)
         num_atoms = x.num_atoms
@@ -302,7 +308,7 @@ class PredictorCorrectorSampler:
         if allowed_elements is None:
             return allowed_classes(None, device=device)
         entries = list(allowed_elements)
-        if not _is_per_crystal(entries):
+        if not is_per_crystal(entries):
             return allowed_classes(entries, device=device)
         if len(entries) != b:
             raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for {b} crystals")
@@ -371,7 +377,8 @@ class PredictorCorrectorSampler:
     ) -> list[Path]:
         """Sample into ``out_dir`` as it goes; resumable. Returns the CIF path of every index.
 
-        Layout: ``out_dir/cifs/gen_{i}.cif`` (each written atomically as soon as its chunk is done),
+        The files are written by :class:`~mattergen_lab.sampling.writers.SampleDirWriter`:
+        ``out_dir/cifs/gen_{i}.cif`` (each written atomically as soon as its chunk is done),
         ``out_dir/generated_crystals.extxyz`` (one frame per crystal, ``info["gen_index"] = i``, appended
         after each chunk) and, when ``config.record_every > 0``, ``out_dir/trajectories/gen_{i}.extxyz``.
 
@@ -379,46 +386,18 @@ class PredictorCorrectorSampler:
         the same seed and only the missing ones are written); the extxyz is first repaired from the CIFs
         if an earlier run stopped while appending to it.
         """
-        if not _is_pos_int(num_samples):
+        if not is_pos_int(num_samples):
             raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
-        out = Path(out_dir)
-        cif_dir = out / "cifs"
-        cif_dir.mkdir(parents=True, exist_ok=True)
-        extxyz = out / "generated_crystals.extxyz"
-        paths = [cif_dir / f"gen_{i}.cif" for i in range(num_samples)]
-        self._repair_extxyz(extxyz, cif_dir)
-        skip = {i for i, p in enumerate(paths) if p.exists()}
-        if len(skip) == len(paths):
-            log.info("all %d crystals already in %s", len(paths), cif_dir)
-        record = self.config.record_every
-        traj_dir = out / "trajectories"
-        if record:
-            traj_dir.mkdir(exist_ok=True)
-        request = self._request(num_samples, batch_size, seed, generator, device)
-        traj_tmp: dict[int, str] = {}
+        request = self._request(num_samples, batch_size, seed, generator, device)  # validated before any file is made
+        writer = SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every)
         for item in self.iter_chunks(
             request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
-            progress=progress, skip=skip, every=record,
+            progress=progress, skip=writer.skip, every=writer.record_every,
         ):
-            indices, frame = list(item.indices), item.frame
-            if record and (frame.final or frame.step % record == 0):
-                _append_trajectory(traj_dir, traj_tmp, indices, frame)
-            if not frame.final:
-                continue
-            structures = frame.batch.to_structures(standard_orientation=True)
-            new = [(i, s) for i, s in zip(indices, structures) if i not in skip]
-            for i, s in new:
-                _write_cif(paths[i], s)
-            _append_extxyz(extxyz, new)
-            for i, tmp in traj_tmp.items():
-                if i not in skip:
-                    os.replace(tmp, traj_dir / f"gen_{i}.extxyz")
-                elif os.path.exists(tmp):
-                    os.unlink(tmp)
-            traj_tmp = {}
-            log.info("wrote %d crystals (%s)", len(new), ", ".join(paths[i].name for i, _ in new))
-            if on_batch is not None:
-                on_batch(len(new))
+            written = writer.on_frame(list(item.indices), item.frame)
+            if item.frame.final and on_batch is not None:
+                on_batch(written)
+        paths = writer.paths
         return paths
 
     def _request(self, num_samples: Any, batch_size: Any, seed: int | None, generator: torch.Generator | None,
@@ -455,10 +434,10 @@ class PredictorCorrectorSampler:
         if request.num_steps is not None and request.num_steps != self.config.num_steps:
             raise ValueError(f"request.num_steps={request.num_steps} but this sampler runs {self.config.num_steps} steps")
         n = request.num_samples
-        draw = self._num_atoms_drawer(num_atoms if num_atoms is not None else request.num_atoms, n)
+        draw = num_atoms_drawer(num_atoms if num_atoms is not None else request.num_atoms, n)
         if allowed_elements is None and request.mask is not None:
             allowed_elements = list(request.mask.atomic_numbers)
-        per_sample_allowed = self._per_sample_allowed(allowed_elements, n)
+        allowed_per_sample = per_sample_allowed(allowed_elements, n)
         if properties is None and request.conditions:
             properties = request.conditions
         device = torch.device(request.device) if request.device is not None else self._model_device()
@@ -467,8 +446,8 @@ class PredictorCorrectorSampler:
             if all(i in skip for i in indices):
                 continue
             counts = draw(list(indices), torch.Generator().manual_seed(seed))
-            allowed = allowed_elements if per_sample_allowed is None else [per_sample_allowed[i] for i in indices]
-            props = _broadcast_properties(properties, len(indices), dtype=dtype, device=device)
+            allowed = allowed_elements if allowed_per_sample is None else [allowed_per_sample[i] for i in indices]
+            props = broadcast_properties(properties, len(indices), dtype=dtype, device=device)
             frames = self.iter_steps(
                 counts, generator=torch.Generator(device=device).manual_seed(seed), every=every, dtype=dtype,
                 device=device, allowed_elements=allowed, properties=props,
@@ -492,145 +471,3 @@ class PredictorCorrectorSampler:
             if model is None:
                 break
         return torch.device("cpu")
-
-    @staticmethod
-    def _num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:
-        """Validate ``num_atoms`` once; return ``(indices, cpu generator) -> (k,) counts``."""
-        if num_atoms is None:
-            num_atoms = NumAtomsDistribution.from_table("ALEX_MP_20")
-        if _is_pos_int(num_atoms):
-            return lambda idx, g: torch.full((len(idx),), int(num_atoms), dtype=torch.long)
-        if hasattr(num_atoms, "sample"):
-            def draw(idx: list[int], g: torch.Generator) -> torch.Tensor:
-                counts = torch.as_tensor(num_atoms.sample(len(idx), generator=g), dtype=torch.long).cpu()
-                if counts.shape != (len(idx),) or bool((counts < 1).any()):
-                    raise ValueError(
-                        f"num_atoms sampler returned {counts.tolist()!r}; expected {len(idx)} positive ints"
-                    )
-                return counts
-            return draw
-        if isinstance(num_atoms, Sequence) and not isinstance(num_atoms, str):
-            values = list(num_atoms)
-            if len(values) != num_samples or not all(_is_pos_int(v) for v in values):
-                raise ValueError(
-                    f"num_atoms must be one positive int per sample ({num_samples}); "
-                    f"got {len(values)} entries {values[:8]!r}"
-                )
-            return lambda idx, g: torch.tensor([values[i] for i in idx], dtype=torch.long)
-        raise ValueError(
-            f"num_atoms={num_atoms!r} must be None, a positive int, a list of ints or have .sample(k, generator=)"
-        )
-
-    @staticmethod
-    def _per_sample_allowed(allowed_elements: AllowedElements, num_samples: int) -> list[Any] | None:
-        """A per-sample list of element lists, or None when ``allowed_elements`` applies to all crystals."""
-        if allowed_elements is None or isinstance(allowed_elements, torch.Tensor):
-            if isinstance(allowed_elements, torch.Tensor) and allowed_elements.dim() == 2:
-                raise ValueError("a (B, 101) allowed_elements tensor is only accepted by iter_steps; pass lists")
-            return None
-        entries = list(allowed_elements)
-        if not _is_per_crystal(entries):
-            return None
-        if len(entries) != num_samples:
-            raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for num_samples={num_samples}")
-        return entries
-
-    @staticmethod
-    def _repair_extxyz(extxyz: Path, cif_dir: Path) -> None:
-        """Make ``extxyz`` hold exactly one frame per existing CIF (after an interrupted run)."""
-        from ase.io import read, write
-
-        done = {int(p.stem.split("_")[1]): p for p in cif_dir.glob("gen_*.cif")}
-        try:
-            frames = read(extxyz, index=":", format="extxyz") if extxyz.exists() else []
-            readable = True
-        except Exception:  # e.g. a frame truncated by a crash while appending
-            frames, readable = [], False
-        have = [int(a.info.get("gen_index", -1)) for a in frames]
-        if readable and len(set(have)) == len(have) and set(have) <= set(done):
-            missing = sorted(set(done) - set(have))
-            if missing:
-                log.warning("adding %d crystals missing from %s", len(missing), extxyz)
-                _append_extxyz(extxyz, [(i, _read_cif(done[i])) for i in missing])
-            return
-        log.warning("%s does not match %s; rebuilding it from the CIFs", extxyz, cif_dir)
-        atoms = [_to_atoms(i, _read_cif(done[i])) for i in sorted(done)]
-        fd, tmp = tempfile.mkstemp(dir=extxyz.parent, prefix=f".{extxyz.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp, atoms, format="extxyz")
-            os.replace(tmp, extxyz)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-# ---------------------------------------------------------------------------------------- file helpers
-def _is_per_crystal(entries: list[Any]) -> bool:
-    """True when ``entries`` is one element list (or None) per crystal rather than one list of elements."""
-    return bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)
-
-
-def _is_pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _broadcast_properties(
-    properties: Mapping[str, Any] | None, b: int, *, dtype: torch.dtype, device: torch.device
-) -> dict[str, Any] | None:
-    if not properties:
-        return None
-    out: dict[str, Any] = {}
-    for key, value in properties.items():
-        if isinstance(value, str):
-            out[key] = [value] * b
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = torch.full((b,), float(value), dtype=dtype, device=device)
-        elif isinstance(value, torch.Tensor) and value.shape == (b,):
-            out[key] = value.to(device=device, dtype=dtype)
-        elif isinstance(value, (list, tuple)) and len(value) == b:  # already one value per crystal
-            out[key] = list(value) if any(isinstance(v, str) or v is None for v in value) else torch.tensor(value, dtype=dtype, device=device)
-        else:
-            raise ValueError(f"property {key}={value!r} must be a number, a string, or one value per crystal ({b})")
-    return out
-
-
-def _to_atoms(index: int, structure: "Structure") -> Any:
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    atoms = AseAtomsAdaptor.get_atoms(structure)
-    atoms.info["gen_index"] = index
-    return atoms
-
-
-def _read_cif(path: Path) -> "Structure":
-    from pymatgen.core import Structure
-
-    return Structure.from_file(path)
-
-
-def _write_cif(path: Path, structure: "Structure") -> None:
-    from pymatgen.io.cif import CifWriter
-
-    atomic_write_text(path, str(CifWriter(structure)))
-
-
-def _append_extxyz(path: Path, items: list[tuple[int, "Structure"]]) -> None:
-    """Append one frame per crystal, only once the whole chunk is finished."""
-    if not items:
-        return
-    from ase.io import write
-
-    write(path, [_to_atoms(i, s) for i, s in items], format="extxyz", append=True)
-
-
-def _append_trajectory(traj_dir: Path, tmp_files: dict[int, str], indices: list[int], frame: SamplerFrame) -> None:
-    """Append ``frame`` to each crystal's temporary trajectory file (renamed when the chunk finishes)."""
-    from ase.io import write
-
-    for i, atoms in zip(indices, frame.batch.to_atoms()):
-        if i not in tmp_files:
-            fd, tmp_files[i] = tempfile.mkstemp(dir=traj_dir, prefix=f".gen_{i}.", suffix=".extxyz.tmp")
-            os.close(fd)
-        atoms.info.update({"step": frame.step, "t": frame.t, "final": frame.final})
-        write(tmp_files[i], atoms, format="extxyz", append=True)

@@ -1,0 +1,132 @@
+"""Which checkpoints can serve a set of targets, and why the others cannot."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+
+from mattergen_lab.design.requests import property_for
+
+if TYPE_CHECKING:  # pragma: no cover
+
+    pass
+
+log = logging.getLogger(__name__)
+# ------------------------------------------------------------------------------------ checkpoints
+@dataclass(frozen=True)
+class CheckpointOption:
+    """A checkpoint the chooser can offer: usable for the current targets or not, and why."""
+
+    value: str
+    label: str
+    properties: tuple[str, ...]
+    available: bool
+    reason: str = ""
+    note: str = ""
+
+
+def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """Properties a checkpoint conditions on, read from its config (no weights are loaded).
+
+    Works for registry names, our folders (``config.json``) and official folders/``.ckpt`` files
+    (``config.yaml``). Raises ``ValueError`` for something that is neither.
+    """
+    from mattergen_lab.checkpoints import (
+        find_official_files,
+        official_gemnet_config,
+        registry,
+    )
+    from mattergen_lab.model.io import CONFIG_FILE, read_config
+
+    path = Path(name_or_path)
+    if path.exists():
+        if path.is_file() and path.suffix == ".safetensors":
+            path = path.parent
+        if path.is_dir() and (path / CONFIG_FILE).exists():
+            return tuple(read_config(path)["model"].get("condition_on_adapt") or ())
+        import yaml
+
+        _, cfg = find_official_files(path)
+        return tuple(official_gemnet_config(yaml.safe_load(cfg.read_text())).condition_on_adapt)
+    records = registry(registry_path)
+    if str(name_or_path) not in records:
+        raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")
+    return records[str(name_or_path)].properties
+
+
+_ONLINE: dict[str, tuple[float, bool]] = {}
+
+
+def hub_reachable(max_age_s: float = 300.0) -> bool:
+    """Whether Hugging Face can be reached (cached for ``max_age_s``; honours ``HF_HUB_OFFLINE``)."""
+    from mattergen_lab.checkpoints import hub_reachable as probe
+
+    now = time.monotonic()
+    hit = _ONLINE.get("hub")
+    if hit is None or now - hit[0] > max_age_s or os.environ.get("HF_HUB_OFFLINE"):
+        _ONLINE["hub"] = (now, probe(timeout=1.5))
+    return _ONLINE["hub"][1]
+
+
+def _missing_targets(targets: Sequence[str], props: Sequence[str]) -> str:
+    missing = [t for t in targets if property_for(t, props) is None]
+    if not missing:
+        return ""
+    have = ", ".join(props) if props else "nothing (unconditional)"
+    return "; ".join(f"{t}: not a conditioning property of this checkpoint" for t in missing) + f" (it conditions on {have})"
+
+
+def checkpoint_options(
+    targets: Sequence[str] = (),
+    *,
+    paths: Sequence[str | os.PathLike] = (),
+    registry_path: str | os.PathLike | None = None,
+    online: bool | None = None,
+) -> list[CheckpointOption]:
+    """Every registry checkpoint plus ``paths``, each marked usable for ``targets`` or not, with the reason.
+
+    A checkpoint is unavailable when a target is not one of its conditioning properties, when its weights
+    are not local and there is no internet (official ones), or when a local path cannot be read. A chemical
+    system never makes a checkpoint unavailable: any checkpoint applies it as a hard element mask.
+
+    Args:
+        online: whether Hugging Face is reachable; ``None`` asks :func:`hub_reachable` (only if needed).
+    """
+    from mattergen_lab.checkpoints import cache_root, registry
+    from mattergen_lab.model.io import WEIGHTS_FILE
+
+    out: list[CheckpointOption] = []
+    for p in paths:
+        value = str(p)
+        try:
+            props = checkpoint_properties(value)
+        except (ValueError, OSError) as exc:
+            out.append(CheckpointOption(value, f"{Path(value).name} (local)", (), False, f"cannot read checkpoint: {exc}"))
+            continue
+        reason = _missing_targets(targets, props)
+        out.append(CheckpointOption(value, f"{Path(value).name} (local)", props, not reason, reason))
+    for name, rec in registry(registry_path).items():
+        reason = _missing_targets(targets, rec.properties)
+        note = ""
+        if not reason and rec.kind == "bundled":
+            if rec.path is None or not (rec.path / WEIGHTS_FILE).exists():
+                reason = "bundled weights are missing from this checkout"
+        elif not reason:
+            folder = cache_root() / name
+            if not ((folder / "checkpoints" / "last.ckpt").exists() and (folder / "config.yaml").exists()):
+                if online is None:
+                    online = hub_reachable()
+                if not online:
+                    reason = "official weights not downloaded and no internet"
+                else:
+                    size = f"{rec.size_bytes / 1e6:.0f} MB" if rec.size_bytes else "the weights"
+                    note = f"downloads {size} on first use"
+        out.append(CheckpointOption(name, name, rec.properties, not reason, reason, note))
+    return out

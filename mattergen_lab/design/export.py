@@ -1,0 +1,179 @@
+"""Synthesis-review export: symmetrized and P1 CIFs, POSCARs, report CSV/JSON/HTML, in one atomic zip."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import io
+import json
+import logging
+import math
+import os
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mattergen_lab.fileio import atomic_write
+
+from mattergen_lab.design.requests import EXPORT_ANGLE_TOLERANCE, EXPORT_SYMPREC
+from mattergen_lab.design.runs import Candidate
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from pymatgen.core import Structure
+
+
+log = logging.getLogger(__name__)
+# ------------------------------------------------------------------------------------------- export
+def design_report(candidates: Sequence[Candidate], *, evaluation_protocol: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report dict for :func:`export_candidates`: targets, checkpoint, guidance and evaluation protocol.
+
+    Scalar fields hold one value when every candidate came from the same request, otherwise the list of
+    distinct values; ``requests`` holds every request in full, keyed by candidate id.
+    """
+    def one_or_many(values: list[Any]) -> Any:
+        distinct = []
+        for v in values:
+            if v not in distinct:
+                distinct.append(v)
+        return distinct[0] if len(distinct) == 1 else distinct
+
+    reqs = [c.request for c in candidates]
+    return {
+        "targets": one_or_many([dict(r.targets) for r in reqs]) if reqs else {},
+        "chemical_system": one_or_many([r.chemical_system for r in reqs]) if reqs else None,
+        "checkpoint": one_or_many([r.checkpoint for r in reqs]) if reqs else None,
+        "guidance_scale": one_or_many([r.guidance_scale for r in reqs]) if reqs else None,
+        "evaluation_protocol": dict(evaluation_protocol) if evaluation_protocol else "not evaluated",
+        "requests": {c.id: c.request.to_dict() for c in candidates},
+    }
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "candidate"
+
+
+def _symmetrized_cif(structure: Structure, symprec: float) -> tuple[str, int | None]:
+    """``(CIF text, space group)`` symmetrized with spglib at ``symprec``; a comment states the tolerance."""
+    from pymatgen.io.cif import CifWriter
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    sga = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE)
+    sg = int(sga.get_space_group_number())
+    text = str(CifWriter(structure, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE))
+    head = (f"# symmetrized with spglib: symprec={symprec} Å, angle_tolerance={EXPORT_ANGLE_TOLERANCE}°; "
+            f"space group {sga.get_space_group_symbol()} ({sg})\n")
+    return head + text, sg
+
+
+def _p1_cif(structure: Structure) -> str:
+    from pymatgen.io.cif import CifWriter
+
+    return "# P1 cell exactly as generated (no symmetrization)\n" + str(CifWriter(structure))
+
+
+def _poscar(structure: Structure, comment: str) -> str:
+    from pymatgen.io.vasp import Poscar
+
+    return Poscar(structure, comment=comment).get_str()
+
+
+def _report_html(report: Mapping[str, Any], table: pd.DataFrame) -> str:
+    esc = html.escape
+    items = "".join(
+        f"<tr><th>{esc(k)}</th><td><code>{esc(json.dumps(report[k], default=str))}</code></td></tr>"
+        for k in ("timestamp", "checkpoint", "chemical_system", "targets", "guidance_scale", "symprec",
+                  "angle_tolerance", "evaluation_protocol", "num_candidates")
+        if k in report
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>mattergen-lab export</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
+        "<h1>Candidates for synthesis review</h1>"
+        f"<table>{items}</table><h2>Candidates</h2>{table.to_html(index=False, na_rep='–', escape=True)}"
+        "<p>Files per candidate: <code>*_sym_symprec*.cif</code> (symmetrized), <code>*_P1.cif</code>, "
+        "<code>*_POSCAR</code>. Report: <code>report.csv</code>, <code>report.json</code>.</p></body></html>"
+    )
+
+
+def export_candidates(
+    structures: Sequence[Structure],
+    table: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    report: Mapping[str, Any],
+    symprec: float = EXPORT_SYMPREC,
+) -> Path:
+    """Write a zip for synthesis review; atomically (temp file beside ``path``, then ``os.replace``).
+
+    For row ``i`` of ``table`` (needs ``id`` and ``formula``) and ``structures[i]``: ``{id}_{formula}_sym_symprec{symprec}.cif``
+    (spglib-symmetrized, tolerance in the name and a comment), ``{id}_{formula}_P1.cif`` and
+    ``{id}_{formula}_POSCAR``. Plus ``report.csv`` (the table with the symmetrized space group and file
+    names), ``report.json`` (``report`` + ``timestamp``, ``symprec``, ``angle_tolerance``, ``num_candidates``,
+    ``candidates``) and ``report.html``. A failure leaves an existing ``path`` untouched.
+    """
+    if len(structures) != len(table):
+        raise ValueError(f"{len(structures)} structures for {len(table)} table rows")
+    if not (isinstance(symprec, (int, float)) and math.isfinite(symprec) and symprec > 0):
+        raise ValueError(f"{symprec=} must be a positive number (Å)")
+    for col in ("id", "formula"):
+        if col not in table.columns:
+            raise ValueError(f"table needs an {col!r} column; it has {list(table.columns)}")
+    path = Path(path)
+    if path.suffix != ".zip":
+        raise ValueError(f"export path {str(path)!r} must end in .zip")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = table.reset_index(drop=True).copy()
+    files: list[dict[str, Any]] = []
+    def write(fh: Any) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for i, structure in enumerate(structures):
+                row = table.iloc[i]
+                stem = _safe_name(f"{row['id']}_{row['formula']}")
+                sym_name = f"{stem}_sym_symprec{symprec:g}.cif"
+                try:
+                    sym_text, sg = _symmetrized_cif(structure, symprec)
+                except Exception as exc:  # noqa: BLE001 - spglib can fail on odd cells: keep the P1 files and say so
+                    log.warning("symmetrizing %s failed: %s", stem, exc)
+                    sym_text, sg, sym_name = None, None, None
+                if sym_text is not None:
+                    zf.writestr(sym_name, sym_text)
+                zf.writestr(f"{stem}_P1.cif", _p1_cif(structure))
+                zf.writestr(f"{stem}_POSCAR", _poscar(structure, f"{row['id']} {row['formula']} (mattergen-lab)"))
+                files.append({"id": str(row["id"]), "formula": str(row["formula"]), "symmetrized_space_group": sg,
+                              "symmetrized_cif": sym_name, "p1_cif": f"{stem}_P1.cif", "poscar": f"{stem}_POSCAR"})
+            table["symmetrized_space_group"] = [f["symmetrized_space_group"] for f in files]
+            table["symmetrized_cif"] = [f["symmetrized_cif"] for f in files]
+            full = dict(report)
+            full.update({
+                "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "symprec": float(symprec),
+                "angle_tolerance": EXPORT_ANGLE_TOLERANCE,
+                "symmetry_tool": "spglib via pymatgen SpacegroupAnalyzer / CifWriter",
+                "num_candidates": len(files),
+                "candidates": files,
+            })
+            csv = io.StringIO()
+            table.to_csv(csv, index=False)
+            zf.writestr("report.csv", csv.getvalue())
+            zf.writestr("report.json", json.dumps(full, indent=2, default=_json_default))
+            zf.writestr("report.html", _report_html(full, table))
+    atomic_write(path, write)  # a temp file beside path, then a rename: never a half-written zip
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (Path, _dt.datetime)):
+        return str(obj)
+    return repr(obj)

@@ -1,0 +1,254 @@
+"""Design requests: the target properties and their slider ranges, chemistry checks, and DesignRequest."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mattergen_lab.chemistry import ChemicalSystem
+from mattergen_lab.sampling.request import SamplingRequest
+from mattergen_lab.constants import SELECTED_ATOMIC_NUMBERS
+
+if TYPE_CHECKING:  # pragma: no cover
+
+    pass
+
+log = logging.getLogger(__name__)
+
+#: The scalar design targets the target panel offers (MatterGen property names).
+DESIGN_PROPERTIES = ("dft_mag_density", "hhi_score", "dft_bulk_modulus", "dft_band_gap")
+
+#: A target drives whichever of these property names a checkpoint conditions on. MatterGen's official
+#: bulk-modulus checkpoint was fine-tuned on ML bulk moduli (``ml_bulk_modulus``); MP-20 has DFT values.
+TARGET_ALIASES: dict[str, tuple[str, ...]] = {"dft_bulk_modulus": ("dft_bulk_modulus", "ml_bulk_modulus")}
+
+
+def property_for(target: str, supported: Sequence[str]) -> str | None:
+    """The conditioning property of a checkpoint (``supported``) that serves ``target``, or ``None``."""
+    return next((name for name in TARGET_ALIASES.get(target, (target,)) if name in supported), None)
+
+#: What a still-masked atom (Z = 101) is shown as; He is never generated (not in SELECTED_ATOMIC_NUMBERS).
+MASK_PLACEHOLDER = "He"
+
+#: Symmetry tolerance of the symmetrized CIFs in exports (Å), and the angle tolerance (degrees).
+EXPORT_SYMPREC = 0.1
+EXPORT_ANGLE_TOLERANCE = 5.0
+
+#: Columns of the evaluation table that the candidate table keeps (``mattergen_lab.evaluation`` contract).
+EVALUATION_COLUMNS = (
+    "energy_per_atom", "energy_above_hull", "stable", "is_unique", "is_novel", "novel_unique_stable",
+    "rmsd_from_relaxation", "comp_valid", "structure_valid", "relax_status", "error",
+)
+
+
+# ------------------------------------------------------------------------------------ chemical systems
+@functools.lru_cache(maxsize=1)
+def _allowed_symbols() -> dict[str, int]:
+    from pymatgen.core.periodic_table import Element
+
+    return {Element.from_Z(z).symbol: z for z in SELECTED_ATOMIC_NUMBERS}
+
+
+def allowed_elements() -> list[str]:
+    """The 76 element symbols MatterGen can generate, by atomic number."""
+    return list(_allowed_symbols())
+
+
+def validate_chemical_system(text: str) -> list[str]:
+    """``"Li-Fe-O"`` (also ``"Li, Fe, O"`` or ``"Li Fe O"``) -> sorted unique symbols ``["Fe", "Li", "O"]``.
+
+    Raises:
+        ValueError: empty text, a token that is not an element symbol, or an element MatterGen never
+            generates (noble gases, Tc, Pm, Z >= 84); the message names the token.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"chemical system {text!r} is empty; write it like 'Li-Fe-O'")
+    return list(ChemicalSystem.parse(text).require_generatable().symbols)
+
+
+# ------------------------------------------------------------------------------------ property ranges
+@dataclass(frozen=True)
+class PropertyRange:
+    """Slider range for one design property: ``low``..``high`` in ``unit``, with a default target."""
+
+    name: str
+    label: str
+    unit: str
+    low: float
+    high: float
+    default: float
+    step: float
+    source: str
+
+
+#: Used when no data directory exists. Measured on MP-20 val (9,047 crystals): 0 to the 99.5th percentile
+#: (magnetic density 0.1551 μB/Å³ over 8,694 labels, band gap 6.748 eV over 9,047, bulk modulus 326.8 GPa
+#: over 1,152), HHI (pymatgen production HHI from composition, 8,333 crystals) from the 0.5th percentile 929.5
+#: to the 99.5th 9500.
+FALLBACK_RANGES: dict[str, PropertyRange] = {
+    "dft_mag_density": PropertyRange("dft_mag_density", "magnetic density", "μB/Å³", 0.0, 0.155, 0.1, 0.001, "constants (MP-20 val)"),
+    "hhi_score": PropertyRange("hhi_score", "HHI", "", 930.0, 9500.0, 1250.0, 10.0, "constants (MP-20 val)"),
+    "dft_bulk_modulus": PropertyRange("dft_bulk_modulus", "bulk modulus", "GPa", 0.0, 327.0, 200.0, 1.0, "constants (MP-20 val)"),
+    "dft_band_gap": PropertyRange("dft_band_gap", "band gap", "eV", 0.0, 6.75, 3.0, 0.01, "constants (MP-20 val)"),
+}
+
+
+def property_ranges(data_dir: str | os.PathLike | None = None) -> dict[str, PropertyRange]:
+    """Slider ranges of :data:`DESIGN_PROPERTIES` from MP-20 val, or :data:`FALLBACK_RANGES` without data.
+
+    Scalar DFT properties go from 0 to their 99.5th percentile; HHI (computed from composition with
+    :func:`mattergen_lab.properties.hhi_score`) from its 0.5th to its 99.5th percentile. Defaults are
+    paper-style design targets (0.1 μB/Å³, HHI 1250, 200 GPa, 3 eV) clipped into the range.
+    """
+    from mattergen_lab.data.paths import DataNotFoundError, resolve_data_dir
+
+    try:
+        root = resolve_data_dir(data_dir)
+    except DataNotFoundError:
+        return dict(FALLBACK_RANGES)
+    if not (root / "mp_20" / "mattergen_cache" / "val").is_dir():
+        return dict(FALLBACK_RANGES)
+    return dict(_ranges_from_data(str(root)))
+
+
+@functools.lru_cache(maxsize=4)
+def _ranges_from_data(root: str) -> tuple[tuple[str, PropertyRange], ...]:
+    from mattergen_lab.data import load_mp20
+    from mattergen_lab.properties.hhi import hhi_scores
+
+    ds = load_mp20("val", data_dir=root)
+    values = dict(ds.properties)
+    values["hhi_score"] = hhi_scores(ds.atom_types, ds.num_atoms)
+    out = []
+    for name in DESIGN_PROPERTIES:
+        fb = FALLBACK_RANGES[name]
+        v = np.asarray(values.get(name, []), dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v) < 10:
+            out.append((name, fb))
+            continue
+        low = float(np.percentile(v, 0.5)) if name == "hhi_score" else 0.0
+        high = float(np.percentile(v, 99.5))
+        step = 10 ** math.floor(math.log10((high - low) / 200)) if high > low else fb.step
+        digits = max(0, -math.floor(math.log10(step)))  # no float noise such as 0.15510000000000002
+        low, high = round(math.floor(low / step) * step, digits), round(math.ceil(high / step) * step, digits)
+        default = min(max(fb.default, low), high)
+        src = f"MP-20 val ({len(v)} labels; {'0.5' if name == 'hhi_score' else '0'}–99.5th percentile)"
+        out.append((name, dataclasses.replace(fb, low=low, high=high, default=default, step=step, source=src)))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------ requests
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class DesignRequest:
+    """One generation request, validated on construction (``ValueError`` names the bad value).
+
+    Attributes:
+        checkpoint: registry name or checkpoint path.
+        chemical_system: e.g. ``"Li-Fe-O"`` (normalised to sorted symbols) or ``None``; a hard element
+            mask at every step with any checkpoint, and a condition too when the checkpoint has that adapter.
+        targets: ``{property: value}`` for scalar conditions (e.g. ``{"dft_mag_density": 0.15}``).
+        guidance_scale: classifier-free guidance γ (0 = unconditional).
+        num_samples, num_steps, seed: how many crystals, predictor steps (``None``: the checkpoint's recommended
+            count, 200 for the bundled models, 1000 for official ones), and the random seed.
+        every: a trajectory frame every ``every`` steps.
+        batch_size: crystals denoised together; a cancelled run keeps every finished batch.
+        num_atoms: atoms per crystal, or ``None`` to draw from the checkpoint's distribution.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``..., or ``None`` for CUDA when available, else CPU.
+    """
+
+    checkpoint: str
+    chemical_system: str | None = None
+    targets: Mapping[str, float] = field(default_factory=dict)
+    guidance_scale: float = 0.0
+    num_samples: int = 8
+    num_steps: int | None = None
+    seed: int = 0
+    every: int = 5
+    batch_size: int = 4
+    num_atoms: int | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.checkpoint, (str, os.PathLike)) or not str(self.checkpoint).strip():
+            raise ValueError(f"checkpoint={self.checkpoint!r} must be a registry name or a path")
+        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if self.chemical_system is not None:
+            cs = self.chemical_system.strip() if isinstance(self.chemical_system, str) else self.chemical_system
+            object.__setattr__(self, "chemical_system", "-".join(validate_chemical_system(cs)) if cs else None)
+        targets = {}
+        for name, value in dict(self.targets or {}).items():
+            if name in ("chemical_system", "space_group"):
+                raise ValueError(f"targets: {name!r} is not a scalar target; use chemical_system= for chemistry")
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"target {name}={value!r} must be a number") from None
+            if not math.isfinite(x):
+                raise ValueError(f"target {name}={value!r} must be finite")
+            targets[str(name)] = x
+        object.__setattr__(self, "targets", targets)
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+            raise ValueError(f"guidance_scale={g!r} must be a number >= 0")
+        object.__setattr__(self, "guidance_scale", float(g))
+        for name in ("num_samples", "num_steps", "every", "batch_size"):
+            v = getattr(self, name)
+            if name == "num_steps" and v is None:  # the checkpoint's recommended count
+                continue
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
+        if self.num_atoms is not None and (not _is_int(self.num_atoms) or self.num_atoms < 1):
+            raise ValueError(f"num_atoms={self.num_atoms!r} must be None or a positive integer")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"device={self.device!r} is not a torch device ({exc})") from None
+
+    def resolved_device(self) -> str:
+        """The device to sample on: ``device``, or CUDA when available, else CPU."""
+        import torch
+
+        if self.device is not None:
+            return str(self.device)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def sampling_request(self, supported: Sequence[str]) -> SamplingRequest:
+        """The library's :class:`~mattergen_lab.sampling.request.SamplingRequest` for this design request, for a
+        checkpoint conditioning on ``supported``: the same seed gives the same crystals as ``sample()`` and the CLI."""
+        return SamplingRequest(
+            checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
+            conditions=self.conditions(supported), guidance_scale=self.guidance_scale,
+            elements=ChemicalSystem.parse(self.chemical_system) if self.chemical_system else None,
+            num_atoms=self.num_atoms, seed=self.seed, device=self.resolved_device(),
+        )
+
+    def conditions(self, supported: Sequence[str]) -> dict[str, Any]:
+        """Conditioning values for a checkpoint conditioning on ``supported``: every target, plus the
+        chemical system when the checkpoint has a ``chemical_system`` adapter (otherwise it is a mask only)."""
+        out: dict[str, Any] = {property_for(k, supported) or k: v for k, v in self.targets.items()}
+        if self.chemical_system and "chemical_system" in supported:
+            out["chemical_system"] = self.chemical_system
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["targets"] = dict(self.targets)
+        return d

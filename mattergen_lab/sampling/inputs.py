@@ -1,0 +1,90 @@
+"""The sampler's input normalisers: atom counts, per-crystal element masks and conditioning values.
+
+Each validates its argument once, at the start of a run, and names the bad value in its ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from mattergen_lab.data.num_atoms import NumAtomsDistribution
+
+#: Elements allowed per sample: ``None`` (all of ``SELECTED_ATOMIC_NUMBERS``), one list of elements for
+#: every crystal, a list with one entry (list or None) per crystal, or a bool tensor ``(101,)`` / ``(B, 101)``.
+AllowedElements = Any
+
+
+def num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:
+    """Validate ``num_atoms`` once; return ``(indices, cpu generator) -> (k,) counts``."""
+    if num_atoms is None:
+        num_atoms = NumAtomsDistribution.from_table("ALEX_MP_20")
+    if is_pos_int(num_atoms):
+        return lambda idx, g: torch.full((len(idx),), int(num_atoms), dtype=torch.long)
+    if hasattr(num_atoms, "sample"):
+        def draw(idx: list[int], g: torch.Generator) -> torch.Tensor:
+            counts = torch.as_tensor(num_atoms.sample(len(idx), generator=g), dtype=torch.long).cpu()
+            if counts.shape != (len(idx),) or bool((counts < 1).any()):
+                raise ValueError(
+                    f"num_atoms sampler returned {counts.tolist()!r}; expected {len(idx)} positive ints"
+                )
+            return counts
+        return draw
+    if isinstance(num_atoms, Sequence) and not isinstance(num_atoms, str):
+        values = list(num_atoms)
+        if len(values) != num_samples or not all(is_pos_int(v) for v in values):
+            raise ValueError(
+                f"num_atoms must be one positive int per sample ({num_samples}); "
+                f"got {len(values)} entries {values[:8]!r}"
+            )
+        return lambda idx, g: torch.tensor([values[i] for i in idx], dtype=torch.long)
+    raise ValueError(
+        f"num_atoms={num_atoms!r} must be None, a positive int, a list of ints or have .sample(k, generator=)"
+    )
+
+def per_sample_allowed(allowed_elements: AllowedElements, num_samples: int) -> list[Any] | None:
+    """A per-sample list of element lists, or None when ``allowed_elements`` applies to all crystals."""
+    if allowed_elements is None or isinstance(allowed_elements, torch.Tensor):
+        if isinstance(allowed_elements, torch.Tensor) and allowed_elements.dim() == 2:
+            raise ValueError("a (B, 101) allowed_elements tensor is only accepted by iter_steps; pass lists")
+        return None
+    entries = list(allowed_elements)
+    if not is_per_crystal(entries):
+        return None
+    if len(entries) != num_samples:
+        raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for num_samples={num_samples}")
+    return entries
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def is_per_crystal(entries: list[Any]) -> bool:
+    """True when ``entries`` is one element list (or None) per crystal rather than one list of elements."""
+    return bool(entries) and all(e is None or (isinstance(e, Sequence) and not isinstance(e, str)) for e in entries)
+
+
+def is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def broadcast_properties(
+    properties: Mapping[str, Any] | None, b: int, *, dtype: torch.dtype, device: torch.device
+) -> dict[str, Any] | None:
+    if not properties:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in properties.items():
+        if isinstance(value, str):
+            out[key] = [value] * b
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = torch.full((b,), float(value), dtype=dtype, device=device)
+        elif isinstance(value, torch.Tensor) and value.shape == (b,):
+            out[key] = value.to(device=device, dtype=dtype)
+        elif isinstance(value, (list, tuple)) and len(value) == b:  # already one value per crystal
+            out[key] = list(value) if any(isinstance(v, str) or v is None for v in value) else torch.tensor(value, dtype=dtype, device=device)
+        else:
+            raise ValueError(f"property {key}={value!r} must be a number, a string, or one value per crystal ({b})")
+    return out

@@ -1,0 +1,139 @@
+"""Writing samples as they are made: the folder layout of ``sample_to_dir``, resumable.
+
+:class:`SampleDirWriter` is the reporter the sampler's chunk loop hands frames to (the sampler itself writes no
+files). Layout of ``out_dir``:
+
+* ``cifs/gen_{i}.cif``: one CIF per crystal, each written atomically as soon as its chunk is done;
+* ``generated_crystals.extxyz``: one frame per crystal (``info["gen_index"] = i``), appended after each chunk;
+* ``trajectories/gen_{i}.extxyz`` when ``record_every > 0``: every ``record_every``-th denoising step.
+
+On restart, crystals whose CIF exists are in :attr:`SampleDirWriter.skip`; the extxyz is first repaired from the
+CIFs if an earlier run stopped while appending to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mattergen_lab.fileio import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+    from mattergen_lab.sampling.sampler import SamplerFrame
+
+log = logging.getLogger(__name__)
+
+
+class SampleDirWriter:
+    """Writes the frames of a chunked sampling run into ``out_dir`` (see the module docstring)."""
+
+    def __init__(self, out_dir: str | os.PathLike, num_samples: int, *, record_every: int = 0) -> None:
+        self.out = Path(out_dir)
+        self.cif_dir = self.out / "cifs"
+        self.cif_dir.mkdir(parents=True, exist_ok=True)
+        self.extxyz = self.out / "generated_crystals.extxyz"
+        self.paths = [self.cif_dir / f"gen_{i}.cif" for i in range(num_samples)]
+        self.record_every = record_every
+        self.traj_dir = self.out / "trajectories"
+        if record_every:
+            self.traj_dir.mkdir(exist_ok=True)
+        repair_extxyz(self.extxyz, self.cif_dir)
+        self.skip = {i for i, p in enumerate(self.paths) if p.exists()}
+        if len(self.skip) == len(self.paths):
+            log.info("all %d crystals already in %s", len(self.paths), self.cif_dir)
+        self._traj_tmp: dict[int, str] = {}
+
+    def on_frame(self, indices: list[int], frame: "SamplerFrame") -> int:
+        """Record one frame of the chunk holding ``indices``; returns how many crystals it wrote (0 until final)."""
+        if self.record_every and (frame.final or frame.step % self.record_every == 0):
+            append_trajectory(self.traj_dir, self._traj_tmp, indices, frame)
+        if not frame.final:
+            return 0
+        structures = frame.batch.to_structures(standard_orientation=True)
+        new = [(i, s) for i, s in zip(indices, structures) if i not in self.skip]
+        for i, s in new:
+            write_cif(self.paths[i], s)
+        append_extxyz(self.extxyz, new)
+        for i, tmp in self._traj_tmp.items():
+            if i not in self.skip:
+                os.replace(tmp, self.traj_dir / f"gen_{i}.extxyz")
+            elif os.path.exists(tmp):
+                os.unlink(tmp)
+        self._traj_tmp = {}
+        log.info("wrote %d crystals (%s)", len(new), ", ".join(self.paths[i].name for i, _ in new))
+        return len(new)
+
+
+def to_atoms(index: int, structure: "Structure") -> Any:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.info["gen_index"] = index
+    return atoms
+
+
+def read_cif(path: Path) -> "Structure":
+    from pymatgen.core import Structure
+
+    return Structure.from_file(path)
+
+
+def write_cif(path: Path, structure: "Structure") -> None:
+    from pymatgen.io.cif import CifWriter
+
+    atomic_write_text(path, str(CifWriter(structure)))
+
+
+def append_extxyz(path: Path, items: list[tuple[int, "Structure"]]) -> None:
+    """Append one frame per crystal, only once the whole chunk is finished."""
+    if not items:
+        return
+    from ase.io import write
+
+    write(path, [to_atoms(i, s) for i, s in items], format="extxyz", append=True)
+
+
+def append_trajectory(traj_dir: Path, tmp_files: dict[int, str], indices: list[int], frame: "SamplerFrame") -> None:
+    """Append ``frame`` to each crystal's temporary trajectory file (renamed when the chunk finishes)."""
+    from ase.io import write
+
+    for i, atoms in zip(indices, frame.batch.to_atoms()):
+        if i not in tmp_files:
+            fd, tmp_files[i] = tempfile.mkstemp(dir=traj_dir, prefix=f".gen_{i}.", suffix=".extxyz.tmp")
+            os.close(fd)
+        atoms.info.update({"step": frame.step, "t": frame.t, "final": frame.final})
+        write(tmp_files[i], atoms, format="extxyz", append=True)
+
+
+def repair_extxyz(extxyz: Path, cif_dir: Path) -> None:
+    """Make ``extxyz`` hold exactly one frame per existing CIF (after an interrupted run)."""
+    from ase.io import read, write
+
+    done = {int(p.stem.split("_")[1]): p for p in cif_dir.glob("gen_*.cif")}
+    try:
+        frames = read(extxyz, index=":", format="extxyz") if extxyz.exists() else []
+        readable = True
+    except Exception:  # noqa: BLE001 - e.g. a frame truncated by a crash while appending
+        frames, readable = [], False
+    have = [int(a.info.get("gen_index", -1)) for a in frames]
+    if readable and len(set(have)) == len(have) and set(have) <= set(done):
+        missing = sorted(set(done) - set(have))
+        if missing:
+            log.warning("adding %d crystals missing from %s", len(missing), extxyz)
+            append_extxyz(extxyz, [(i, read_cif(done[i])) for i in missing])
+        return
+    log.warning("%s does not match %s; rebuilding it from the CIFs", extxyz, cif_dir)
+    atoms = [to_atoms(i, read_cif(done[i])) for i in sorted(done)]
+    fd, tmp = tempfile.mkstemp(dir=extxyz.parent, prefix=f".{extxyz.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp, atoms, format="extxyz")
+        os.replace(tmp, extxyz)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
