@@ -136,13 +136,8 @@ class CrystalBatch:
             return t.to(dev) if dev is not None else t
 
         props = {k: move(v) if isinstance(v, torch.Tensor) else list(v) for k, v in self.properties.items()}
-        return CrystalBatch(
-            atom_types=move(self.atom_types),
-            frac_coords=move(self.frac_coords),
-            lattice=move(self.lattice),
-            num_atoms=move(self.num_atoms),
-            properties=props,
-        )
+        fields = {name: move(getattr(self, name)) for name in ATOM_FIELDS + CRYSTAL_FIELDS}
+        return CrystalBatch(**fields, properties=props)
 
     def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor) -> "CrystalBatch":
         """Select crystals: an int, a slice, a list of ints, or a bool/int tensor."""
@@ -169,13 +164,9 @@ class CrystalBatch:
                 props[key] = value[idx.to(value.device)]
             else:
                 props[key] = [value[i] for i in idx.tolist()]
-        return CrystalBatch(
-            atom_types=self.atom_types[atom_idx],
-            frac_coords=self.frac_coords[atom_idx],
-            lattice=self.lattice[dev_idx],
-            num_atoms=self.num_atoms[dev_idx],
-            properties=props,
-        )
+        fields = {name: getattr(self, name)[atom_idx] for name in ATOM_FIELDS}
+        fields.update({name: getattr(self, name)[dev_idx] for name in CRYSTAL_FIELDS})
+        return CrystalBatch(**fields, properties=props)
 
     @staticmethod
     def cat(batches: Sequence["CrystalBatch"]) -> "CrystalBatch":
@@ -198,13 +189,8 @@ class CrystalBatch:
                         for v, bt in zip(values, batches)
                     ]
                 )
-        return CrystalBatch(
-            atom_types=torch.cat([bt.atom_types for bt in batches]),
-            frac_coords=torch.cat([bt.frac_coords for bt in batches]),
-            lattice=torch.cat([bt.lattice for bt in batches]),
-            num_atoms=torch.cat([bt.num_atoms for bt in batches]),
-            properties=props,
-        )
+        fields = {name: torch.cat([getattr(bt, name) for bt in batches]) for name in ATOM_FIELDS + CRYSTAL_FIELDS}
+        return CrystalBatch(**fields, properties=props)
 
     def split(self) -> list["CrystalBatch"]:
         """One single-crystal batch per crystal."""

@@ -111,3 +111,16 @@ def test_clear_caches_frees_loaded_checkpoints():
     cleared = mattergen_lab.clear_caches()
     assert "mattergen_lab.design.runs._cached_checkpoint" in cleared
     assert design._cached_checkpoint.cache_info().currsize == 0
+
+
+def test_predictors_and_correctors_share_one_step_contract():
+    import inspect
+
+    from mattergen_lab.sampling import steps
+
+    classes = [steps.WrappedAncestralPredictor, steps.WrappedLangevinCorrector, steps.LatticeAncestralPredictor,
+               steps.LatticeLangevinCorrector, steps.MaskedTypeAncestralPredictor]
+    for cls in classes:
+        params = inspect.signature(cls.step).parameters
+        assert set(steps.STEP_KEYWORDS) <= set(params), (cls.__name__, set(steps.STEP_KEYWORDS) - set(params))
+        assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in steps.STEP_KEYWORDS)

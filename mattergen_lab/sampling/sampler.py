@@ -276,17 +276,18 @@ class PredictorCorrectorSampler:
             t = torch.full((b,), t_now, dtype=dtype, device=device)  # (B,)
             s = torch.full((b,), s_now, dtype=dtype, device=device)
 
+            # Every predictor and corrector takes (x, score, **common): one step contract for all five.
+            common = {"t": t, "s": s, "dt": dt, "num_atoms": num_atoms, "last": last, "generator": generator}
             for _ in range(self.config.n_corrector_steps):
                 out = self.score_fn(x, t)
                 score_pos, score_cell = self.scores(out, x, t)
-                pos = self.coord_corrector.step(x.frac_coords, score_pos, num_atoms=num_atoms, generator=generator)
-                cell = self.lattice_corrector.step(x.lattice, score_cell, t=t, dt=dt, generator=generator)
+                pos = self.coord_corrector.step(x.frac_coords, score_pos, **common)
+                cell = self.lattice_corrector.step(x.lattice, score_cell, **common)
                 x = x.replace(frac_coords=pos.sample, lattice=cell.sample)
 
             out = self.score_fn(x, t)
             score_pos, score_cell = self.scores(out, x, t)
             logits = mask_logits(out.atom_logits, allowed, batch_idx=batch_idx)
-            common = {"t": t, "s": s, "num_atoms": num_atoms, "last": last, "generator": generator}
             pos = self.coord_predictor.step(x.frac_coords, score_pos, **common)
             cell = self.lattice_predictor.step(x.lattice, score_cell, **common)
             types = self.type_predictor.step(x.atom_types, logits, **common)

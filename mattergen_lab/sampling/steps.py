@@ -2,7 +2,9 @@
 
 Every step takes the current value and a *score* (already divided by the marginal std; see
 :meth:`PredictorCorrectorSampler.scores`) or, for atom types, x_0 logits, and returns
-``StepOutput(sample, mean)``: the noisy next state and its noise-free mean.
+``StepOutput(sample, mean)``: the noisy next state and its noise-free mean. All five share one contract,
+``step(x, score, *, t, s, dt, num_atoms, last, generator)`` (:data:`STEP_KEYWORDS`), each using what it needs,
+so the denoising loop passes the same keywords to every one of them.
 
 Ancestral predictor from t to s = t + dt (dt < 0), with α, σ the marginal mean coefficient and std:
 
@@ -39,6 +41,10 @@ MASK_PENALTY = -1e10
 
 #: Smallest α_{t|s} used by the ancestral predictor.
 MIN_ALPHA_TS = 1e-3
+
+
+#: The keywords every predictor and corrector ``step`` accepts.
+STEP_KEYWORDS = ("t", "s", "dt", "num_atoms", "last", "generator")
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class WrappedAncestralPredictor:
         num_atoms: torch.Tensor,
         last: bool,
         generator: torch.Generator,
+        dt: float | None = None,
     ) -> StepOutput:
         """``x, score: (N, 3)``; ``t, s: (B,)`` with s < t; ``last``: σ_s = 0 (no noise)."""
         sigma_t = self.sde.marginal_std_per_atom(t, num_atoms).unsqueeze(-1)  # (N, 1)
@@ -172,7 +179,16 @@ class WrappedLangevinCorrector:
         self.sde, self.snr, self.max_step_size = sde, snr, max_step_size
 
     def step(
-        self, x: torch.Tensor, score: torch.Tensor, *, num_atoms: torch.Tensor, generator: torch.Generator
+        self,
+        x: torch.Tensor,
+        score: torch.Tensor,
+        *,
+        num_atoms: torch.Tensor,
+        generator: torch.Generator,
+        t: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
+        dt: float | None = None,
+        last: bool = False,
     ) -> StepOutput:
         """``x, score: (N, 3)``."""
         batch_idx = torch.repeat_interleave(torch.arange(len(num_atoms), device=x.device), num_atoms)  # (N,)
@@ -202,6 +218,7 @@ class LatticeAncestralPredictor:
         num_atoms: torch.Tensor,
         last: bool,
         generator: torch.Generator,
+        dt: float | None = None,
     ) -> StepOutput:
         """``x, score: (B, 3, 3)``; ``t, s: (B,)``; ``last``: σ_s = 0 (no noise)."""
         alpha_t = self.sde.mean_coeff(t)  # (B,)
@@ -233,6 +250,9 @@ class LatticeLangevinCorrector:
         t: torch.Tensor,
         dt: float,
         generator: torch.Generator,
+        s: torch.Tensor | None = None,
+        num_atoms: torch.Tensor | None = None,
+        last: bool = False,
     ) -> StepOutput:
         """``x, score: (B, 3, 3)``; ``t: (B,)``; ``dt < 0`` the predictor's time step."""
         alpha_bar_t = self.sde.mean_coeff(t) ** 2  # (B,)
@@ -263,6 +283,7 @@ class MaskedTypeAncestralPredictor:
         num_atoms: torch.Tensor,
         last: bool,
         generator: torch.Generator,
+        dt: float | None = None,
     ) -> StepOutput:
         """``atom_types: (N,)`` atomic numbers; ``x0_logits: (N, 101)`` (already masked); ``t, s: (B,)``.
 
