@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -165,10 +166,32 @@ def verify_sha256(path: Path, expected: str | None) -> None:
         raise ValueError(f"{path}: sha256 {actual} does not match the registry's {expected}; the file is corrupt or a different version")
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` s (False when ``HF_HUB_OFFLINE``)."""
+_PROBES: dict[float, tuple[float, bool]] = {}
+
+
+def hub_reachable(timeout: float = 3.0, *, max_age_s: float = 0.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` s (False when ``HF_HUB_OFFLINE``).
+
+    With ``max_age_s > 0`` an answer younger than that is reused (the design app asks on every target change).
+    """
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
+    now = time.monotonic()
+    hit = _PROBES.get(timeout)
+    if max_age_s > 0 and hit is not None and now - hit[0] <= max_age_s:
+        return hit[1]
+    answer = _probe_hub(timeout)
+    _PROBES[timeout] = (now, answer)
+    return answer
+
+
+def official_files_cached(name: str) -> bool:
+    """Whether an official checkpoint's ``config.yaml`` and ``checkpoints/last.ckpt`` are in the local cache."""
+    folder = cache_root() / name
+    return (folder / "checkpoints" / "last.ckpt").exists() and (folder / "config.yaml").exists()
+
+
+def _probe_hub(timeout: float) -> bool:
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=timeout):
@@ -193,7 +216,7 @@ def resolve_official(record: CheckpointRecord, *, download: bool = True) -> Path
     """Local folder with ``config.yaml`` and ``checkpoints/last.ckpt``; downloads when missing."""
     folder = cache_root() / record.name
     ckpt, cfg = folder / "checkpoints" / "last.ckpt", folder / "config.yaml"
-    if ckpt.exists() and cfg.exists():
+    if official_files_cached(record.name):
         return folder
     if not download:
         raise _unavailable(record, folder, "it is not in the local cache")
@@ -472,3 +495,27 @@ def bundle_checkpoint(
     records = parse_registry(text, base_dir=reg.parent)  # refuse to write a registry that does not parse
     reg.write_text(text)
     return records[name]
+
+
+def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """Properties a checkpoint conditions on, read from its config (no weights are loaded).
+
+    Works for registry names, our folders (``config.json``) and official folders/``.ckpt`` files
+    (``config.yaml``). Raises ``ValueError`` for something that is neither.
+    """
+    from mattergen_lab.model.io import CONFIG_FILE, read_config
+
+    path = Path(name_or_path)
+    if path.exists():
+        if path.is_file() and path.suffix == ".safetensors":
+            path = path.parent
+        if path.is_dir() and (path / CONFIG_FILE).exists():
+            return tuple(read_config(path)["model"].get("condition_on_adapt") or ())
+        import yaml
+
+        _, cfg = find_official_files(path)
+        return tuple(official_gemnet_config(yaml.safe_load(cfg.read_text())).condition_on_adapt)
+    records = registry(registry_path)
+    if str(name_or_path) not in records:
+        raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")
+    return records[str(name_or_path)].properties

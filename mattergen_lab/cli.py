@@ -85,11 +85,11 @@ def _add_checkpoints(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from mattergen_lab.checkpoints import cache_root, registry
+    from mattergen_lab.checkpoints import cache_root, official_files_cached, registry
 
     print(f"{'name':<36} {'kind':<9} {'local':<6} properties")
     for name, rec in registry().items():
-        local = (cache_root() / name / "checkpoints" / "last.ckpt").exists() if rec.is_official else bool(rec.path and rec.path.exists())
+        local = official_files_cached(name) if rec.is_official else bool(rec.path and rec.path.exists())
         print(f"{name:<36} {rec.kind:<9} {'yes' if local else 'no':<6} {', '.join(rec.properties) or '(unconditional)'}")
     print(f"official checkpoints are cached in {cache_root()} ($MATTERGEN_LAB_CHECKPOINTS)")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 
 
 
+from mattergen_lab.checkpoints import checkpoint_properties
 from mattergen_lab.design.requests import property_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,47 +32,12 @@ class CheckpointOption:
     note: str = ""
 
 
-def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str | os.PathLike | None = None) -> tuple[str, ...]:
-    """Properties a checkpoint conditions on, read from its config (no weights are loaded).
-
-    Works for registry names, our folders (``config.json``) and official folders/``.ckpt`` files
-    (``config.yaml``). Raises ``ValueError`` for something that is neither.
-    """
-    from mattergen_lab.checkpoints import (
-        find_official_files,
-        official_gemnet_config,
-        registry,
-    )
-    from mattergen_lab.model.io import CONFIG_FILE, read_config
-
-    path = Path(name_or_path)
-    if path.exists():
-        if path.is_file() and path.suffix == ".safetensors":
-            path = path.parent
-        if path.is_dir() and (path / CONFIG_FILE).exists():
-            return tuple(read_config(path)["model"].get("condition_on_adapt") or ())
-        import yaml
-
-        _, cfg = find_official_files(path)
-        return tuple(official_gemnet_config(yaml.safe_load(cfg.read_text())).condition_on_adapt)
-    records = registry(registry_path)
-    if str(name_or_path) not in records:
-        raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")
-    return records[str(name_or_path)].properties
-
-
-_ONLINE: dict[str, tuple[float, bool]] = {}
-
-
 def hub_reachable(max_age_s: float = 300.0) -> bool:
-    """Whether Hugging Face can be reached (cached for ``max_age_s``; honours ``HF_HUB_OFFLINE``)."""
+    """Whether Hugging Face can be reached: :func:`mattergen_lab.checkpoints.hub_reachable`, answered at most
+    every ``max_age_s`` (honours ``HF_HUB_OFFLINE``)."""
     from mattergen_lab.checkpoints import hub_reachable as probe
 
-    now = time.monotonic()
-    hit = _ONLINE.get("hub")
-    if hit is None or now - hit[0] > max_age_s or os.environ.get("HF_HUB_OFFLINE"):
-        _ONLINE["hub"] = (now, probe(timeout=1.5))
-    return _ONLINE["hub"][1]
+    return probe(timeout=1.5, max_age_s=max_age_s)
 
 
 def _missing_targets(targets: Sequence[str], props: Sequence[str]) -> str:
@@ -99,7 +64,7 @@ def checkpoint_options(
     Args:
         online: whether Hugging Face is reachable; ``None`` asks :func:`hub_reachable` (only if needed).
     """
-    from mattergen_lab.checkpoints import cache_root, registry
+    from mattergen_lab.checkpoints import official_files_cached, registry
     from mattergen_lab.model.io import WEIGHTS_FILE
 
     out: list[CheckpointOption] = []
@@ -119,8 +84,7 @@ def checkpoint_options(
             if rec.path is None or not (rec.path / WEIGHTS_FILE).exists():
                 reason = "bundled weights are missing from this checkout"
         elif not reason:
-            folder = cache_root() / name
-            if not ((folder / "checkpoints" / "last.ckpt").exists() and (folder / "config.yaml").exists()):
+            if not official_files_cached(name):
                 if online is None:
                     online = hub_reachable()
                 if not online:
