@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mattergen_lab.chemistry import ChemicalSystem
-from mattergen_lab.sampling.request import SamplingRequest
+from mattergen_lab.sampling.request import SamplingRequest, validate_device
 from mattergen_lab.constants import SELECTED_ATOMIC_NUMBERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -215,12 +215,7 @@ class DesignRequest:
         if self.num_atoms is not None and (not _is_int(self.num_atoms) or self.num_atoms < 1):
             raise ValueError(f"num_atoms={self.num_atoms!r} must be None or a positive integer")
         if self.device is not None:
-            import torch
-
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ValueError(f"device={self.device!r} is not a torch device ({exc})") from None
+            validate_device(self.device)
 
     def resolved_device(self) -> str:
         """The device to sample on: ``device``, or CUDA when available, else CPU."""

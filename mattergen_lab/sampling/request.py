@@ -22,6 +22,17 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return (seed * 1_000_003 + 7919 * (chunk + 1)) % (2**63 - 1)
 
 
+def validate_device(device: Any) -> str:
+    """``str(device)`` when torch understands it; ``ValueError`` naming it otherwise."""
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device ({exc})") from None
+    return str(device)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -84,13 +95,7 @@ class SamplingRequest:
             else:
                 raise ValueError(f"num_atoms={n!r} must be None, a positive int or one positive int per sample ({self.num_samples})")
         if self.device is not None:
-            import torch
-
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ValueError(f"device={self.device!r} is not a torch device ({exc})") from None
-            object.__setattr__(self, "device", str(self.device))
+            object.__setattr__(self, "device", validate_device(self.device))
 
     @property
     def mask(self) -> ChemicalSystem | None:

@@ -37,7 +37,7 @@ from mattergen_lab.model.score_model import ScoreModel, preset_config
 from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion
 from mattergen_lab.training.loss import diffusion_loss
 from mattergen_lab.training.recipe import fit_scales_on_data, learning_rate, make_ema
-from mattergen_lab.training.validation import evaluate_loss
+from mattergen_lab.training.validation import all_sum, evaluate_loss
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,8 @@ def _distributed() -> tuple[int, int]:
 
 
 def _all_mean(values: list[float], device: torch.device) -> list[float]:
-    if not dist.is_initialized():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return [v / world for v in all_sum(values, device)]
 
 
 def _seeded(*parts: int) -> torch.Generator:

@@ -36,7 +36,8 @@ def stratified_times(n: int, generator: torch.Generator, num_bins: int = NUM_T_B
     return t, bins
 
 
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum of ``values`` over the processes of a DDP run (the values themselves on one process)."""
     if not dist.is_initialized():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -89,6 +90,6 @@ def evaluate_loss(
                     sums[f"{field}_t{b}"] += float(sel.sum())
                     counts[f"{field}_t{b}"] += len(sel)
     model.train(was_training)
-    totals = _all_sum([sums[k] for k in keys] + [counts[k] for k in keys], device)
+    totals = all_sum([sums[k] for k in keys] + [counts[k] for k in keys], device)
     n = len(keys)
     return {key: totals[i] / max(totals[n + i], 1.0) for i, key in enumerate(keys)}
