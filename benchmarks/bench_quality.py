@@ -393,11 +393,21 @@ def main() -> None:
         "library_metrics": {k: v["value"] for k, v in result.metrics.items()},
         "protocol": result.protocol,
     }
+    # Distribution against MP-20 (issue 13): elements per crystal, density, SMACT, P1, on the generated crystals.
+    from mattergen_lab.evaluation.distribution import distribution_stats, distribution_table, mp20_distribution_stats
+
+    generated = read_generated(out / "samples", args.num_samples)
+    reference = mp20_distribution_stats("test", data_dir=args.data_dir, limit=2000)
+    record["distribution"] = {"generated": distribution_stats(generated), "mp20": reference}
+    record["distribution_markdown"] = distribution_table({args.checkpoint: record["distribution"]["generated"],
+                                                          reference["reference"]: reference})
     record["markdown"] = markdown_table(record)
     _write_json(out / "quality.json", record)
     print(result.summary())
     print()
     print(record["markdown"])
+    print()
+    print(record["distribution_markdown"])
     print(f"\nwrote {out / 'quality.json'}")
 
 
