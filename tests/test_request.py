@@ -65,7 +65,16 @@ def _assert_same(a, b):
         assert np.minimum(d, 1 - d).max() < 1e-5 and np.abs(la - lb).max() < 1e-4
 
 
-def test_same_seed_same_crystals_from_cli_sample_run_design_and_the_app(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Bitwise reproducibility needs the same thread count everywhere (the CLI subprocess gets 1 too)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_same_seed_same_crystals_from_cli_sample_run_design_and_the_app(tmp_path, one_thread):
     n, bs, steps, seed = 4, 2, 4, 3
     via_api = sample(BASE, n, batch_size=bs, num_steps=steps, seed=seed)
 
