@@ -40,12 +40,12 @@ def learning_rate(config: "TrainConfig", step: int) -> float:
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     """An EMA copy of ``model`` whose decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates."""
 
-    def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
-        return averaged * d + current * (1.0 - d)
+        torch._foreach_lerp_(averaged, current, 1.0 - d)  # averaged += (1 - d) (current - averaged), all at once
 
-    return AveragedModel(model, avg_fn=ema_update, use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
 
 
 def fit_scales_on_data(
