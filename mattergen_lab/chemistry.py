@@ -33,7 +33,7 @@ def atomic_number_of(symbol: str) -> int:
         raise ValueError(f"element {symbol!r} must be a symbol like 'Fe'")
     sym = symbol.strip()[:1].upper() + symbol.strip()[1:].lower()
     try:
-        return _symbols().index(sym) if sym else -1
+        return _symbols().index(sym, 1)  # index 0 is the empty placeholder
     except ValueError:
         raise ValueError(f"{symbol!r} is not an element symbol (Z <= {MAX_ATOMIC_NUM})") from None
 

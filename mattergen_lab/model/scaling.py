@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.layers import ScaleFactor
 
 log = logging.getLogger(__name__)
 
-#: ``run(model, batch)``: one forward pass of the model on (a noisy version of) ``batch``.
-ForwardFn = Callable[[nn.Module, CrystalBatch], object]
+#: ``run(model, item)``: one forward pass of the model on one item of the fitting inputs (e.g. a noisy batch and t).
+ForwardFn = Callable[[nn.Module, Any], object]
 
 
-def scale_factors_in_call_order(model: nn.Module, run: ForwardFn, batch: CrystalBatch) -> list[tuple[str, ScaleFactor]]:
+def scale_factors_in_call_order(model: nn.Module, run: ForwardFn, batch: Any) -> list[tuple[str, ScaleFactor]]:
     """``[(name, module)]`` of the model's scale factors in the order one forward pass calls them."""
     modules = {m: name for name, m in model.named_modules() if isinstance(m, ScaleFactor)}
     order: list[ScaleFactor] = []
@@ -43,14 +43,14 @@ def scale_factors_in_call_order(model: nn.Module, run: ForwardFn, batch: Crystal
 
 
 def fit_scale_factors(
-    model: nn.Module, run: ForwardFn, batches: Sequence[CrystalBatch], *, eps: float = 1e-12
+    model: nn.Module, run: ForwardFn, batches: Sequence[Any], *, eps: float = 1e-12
 ) -> dict[str, float]:
     """Set every scale factor so that its output has unit second moment over ``batches``; returns the values.
 
     Args:
-        run: ``run(model, batch)`` runs the model on one batch. Give it a fixed noise seed per batch, so every
-            factor sees the same inputs.
-        batches: real crystals (e.g. 8 training batches); more batches give a steadier estimate.
+        run: ``run(model, item)`` runs the model on one item of ``batches``.
+        batches: the fitting inputs, fixed so every factor sees the same ones (e.g. 8 noised training batches with
+            their times); more give a steadier estimate.
     """
     if not batches:
         raise ValueError("fit_scale_factors needs at least one batch")

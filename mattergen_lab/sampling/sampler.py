@@ -40,7 +40,6 @@ from mattergen_lab.sampling.inputs import (
     AllowedElements,
     broadcast_properties,
     is_per_crystal,
-    is_pos_int,
     num_atoms_drawer,
     per_sample_allowed,
 )
@@ -387,8 +386,6 @@ class PredictorCorrectorSampler:
         the same seed and only the missing ones are written); the extxyz is first repaired from the CIFs
         if an earlier run stopped while appending to it.
         """
-        if not is_pos_int(num_samples):
-            raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
         request = self._request(num_samples, batch_size, seed, generator, device)  # validated before any file is made
         writer = SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every)
         for item in self.iter_chunks(
@@ -398,8 +395,7 @@ class PredictorCorrectorSampler:
             written = writer.on_frame(list(item.indices), item.frame)
             if item.frame.final and on_batch is not None:
                 on_batch(written)
-        paths = writer.paths
-        return paths
+        return writer.paths
 
     def _request(self, num_samples: Any, batch_size: Any, seed: int | None, generator: torch.Generator | None,
                  device: torch.device | str | None) -> SamplingRequest:
@@ -448,10 +444,9 @@ class PredictorCorrectorSampler:
                 continue
             counts = draw(list(indices), torch.Generator().manual_seed(seed))
             allowed = allowed_elements if allowed_per_sample is None else [allowed_per_sample[i] for i in indices]
-            props = broadcast_properties(properties, len(indices), dtype=dtype, device=device)
-            frames = self.iter_steps(
+            frames = self.iter_steps(  # iter_steps broadcasts the properties to the chunk
                 counts, generator=torch.Generator(device=device).manual_seed(seed), every=every, dtype=dtype,
-                device=device, allowed_elements=allowed, properties=props,
+                device=device, allowed_elements=allowed, properties=properties,
             )
             if progress:
                 from tqdm.auto import tqdm

@@ -64,19 +64,20 @@ def fit_scales_on_data(
 
     gen = _seeded(seed, 5)
     n = min(batch_size, len(data))
-    batches = [data.get_batch(torch.randperm(len(data), generator=gen)[:n], dtype=dtype).to(device) for _ in range(num_batches)]
-    noise = {id(b): k for k, b in enumerate(batches)}
-
-    def run(m: nn.Module, batch):
-        k = noise[id(batch)]
+    inputs = []  # (noisy batch, t): corrupted once, then seen by every factor's fit
+    for k in range(num_batches):
+        batch = data.get_batch(torch.randperm(len(data), generator=gen)[:n], dtype=dtype).to(device)
         g = _seeded(seed, 6, k)
         t = diffusion.sample_time(len(batch), generator=g, dtype=batch.lattice.dtype, device=batch.device)
         noisy, _ = diffusion.corrupt(batch, t, generator=g)
-        return m(noisy, t)
+        inputs.append((noisy, t))
+
+    def run(m: nn.Module, item: tuple) -> object:
+        return m(*item)
 
     was_training = model.training
     model.train()  # the training-mode network (no element mask), as in the loss
     try:
-        return fit_scale_factors(model, run, batches)
+        return fit_scale_factors(model, run, inputs)
     finally:
         model.train(was_training)
