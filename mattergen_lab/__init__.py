@@ -5,8 +5,8 @@ cheap (no pymatgen, no pandas until needed).
 
 Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a module imports from a layer above it):
 
-    9  widgets                          (the app: ipywidgets, plotly, nglview)
-    8  design, cli                      (user-facing runs, tables, export; the command line)
+    9  widgets, cli                     (the app: ipywidgets, plotly, nglview; the command line)
+    8  design, campaign                 (user-facing runs, tables, export; campaigns on Ray)
     7  evaluation                       (relaxation, E_hull, S.U.N., RMSD)
     6  properties                       (oracles: HHI, symmetry, bulk modulus, magnetism; property sweeps)
     5  sampling                         (SamplingRequest, the predictor-corrector sampler, guidance)

@@ -355,14 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quickstart(sub)
     _add_bundle(sub)
     _add_evaluate(sub)
+    from mattergen_lab.campaign.cli import add_parser as add_campaign
+
+    add_campaign(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mattergen_lab.campaign.cli import cmd_campaign
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {"train": cmd_train, "sample": cmd_sample, "quickstart": cmd_quickstart, "bundle": cmd_bundle, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints,
-                "evaluate": cmd_evaluate}
+                "evaluate": cmd_evaluate, "campaign": cmd_campaign}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:

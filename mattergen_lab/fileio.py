@@ -36,9 +36,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one JSON record as a line and flush it to disk (a crash loses at most the line being written)."""
+    """Append one JSON record as a line and flush it to disk (a crash loses at most the line being written).
+
+    When an earlier run was killed in the middle of a line, that partial line is first ended, so the new record
+    stays a line of its own (and :func:`read_jsonl` skips the partial one) instead of being glued onto it.
+    """
+    path = Path(path)
+    torn = False
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, allow_nan=True) + "\n")
+        fh.write(("\n" if torn else "") + json.dumps(record, allow_nan=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 

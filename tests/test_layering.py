@@ -15,8 +15,8 @@ LAYERS = {
     "sampling": 5,
     "properties": 6,
     "evaluation": 7,
-    "design": 8, "cli": 8,
-    "widgets": 9,
+    "design": 8, "campaign": 8,
+    "cli": 9, "widgets": 9,
 }
 
 

@@ -1,0 +1,226 @@
+"""A campaign spec: what to sample (a grid of conditions and guidance) and how to evaluate it, validated once.
+
+A spec is a YAML file or a mapping::
+
+    checkpoint: mgl_chemical_system     # registry name or checkpoint folder
+    num_samples: 64                     # crystals per arm (grid point)
+    batch_size: 16                      # crystals per sampling task (one chunk of the arm's request)
+    num_steps: 200                      # optional: the checkpoint's recommendation
+    seed: 0
+    conditions:                         # a list of values makes a grid axis
+      chemical_system: [Li-Fe-O, Na-Mn-O]
+    guidance_scale: [0, 2]              # a number or a list (another axis)
+    elements: null                      # optional hard element mask for every arm
+    num_atoms: null                     # optional: atoms per crystal
+    evaluate:                           # false: sample only
+      relaxer: chgnet                   # auto | chgnet | mattersim
+      batch_size: 8                     # structures per evaluation task
+      fmax: 0.05
+      max_steps: 500
+      max_seconds: 120
+      reference: mp20
+      novelty_reference: mp20           # or null
+      stability_threshold: 0.1
+      matcher: disordered
+    resources:
+      sample_gpus: auto                 # GPUs per sampling task: auto = 1 where the cluster has GPUs
+      threads: 1                        # torch threads in every task
+
+The arms are the product of the condition lists and the guidance list, in the order written. Arm ``k`` is one
+:class:`~mattergen_lab.sampling.request.SamplingRequest` seeded with ``seed + k`` (so two arms never draw the
+same noise), and its chunk ``j`` is one sampling task. Every error names the bad key and value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mattergen_lab.evaluation.evaluate import MATCHERS, STABILITY_THRESHOLD
+from mattergen_lab.evaluation.relax import RELAXERS, RelaxConfig
+from mattergen_lab.sampling.request import SamplingRequest
+
+_TOP_KEYS = {"checkpoint", "num_samples", "batch_size", "num_steps", "seed", "conditions", "guidance_scale",
+             "elements", "num_atoms", "evaluate", "resources", "name"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """How each sampled crystal is relaxed and scored (the evaluation's protocol, per task)."""
+
+    relaxer: str = "chgnet"
+    batch_size: int = 8
+    fmax: float = 0.05
+    max_steps: int = 500
+    max_seconds: float = 120.0
+    reference: str = "mp20"
+    novelty_reference: str | None = "mp20"
+    stability_threshold: float = STABILITY_THRESHOLD
+    matcher: str = "disordered"
+
+    def __post_init__(self) -> None:
+        if self.relaxer not in RELAXERS:
+            raise ValueError(f"evaluate.relaxer={self.relaxer!r}; expected one of {list(RELAXERS)}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"evaluate.batch_size={self.batch_size!r} must be a positive integer")
+        if self.matcher not in MATCHERS:
+            raise ValueError(f"evaluate.matcher={self.matcher!r}; expected one of {list(MATCHERS)}")
+        if not _is_num(self.stability_threshold):
+            raise ValueError(f"evaluate.stability_threshold={self.stability_threshold!r} must be a finite number (eV/atom)")
+        if self.novelty_reference not in (None, "mp20"):
+            raise ValueError(f"evaluate.novelty_reference={self.novelty_reference!r}; expected 'mp20' or null")
+        if not isinstance(self.reference, str) or not self.reference:
+            raise ValueError(f"evaluate.reference={self.reference!r} must be 'mp20', 'mp-api' or a file path")
+        try:
+            self.relax_config()
+        except ValueError as exc:
+            raise ValueError(f"evaluate: {exc}") from None
+
+    def relax_config(self) -> RelaxConfig:
+        return RelaxConfig(fmax=self.fmax, max_steps=self.max_steps, max_seconds=self.max_seconds)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One grid point: its index, conditions and guidance (and the request it samples)."""
+
+    index: int
+    conditions: dict[str, Any]
+    guidance_scale: float
+
+    @property
+    def name(self) -> str:
+        return f"a{self.index}"
+
+    @property
+    def label(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.conditions.items()]
+        return ", ".join(parts + [f"γ={self.guidance_scale:g}"])
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A validated campaign (see the module docstring for the YAML form)."""
+
+    checkpoint: str
+    num_samples: int = 16
+    batch_size: int = 16
+    num_steps: int | None = None
+    seed: int = 0
+    conditions: dict[str, Any] = field(default_factory=dict)
+    guidance_scale: Any = 0.0
+    elements: str | None = None
+    num_atoms: int | None = None
+    evaluate: EvaluationSpec | None = field(default_factory=EvaluationSpec)
+    sample_gpus: Any = "auto"
+    threads: int = 1
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise ValueError(f"checkpoint={self.checkpoint!r} must be a registry name or a checkpoint folder")
+        if not isinstance(self.conditions, dict):
+            raise ValueError(f"conditions={self.conditions!r} must be a mapping of property -> value or list of values")
+        for key, value in self.conditions.items():
+            if isinstance(value, list) and not value:
+                raise ValueError(f"conditions.{key}=[] is an empty grid axis; give at least one value")
+        guidance = self.guidance_scale if isinstance(self.guidance_scale, list) else [self.guidance_scale]
+        if not guidance:
+            raise ValueError("guidance_scale=[] is an empty grid axis; give at least one value")
+        if not _is_int(self.threads) or self.threads < 1:
+            raise ValueError(f"resources.threads={self.threads!r} must be a positive integer")
+        gpus = self.sample_gpus
+        if gpus != "auto" and not (_is_num(gpus) and gpus >= 0):
+            raise ValueError(f"resources.sample_gpus={gpus!r} must be 'auto' or a number >= 0")
+        for arm in self.arms():  # every arm is a valid request (ValueError names the value)
+            self.request(arm)
+
+    # ------------------------------------------------------------------ grid
+    def arms(self) -> list[Arm]:
+        axes = {k: (v if isinstance(v, list) else [v]) for k, v in self.conditions.items()}
+        guidance = self.guidance_scale if isinstance(self.guidance_scale, list) else [self.guidance_scale]
+        out = []
+        for values in itertools.product(*axes.values(), guidance):
+            conditions = dict(zip(axes, values[:-1]))
+            g = values[-1]
+            if isinstance(g, bool) or not _is_num(g) or g < 0:
+                raise ValueError(f"guidance_scale={g!r} must be a number >= 0")
+            out.append(Arm(len(out), conditions, float(g)))
+        return out
+
+    def request(self, arm: Arm, *, device: str | None = None) -> SamplingRequest:
+        try:
+            return SamplingRequest(
+                checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
+                num_steps=self.num_steps, conditions=arm.conditions, guidance_scale=arm.guidance_scale,
+                elements=self.elements, num_atoms=self.num_atoms, seed=self.seed + arm.index, device=device,
+            )
+        except ValueError as exc:
+            raise ValueError(f"arm {arm.name} ({arm.label}): {exc}") from None
+
+    # ------------------------------------------------------------------ io
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evaluate"] = asdict(self.evaluate) if self.evaluate is not None else False
+        d["resources"] = {"sample_gpus": d.pop("sample_gpus"), "threads": d.pop("threads")}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CampaignSpec:
+        if not isinstance(d, dict):
+            raise ValueError(f"a campaign spec must be a mapping, got {type(d).__name__}")
+        unknown = set(d) - _TOP_KEYS
+        if unknown:
+            raise ValueError(f"unknown campaign key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}")
+        d = dict(d)
+        ev = d.pop("evaluate", {})
+        if ev is False or ev is None:
+            evaluation = None
+        elif isinstance(ev, dict):
+            fields = set(EvaluationSpec.__dataclass_fields__)
+            if set(ev) - fields:
+                raise ValueError(f"unknown evaluate key(s) {sorted(set(ev) - fields)}; expected some of {sorted(fields)}")
+            evaluation = EvaluationSpec(**ev)
+        else:
+            raise ValueError(f"evaluate={ev!r} must be a mapping or false")
+        res = d.pop("resources", None) or {}
+        if not isinstance(res, dict) or set(res) - {"sample_gpus", "threads"}:
+            raise ValueError(f"resources={res!r} may only set sample_gpus and threads")
+        if "checkpoint" not in d:
+            raise ValueError("a campaign spec needs a checkpoint (registry name or folder)")
+        d["checkpoint"] = str(d["checkpoint"])
+        d["conditions"] = d.get("conditions") or {}
+        return cls(**d, evaluate=evaluation, **res)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CampaignSpec:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"campaign spec {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"campaign spec {p} is not readable YAML: {exc}") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"campaign spec {p}: {exc}") from None
+
+    def fingerprint(self) -> str:
+        """A canonical JSON string: two specs run the same campaign iff their fingerprints are equal."""
+        return json.dumps(self.to_dict(), sort_keys=True)
