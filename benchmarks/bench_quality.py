@@ -8,15 +8,12 @@ structure), energy above the MP-20 reference hull, novelty against MP-20, the li
 
     python benchmarks/bench_quality.py --checkpoint mgl_mp20_small --num-samples 256 --workers 2
 
-Both stages are resumable: rerun the same command after an interruption and it continues (samples in
-``OUT/samples``, evaluation in ``OUT/evaluation``; keep ``--workers``, ``--seed``, ``--batch-size`` and
-``--steps`` unchanged, the script refuses otherwise). Wall times add up over resumed runs.
-
-With ``--workers N > 1`` the structures are split round-robin (``gen_i`` goes to shard ``i % N``) and each
-shard is evaluated by its own process (``OMP_NUM_THREADS=1``, results in ``OUT/evaluation/shard_k``). The
-per-structure tables are then merged in generation order and ``is_unique`` is recomputed over the **whole
-set** (the library computes uniqueness per call, i.e. per shard), on the relaxed structures as the library
-does, before the aggregates are recomputed with the library's ``compute_metrics``.
+It runs as one campaign (``mattergen_lab.campaign``) on a local Ray with ``--workers`` CPUs (or an existing
+cluster with ``--address``): sampling tasks of ``--batch-size`` crystals, evaluation tasks of
+``--eval-batch-size`` structures, each single-threaded, results in ``OUT/campaign``. Uniqueness is computed
+over the whole set. Rerun the same command after an interruption and only the unfinished tasks run (the
+campaign refuses other settings in the same ``--out``). The crystals are those of ``mattergen-lab sample`` with
+the same seed and batch size on one thread. Wall times add up over resumed runs.
 
 Writes ``OUT/quality.json`` and prints a markdown table for the README.
 """
@@ -27,8 +24,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -39,24 +34,6 @@ RELAX_STATUSES = ("converged", "max_steps", "timeout", "exploded", "failed")
 
 
 # ====================================================================== pure helpers (tested)
-
-
-def shard_indices(num_samples: int, workers: int) -> list[list[int]]:
-    """Round-robin shards: sample ``i`` goes to shard ``i % workers`` (stable when ``num_samples`` grows)."""
-    if workers < 1:
-        raise ValueError(f"workers={workers} must be >= 1")
-    return [list(range(k, num_samples, workers)) for k in range(workers)]
-
-
-def merged_table(rows: Sequence[dict[str, Any]], relaxed: Sequence[Any], *, matcher: str = "disordered"):
-    """The per-structure table of the whole set from per-shard rows (in generation order).
-
-    The library's :func:`~mattergen_lab.evaluation.evaluate.finalize_table` recomputes ``is_unique`` (and the
-    S.U.N. column) over all relaxed structures, replacing the per-shard values.
-    """
-    from mattergen_lab.evaluation.evaluate import finalize_table
-
-    return finalize_table(rows, relaxed, matcher).drop(columns=["input_fingerprint"], errors="ignore")
 
 
 def relax_counts(statuses: Sequence[str]) -> dict[str, int]:
@@ -99,7 +76,7 @@ def markdown_table(record: dict[str, Any]) -> str:
     rows = [
         ("checkpoint", f"`{record['checkpoint']}`"),
         ("samples (N)", record["num_samples"]),
-        ("sampler steps", record["sampling"]["num_steps"]),
+        ("sampler steps", record["timing"]["num_steps"]),
         ("structural validity", f"{m['structural_validity_pct']:.1f} %"),
         ("compositional validity (SMACT)", f"{m['compositional_validity_pct']:.1f} %"),
         ("both valid", f"{m['both_valid_pct']:.1f} %"),
@@ -112,8 +89,9 @@ def markdown_table(record: dict[str, Any]) -> str:
         (f"relaxations ({p['relaxer']}, fmax {p['fmax']}, cap {p['max_steps']} steps / {p['max_seconds']:g} s)",
          (f"{r['converged']} converged, {r['max_steps']} at step cap, {r['timeout']} at time cap, "
           f"{r['exploded'] + r['failed']} failed")),
-        ("wall time", (f"sampling {_duration(record['sampling']['wall_s'])}, evaluation "
-                       f"{_duration(record['evaluation']['wall_s'])} ({record['evaluation']['workers']} worker(s))")),
+        ("wall time", (f"{_duration(record['timing']['campaign_wall_s'])} on {record['timing']['workers']} worker(s) "
+                       f"(task time: sampling {_duration(record['timing']['task_seconds_sampling'])}, evaluation "
+                       f"{_duration(record['timing']['task_seconds_evaluation'])})")),
     ]
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
@@ -136,16 +114,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def read_generated(sample_dir: str | os.PathLike, num_samples: int) -> list[Any]:
-    """``gen_0 … gen_{n-1}`` in generation order (:func:`mattergen_lab.sampling.api.read_samples`)."""
-    from mattergen_lab.sampling.api import read_samples
-
-    try:
-        return read_samples(sample_dir, num_samples)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -156,17 +124,6 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
-def _check_same(path: Path, record: dict[str, Any], what: str) -> None:
-    """Store ``record`` at ``path``, or refuse when an earlier run there used different settings."""
-    previous = _read_json(path)
-    if previous and previous != record:
-        diff = {k: (previous.get(k), record.get(k)) for k in set(previous) | set(record) if previous.get(k) != record.get(k)}
-        raise SystemExit(f"{path.parent} holds {what} made with other settings {diff}; use a new --out")
-    if not previous:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(path, record)
-
-
 def _add_time(out: Path, key: str, seconds: float) -> float:
     timings = _read_json(out / "timings.json")
     timings[key] = round(float(timings.get(key, 0.0)) + seconds, 1)
@@ -174,166 +131,48 @@ def _add_time(out: Path, key: str, seconds: float) -> float:
     return timings[key]
 
 
-def _weights_sha256(checkpoint: str) -> str | None:
-    import hashlib
+def campaign_spec(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    """The benchmark as a one-arm campaign spec (unconditional, γ = 0)."""
+    return {
+        "checkpoint": args.checkpoint, "num_samples": args.num_samples, "batch_size": args.batch_size,
+        "num_steps": steps, "seed": args.seed, "guidance_scale": 0.0,
+        "evaluate": {"relaxer": args.relaxer, "batch_size": args.eval_batch_size, "fmax": args.fmax,
+                     "max_steps": args.relax_max_steps, "max_seconds": args.relax_max_seconds,
+                     "reference": "mp20", "novelty_reference": "mp20", "matcher": "disordered"},
+        "resources": {"threads": 1},
+    }
 
+
+def run_benchmark(args: argparse.Namespace, out: Path) -> tuple[Any, list[Any], dict[str, Any]]:
+    """Run (or resume) the campaign; returns the library's evaluation result, the generated crystals, timings."""
+    from mattergen_lab.campaign import CampaignFolder, run_campaign
     from mattergen_lab.checkpoints import load_checkpoint
-
-    path = load_checkpoint(checkpoint).path
-    weights = Path(path) / "model.safetensors" if path else None
-    if weights is None or not weights.is_file():
-        return None
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
-
-
-def _structures(out: Path, indices: Sequence[int]) -> tuple[list[str], list[Any]]:
-    indices = list(indices)
-    structures = read_generated(out / "samples", max(indices) + 1)
-    return [f"gen_{i}" for i in indices], [structures[i] for i in indices]
-
-
-def _relax_config(args: argparse.Namespace):
-    from mattergen_lab.evaluation import RelaxConfig
-
-    return RelaxConfig(fmax=args.fmax, max_steps=args.relax_max_steps, max_seconds=args.relax_max_seconds)
-
-
-def _evaluate(ids: list[str], structures: list[Any], args: argparse.Namespace, out_dir: Path, progress=None):
-    from mattergen_lab.evaluation import STABILITY_THRESHOLD, evaluate_structures
-
-    return evaluate_structures(
-        structures, ids=ids, relaxer=args.relaxer, reference="mp20", novelty_reference="mp20",
-        matcher="disordered", stability_threshold=STABILITY_THRESHOLD, relax_config=_relax_config(args),
-        data_dir=args.data_dir, out_dir=out_dir, progress=progress,
-    )
-
-
-# ====================================================================== stages
-
-
-def sample_stage(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from mattergen_lab.checkpoints import load_checkpoint
-    from mattergen_lab.sampling.api import recommended_num_steps, sample_to_dir
+    from mattergen_lab.evaluation import EvaluationResult, compute_metrics
+    from mattergen_lab.sampling.api import recommended_num_steps
 
     steps = args.steps or recommended_num_steps(load_checkpoint(args.checkpoint))
-    request = {"checkpoint": args.checkpoint, "weights_sha256": _weights_sha256(args.checkpoint), "num_steps": steps,
-               "seed": args.seed, "batch_size": args.batch_size}
-    _check_same(out / "samples" / "request.json", request, "samples")
-    done = [0]
-
-    def on_batch(k: int) -> None:
-        done[0] += k
-        print(f"  sampled {done[0]} new crystals ({time.perf_counter() - t0:.0f} s)", flush=True)
-
-    print(f"sampling {args.num_samples} crystals, {steps} steps, batch {args.batch_size} → {out / 'samples'}", flush=True)
+    spec = campaign_spec(args, steps)
+    print(f"campaign: {args.num_samples} crystals, {steps} steps, batch {args.batch_size}, "
+          f"{args.workers} worker(s) → {out / 'campaign'}", flush=True)
     t0 = time.perf_counter()
-    sample_to_dir(args.checkpoint, out / "samples", num_samples=args.num_samples, batch_size=args.batch_size,
-                  num_steps=steps, seed=args.seed, on_batch=on_batch)
-    wall = _add_time(out, "sampling_wall_s", time.perf_counter() - t0)
-    return {**request, "wall_s": wall, "new_this_run": done[0]}
-
-
-def _shard_command(args: argparse.Namespace, k: int) -> list[str]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--num-samples", str(args.num_samples),
-           "--workers", str(args.workers), "--relaxer", args.relaxer, "--fmax", str(args.fmax),
-           "--relax-max-steps", str(args.relax_max_steps), "--relax-max-seconds", str(args.relax_max_seconds),
-           "--shard", str(k)]
-    if args.data_dir:
-        cmd += ["--data-dir", str(args.data_dir)]
-    return cmd
-
-
-def run_shard(args: argparse.Namespace) -> None:
-    """Child process: evaluate shard ``args.shard`` into ``OUT/evaluation/shard_k``."""
-    import torch
-
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    indices = shard_indices(args.num_samples, args.workers)[args.shard]
-    ids, structures = _structures(out, indices)
-    t0 = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        print(f"shard {args.shard}: {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
-
-    _evaluate(ids, structures, args, out / "evaluation" / f"shard_{args.shard}", progress)
-
-
-def _progress_line(shard_dirs: list[Path], total: int, t0: float) -> str:
-    from mattergen_lab.fileio import read_jsonl
-
-    done = sum(len({r["id"] for r in read_jsonl(d / "results.jsonl")}) for d in shard_dirs)
-    return f"  evaluated {done}/{total} (incl. earlier runs; {time.perf_counter() - t0:.0f} s)"
-
-
-def evaluate_stage(args: argparse.Namespace, out: Path) -> tuple[Any, dict[str, Any]]:
-    from mattergen_lab.evaluation import EvaluationResult, compute_metrics
-    from mattergen_lab.evaluation.evaluate import write_result
-    from mattergen_lab.fileio import read_jsonl
-
-    eval_dir = out / "evaluation"
-    _check_same(eval_dir / "layout.json", {"workers": args.workers}, "an evaluation")
-    t0 = time.perf_counter()
-    if args.workers == 1:
-        ids, structures = _structures(out, range(args.num_samples))
-
-        def progress(done: int, total: int) -> None:
-            if done % 8 == 0 or done == total:
-                print(f"  evaluated {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
-
-        result = _evaluate(ids, structures, args, eval_dir, progress)
-        wall = _add_time(out, "evaluation_wall_s", time.perf_counter() - t0)
-        return result, {"wall_s": wall, "workers": 1, "uniqueness": "library (whole set, one call)"}
-
-    shard_dirs = [eval_dir / f"shard_{k}" for k in range(args.workers)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    procs = []
-    shards = shard_indices(args.num_samples, args.workers)
-    for k, d in enumerate(shard_dirs):
-        d.mkdir(parents=True, exist_ok=True)
-        if {f"gen_{i}" for i in shards[k]} <= {str(r["id"]) for r in read_jsonl(d / "results.jsonl")}:
-            continue  # finished in an earlier run
-        log = open(eval_dir / f"shard_{k}.log", "a")  # noqa: SIM115 - closed below
-        procs.append((k, subprocess.Popen(_shard_command(args, k), stdout=log, stderr=subprocess.STDOUT, env=env), log))
-    print(f"evaluating in {len(procs)} processes (logs: {eval_dir}/shard_*.log)", flush=True)
-    last = time.perf_counter()
-    while any(p.poll() is None for _, p, _ in procs):
-        time.sleep(2)
-        if time.perf_counter() - last >= args.progress_every:
-            print(_progress_line(shard_dirs, args.num_samples, t0), flush=True)
-            last = time.perf_counter()
-    for _, _, log in procs:
-        log.close()
-    failed = [k for k, p, _ in procs if p.returncode != 0]
-    wall = _add_time(out, "evaluation_wall_s", time.perf_counter() - t0)
-    if failed:
-        tails = "\n".join(f"--- shard {k} ---\n" + (eval_dir / f"shard_{k}.log").read_text()[-2000:] for k in failed)
-        raise SystemExit(f"evaluation shard(s) {failed} failed:\n{tails}")
-
-    # Merge in generation order; uniqueness over the whole set, then the library's aggregates.
-    from pymatgen.core import Structure
-
-    shard_of = {i: k for k, idx in enumerate(shards) for i in idx}
-    done = [{str(r["id"]): r for r in read_jsonl(d / "results.jsonl")} for d in shard_dirs]
-    rows, relaxed = [], []
-    for i in range(args.num_samples):
-        sid, d = f"gen_{i}", shard_dirs[shard_of[i]]
-        if sid not in done[shard_of[i]]:
-            raise SystemExit(f"{d}: no result for {sid}; rerun to resume")
-        rows.append(done[shard_of[i]][sid])
-        path = d / "relaxed" / f"{sid}.cif"
-        try:
-            relaxed.append(Structure.from_file(path) if path.is_file() else None)
-        except ValueError as exc:  # an unreadable CIF (degenerate cell): no relaxed structure, not unique
-            print(f"  warning: {path}: {exc}; counted as having no relaxed structure", flush=True)
-            relaxed.append(None)
-    table = merged_table(rows, relaxed, matcher="disordered")
-    protocol = {**_read_json(shard_dirs[0] / "protocol.json"), "num_structures": args.num_samples,
-                "num_evaluated": len(rows), "evaluation_workers": args.workers,
-                "uniqueness": "recomputed over the merged set of all shards (relaxed structures)"}
-    result = EvaluationResult(table, compute_metrics(table), protocol, relaxed)
-    write_result(result, eval_dir)
-    return result, {"wall_s": wall, "workers": args.workers, "uniqueness": protocol["uniqueness"]}
+    result = run_campaign(spec, out / "campaign", address=args.address, num_cpus=None if args.address else args.workers)
+    wall = _add_time(out, "campaign_wall_s", time.perf_counter() - t0)
+    if result.failures:
+        raise SystemExit(f"{len(result.failures)} task(s) failed: {result.failures}; rerun to retry them")
+    folder = CampaignFolder(out / "campaign")
+    manifest = folder.manifest().values()
+    task_s = {kind: round(sum(r.get("seconds", 0.0) for r in manifest if r["task"].startswith(kind)), 1)
+              for kind in ("sample", "evaluate")}
+    table = result.table
+    protocol = {**json.loads((out / "campaign" / "evaluation" / "evaluate_a0_c0_b0.json").read_text())["protocol"],
+                "num_structures": args.num_samples, "num_evaluated": len(table),
+                "uniqueness": "over the whole campaign (relaxed structures)"}
+    evaluation = EvaluationResult(table, compute_metrics(table), protocol, [])
+    generated = [s for _, s in folder.samples()]
+    timing = {"campaign_wall_s": wall, "workers": args.workers, "address": args.address,
+              "task_seconds_sampling": task_s["sample"], "task_seconds_evaluation": task_s["evaluate"],
+              "num_steps": steps, "seed": args.seed, "batch_size": args.batch_size}
+    return evaluation, generated, timing
 
 
 # ====================================================================== main
@@ -344,49 +183,39 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="mgl_mp20_small")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's recommended count)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sampling batch size")
+    parser.add_argument("--batch-size", type=int, default=16, help="crystals per sampling task")
+    parser.add_argument("--eval-batch-size", type=int, default=8, help="structures per evaluation task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench_quality")
     parser.add_argument("--relaxer", default="chgnet", choices=["chgnet", "mattersim", "auto"])
     parser.add_argument("--relax-max-steps", type=int, default=200)
     parser.add_argument("--relax-max-seconds", type=float, default=60.0)
     parser.add_argument("--fmax", type=float, default=0.05, help="eV/Å")
-    parser.add_argument("--workers", type=int, default=1, help="evaluation processes (each single-threaded)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    parser.add_argument("--workers", type=int, default=1, help="CPUs of the local Ray (one single-threaded task each)")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster instead of a local one")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines (workers > 1)")
-    parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)  # internal: one evaluation shard
     args = parser.parse_args()
     if args.num_samples < 1 or args.workers < 1:
         parser.error("--num-samples and --workers must be >= 1")
-    if args.workers > args.num_samples:
-        parser.error(f"--workers {args.workers} is more than --num-samples {args.num_samples}")
     warnings.filterwarnings("ignore", message="No Pauling electronegativity")
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-    if args.shard is not None:
-        run_shard(args)
-        return
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.data_dir:
+        os.environ["MATTERGEN_LAB_DATA"] = str(Path(args.data_dir).resolve())  # the campaign's workers read it
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, threads {info['torch_threads']}, "
+    print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, "
           f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}", flush=True)
 
-    sampling = sample_stage(args, out)
-    result, evaluation = evaluate_stage(args, out)
+    result, generated, timing = run_benchmark(args, out)
     from mattergen_lab.evaluation import STABILITY_THRESHOLD
 
     record = {
         "benchmark": "bench_quality",
         "checkpoint": args.checkpoint,
         "num_samples": args.num_samples,
-        "sampling": sampling,
-        "evaluation": {**evaluation, "out_dir": str(out / "evaluation")},
+        "timing": timing,
+        "campaign_dir": str(out / "campaign"),
         "stability_threshold_ev_per_atom": STABILITY_THRESHOLD,
         "machine": info,
         "metrics": summary_metrics(result.metrics, result.table),
@@ -394,9 +223,12 @@ def main() -> None:
         "protocol": result.protocol,
     }
     # Distribution against MP-20 (issue 13): elements per crystal, density, SMACT, P1, on the generated crystals.
-    from mattergen_lab.evaluation.distribution import distribution_stats, distribution_table, mp20_distribution_stats
+    from mattergen_lab.evaluation.distribution import (
+        distribution_stats,
+        distribution_table,
+        mp20_distribution_stats,
+    )
 
-    generated = read_generated(out / "samples", args.num_samples)
     reference = mp20_distribution_stats("test", data_dir=args.data_dir, limit=2000)
     record["distribution"] = {"generated": distribution_stats(generated), "mp20": reference}
     record["distribution_markdown"] = distribution_table({args.checkpoint: record["distribution"]["generated"],

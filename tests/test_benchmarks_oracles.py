@@ -1,4 +1,4 @@
-"""Pure helpers of benchmarks/bench_quality.py and benchmarks/bench_adapters.py (shard merge, oracles, proxies)."""
+"""Pure helpers of benchmarks/bench_quality.py and benchmarks/bench_adapters.py (campaign merge, oracles, proxies)."""
 
 from __future__ import annotations
 
@@ -50,41 +50,49 @@ def _row(sid: str, structure, *, stable: bool, novel: bool) -> dict:
     }
 
 
-def test_shard_indices_round_robin():
-    assert bq.shard_indices(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
-    assert bq.shard_indices(4, 1) == [[0, 1, 2, 3]]
-    # a sample keeps its shard when the run grows
-    assert bq.shard_indices(10, 3)[1][:2] == bq.shard_indices(7, 3)[1]
+def test_the_benchmark_is_a_one_arm_campaign_with_its_relaxation_caps():
+    import argparse
+
+    from mattergen_lab.campaign import CampaignSpec, plan
+
+    args = argparse.Namespace(checkpoint="mgl_mp20_small", num_samples=10, batch_size=4, seed=3, relaxer="chgnet",
+                              eval_batch_size=3, fmax=0.05, relax_max_steps=200, relax_max_seconds=60.0)
+    spec = CampaignSpec.from_dict(bq.campaign_spec(args, 200))
+    assert len(spec.arms()) == 1 and spec.request(spec.arms()[0]).seed == 3  # the crystals of `sample --seed 3`
+    assert spec.evaluate.relax_config().max_steps == 200 and spec.evaluate.relax_config().max_seconds == 60.0
+    kinds = [t.kind for t in plan(spec)]
+    assert kinds.count("sample") == 3 and kinds.count("evaluate") == 5  # chunks of 4, 4, 2 -> batches 2, 2, 1
 
 
-def test_merged_table_recomputes_uniqueness_over_all_shards():
-    from mattergen_lab.evaluation import compute_metrics
-    from mattergen_lab.evaluation.evaluate import finalize_table
+def test_campaign_table_recomputes_uniqueness_over_all_tasks(tmp_path):
+    from mattergen_lab.campaign import CampaignFolder, CampaignSpec
+    from mattergen_lab.evaluation import compute_metrics, unique_flags
 
     nacl, nacl_strained, cscl = _rocksalt(), _rocksalt(5.70), _cscl()
-    # shard 0: gen_0 (NaCl), gen_2 (CsCl); shard 1: gen_1 (the same NaCl, 1 % larger), gen_3 (no relaxed structure)
-    relaxed = [nacl, nacl_strained, cscl, None]
-    rows = [_row("gen_0", nacl, stable=True, novel=True), _row("gen_1", nacl_strained, stable=True, novel=True),
-            _row("gen_2", cscl, stable=True, novel=False), _row("gen_3", cscl, stable=False, novel=False)]
-    # what each shard alone would say: gen_1 is unique in shard 1
-    from mattergen_lab.evaluation import unique_flags
-
-    assert unique_flags([nacl_strained, None]) == [True, False]
-
-    table = bq.merged_table(rows, relaxed)
-    assert table["id"].tolist() == ["gen_0", "gen_1", "gen_2", "gen_3"]
-    assert table["is_unique"].tolist() == [True, False, True, False]
+    spec = CampaignSpec.from_dict({"checkpoint": "mgl_mp20_small", "num_samples": 4, "batch_size": 2,
+                                   "evaluate": {"batch_size": 2}})
+    folder = CampaignFolder(tmp_path / "c")
+    folder.prepare(spec)
+    # task c0: a0-0 (NaCl), a0-1 (CsCl); task c1: a0-2 (the same NaCl, 1 % larger), a0-3 (no relaxed structure)
+    relaxed = {"a0-0": nacl, "a0-1": cscl, "a0-2": nacl_strained, "a0-3": None}
+    rows = {"a0-0": _row("a0-0", nacl, stable=True, novel=True), "a0-1": _row("a0-1", cscl, stable=True, novel=False),
+            "a0-2": _row("a0-2", nacl_strained, stable=True, novel=True), "a0-3": _row("a0-3", cscl, stable=False, novel=False)}
+    for j, ids in enumerate([["a0-0", "a0-1"], ["a0-2", "a0-3"]]):
+        folder.write_sample({"key": f"sample/a0/c{j}", "ids": ids, "structures": [(relaxed[i] or cscl).as_dict() for i in ids],
+                             "seconds": 1.0, "worker": "test"})
+        folder.write_evaluation({"key": f"evaluate/a0/c{j}/b0", "rows": [rows[i] for i in ids],
+                                 "relaxed": [relaxed[i].as_dict() if relaxed[i] else None for i in ids],
+                                 "protocol": {"relaxer": "chgnet"}, "seconds": 1.0, "worker": "test"})
+    assert unique_flags([nacl_strained, None]) == [True, False]  # what task c1 alone would say about a0-2
+    table = folder.table()
+    assert table["id"].tolist() == ["a0-0", "a0-1", "a0-2", "a0-3"]
+    assert table["is_unique"].tolist() == [True, True, False, False]
     assert table["novel_unique_stable"].tolist() == [True, False, False, False]  # S.U.N.
-    assert "input_fingerprint" not in table.columns
     metrics = compute_metrics(table)
     assert metrics["frac_unique_structures"]["value"] == pytest.approx(0.5)
     assert metrics["frac_novel_unique_stable_structures"]["value"] == pytest.approx(0.25)
     assert metrics["frac_stable_structures"]["value"] == pytest.approx(0.75)
-    # identical to the library's own end-of-run step on the whole set
-    library = finalize_table([dict(r) for r in rows], relaxed, "disordered").drop(columns=["input_fingerprint"])
-    import pandas as pd
-
-    pd.testing.assert_frame_equal(table.reset_index(drop=True), library.reset_index(drop=True), check_dtype=False)
+    assert folder.status()["finished"] and folder.status()["evaluated_crystals"] == 4
 
 
 def test_summary_metrics_and_relax_counts():
@@ -93,7 +101,9 @@ def test_summary_metrics_and_relax_counts():
     rows = [_row("gen_0", _rocksalt(), stable=True, novel=True), _row("gen_1", _cscl(), stable=False, novel=True)]
     rows[1]["relax_status"] = "max_steps"
     rows[1]["comp_valid"] = rows[1]["structure_comp_valid"] = False
-    table = bq.merged_table(rows, [_rocksalt(), _cscl()])
+    from mattergen_lab.evaluation.evaluate import finalize_table
+
+    table = finalize_table(rows, [_rocksalt(), _cscl()])
     s = bq.summary_metrics(compute_metrics(table), table)
     assert s["stable_pct"] == 50.0
     assert s["compositional_validity_pct"] == 50.0
