@@ -206,3 +206,17 @@ def test_a_killed_campaign_resumes_to_the_uninterrupted_result(uninterrupted, tm
     status = subprocess.run([sys.executable, "-m", "mattergen_lab.cli", "campaign", "status", str(out)],
                             capture_output=True, text=True, check=True).stdout
     assert "evaluation 4/4 tasks, 6 crystals" in status and "finished" in status
+
+
+def test_the_readme_spec_is_valid_and_its_checkpoint_serves_every_arm():
+    import re
+
+    import yaml
+
+    from mattergen_lab.campaign.runner import check_spec
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(# lifeo.yaml\n.*?)```", readme, re.S).group(1)
+    spec = CampaignSpec.from_dict(yaml.safe_load(block))
+    assert [a.label for a in spec.arms()][-1] == "chemical_system=Na-Mn-O, γ=2"
+    check_spec(spec)  # the checkpoint loads and conditions on chemical_system
