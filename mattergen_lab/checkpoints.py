@@ -284,11 +284,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return type("ForeignObject", (ForeignObject,), {"module": module, "name": name})
 
 
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
 class _RestrictedPickleModule:
-    """A ``pickle_module`` for ``torch.load`` that never imports or calls foreign code."""
+    """A ``pickle_module`` for ``torch.load`` that never imports or calls foreign code.
+
+    Both entry points torch uses are restricted: ``Unpickler`` (the zip format's data.pkl) and ``load`` (the
+    legacy format's header records, which for a plain pickle that is not a torch file is the whole payload).
+    """
 
     Unpickler = _RestrictedUnpickler
-    load = pickle.load
+    load = staticmethod(_restricted_load)
     __name__ = "mattergen_lab_restricted_pickle"
 
 

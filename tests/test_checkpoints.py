@@ -3,6 +3,7 @@
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,33 @@ def test_cli_lists_the_registry(capsys, tmp_path, monkeypatch):
     assert main(["checkpoints"]) == 0
     out = capsys.readouterr().out
     assert "dft_mag_density_hhi_score" in out and "dft_mag_density, hhi_score" in out and str(tmp_path) in out
+
+
+@pytest.mark.parametrize("carrier", ["zip", "legacy", "raw_pickle", "official_folder", "ckpt_file"])
+def test_no_checkpoint_carrier_runs_pickled_code(tmp_path, carrier):
+    """Issue 12: every format a checkpoint can come in goes through the restricted unpickler only."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = {"state_dict": {"w": torch.ones(2)}, "payload": _Evil(str(marker))}
+    folder = tmp_path / "official"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("lightning_module: {}\n")
+    target = folder / "checkpoints" / "last.ckpt"
+    if carrier == "zip":
+        torch.save(payload, target)
+    elif carrier in ("legacy", "official_folder", "ckpt_file"):
+        torch.save(payload, target, _use_new_zipfile_serialization=False)
+    else:
+        target.write_bytes(pickle.dumps(payload))
+    where = {"official_folder": folder, "ckpt_file": target}.get(carrier, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if carrier in ("official_folder", "ckpt_file"):
+                load_checkpoint(where)
+            else:
+                safe_torch_load(where)
+        except ValueError:
+            pass  # refusing it is fine; running it is not
+    assert not marker.exists(), f"the {carrier} carrier executed pickled code"

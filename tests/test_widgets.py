@@ -6,6 +6,7 @@ real evaluation and the browser rendering are tested elsewhere.
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import zipfile
@@ -287,3 +288,191 @@ def test_snapshot_to_pdb_orthorhombic_cell_and_mask_placeholder():
     assert lines[1][30:54] == "   1.500   1.000   1.000" and lines[1][76:78] == "FE"
     assert lines[2][76:78] == "HE" and lines[-1] == "END"
     assert snap.num_masked == 1
+
+
+# ------------------------------------------------------------------------------------ campaign panel
+# A campaign folder written by hand, as the Ray driver would: CampaignFolder.prepare, then write_sample and
+# write_evaluation with results in the format of mattergen_lab.campaign.tasks (no Ray, no model, no relaxer).
+
+CAMPAIGN = {
+    "checkpoint": "mgl_mp20_small_chemical_system", "num_samples": 2, "batch_size": 2, "num_steps": 4, "seed": 0,
+    "conditions": {"chemical_system": ["Li-O", "Na-Cl"]}, "guidance_scale": 1.0,
+    "evaluate": {"relaxer": "chgnet", "batch_size": 2},
+}
+
+
+@functools.lru_cache(maxsize=2)  # read only (as_dict); from_spacegroup takes 0.15 s per crystal
+def _crystals(relaxed: bool = False) -> dict[str, object]:
+    """Two crystals per arm: a0 = Li2O (antifluorite), LiO (rock salt); a1 = NaCl (rock salt), NaCl (CsCl type)."""
+    from pymatgen.core import Lattice, Structure
+
+    d = 0.02 if relaxed else 0.0  # relaxation makes every cell 0.02 Å larger
+    fcc = "Fm-3m"
+    return {
+        "a0-0": Structure.from_spacegroup(fcc, Lattice.cubic(4.61 + d), ["Li", "O"], [[0.25, 0.25, 0.25], [0, 0, 0]]),
+        "a0-1": Structure.from_spacegroup(fcc, Lattice.cubic(4.10 + d), ["Li", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "a1-0": Structure.from_spacegroup(fcc, Lattice.cubic(5.64 + d), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "a1-1": Structure(Lattice.cubic(3.30 + d), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    }
+
+
+#: (E_hull eV/atom, novel) per crystal: stable = E_hull <= 0.1; S.U.N. = a1-0 only (a0-0 is known Li2O)
+CAMPAIGN_RESULTS = {"a0-0": (0.0, False), "a0-1": (0.25, True), "a1-0": (0.02, True), "a1-1": (0.30, True)}
+
+
+def _write_sample(folder, arm: str) -> None:
+    ids = [f"{arm}-0", f"{arm}-1"]
+    folder.write_sample({"key": f"sample/{arm}/c0", "ids": ids, "structures": [_crystals()[i].as_dict() for i in ids],
+                         "seconds": 1.0, "worker": "test:1"})
+
+
+def _write_evaluation(folder, arm: str) -> None:
+    ids, relaxed = [f"{arm}-0", f"{arm}-1"], _crystals(relaxed=True)
+    rows = []
+    for i in ids:
+        s, (e_hull, novel) = relaxed[i], CAMPAIGN_RESULTS[i]
+        rows.append({"id": i, "formula": s.composition.reduced_formula, "chemical_system": s.composition.chemical_system,
+                     "num_atoms": len(s), "energy": -4.0 * len(s), "energy_per_atom": -4.0,
+                     "formation_energy_per_atom": -1.0 + e_hull, "energy_above_hull": e_hull, "stable": e_hull <= 0.1,
+                     "is_novel": novel, "novel_system": False, "rmsd_from_relaxation": 0.01, "comp_valid": True,
+                     "structure_valid": True, "structure_comp_valid": True, "relax_status": "converged", "error": None})
+    folder.write_evaluation({"key": f"evaluate/{arm}/c0/b0", "rows": rows, "relaxed": [relaxed[i].as_dict() for i in ids],
+                             "protocol": {"relaxer": "chgnet"}, "seconds": 2.0, "worker": "test:2"})
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    from mattergen_lab.campaign import CampaignFolder, CampaignSpec
+
+    folder = CampaignFolder(tmp_path / "campaign")
+    folder.prepare(CampaignSpec.from_dict(CAMPAIGN))
+    _write_sample(folder, "a0")
+    _write_evaluation(folder, "a0")
+    return folder
+
+
+def _points(figure, trace: int) -> int:
+    return len(figure.data[trace].x or ())
+
+
+def test_campaign_panel_follows_the_folder_as_tasks_finish(campaign):
+    from mattergen_lab.widgets import CampaignPanel
+
+    panel = CampaignPanel(campaign.path, reference=FakeReference())
+    text = panel.counts.value
+    assert text.startswith("<b>running</b>: sampling 1/2 tasks, evaluation 1/2 tasks; 2/4 crystals sampled, 2 evaluated; 0 failed tasks")
+    assert "all arms: 2 evaluated, stable 50%, S.U.N. 0%" in text and "a1 (" not in text  # one arm evaluated so far
+    assert "a0 (chemical_system=Li-O, γ=1): 2 evaluated, stable 50%, S.U.N. 0%" in text
+    assert [c.id for c in panel.candidates] == ["a0-0", "a0-1"]
+    assert panel.candidates[0].structure.lattice.a == pytest.approx(4.63)  # the relaxed crystal, not the generated one
+    assert panel.candidates[0].request.chemical_system == "Li-O" and panel.candidates[0].trajectory[0].step == 4
+    # hull of Li-O (the first arm's target): Li, O, Li2O reference entries and both crystals, coloured by E_hull
+    assert panel.system.options == ("Li-O", "Cl-Na") and panel.system.value == "Li-O"
+    assert panel.hull.data.kind == "binary" and _points(panel.hull.figure, 1) == 3
+    assert list(panel.hull.figure.data[2].customdata) == ["a0-0", "a0-1"]
+    assert list(panel.hull.figure.data[2].marker.color) == pytest.approx([0.0, 0.25])
+    assert _points(panel.pareto.figure, 0) + _points(panel.pareto.figure, 1) == 2
+
+    _write_sample(campaign, "a1")  # the second sampling task lands: nothing changes until a refresh
+    assert "sampling 1/2 tasks" in panel.counts.value
+    status = panel.refresh()
+    assert status["sample_tasks_done"] == 2 and "sampling 2/2 tasks" in panel.counts.value
+    assert "4/4 crystals sampled, 2 evaluated" in panel.counts.value
+    assert [label for label, _ in panel.selection.options][2:] == ["a1-0  NaCl  not evaluated", "a1-1  NaCl  not evaluated"]
+    assert _points(panel.pareto.figure, 0) + _points(panel.pareto.figure, 1) == 2  # not evaluated: no point
+    assert "(2 without values)" in panel.pareto.figure.layout.title.text
+
+    campaign.record_failure("evaluate/a1/c0/b0", "Traceback ...\nRuntimeError: relaxer died")
+    panel.refresh()
+    assert "1 failed tasks" in panel.counts.value and "evaluate/a1/c0/b0 failed: RuntimeError: relaxer died" in panel.counts.value
+    _write_evaluation(campaign, "a1")  # the retry succeeds
+    panel.refresh()
+    text = panel.counts.value
+    assert text.startswith("<b>finished</b>: sampling 2/2 tasks, evaluation 2/2 tasks; 4/4 crystals sampled, 4 evaluated; 0 failed")
+    assert "all arms: 4 evaluated, stable 50%, S.U.N. 25%" in text
+    assert "a0 (chemical_system=Li-O, γ=1): 2 evaluated, stable 50%, S.U.N. 0%" in text
+    assert "a1 (chemical_system=Na-Cl, γ=1): 2 evaluated, stable 50%, S.U.N. 50%" in text
+    assert panel.table.set_index("id")["energy_above_hull"].to_dict() == pytest.approx(
+        {k: v[0] for k, v in CAMPAIGN_RESULTS.items()})
+    assert _points(panel.pareto.figure, 0) + _points(panel.pareto.figure, 1) == 4
+    mask = design.pareto_front(panel.table, "energy_above_hull", "hhi_score")
+    assert sorted(panel.pareto.figure.data[1].customdata) == sorted(panel.table["id"][mask])
+    assert _points(panel.hull.figure, 2) == 2  # the Na-Cl crystals are not in the Li-O hull
+    panel.system.value = "Cl-Na"  # the fake reference has no Na or Cl entries: said inline, no exception
+    assert panel.hull.data is None and "hull for Cl-Na unavailable" in panel.hull.message.value
+
+
+def test_campaign_panel_sends_the_selection_to_the_app_and_exports_it(campaign, app, tmp_path):
+    from mattergen_lab.widgets import CampaignPanel
+
+    _write_sample(campaign, "a1")
+    _write_evaluation(campaign, "a1")
+    panel = CampaignPanel(campaign.path, app=app, reference=FakeReference())
+    panel.send_button.click()  # nothing selected: said inline
+    assert "no crystals selected" in panel.message.value and app.candidates == []
+    panel.selection.value = ("a0-1", "a1-0")
+    panel.send_button.click()
+    assert panel.message.value == "Sent 2 crystals to the design app."
+    assert [c.id for c in app.candidates] == ["a0-1", "a1-0"] and list(app.table["id"]) == ["a0-1", "a1-0"]
+    assert app.table["energy_above_hull"].tolist() == pytest.approx([0.25, 0.02])
+    assert app.table["novel_unique_stable"].tolist() == [False, True]
+    assert len(app.candidate_panel.body.children) == 2 and app.protocol["relaxer"] == "chgnet"
+    assert panel.send_to_app(["a1-0"]) == [] and len(app.candidates) == 2  # already there: not added twice
+    app.select("a1-0")
+    assert app.trajectory.shown.step == 4 and len(app.trajectory.shown.atomic_numbers) == 8
+    with pytest.raises(ValueError, match=r"unknown crystal ids \['a9-0'\]"):
+        panel.send_to_app(["a9-0"])
+
+    out = app.export(tmp_path / "app.zip", ["a1-0"])  # the app's own export of a campaign crystal
+    with zipfile.ZipFile(out) as zf:
+        assert "a1-0_NaCl_P1.cif" in zf.namelist()
+        assert pd.read_csv(zf.open("report.csv"))["energy_above_hull"].tolist() == pytest.approx([0.02])
+    panel.path.value = str(tmp_path / "panel.zip")
+    panel.export_button.click()  # the panel's export: the same selection, straight from the folder
+    assert panel.message.value.startswith("Wrote ")
+    with zipfile.ZipFile(tmp_path / "panel.zip") as zf:
+        rep = json.loads(zf.read("report.json"))
+        csv = pd.read_csv(zf.open("report.csv"))
+    assert list(csv["id"]) == ["a0-1", "a1-0"] and csv["energy_above_hull"].tolist() == pytest.approx([0.25, 0.02])
+    assert rep["campaign"] == str(campaign.path) and rep["chemical_system"] == ["Li-O", "Cl-Na"]
+    assert rep["evaluation_protocol"]["relaxer"] == "chgnet" and rep["guidance_scale"] == 1.0
+
+
+def test_campaign_panel_auto_refresh_stops_when_finished_or_closed(campaign):
+    import time
+
+    from mattergen_lab.widgets import CampaignPanel
+
+    panel = CampaignPanel(campaign.path, refresh_s=0.05, reference=FakeReference())
+    assert panel.following
+    _write_sample(campaign, "a1")
+    _write_evaluation(campaign, "a1")
+    deadline = time.monotonic() + 20
+    while panel.following and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not panel.following and panel.status["finished"] and panel.counts.value.startswith("<b>finished</b>")
+    assert len(panel.candidates) == 4
+
+    other = CampaignPanel(campaign.path.parent / "campaign", reference=FakeReference())
+    assert not other.following  # no refresh_s: by hand only
+    running = campaign.path.parent / "second"
+    from mattergen_lab.campaign import CampaignFolder, CampaignSpec
+
+    CampaignFolder(running).prepare(CampaignSpec.from_dict(CAMPAIGN))
+    panel = CampaignPanel(running, refresh_s=0.05, reference=FakeReference())
+    time.sleep(0.2)
+    assert panel.following and panel.counts.value.startswith("<b>running</b>: sampling 0/2 tasks")
+    panel.close()
+    assert not panel.following
+
+
+def test_campaign_panel_refuses_a_folder_that_is_not_a_campaign(tmp_path):
+    from mattergen_lab.widgets import CampaignPanel
+
+    with pytest.raises(FileNotFoundError, match=f"campaign folder {tmp_path / 'nowhere'} does not exist"):
+        CampaignPanel(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a campaign folder"):
+        CampaignPanel(tmp_path)
+    (tmp_path / "campaign.json").write_text('{"spec": {"num_samples": 2}}')
+    with pytest.raises(ValueError, match=f"{tmp_path} is not a readable campaign folder: a campaign spec needs a checkpoint"):
+        CampaignPanel(tmp_path)

@@ -157,6 +157,26 @@ class DesignApp(w.VBox):
         report = design.design_report(chosen, evaluation_protocol=self.protocol)
         return design.export_candidates([c.structure for c in chosen], table, path, report=report, symprec=symprec)
 
+    def add_candidates(self, candidates: Sequence[design.Candidate], evaluations: pd.DataFrame | None = None,
+                       *, protocol: dict[str, Any] | None = None) -> list[str]:
+        """Add candidates made elsewhere (e.g. a campaign's crystals) with their evaluation rows (by ``id``).
+
+        Ids already in the session are skipped; ``protocol`` becomes the session's evaluation protocol when it
+        has none yet (it goes into the export's report). Returns the ids added.
+        """
+        with self._lock:
+            known = {c.id for c in self.candidates}
+            new = [c for c in candidates if c.id not in known]
+            self.candidates.extend(new)
+            ids = {c.id for c in new}
+            rows = evaluations[evaluations["id"].astype(str).isin(ids)] if evaluations is not None and len(evaluations) else None
+            if rows is not None and len(rows):
+                self.evaluations = pd.concat([self.evaluations, rows], ignore_index=True) if len(self.evaluations) else rows.reset_index(drop=True)
+            if self.protocol is None and protocol:
+                self.protocol = dict(protocol)
+        self.refresh()
+        return [c.id for c in new]
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker finishes; True when it has."""
         t = self._thread
