@@ -9,6 +9,7 @@ This is the one public function set that the CLI, notebooks and widgets call::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -64,9 +65,13 @@ def build_sampler(
 
     ``num_steps=None`` uses the checkpoint's :func:`recommended_num_steps`.
     """
+    g = guidance_scale
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+        raise ValueError(f"guidance_scale={g!r} must be a finite number >= 0")
     model = ckpt.model.to(device).eval()
     diffusion = JointDiffusion(DiffusionConfig.from_dict(ckpt.config.get("diffusion", {})))
-    config = sampler_config or SamplerConfig(num_steps=num_steps or recommended_num_steps(ckpt))
+    # num_steps=0 is an error (SamplerConfig names it), not "the recommended count"
+    config = sampler_config or SamplerConfig(num_steps=recommended_num_steps(ckpt) if num_steps is None else num_steps)
     if guidance_scale and not model.conditions:
         raise ValueError(
             f"guidance_scale={guidance_scale!r} needs a conditional checkpoint; {ckpt.path or 'this model'} is "
@@ -135,16 +140,17 @@ def sampling_kwargs(
     With a ``chemical_system`` condition (or ``elements``), atoms outside that system are masked out at
     every step: a hard constraint, whatever the guidance factor.
     """
-    from mattergen_lab.model.property_embeddings import parse_chemical_system
+    from mattergen_lab.sampling.request import SamplingRequest
 
     props = validated_conditions(conditions, info)
-    system = elements or (props or {}).get("chemical_system")
+    # the request validates the mask: elements that exist, not empty, not in conflict with the target system
+    system = SamplingRequest(conditions=props or {}, elements=elements).mask
     return {
         "num_atoms": num_atoms if num_atoms is not None else info.num_atoms,
         "seed": seed,
         "device": device,
         "properties": props,
-        "allowed_elements": parse_chemical_system(system) if system else None,
+        "allowed_elements": list(system.symbols) if system else None,
     }
 
 

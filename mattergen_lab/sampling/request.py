@@ -89,6 +89,14 @@ class SamplingRequest:
         object.__setattr__(self, "conditions", conditions)
         if self.elements is not None:
             object.__setattr__(self, "elements", ChemicalSystem.parse(self.elements).require_generatable())
+            target = conditions.get("chemical_system")
+            if target is not None:
+                outside = set(ChemicalSystem.parse(target).symbols) - set(self.elements.symbols)
+                if outside:
+                    raise ValueError(
+                        f"elements={str(self.elements)!r} conflicts with the target chemical_system={target!r}: "
+                        f"{sorted(outside)} would be masked out; drop --elements or make it include the target"
+                    )
         n = self.num_atoms
         if n is not None:
             if _is_int(n):

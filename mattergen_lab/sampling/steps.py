@@ -38,6 +38,8 @@ from mattergen_lab.noise.wrapped_ve import WrappedVESDE, wrap
 
 #: Added to the logits of classes that may not be sampled (as the official ``mask_disallowed_elements``).
 MASK_PENALTY = -1e10
+#: |logit| cap applied before the penalty (a trained model's logits are O(10); guided ones may be anything).
+LOGIT_BOUND = 1e6
 
 #: Smallest α_{t|s} used by the ancestral predictor.
 MIN_ALPHA_TS = 1e-3
@@ -109,7 +111,10 @@ def mask_logits(
         allowed = allowed[batch_idx]  # (N, 101)
     allowed = allowed.to(logits.device)
     allowed = allowed & (torch.arange(logits.shape[-1], device=logits.device) != MASK_CLASS)
-    return logits + torch.where(allowed, 0.0, MASK_PENALTY).to(logits.dtype)
+    # Bound the logits first, so that no guidance factor can outweigh the penalty: γ = 1e30 makes them ±inf or
+    # NaN, and 1e9 alone is larger than an additive penalty. NaN (undefined) becomes the lowest bound.
+    bounded = torch.nan_to_num(logits, nan=-LOGIT_BOUND).clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    return bounded + torch.where(allowed, 0.0, MASK_PENALTY).to(logits.dtype)
 
 
 # ---------------------------------------------------------------------------------------- helpers
