@@ -19,6 +19,7 @@ from pathlib import Path
 log = logging.getLogger("mattergen_lab")
 
 
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a score model on MP-20 (or your own CSV)")
     p.add_argument("--out", required=True, help="output folder (checkpoints in OUT/best and OUT/last)")
@@ -161,6 +162,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mattergen_lab.sampling.api import sample_to_dir
+    from mattergen_lab.sampling.request import validate_device
 
     conditions = {}
     for item in args.condition:
@@ -180,7 +182,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         conditions=conditions,
         guidance_scale=args.guidance,
         elements=args.elements,
-        device=torch.device(args.device),
+        device=torch.device(validate_device(args.device)),
         on_batch=lambda n: bar.update(n),
     )
     bar.close()
@@ -347,6 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mattergen-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
@@ -370,9 +373,22 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": cmd_evaluate, "campaign": cmd_campaign}
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # a user's mistake: one line naming it
         print(f"mattergen-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder that cannot be written, a full disk...
+        print(f"mattergen-lab {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mattergen-lab {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: say so, and where to report it
+        if args.debug:
+            raise
+        print(f"mattergen-lab {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              "  This is a bug in mattergen-lab: please report it on the project's issue tracker with the command line\n"
+              "  (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -69,3 +69,83 @@ def test_a_mask_that_contains_the_target_is_accepted():
                       conditions={"chemical_system": "Li-Fe-O"}, guidance_scale=1.0)
     assert all(set(ChemicalSystem.parse([e.symbol for e in s.composition.elements]).symbols) <= {"Li", "Fe", "O", "Mn"}
                for s in crystals)
+
+
+# ---------------------------------------------------------------------- runs that know what they are; the CLI
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "mattergen_lab.cli", *argv], capture_output=True, text=True,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return p.returncode, p.stderr
+
+
+def test_sample_refuses_to_mix_runs_in_one_folder(tmp_path):
+    out = str(tmp_path / "s")
+    base = ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "2", "--steps", "3", "--out", out]
+    assert _cli(*base)[0] == 0
+    rc, err = _cli(*base[:-2], "--num-samples", "3", "--out", out)  # more of the same run: extends it
+    assert rc == 0 and len(list((tmp_path / "s" / "cifs").glob("*.cif"))) == 3
+    for change, named in ((["--seed", "1"], "seed: 0 -> 1"), (["--steps", "4"], "sampler.num_steps: 3 -> 4"),
+                          (["--batch-size", "1"], "batch_size: 16 -> 1"),
+                          (["--checkpoint", "mgl_mp20_small_hhi_score"], "checkpoint: 'mgl_mp20_small' -> 'mgl_mp20_small_hhi_score'")):
+        argv = list(base)
+        for flag, value in zip(change[::2], change[1::2]):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        rc, err = _cli(*argv)
+        assert rc == 2 and named in err and "Traceback" not in err, err
+    assert len(list((tmp_path / "s" / "cifs").glob("*.cif"))) == 3  # nothing was added by the refused runs
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "tpu"], "device='tpu' is not a torch device"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "device='cuda"),
+    (["--steps", "0"], "num_steps=0"),
+    (["--guidance", "nan"], "guidance_scale=nan"),
+    (["--elements", ""], "is empty"),
+])
+def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, extra, message):
+    rc, err = _cli("sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "2", "--out", str(tmp_path / "s"), *extra)
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_out_on_a_file_is_named(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    rc, err = _cli("sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "2", "--steps", "2", "--out", str(f))
+    assert rc == 2 and "exists and is not a folder" in err and "Traceback" not in err
+
+
+def test_an_internal_error_says_it_is_a_bug_and_debug_shows_the_traceback(monkeypatch, capsys):
+    from mattergen_lab import cli
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "cmd_checkpoints", broken)
+    assert cli.main(["checkpoints"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["--debug", "checkpoints"])
+
+
+def test_evaluate_resume_key_covers_every_atom(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from mattergen_lab.evaluation.evaluate import _fingerprint
+
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    moved = s.copy()
+    moved.translate_sites([1], [0.01, 0, 0])
+    swapped = Structure(Lattice.cubic(4.0), ["Cl", "Na"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    keys = {_fingerprint(x) for x in (s, moved, swapped)}
+    assert len(keys) == 3  # same formula and lattice lengths, three different structures
+    assert _fingerprint(Structure.from_str(s.to(fmt="cif"), fmt="cif")) == _fingerprint(s)  # stable through a CIF

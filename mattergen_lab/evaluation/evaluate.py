@@ -218,6 +218,16 @@ def composition_valid(composition: Any) -> bool:
 
 
 def _fingerprint(structure: Structure) -> str:
+    """The resume key of a structure: a hash of every site (species and fractional coordinates, 1e-6) and the
+    lattice matrix (1e-6 Å), so moving one atom makes a finished result stale."""
+    species = ",".join(str(site.species) for site in structure)
+    frac = np.round(np.asarray(structure.frac_coords, dtype=float), 6) + 0.0  # + 0.0: -0.0 -> 0.0
+    lattice = np.round(np.asarray(structure.lattice.matrix, dtype=float), 6) + 0.0
+    text = f"{species}|{frac.tolist()}|{lattice.tolist()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _legacy_fingerprint(structure: Structure) -> str:
     text = f"{structure.composition.formula}|{np.round(structure.lattice.abc, 4).tolist()}"
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -466,7 +476,9 @@ def evaluate_structures(
             break
         if sid in done:
             row = done[sid]
-            if row.get("input_fingerprint") != _fingerprint(structure):
+            stored = str(row.get("input_fingerprint"))
+            legacy = len(stored) == 12  # folders written before the whole-structure key: formula + lengths
+            if stored != (_legacy_fingerprint(structure) if legacy else _fingerprint(structure)):
                 raise ValueError(
                     f"{out}: the finished result for {sid!r} belongs to a different structure; use a new --out"
                 )

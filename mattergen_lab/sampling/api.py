@@ -197,7 +197,24 @@ def sample_to_dir(
     """Like :func:`sample`, writing ``cifs/gen_*.cif`` + ``generated_crystals.extxyz`` as it goes (resumable)."""
     sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
     kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device)
-    return sampler.sample_to_dir(out_dir, num_samples, batch_size=batch_size, on_batch=on_batch, **kwargs)
+    settings = {"checkpoint": str(checkpoint), "weights": weights_identity(info.checkpoint),
+                "guidance_scale": info.guidance_scale, "device_type": torch.device(device).type}
+    return sampler.sample_to_dir(out_dir, num_samples, batch_size=batch_size, on_batch=on_batch, settings=settings, **kwargs)
+
+
+def weights_identity(path: str) -> str:
+    """What identifies a checkpoint's weights in a run record: the sha256 of ``model.safetensors`` (ours, a few
+    MB), else the file's path, size and modification time (official files of 500 MB are not hashed each run)."""
+    from mattergen_lab.checkpoints import sha256_of
+
+    p = Path(path)
+    weights = p / "model.safetensors" if p.is_dir() else p
+    if weights.is_file() and weights.stat().st_size < 64 << 20:
+        return f"sha256:{sha256_of(weights)}"
+    if weights.is_file():
+        st = weights.stat()
+        return f"{weights}|{st.st_size}|{int(st.st_mtime)}"
+    return str(path)
 
 
 def read_samples(out_dir: str | os.PathLike, num_samples: int | None = None) -> list:

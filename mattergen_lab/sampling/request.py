@@ -27,13 +27,20 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 
 def validate_device(device: Any) -> str:
-    """``str(device)`` when torch understands it; ``ValueError`` naming it otherwise."""
+    """``str(device)`` when torch understands it and this machine has it; ``ValueError`` naming it otherwise."""
     import torch
 
     try:
-        torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device={device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}: no CUDA GPU is available here (torch {torch.__version__}); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={str(device)!r}: MPS is not available here; use 'cpu'")
     return str(device)
 
 

@@ -374,8 +374,13 @@ class PredictorCorrectorSampler:
         properties: Mapping[str, Any] | None = None,
         progress: bool = False,
         on_batch: Callable[[int], None] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> list[Path]:
         """Sample into ``out_dir`` as it goes; resumable. Returns the CIF path of every index.
+
+        ``settings`` (e.g. the checkpoint and guidance, which this sampler does not know) join the seed, batch
+        size, sampler settings, atom counts, mask and conditions in ``out_dir/sampling.json``; a restart with
+        different ones is refused (see :mod:`~mattergen_lab.sampling.writers`).
 
         The files are written by :class:`~mattergen_lab.sampling.writers.SampleDirWriter`:
         ``out_dir/cifs/gen_{i}.cif`` (each written atomically as soon as its chunk is done),
@@ -387,7 +392,13 @@ class PredictorCorrectorSampler:
         if an earlier run stopped while appending to it.
         """
         request = self._request(num_samples, batch_size, seed, generator, device)  # validated before any file is made
-        writer = SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every)
+        from mattergen_lab.sampling.writers import plain
+
+        config = {k: v for k, v in self.config.to_dict().items() if k != "record_every"}
+        record = {"seed": request.seed, "batch_size": request.batch_size, "sampler": config, "dtype": str(dtype),
+                  "num_atoms": plain(num_atoms), "allowed_elements": plain(allowed_elements),
+                  "properties": plain(dict(properties) if properties else None), **plain(dict(settings or {}))}
+        writer = SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every, settings=record)
         for item in self.iter_chunks(
             request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
             progress=progress, skip=writer.skip, every=writer.record_every,

@@ -8,11 +8,15 @@ files). Layout of ``out_dir``:
 * ``trajectories/gen_{i}.extxyz`` when ``record_every > 0``: every ``record_every``-th denoising step.
 
 On restart, crystals whose CIF exists are in :attr:`SampleDirWriter.skip`; the extxyz is first repaired from the
-CIFs if an earlier run stopped while appending to it.
+CIFs if an earlier run stopped while appending to it. ``sampling.json`` records the settings that decide the
+crystals (checkpoint, seed, batch size, steps, atom counts, mask, conditions, guidance); a restart with other
+settings is refused, naming the differences, before any file is touched, so two runs never mix in one folder.
+More samples with the same settings extend the folder (crystal ``i`` does not depend on ``num_samples``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -32,10 +36,20 @@ log = logging.getLogger(__name__)
 class SampleDirWriter:
     """Writes the frames of a chunked sampling run into ``out_dir`` (see the module docstring)."""
 
-    def __init__(self, out_dir: str | os.PathLike, num_samples: int, *, record_every: int = 0) -> None:
+    def __init__(self, out_dir: str | os.PathLike, num_samples: int, *, record_every: int = 0,
+                 settings: dict[str, Any] | None = None) -> None:
         self.out = Path(out_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"out_dir={str(self.out)!r} exists and is not a folder")
+        if settings is not None:
+            check_settings(self.out, settings)
         self.cif_dir = self.out / "cifs"
-        self.cif_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cif_dir.mkdir(parents=True, exist_ok=True)
+            if settings is not None and not (self.out / SETTINGS_FILE).is_file():
+                atomic_write_text(self.out / SETTINGS_FILE, json.dumps(settings, indent=1, sort_keys=True))
+        except OSError as exc:
+            raise ValueError(f"cannot write samples to {str(self.out)!r}: {exc.strerror or exc}") from None
         self.extxyz = self.out / "generated_crystals.extxyz"
         self.paths = [self.cif_dir / f"gen_{i}.cif" for i in range(num_samples)]
         self.record_every = record_every
@@ -67,6 +81,46 @@ class SampleDirWriter:
         self._traj_tmp = {}
         log.info("wrote %d crystals (%s)", len(new), ", ".join(self.paths[i].name for i, _ in new))
         return len(new)
+
+
+SETTINGS_FILE = "sampling.json"
+
+
+def plain(obj: Any) -> Any:
+    """A JSON-able description of a setting (configs and distributions by their ``to_dict``, tensors as lists)."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if hasattr(obj, "tolist"):
+        obj = obj.tolist()
+    return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``["sampler.num_steps: 3 -> 4", ...]``: the leaves where two nested records differ."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to add crystals to ``out`` when its ``sampling.json`` records other settings (``ValueError``)."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        if (out / "cifs").is_dir() and any((out / "cifs").glob("gen_*.cif")):
+            log.warning("%s has crystals but no %s (an older run); assuming they match these settings", out, SETTINGS_FILE)
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}); use a new out folder") from None
+    diff = differences(old, settings)
+    if diff:
+        raise ValueError(f"{out} holds crystals sampled with other settings ({'; '.join(diff)}); use a new out folder")
 
 
 def to_atoms(index: int, structure: "Structure") -> Any:
