@@ -149,3 +149,47 @@ def test_evaluate_resume_key_covers_every_atom(tmp_path):
     keys = {_fingerprint(x) for x in (s, moved, swapped)}
     assert len(keys) == 3  # same formula and lattice lengths, three different structures
     assert _fingerprint(Structure.from_str(s.to(fmt="cif"), fmt="cif")) == _fingerprint(s)  # stable through a CIF
+
+
+@pytest.mark.parametrize("checkpoint, name, value, message", [
+    ("mgl_mp20_small_dft_band_gap", "dft_band_gap", -5, "outside the physical range [0, 20] eV"),
+    ("mgl_mp20_small_hhi_score", "hhi_score", -1e30, "outside the physical range [0, 10000]"),
+    ("mgl_mp20_small_hhi_score", "hhi_score", 1e6, "outside the physical range"),
+    ("mgl_mp20_small_dft_mag_density", "dft_mag_density", -1, "outside the physical range"),
+    ("mgl_mp20_small_dft_bulk_modulus", "dft_bulk_modulus", 0, "outside the physical range (0, 1000] GPa"),
+    ("mgl_mp20_small_dft_bulk_modulus", "dft_bulk_modulus", 1e300, "outside the physical range"),
+    ("mgl_mp20_small_dft_band_gap", "dft_band_gap", "two", "must be a number"),
+    ("mgl_mp20_small_dft_band_gap", "dft_band_gap", True, "must be a number"),
+])
+def test_impossible_targets_are_refused(checkpoint, name, value, message):
+    with pytest.raises(ValueError) as info:
+        sample(checkpoint, 1, num_steps=1, conditions={name: value}, guidance_scale=2.0)
+    assert message in str(info.value) and name in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "2.5", "0", "231", "P1"])
+def test_bad_space_groups_are_named(value):
+    from mattergen_lab.sampling.api import SamplerInfo, validated_conditions
+
+    info = SamplerInfo("x", None, ("space_group",), 0.0, None)
+    with pytest.raises(ValueError, match=f"space_group={value!r} must be an integer in 1-230"):
+        validated_conditions({"space_group": value}, info)
+
+
+def test_the_app_refuses_a_checkpoint_that_does_not_exist():
+    from mattergen_lab.widgets import DesignApp
+
+    with pytest.raises(ValueError, match="checkpoint='nonexistent' is neither an existing folder"):
+        DesignApp(checkpoint="nonexistent")
+
+
+def test_targets_outside_the_sliders_are_refused_not_clamped():
+    from mattergen_lab.widgets.targets import TargetPanel
+
+    panel = TargetPanel("mgl_mp20_small_hhi_score")
+    for bad in (-5, 1e9, float("nan"), "920"):
+        with pytest.raises(ValueError, match="hhi_score="):
+            panel.set_targets({"hhi_score": bad})
+    assert not panel.toggles["hhi_score"].value  # nothing changed
+    panel.set_targets({"hhi_score": 1250.0})
+    assert panel.sliders["hhi_score"].value == 1250.0 and panel.toggles["hhi_score"].value

@@ -98,7 +98,18 @@ class TargetPanel(w.VBox):
 
         if checkpoint is not None and os.path.exists(str(checkpoint)):
             self._paths.append(str(checkpoint))
+        elif checkpoint is not None:
+            from mattergen_lab.checkpoints import registry
+
+            known = registry(registry_path)
+            if str(checkpoint) not in known:
+                raise ValueError(f"checkpoint={str(checkpoint)!r} is neither an existing folder or file nor a registry "
+                                 f"name (known: {', '.join(sorted(known))})")
         self.refresh_checkpoints(select=str(checkpoint) if checkpoint is not None else None)
+        if checkpoint is not None and self.checkpoint.value != str(checkpoint):
+            reasons = self.unavailable_reasons
+            raise ValueError(f"checkpoint={str(checkpoint)!r} cannot be used here: "
+                             f"{reasons.get(str(checkpoint), 'it serves none of the switched-on targets')}")
 
         super().__init__([
             w.HTML("<b>Targets</b>"),
@@ -201,6 +212,14 @@ class TargetPanel(w.VBox):
 
     def set_targets(self, targets: dict[str, float]) -> None:
         """Switch on ``targets`` (others off) and set their values (for notebooks and tests)."""
+        unknown = set(targets) - set(design.DESIGN_PROPERTIES)
+        if unknown:
+            raise ValueError(f"unknown target(s) {sorted(unknown)}; the panel offers {list(design.DESIGN_PROPERTIES)}")
+        for name, value in targets.items():  # check all first: a bad value changes nothing
+            slider = self.sliders[name]
+            x = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+            if not slider.min <= x <= slider.max:  # NaN fails too
+                raise ValueError(f"target {name}={value!r} is outside the slider range {slider.min:g}-{slider.max:g}")
         for name in design.DESIGN_PROPERTIES:
             if name in targets:
                 self.sliders[name].value = float(targets[name])

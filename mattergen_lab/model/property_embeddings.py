@@ -13,6 +13,8 @@ Each adapted property ``p`` has ``property_embeddings_adapt.<p>`` with:
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -34,6 +36,38 @@ SCALAR_PROPERTIES = (
     "formation_energy_per_atom",
 )
 LOG10_PROPERTIES = ("dft_bulk_modulus", "ml_bulk_modulus", "dft_shear_modulus")
+
+#: Values a target can physically take: ``(low, high, low_inclusive, unit)``. Generous (MP's largest band gap is
+#: about 10 eV, its densest magnetisation 0.2 μB/Å³, diamond's bulk modulus 443 GPa); a target outside is a
+#: typo or a sign error, and a modulus <= 0 has no logarithm for the adapter's scaler.
+PHYSICAL_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "dft_mag_density": (0.0, 1.0, True, "μB/Å³"),
+    "dft_band_gap": (0.0, 20.0, True, "eV"),
+    "energy_above_hull": (0.0, 10.0, True, "eV/atom"),
+    "hhi_score": (0.0, 10000.0, True, "(0-10,000 scale)"),
+    "dft_bulk_modulus": (0.0, 1000.0, False, "GPa"),
+    "ml_bulk_modulus": (0.0, 1000.0, False, "GPa"),
+    "dft_shear_modulus": (0.0, 1000.0, False, "GPa"),
+}
+
+
+def check_scalar_target(name: str, value: float) -> float:
+    """``value`` when it is a finite number that ``name`` can take (:data:`PHYSICAL_RANGES`); ``ValueError`` naming
+    it otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"condition {name}={value!r} must be a number")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"condition {name}={value!r} must be a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"condition {name}={value!r} must be finite")
+    if name in PHYSICAL_RANGES:
+        low, high, inclusive, unit = PHYSICAL_RANGES[name]
+        if x > high or x < low or (x == low and not inclusive):
+            bracket = "[" if inclusive else "("
+            raise ValueError(f"condition {name}={value!r} is outside the physical range {bracket}{low:g}, {high:g}] {unit}")
+    return x
 CATEGORICAL_PROPERTIES = ("chemical_system", "space_group")
 SUPPORTED_PROPERTIES = CATEGORICAL_PROPERTIES + SCALAR_PROPERTIES
 

@@ -97,9 +97,7 @@ def load_sampler(checkpoint: str | os.PathLike, **kwargs: Any) -> tuple[Predicto
 
 def validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo) -> dict[str, Any] | None:
     """Check condition names and values at the boundary; ``ValueError`` names the bad one."""
-    import math
-
-    from mattergen_lab.model.property_embeddings import parse_chemical_system
+    from mattergen_lab.model.property_embeddings import check_scalar_target, parse_chemical_system
 
     if not conditions:
         return None
@@ -111,18 +109,15 @@ def validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo
         if name == "chemical_system":
             out[name] = "-".join(parse_chemical_system(str(value)))
         elif name == "space_group":
-            sg = int(float(value))
-            if not 1 <= sg <= 230 or sg != float(value):
-                raise ValueError(f"space_group={value!r} must be an integer in 1-230")
-            out[name] = sg
-        else:
             try:
-                x = float(value)
+                x = float(value) if not isinstance(value, bool) else math.nan
             except (TypeError, ValueError):
-                raise ValueError(f"condition {name}={value!r} must be a number") from None
-            if not math.isfinite(x):
-                raise ValueError(f"condition {name}={value!r} must be finite")
-            out[name] = x
+                x = math.nan
+            if not math.isfinite(x) or x != int(x) or not 1 <= x <= 230:
+                raise ValueError(f"space_group={value!r} must be an integer in 1-230")
+            out[name] = int(x)
+        else:
+            out[name] = check_scalar_target(name, value)
     return out
 
 
