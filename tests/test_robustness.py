@@ -193,3 +193,12 @@ def test_targets_outside_the_sliders_are_refused_not_clamped():
     assert not panel.toggles["hhi_score"].value  # nothing changed
     panel.set_targets({"hhi_score": 1250.0})
     assert panel.sliders["hhi_score"].value == 1250.0 and panel.toggles["hhi_score"].value
+
+
+def test_a_billion_samples_is_refused_before_any_work(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    rc, err = _cli("sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1000000000", "--out", str(tmp_path / "s"))
+    assert rc == 2 and "num_samples=1000000000 is more than MAX_NUM_SAMPLES=100,000" in err
+    assert not (tmp_path / "s").exists() and time.perf_counter() - start < 60

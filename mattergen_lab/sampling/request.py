@@ -21,6 +21,11 @@ from typing import Any
 from mattergen_lab.chemistry import ChemicalSystem
 
 
+#: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
+#: whose tasks are requests of this size or less. (A billion would allocate gigabytes before the first crystal.)
+MAX_NUM_SAMPLES = 100_000
+
+
 def chunk_seed(seed: int, chunk: int) -> int:
     """The seed of chunk ``chunk`` of a run seeded with ``seed`` (the one formula)."""
     return (seed * 1_000_003 + 7919 * (chunk + 1)) % (2**63 - 1)
@@ -81,6 +86,9 @@ class SamplingRequest:
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
+            if v > MAX_NUM_SAMPLES:
+                raise ValueError(f"{name}={v!r} is more than MAX_NUM_SAMPLES={MAX_NUM_SAMPLES:,} for one request; "
+                                 "run a campaign (mattergen-lab campaign) to make more")
         if self.num_steps is not None and (not _is_int(self.num_steps) or self.num_steps < 1):
             raise ValueError(f"num_steps={self.num_steps!r} must be None or a positive integer")
         if not _is_int(self.seed) or self.seed < 0:
