@@ -202,3 +202,11 @@ def test_a_billion_samples_is_refused_before_any_work(tmp_path):
     rc, err = _cli("sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1000000000", "--out", str(tmp_path / "s"))
     assert rc == 2 and "num_samples=1000000000 is more than MAX_NUM_SAMPLES=100,000" in err
     assert not (tmp_path / "s").exists() and time.perf_counter() - start < 60
+
+
+def test_hhi_of_an_overflowing_formula_is_an_error_not_nan():
+    from mattergen_lab.properties import hhi_score
+
+    with pytest.raises(ValueError, match="'Fe1e400O' has amounts that are not finite"):
+        hhi_score("Fe1e400O")
+    assert hhi_score("Fe2O3") == pytest.approx(1828.9, abs=0.1)

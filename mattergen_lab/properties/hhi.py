@@ -15,6 +15,8 @@ dataset such crystals get NaN (= missing label).
 
 from __future__ import annotations
 
+import math
+
 import functools
 import logging
 from collections.abc import Sequence
@@ -109,6 +111,9 @@ def hhi_score(composition_or_structure: CompositionLike) -> float:
             f"no HHI value for element(s) {', '.join(missing)} (in {comp.reduced_formula}): "
             f"pymatgen's HHI table covers {len(table)} elements and not these"
         )
+    bad = {el.symbol: amount for el, amount in comp.items() if not (math.isfinite(amount) and amount >= 0)}
+    if bad or not comp.num_atoms > 0:
+        raise ValueError(f"composition {composition_or_structure!r} has amounts that are not finite and positive: {bad or 'no atoms'}")
     weights = {el.symbol: amount * float(el.atomic_mass) for el, amount in comp.items()}  # amu per formula
     total = sum(weights.values())
     return float(sum(w * table[symbol] for symbol, w in weights.items()) / total)
