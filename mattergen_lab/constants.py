@@ -39,3 +39,8 @@ ALEX_MP_20_NUM_ATOMS: dict[int, float] = {
 }
 
 assert len(SELECTED_ATOMIC_NUMBERS) == 76
+
+#: The collapse floor of every relaxation (Å³ per atom): MP-20's densest crystal has 5.8 Å³/atom. Below it a crystal
+#: is collapsing and a force field's neighbour graph grows without bound (a 7-atom O cell at 1.4 Å³/atom took
+#: CHGNet to 4.8 GB; a 1-Å cubic Na cell passed 6 GB in the bulk-modulus oracle).
+MIN_VOLUME_PER_ATOM = 3.0

@@ -210,3 +210,20 @@ def test_hhi_of_an_overflowing_formula_is_an_error_not_nan():
     with pytest.raises(ValueError, match="'Fe1e400O' has amounts that are not finite"):
         hhi_score("Fe1e400O")
     assert hhi_score("Fe2O3") == pytest.approx(1828.9, abs=0.1)
+
+
+def test_bulk_modulus_of_a_collapsed_cell_stops_before_the_force_field():
+    from ase.calculators.calculator import Calculator
+    from pymatgen.core import Lattice, Structure
+
+    from mattergen_lab.properties.bulk_modulus import BulkModulusError, bulk_modulus
+
+    class MustNotBeCalled(Calculator):
+        implemented_properties = ["energy", "forces", "stress"]
+
+        def calculate(self, *args, **kwargs):
+            raise AssertionError("the force field was called on a collapsed cell")
+
+    tiny = Structure(Lattice.cubic(1.0), ["Na"], [[0, 0, 0]])
+    with pytest.raises(BulkModulusError, match=r"1.00 Å³/atom is below the collapse floor of 3.0"):
+        bulk_modulus(tiny, calculator=MustNotBeCalled())

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.constants import MIN_VOLUME_PER_ATOM
 from mattergen_lab.forcefields import (
     MATTERSIM_DEFAULT_WEIGHTS,
     cell_filter,
@@ -67,7 +68,7 @@ class RelaxConfig:
     # A floor on the volume per atom (Å³): the densest MP-20 crystal has 5.8 Å³/atom. Below the floor a crystal
     # is collapsing, and the force field's neighbour graph grows without bound (one 7-atom O cell at 1.4 Å³/atom
     # took CHGNet to 4.8 GB of memory), so the relaxation stops with status "exploded".
-    min_volume_per_atom: float = 3.0
+    min_volume_per_atom: float = MIN_VOLUME_PER_ATOM
     optimizer: str = "FIRE"
     cell_filter: str = "FrechetCellFilter"
 

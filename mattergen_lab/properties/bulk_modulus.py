@@ -95,6 +95,18 @@ class BulkModulusResult:
 # ====================================================================== relaxation
 
 
+def _check_not_collapsed(atoms: Atoms) -> None:
+    """``BulkModulusError`` below the collapse floor (:data:`~mattergen_lab.constants.MIN_VOLUME_PER_ATOM`)."""
+    from mattergen_lab.constants import MIN_VOLUME_PER_ATOM
+
+    per_atom = atoms.get_volume() / max(len(atoms), 1)
+    if not per_atom >= MIN_VOLUME_PER_ATOM:
+        raise BulkModulusError(
+            f"{atoms.get_chemical_formula()}: {per_atom:.2f} Å³/atom is below the collapse floor of {MIN_VOLUME_PER_ATOM} "
+            "Å³/atom (MP-20's densest crystal has 5.8); the force field would need unbounded memory here"
+        )
+
+
 def _relax(atoms: Atoms, *, cell: bool, fmax: float, max_steps: int) -> tuple[bool, int]:
     """Relax ``atoms`` in place with FIRE (positions, and the cell if ``cell``); returns ``(converged, steps)``.
 
@@ -106,6 +118,7 @@ def _relax(atoms: Atoms, *, cell: bool, fmax: float, max_steps: int) -> tuple[bo
     v_start = atoms.get_volume()
 
     def guard() -> None:
+        _check_not_collapsed(atoms)
         ratio = atoms.get_volume() / v_start
         if not (1 / _MAX_VOLUME_FACTOR <= ratio <= _MAX_VOLUME_FACTOR):
             raise BulkModulusError(
@@ -223,6 +236,7 @@ def bulk_modulus(
     if eos not in SUPPORTED_EOS:
         raise ValueError(f"{eos=} is not supported; expected one of {list(SUPPORTED_EOS)}")
     atoms = _to_atoms(structure)
+    _check_not_collapsed(atoms)  # before the first force call, and at every relaxation step
     calc = resolve_calculator(calculator)
     atoms.calc = calc
     formula = atoms.get_chemical_formula()
