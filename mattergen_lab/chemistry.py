@@ -63,7 +63,10 @@ class ChemicalSystem:
                 raise ValueError(f"chemical system {text!r} is empty; write it like 'Li-Fe-O'")
             tokens: list[str | int] = [t for t in re.split(r"[\s,;\-]+", text.strip()) if t]
         else:
-            tokens = list(text)
+            try:
+                tokens = list(text)
+            except TypeError:
+                raise ValueError(f"chemical system {text!r} must be text like 'Li-Fe-O' or a list of elements") from None
             if not tokens:
                 raise ValueError("chemical system [] is empty; write it like 'Li-Fe-O'")
         zs = []
@@ -74,6 +77,8 @@ class ChemicalSystem:
                 zs.append(tok)
                 continue
             try:
+                if not isinstance(tok, str):
+                    raise ValueError
                 zs.append(atomic_number_of(tok))
             except ValueError:
                 raise ValueError(f"chemical system {text!r}: {tok!r} is not an element symbol") from None

@@ -132,6 +132,8 @@ class CampaignSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
             raise ValueError(f"checkpoint={self.checkpoint!r} must be a registry name or a checkpoint folder")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
         if not isinstance(self.conditions, dict):
             raise ValueError(f"conditions={self.conditions!r} must be a mapping of property -> value or list of values")
         for key, value in self.conditions.items():
