@@ -5,7 +5,7 @@ Layout::
     FOLDER/campaign.json           the spec (a rerun must give the same one) and the arms
     FOLDER/manifest.jsonl          one line per finished (or failed) task, appended after its files are written
     FOLDER/samples/<task>.json     a sampling task's structures (pymatgen dicts, full precision)
-    FOLDER/cifs/<id>.cif           each sampled crystal (id = ``<arm>-<index>``, e.g. ``a1-17``)
+    FOLDER/cifs/<id>.cif           each sampled crystal (id = ``<arm>-<index>``, e.g. ``a1-17``), Niggli-reduced
     FOLDER/evaluation/<task>.json  an evaluation task's rows, relaxed structures and protocol
     FOLDER/relaxed/<id>.cif        each relaxed crystal
     FOLDER/per_structure.csv       the whole campaign's table (uniqueness over all of it), rewritten by finalize
@@ -29,6 +29,7 @@ from typing import Any
 
 from mattergen_lab.campaign.spec import Arm, CampaignSpec
 from mattergen_lab.campaign.tasks import task_file_name
+from mattergen_lab.crystal import structure_to_cif
 from mattergen_lab.fileio import append_jsonl, atomic_write_text, read_jsonl
 
 
@@ -134,7 +135,7 @@ class CampaignFolder:
         from pymatgen.core import Structure
 
         for sid, d in zip(result["ids"], result["structures"]):
-            atomic_write_text(self.path / "cifs" / f"{sid}.cif", Structure.from_dict(d).to(fmt="cif"))
+            atomic_write_text(self.path / "cifs" / f"{sid}.cif", structure_to_cif(Structure.from_dict(d)))
         atomic_write_text(self.path / "samples" / f"{task_file_name(result['key'])}.json",
                           _dump({"ids": result["ids"], "structures": result["structures"]}))
         self._finish(result["key"], "done", seconds=round(result["seconds"], 3), worker=result["worker"], n=len(result["ids"]))
@@ -148,7 +149,7 @@ class CampaignFolder:
 
         for row, d in zip(result["rows"], result["relaxed"]):
             if d is not None:
-                atomic_write_text(self.path / "relaxed" / f"{row['id']}.cif", Structure.from_dict(d).to(fmt="cif"))
+                atomic_write_text(self.path / "relaxed" / f"{row['id']}.cif", structure_to_cif(Structure.from_dict(d)))
         atomic_write_text(self.path / "evaluation" / f"{task_file_name(result['key'])}.json",
                           _dump({"rows": result["rows"], "relaxed": result["relaxed"], "protocol": result["protocol"]}))
         self._finish(result["key"], "done", seconds=round(result["seconds"], 3), worker=result["worker"], n=len(result["rows"]))

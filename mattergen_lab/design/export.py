@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.crystal import check_structure_input, structure_to_cif
 from mattergen_lab.fileio import atomic_write
 
 from mattergen_lab.design.requests import EXPORT_ANGLE_TOLERANCE, EXPORT_SYMPREC
@@ -59,21 +60,18 @@ def _safe_name(text: str) -> str:
 
 def _symmetrized_cif(structure: Structure, symprec: float) -> tuple[str, int | None]:
     """``(CIF text, space group)`` symmetrized with spglib at ``symprec``; a comment states the tolerance."""
-    from pymatgen.io.cif import CifWriter
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     sga = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE)
     sg = int(sga.get_space_group_number())
-    text = str(CifWriter(structure, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE))
+    text = structure_to_cif(structure, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE)
     head = (f"# symmetrized with spglib: symprec={symprec} Å, angle_tolerance={EXPORT_ANGLE_TOLERANCE}°; "
             f"space group {sga.get_space_group_symbol()} ({sg})\n")
     return head + text, sg
 
 
 def _p1_cif(structure: Structure) -> str:
-    from pymatgen.io.cif import CifWriter
-
-    return "# P1 cell exactly as generated (no symmetrization)\n" + str(CifWriter(structure))
+    return "# P1 cell as generated, Niggli-reduced (no symmetrization)\n" + structure_to_cif(structure)
 
 
 def _poscar(structure: Structure, comment: str) -> str:
@@ -115,7 +113,13 @@ def export_candidates(
     (spglib-symmetrized, tolerance in the name and a comment), ``{id}_{formula}_P1.cif`` and
     ``{id}_{formula}_POSCAR``. Plus ``report.csv`` (the table with the symmetrized space group and file
     names), ``report.json`` (``report`` + ``timestamp``, ``symprec``, ``angle_tolerance``, ``num_candidates``,
-    ``candidates``) and ``report.html``. A failure leaves an existing ``path`` untouched.
+    ``candidates``) and ``report.html``. A failure leaves an existing ``path`` untouched. CIFs hold the
+    Niggli-reduced cell (:func:`~mattergen_lab.crystal.structure_to_cif`), so pymatgen and ASE read each back.
+
+    Raises:
+        ValueError: bad arguments, or a structure :func:`~mattergen_lab.crystal.check_structure_input` refuses
+            (no atoms, NaN or infinite values, a zero volume, a dummy element; any volume per atom is exported),
+            naming the candidate's id; nothing is written then.
     """
     if len(structures) != len(table):
         raise ValueError(f"{len(structures)} structures for {len(table)} table rows")
@@ -127,8 +131,11 @@ def export_candidates(
     path = Path(path)
     if path.suffix != ".zip":
         raise ValueError(f"export path {str(path)!r} must end in .zip")
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = table.reset_index(drop=True).copy()
+    for i, structure in enumerate(structures):  # before spglib sees any of them (NaN crashes it); any density is
+        # written: the user chose the candidate, and report.csv carries its plausible_density flag
+        check_structure_input(structure, name=f"candidate {str(table.iloc[i]['id'])!r}", volume_per_atom=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
     files: list[dict[str, Any]] = []
     def write(fh: Any) -> None:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:

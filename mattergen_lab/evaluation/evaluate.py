@@ -30,6 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.crystal import (
+    check_cif_cell,
+    check_structure_input,
+    structure_to_cif,
+)
 from mattergen_lab.evaluation.matching import (
     MATCHERS,
     NoveltyReference,
@@ -55,6 +60,13 @@ log = logging.getLogger(__name__)
 STABILITY_THRESHOLD = 0.1
 RMSD_LTOL, RMSD_STOL, RMSD_ANGLE_TOL = 0.5, 0.5, 10.0
 STRUCTURE_SUFFIXES = (".cif", ".extxyz", ".xyz", ".vasp", ".poscar")
+#: What :func:`~mattergen_lab.crystal.check_structure_input` checks of evaluated structures: everything but the
+#: volume per atom. Generated crystals are evaluated whatever their density (the ``plausible_density`` column
+#: flags it): a lightly trained model's samples reach 1e6 Å³/atom (the bundled chemical-system adapter at 4
+#: steps: 1 in 32), and refusing them would stop a whole run or campaign task and change the metrics'
+#: denominators. The relaxer reports a cell denser than its floor (status "exploded") before its force field
+#: builds a graph.
+_INPUT_CHECK = {"volume_per_atom": None}
 
 #: Columns of the per-structure table, in order.
 COLUMNS = (
@@ -86,14 +98,17 @@ METRIC_DESCRIPTIONS = {
 
 
 def _structure_from_text(text: str, fmt: str, label: str) -> Structure:
+    """One structure from CIF or POSCAR text; ``ValueError`` starting with ``label`` for anything
+    :func:`~mattergen_lab.crystal.check_structure_input` (or, for a CIF, ``check_cif_cell``) refuses."""
     from pymatgen.core import Structure
 
+    if fmt == "cif":
+        check_cif_cell(text, name=label)
     try:
         structure = Structure.from_str(text, fmt=fmt)
     except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
         raise ValueError(f"{label}: not a readable {fmt.upper()} ({type(exc).__name__}: {exc})") from None
-    if len(structure) == 0:
-        raise ValueError(f"{label}: the structure has no atoms")
+    check_structure_input(structure, name=label, **_INPUT_CHECK)
     return structure
 
 
@@ -107,9 +122,15 @@ def _read_ase_file(path: Path) -> list[tuple[str, Structure]]:
         raise ValueError(f"{path}: not a readable structure file ({type(exc).__name__}: {exc})") from None
     out = []
     for i, atoms in enumerate(frames):
+        label = f"{path}, frame {i}"
         if len(atoms) == 0:
-            raise ValueError(f"{path}, frame {i}: the structure has no atoms")
-        out.append((f"{path.stem}-{i}", AseAtomsAdaptor.get_structure(atoms)))
+            raise ValueError(f"{label}: the structure has no atoms")
+        try:
+            structure = AseAtomsAdaptor.get_structure(atoms)
+        except Exception as exc:  # noqa: BLE001 - e.g. a frame without a cell
+            raise ValueError(f"{label}: not a periodic structure ({type(exc).__name__}: {exc})") from None
+        check_structure_input(structure, name=label, **_INPUT_CHECK)
+        out.append((f"{path.stem}-{i}", structure))
     return out
 
 
@@ -122,7 +143,10 @@ def read_structures(path: str | os.PathLike) -> list[tuple[str, Structure]]:
     """``(id, structure)`` pairs from a folder (CIF, extxyz, POSCAR), a zip of CIFs, or an extxyz/CIF file.
 
     Ids are file stems (``gen_0.cif`` → ``gen_0``) or ``<stem>-<frame>`` for multi-frame files. Raises
-    ``ValueError`` naming the offending file, and for an input with no structures.
+    ``ValueError`` naming the offending file (and frame) for an unreadable file, for a structure
+    :func:`~mattergen_lab.crystal.check_structure_input` refuses (no atoms, NaN or infinite coordinates or lattice,
+    a zero volume, a dummy element; any volume per atom is read), for bad CIF cell parameters, and for an input
+    with no structures.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -264,6 +288,9 @@ def _evaluate_one(
         errors.append(f"composition counted invalid: {len(comp.elements)} elements > {MAX_SMACT_ELEMENTS} (SMACT not run)")
     result = relaxer.relax(structure)
     relaxed = result.structure
+    if relaxed is not None and not (np.all(np.isfinite(relaxed.lattice.matrix)) and np.all(np.isfinite(relaxed.frac_coords))):
+        relaxed = None  # an exploded relaxation's last frame: NaN must not reach spglib, the matcher or a CIF
+        errors.append("the relaxed structure has non-finite values and is not kept")
     row.update(
         relax_status=result.status,
         relax_steps=result.steps,
@@ -409,7 +436,10 @@ def evaluate_structures(
     """Relax and score structures; returns the per-structure table, the aggregates and the protocol.
 
     Args:
-        structures: pymatgen structures (ordered).
+        structures: pymatgen structures (ordered). Each must pass
+            :func:`~mattergen_lab.crystal.check_structure_input`: one with no atoms, a NaN or infinite value, a
+            zero volume or a dummy element stops the run before anything is loaded or relaxed (``ValueError``
+            naming it). Any density is evaluated (see ``plausible_density``).
         ids: one name per structure (default ``"0"``, ``"1"``, ...).
         relaxer: ``"auto"`` (MatterSim where its weights load, else CHGNet), ``"chgnet"``, ``"mattersim"`` or
             a :class:`~mattergen_lab.evaluation.relax.Relaxer`.
@@ -437,7 +467,8 @@ def evaluate_structures(
         raise ValueError(f"{len(ids)} ids for {len(structures)} structures")
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique")
-    for sid, s in zip(ids, structures):
+    for sid, s in zip(ids, structures):  # before the hull, spglib, the matcher or a force field sees any of them
+        check_structure_input(s, name=f"structure {sid!r}", **_INPUT_CHECK)
         if not s.is_ordered:
             raise ValueError(f"structure {sid!r} ({s.composition.formula}) is disordered; generated crystals are ordered")
 
@@ -490,7 +521,7 @@ def evaluate_structures(
             )
             if out is not None:
                 if relaxed is not None:
-                    atomic_write_text(out / "relaxed" / f"{_SAFE_ID.sub('_', sid)}.cif", relaxed.to(fmt="cif"))
+                    atomic_write_text(out / "relaxed" / f"{_SAFE_ID.sub('_', sid)}.cif", structure_to_cif(relaxed))
                 append_jsonl(out / "results.jsonl", row)
         rows.append(row)
         relaxed_list.append(relaxed)

@@ -54,7 +54,9 @@ def check_structure(structure, *, min_distance: float = MIN_DISTANCE, min_volume
     volume = float(structure.volume) if finite else float("nan")
     dmin = min_interatomic_distance(structure) if finite else float("nan")
     reason = ""
-    if not finite:
+    if len(structure) == 0:
+        reason = "no atoms"
+    elif not finite:
         reason = "non-finite lattice or coordinates"
     elif not volume >= min_volume:
         reason = f"volume {volume:.3g} Å³ < {min_volume}"

@@ -62,9 +62,13 @@ def space_group(structure: Structure, symprec: float = SYMPREC, angle_tolerance:
         angle_tolerance: angle tolerance in degrees (default 5).
 
     Raises:
-        ValueError: bad tolerances, or spglib could not find the symmetry (the message says why).
+        ValueError: bad tolerances, a structure :func:`~mattergen_lab.crystal.check_structure_input` refuses
+            (no atoms, NaN or infinite values, which would crash spglib, a zero volume, a dummy element; any volume
+            per atom is analysed), or spglib could not find the symmetry (the message says why).
     """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from mattergen_lab.crystal import check_structure_input
 
     _check_tolerances(symprec, angle_tolerance)
     if not hasattr(structure, "lattice"):
@@ -75,6 +79,8 @@ def space_group(structure: Structure, symprec: float = SYMPREC, angle_tolerance:
         from pymatgen.io.ase import AseAtomsAdaptor
 
         structure = AseAtomsAdaptor.get_structure(structure)
+    check_structure_input(structure, name=f"space group of {structure.composition.reduced_formula or 'an empty structure'}",
+                          volume_per_atom=None)  # spglib copes with any density; NaN crashes it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # spglib 2.5+: about its error-handling switch
@@ -94,10 +100,14 @@ def space_group(structure: Structure, symprec: float = SYMPREC, angle_tolerance:
 def _spglib_number(cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float, angle_tolerance: float) -> float:
     """Space-group number of one ``(lattice, frac_coords, atomic_numbers)`` cell; NaN when spglib fails.
 
-    This is the call ``SpacegroupAnalyzer`` makes, without building a pymatgen ``Structure``.
+    This is the call ``SpacegroupAnalyzer`` makes, without building a pymatgen ``Structure``. A cell with no atoms
+    or a NaN or infinite value never reaches spglib (it would crash the interpreter).
     """
     import spglib
 
+    lattice, frac, numbers = cell
+    if len(numbers) == 0 or not (np.all(np.isfinite(lattice)) and np.all(np.isfinite(frac))):
+        return float("nan")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -3,7 +3,8 @@
 :class:`SampleDirWriter` is the reporter the sampler's chunk loop hands frames to (the sampler itself writes no
 files). Layout of ``out_dir``:
 
-* ``cifs/gen_{i}.cif``: one CIF per crystal, each written atomically as soon as its chunk is done;
+* ``cifs/gen_{i}.cif``: one CIF per crystal (its Niggli-reduced cell), each written atomically as soon as its
+  chunk is done;
 * ``generated_crystals.extxyz``: one frame per crystal (``info["gen_index"] = i``), appended after each chunk;
 * ``trajectories/gen_{i}.extxyz`` when ``record_every > 0``: every ``record_every``-th denoising step.
 
@@ -138,9 +139,10 @@ def read_cif(path: Path) -> "Structure":
 
 
 def write_cif(path: Path, structure: "Structure") -> None:
-    from pymatgen.io.cif import CifWriter
+    """The Niggli-reduced cell (:func:`~mattergen_lab.crystal.structure_to_cif`: pymatgen reads it back)."""
+    from mattergen_lab.crystal import structure_to_cif
 
-    atomic_write_text(path, str(CifWriter(structure)))
+    atomic_write_text(path, structure_to_cif(structure))
 
 
 def append_extxyz(path: Path, items: list[tuple[int, "Structure"]]) -> None:
