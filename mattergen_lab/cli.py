@@ -248,7 +248,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     paths = sample_to_dir(checkpoint, samples, num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
                           num_steps=args.steps, seed=args.seed)
     print(f"done in {time.perf_counter() - start:.0f} s")
-    # the extxyz, not the CIFs: pymatgen cannot read back some CIFs it writes for badly formed cells
+    # the extxyz, not the CIFs: full precision, and the generated (not Niggli-reduced) cells
     structures = list(zip((p.name for p in paths), read_samples(samples, args.num_samples)))
     width = max([20] + [len(s.composition.reduced_formula) for _, s in structures])
     print(f"{'file':<12} {'formula':<{width}} {'atoms':>5} {'Å³/atom':>8} {'d_min Å':>8}  valid  density")

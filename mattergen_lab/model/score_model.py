@@ -21,9 +21,9 @@ from mattergen_lab.model.property_embeddings import PropertyEmbedding
 
 #: Named architectures. ``official`` is MatterGen's (35,343,478 parameters without the unused energy
 #: branches); the others are sized for CPU training, tests and Binder. ``small`` (the bundled models) keeps 16
-#: neighbours within 6 Å: 2.4x faster per training step on a CPU than 30 within 7 Å, at a lower validation loss
-#: for the same crystals seen (``benchmarks/bench_train_step.py``; the first bundled model used 30 / 7 Å and
-#: keeps them in its config.json).
+#: neighbours within 6 Å: 2.17x faster per training step on one CPU thread than 30 within 7 Å, at a 1.8 % higher
+#: validation loss for the same crystals seen (19,200; ``benchmarks/bench_train_step.py``; the first bundled model
+#: used 30 / 7 Å and keeps them in its config.json).
 PRESETS: dict[str, GemNetConfig] = {
     "tiny": GemNetConfig(
         emb_size_atom=32, emb_size_edge=32, latent_dim=32, num_blocks=2, num_radial=16, emb_size_trip=8,

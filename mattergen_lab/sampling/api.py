@@ -215,8 +215,8 @@ def weights_identity(path: str) -> str:
 def read_samples(out_dir: str | os.PathLike, num_samples: int | None = None) -> list:
     """The crystals a :func:`sample_to_dir` run wrote, as pymatgen structures in generation order.
 
-    Reads ``generated_crystals.extxyz`` (full precision; pymatgen cannot read back some CIFs it writes for badly
-    formed samples, e.g. a nearly flat cell). With ``num_samples``, ``gen_0 … gen_{n-1}`` must all be there;
+    Reads ``generated_crystals.extxyz`` (full precision, the generated cells; the CIFs hold the Niggli-reduced
+    cells). With ``num_samples``, ``gen_0 … gen_{n-1}`` must all be there;
     ``ValueError`` names the missing ones (rerun ``sample_to_dir`` to resume).
     """
     from ase.io import read
