@@ -181,7 +181,8 @@ class CampaignFolder:
 
         from mattergen_lab.evaluation.evaluate import finalize_table
 
-        arms = {a.name: a for a in self.spec().arms()}
+        spec = self.spec()
+        arms = {a.name: a for a in spec.arms()}
         items = []
         for ev in self._evaluations():
             for row, d in zip(ev["rows"], ev["relaxed"]):
@@ -189,7 +190,6 @@ class CampaignFolder:
         if not items:
             return pd.DataFrame()
         items.sort(key=lambda x: _sort_key(x[0]["id"]))
-        spec = self.spec()
         matcher = spec.evaluate.matcher if spec.evaluate is not None else "disordered"
         table = finalize_table([r for r, _, _ in items], [Structure.from_dict(d) if d else None for _, d, _ in items], matcher)
         table["arm"] = [str(i).partition("-")[0] for i in table["id"]]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mattergen_lab.chemistry import ChemicalSystem
+from mattergen_lab.model.property_embeddings import check_scalar_target
 from mattergen_lab.sampling.request import SamplingRequest, validate_device
 from mattergen_lab.constants import SELECTED_ATOMIC_NUMBERS
 
@@ -192,13 +193,7 @@ class DesignRequest:
         for name, value in dict(self.targets or {}).items():
             if name in ("chemical_system", "space_group"):
                 raise ValueError(f"targets: {name!r} is not a scalar target; use chemical_system= for chemistry")
-            try:
-                x = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"target {name}={value!r} must be a number") from None
-            if not math.isfinite(x):
-                raise ValueError(f"target {name}={value!r} must be finite")
-            targets[str(name)] = x
+            targets[str(name)] = check_scalar_target(str(name), value)  # finite, and in its physical range
         object.__setattr__(self, "targets", targets)
         g = self.guidance_scale
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:

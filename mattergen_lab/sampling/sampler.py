@@ -43,7 +43,7 @@ from mattergen_lab.sampling.inputs import (
     num_atoms_drawer,
     per_sample_allowed,
 )
-from mattergen_lab.sampling.writers import SampleDirWriter
+from mattergen_lab.sampling.writers import SampleDirWriter, plain
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
     LatticeLangevinCorrector,
@@ -392,8 +392,6 @@ class PredictorCorrectorSampler:
         if an earlier run stopped while appending to it.
         """
         request = self._request(num_samples, batch_size, seed, generator, device)  # validated before any file is made
-        from mattergen_lab.sampling.writers import plain
-
         config = {k: v for k, v in self.config.to_dict().items() if k != "record_every"}
         record = {"seed": request.seed, "batch_size": request.batch_size, "sampler": config, "dtype": str(dtype),
                   "num_atoms": plain(num_atoms), "allowed_elements": plain(allowed_elements),
