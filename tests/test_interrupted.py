@@ -19,6 +19,20 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _timed_run(cmd: list[str]) -> float:
+    """Run ``cmd`` to the end and return its wall time, so kill moments scale with the machine's speed."""
+    start = time.monotonic()
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return time.monotonic() - start
+
+
+def _kill_moments(rng: random.Random, wall: float) -> list[float]:
+    """Three kill moments as fractions of an uninterrupted run: the first lands well inside the run on any machine
+    (the killed run starts from nothing, like the timed one); the later ones, on resumed runs, may or may not."""
+    return [wall * rng.uniform(0.4, 0.75), wall * rng.uniform(0.15, 0.5), wall * rng.uniform(0.1, 0.4)]
+
+
 def _kill_during(cmd: list[str], delay: float) -> bool:
     """Run ``cmd`` and SIGKILL it after ``delay`` s; True when it was still running (a real kill)."""
     proc = subprocess.Popen(cmd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -37,11 +51,10 @@ def test_sample_killed_at_random_moments_resumes_to_the_same_bytes(tmp_path):
                 "--batch-size", "2", "--steps", "30", "--seed", "3", "--out", str(out)]
 
     plain = tmp_path / "plain"
-    subprocess.run(cmd(plain), env=ENV, check=True, capture_output=True)
-    rng = random.Random(12)
+    wall = _timed_run(cmd(plain))
     killed = tmp_path / "killed"
-    kills = [_kill_during(cmd(killed), rng.uniform(2.0, 8.0)) for _ in range(3)]  # start-up, mid-chunk, between writes
-    assert any(kills), "no run was still going when it was killed; lengthen the run"
+    kills = [_kill_during(cmd(killed), t) for t in _kill_moments(random.Random(12), wall)]  # mid-chunk, between writes
+    assert kills[0], "the first run was not still going when it was killed"
     subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True)
     a, b = _files(plain), _files(killed)
     assert sorted(a) == sorted(b)
@@ -74,12 +87,10 @@ def test_evaluate_killed_at_random_moments_resumes_to_the_same_table(tmp_path):
                 "--max-steps", "30"]
 
     plain = tmp_path / "plain"
-    r = subprocess.run(cmd(plain), env=ENV, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    wall = _timed_run(cmd(plain))
     killed = tmp_path / "killed"
-    rng = random.Random(5)
-    kills = [_kill_during(cmd(killed), rng.uniform(6.0, 20.0)) for _ in range(3)]
-    assert any(kills), "no run was still going when it was killed; lengthen the run"
+    kills = [_kill_during(cmd(killed), t) for t in _kill_moments(random.Random(5), wall)]
+    assert kills[0], "the first run was not still going when it was killed"
     r = subprocess.run(cmd(killed), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     import pandas as pd
