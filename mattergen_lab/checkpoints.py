@@ -323,10 +323,17 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
 # ------------------------------------------------------------------------------------- official mapping
 def official_gemnet_config(cfg_yaml: dict[str, Any]) -> GemNetConfig:
     """The GemNet-T architecture (incl. its adapters) described by an official ``config.yaml`` (parsed)."""
-    model = cfg_yaml.get("lightning_module", {}).get("diffusion_module", {}).get("model")
+    model: Any = cfg_yaml
+    for key in ("lightning_module", "diffusion_module", "model"):
+        model = model.get(key) if isinstance(model, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("gemnet"), dict):
         raise ValueError("config.yaml has no lightning_module.diffusion_module.model.gemnet section")
     g = model["gemnet"]
+    for key in ("emb_size_atom", "emb_size_edge", "latent_dim", "num_blocks", "max_neighbors", "max_cell_images_per_dim"):
+        if key in g and (isinstance(g[key], bool) or not isinstance(g[key], int) or g[key] <= 0):
+            raise ValueError(f"config.yaml: gemnet.{key}={g[key]!r} is not a positive integer")
+    if "cutoff" in g and (isinstance(g["cutoff"], bool) or not isinstance(g["cutoff"], (int, float)) or not 0 < g["cutoff"] < 100):
+        raise ValueError(f"config.yaml: gemnet.cutoff={g['cutoff']!r} is not a distance in Å between 0 and 100")
     adapt = tuple(model.get("property_embeddings_adapt") or {}) or tuple(g.get("condition_on_adapt") or ())
     if model.get("property_embeddings"):
         raise ValueError("base-level property_embeddings are not supported (no released checkpoint uses them)")
@@ -376,13 +383,25 @@ def find_official_files(path: Path) -> tuple[Path, Path]:
     return ckpts[0], cfg
 
 
+def read_official_config(cfg_path: Path) -> dict[str, Any]:
+    """An official ``config.yaml`` parsed safely; a broken file is a ``ValueError`` naming the file and the line."""
+    try:
+        cfg_yaml = yaml.safe_load(cfg_path.read_text(encoding="utf-8", errors="replace"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{cfg_path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(cfg_yaml, dict):
+        raise ValueError(f"{cfg_path} is not a YAML mapping")
+    return cfg_yaml
+
+
 def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None) -> Checkpoint:
     """Load an official MatterGen checkpoint (folder or ``.ckpt``) into our model, safely."""
     ckpt_path, cfg_path = find_official_files(Path(path))
     verify_sha256(ckpt_path, expected_sha256)
-    cfg_yaml = yaml.safe_load(cfg_path.read_text())
-    if not isinstance(cfg_yaml, dict):
-        raise ValueError(f"{cfg_path} is not a YAML mapping")
+    cfg_yaml = read_official_config(cfg_path)
+    gemnet_config = official_gemnet_config(cfg_yaml)  # a broken config is named before any weights are read
     obj = safe_torch_load(ckpt_path)
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise ValueError(f"{ckpt_path} has no 'state_dict' of tensors; it is not a MatterGen Lightning checkpoint")
@@ -390,7 +409,7 @@ def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"{ckpt_path}: state_dict entries are not tensors: {bad[:5]}")
-    model = ScoreModel(official_gemnet_config(cfg_yaml))
+    model = ScoreModel(gemnet_config)
     model.load_state_dict(map_official_state_dict(state, model), strict=True)
     config = {
         "source": "official",
@@ -519,10 +538,8 @@ def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str
             path = path.parent
         if path.is_dir() and (path / CONFIG_FILE).exists():
             return tuple(read_config(path)["model"].get("condition_on_adapt") or ())
-        import yaml
-
         _, cfg = find_official_files(path)
-        return tuple(official_gemnet_config(yaml.safe_load(cfg.read_text())).condition_on_adapt)
+        return tuple(official_gemnet_config(read_official_config(cfg)).condition_on_adapt)
     records = registry(registry_path)
     if str(name_or_path) not in records:
         raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")

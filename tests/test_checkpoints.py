@@ -167,7 +167,7 @@ def test_a_pickle_that_would_run_code_runs_nothing(tmp_path):
     # A pickle that is nothing but a payload is refused as a checkpoint, still without running it.
     (tmp_path / "evil_only").mkdir()
     torch.save(_Evil(str(marker)), tmp_path / "evil_only" / "last.ckpt")
-    (tmp_path / "evil_only" / "config.yaml").write_text("lightning_module: {}\n")
+    (tmp_path / "evil_only" / "config.yaml").write_text("lightning_module: {diffusion_module: {model: {gemnet: {num_blocks: 1}}}}\n")  # valid, so the weights are read
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no 'state_dict'"):
         load_checkpoint(tmp_path / "evil_only" / "last.ckpt")
     assert not marker.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -227,3 +228,25 @@ def test_bulk_modulus_of_a_collapsed_cell_stops_before_the_force_field():
     tiny = Structure(Lattice.cubic(1.0), ["Na"], [[0, 0, 0]])
     with pytest.raises(BulkModulusError, match=r"1.00 Å³/atom is below the collapse floor of 3.0"):
         bulk_modulus(tiny, calculator=MustNotBeCalled())
+
+
+@pytest.mark.parametrize(
+    ("config_yaml", "message"),
+    [
+        ("a: [1, 2\n  b: {\n", "is not valid YAML at line 2"),
+        ("- just\n- a list\n", "is not a YAML mapping"),
+        ("lightning_module: [1, 2]\n", "no lightning_module.diffusion_module.model.gemnet section"),
+        ("lightning_module:\n  diffusion_module:\n    model:\n      gemnet: {num_blocks: four}\n", "gemnet.num_blocks='four'"),
+        ("lightning_module:\n  diffusion_module:\n    model:\n      gemnet: {cutoff: -7.0}\n", "gemnet.cutoff=-7.0"),
+    ],
+)
+def test_a_broken_official_config_yaml_is_named_with_its_line(tmp_path, config_yaml, message):
+    from mattergen_lab.checkpoints import checkpoint_properties, load_official
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"never read: the config is checked first")
+    (tmp_path / "config.yaml").write_text(config_yaml)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        checkpoint_properties(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_official(tmp_path)
