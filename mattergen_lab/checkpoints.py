@@ -543,4 +543,12 @@ def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str
     records = registry(registry_path)
     if str(name_or_path) not in records:
         raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")
-    return records[str(name_or_path)].properties
+    record = records[str(name_or_path)]
+    local = record.path if record.kind == "bundled" else cache_root() / record.name if official_files_cached(record.name) else None
+    if local is None or not (local / CONFIG_FILE).exists() and not (local / "config.yaml").exists():
+        return record.properties  # files not here (an official checkpoint not downloaded yet): the registry is all we have
+    actual = checkpoint_properties(local)
+    if set(actual) != set(record.properties):
+        raise ValueError(f"checkpoints.yaml says {record.name!r} conditions on {list(record.properties)}, but its model config "
+                         f"({local}) conditions on {list(actual)}: the registry entry is wrong")
+    return actual

@@ -250,3 +250,18 @@ def test_a_broken_official_config_yaml_is_named_with_its_line(tmp_path, config_y
         checkpoint_properties(tmp_path)
     with pytest.raises(ValueError, match=re.escape(message)):
         load_official(tmp_path)
+
+
+def test_a_registry_entry_that_disagrees_with_its_model_is_refused(tmp_path):
+    from pathlib import Path
+
+    from mattergen_lab.checkpoints import checkpoint_properties, registry
+
+    real = registry()["mgl_mp20_small_hhi_score"]
+    reg = tmp_path / "checkpoints.yaml"
+    entry = (f"    kind: bundled\n    description: d\n    training_data: t\n    sha256: {real.sha256}\n"
+             f"    path: {Path(real.path).resolve()}\n")
+    reg.write_text(f"checkpoints:\n  wrong:\n{entry}    properties: [dft_band_gap]\n  right:\n{entry}    properties: [hhi_score]\n")
+    assert checkpoint_properties("right", registry_path=reg) == ("hhi_score",)
+    with pytest.raises(ValueError, match=r"says 'wrong' conditions on \['dft_band_gap'\].*conditions on \['hhi_score'\]"):
+        checkpoint_properties("wrong", registry_path=reg)
