@@ -18,7 +18,8 @@ MatterGen never generates, so a He atom in a trajectory is always a still-masked
 
 Its modules, lowest first: ``requests`` (targets, slider ranges, chemistry checks, :class:`DesignRequest`),
 ``choices`` (which checkpoints can serve the targets), ``runs`` (streamed runs over the sampler's chunk loop),
-``tables`` (candidate tables, Pareto fronts, hull data) and ``export`` (the synthesis-review zip). Everything
+``tables`` (candidate tables, Pareto fronts, hull data), ``review`` (XRD, nearest known materials, oxidation
+states), ``review_report``/``review_export`` (its figures and files) and ``export`` (the synthesis-review zip). Everything
 public is importable from ``mattergen_lab.design``.
 """
 
@@ -64,5 +65,15 @@ from mattergen_lab.design.tables import (  # noqa: F401
 from mattergen_lab.design.export import (  # noqa: F401
     design_report,
     export_candidates,
+)
+from mattergen_lab.design.review import (  # noqa: F401
+    CandidateReview,
+    KnownMaterial,
+    KnownMaterials,
+    NearestKnown,
+    XRDPattern,
+    guess_oxidation_states,
+    review_candidate,
+    xrd_pattern,
 )
 from mattergen_lab.design.runs import _cached_checkpoint  # noqa: F401 (clear_caches and tests reach it here)

@@ -21,11 +21,15 @@ from mattergen_lab.crystal import check_structure_input, structure_to_cif
 from mattergen_lab.fileio import atomic_write
 
 from mattergen_lab.design.requests import EXPORT_ANGLE_TOLERANCE, EXPORT_SYMPREC
+from mattergen_lab.design.review_export import write_review_files, write_review_summary
 from mattergen_lab.design.runs import Candidate
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from pymatgen.core import Structure
+
+    from mattergen_lab.design.review import CandidateReview
+    from mattergen_lab.design.tables import HullData
 
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ def _poscar(structure: Structure, comment: str) -> str:
     return Poscar(structure, comment=comment).get_str()
 
 
-def _report_html(report: Mapping[str, Any], table: pd.DataFrame) -> str:
+def _report_html(report: Mapping[str, Any], table: pd.DataFrame, extra: str = "") -> str:
     esc = html.escape
     items = "".join(
         f"<tr><th>{esc(k)}</th><td><code>{esc(json.dumps(report[k], default=str))}</code></td></tr>"
@@ -95,7 +99,9 @@ def _report_html(report: Mapping[str, Any], table: pd.DataFrame) -> str:
         "<h1>Candidates for synthesis review</h1>"
         f"<table>{items}</table><h2>Candidates</h2>{table.to_html(index=False, na_rep='–', escape=True)}"
         "<p>Files per candidate: <code>*_sym_symprec*.cif</code> (symmetrized), <code>*_P1.cif</code>, "
-        "<code>*_POSCAR</code>. Report: <code>report.csv</code>, <code>report.json</code>.</p></body></html>"
+        "<code>*_POSCAR</code>; when reviewed also <code>*_relaxed_P1.cif</code>, <code>*_xrd.csv</code>, "
+        "<code>*_xrd.png</code>. Report: <code>report.csv</code>, <code>report.json</code>, "
+        f"<code>nearest_known.csv</code>.</p>{extra}</body></html>"
     )
 
 
@@ -106,6 +112,10 @@ def export_candidates(
     *,
     report: Mapping[str, Any],
     symprec: float = EXPORT_SYMPREC,
+    relaxed: Sequence[Structure | None] | None = None,
+    reviews: Sequence[CandidateReview | None] | None = None,
+    hull: HullData | None = None,
+    pareto: tuple[str, str, tuple[bool, bool]] | None = ("energy_above_hull", "hhi_score", (False, False)),
 ) -> Path:
     """Write a zip for synthesis review; atomically (temp file beside ``path``, then ``os.replace``).
 
@@ -115,6 +125,13 @@ def export_candidates(
     names), ``report.json`` (``report`` + ``timestamp``, ``symprec``, ``angle_tolerance``, ``num_candidates``,
     ``candidates``) and ``report.html``. A failure leaves an existing ``path`` untouched. CIFs hold the
     Niggli-reduced cell (:func:`~mattergen_lab.crystal.structure_to_cif`), so pymatgen and ASE read each back.
+
+    For synthesis review, per candidate: ``relaxed[i]`` (when evaluated) becomes ``{stem}_relaxed_P1.cif``;
+    ``reviews[i]`` (:func:`~mattergen_lab.design.review.review_candidate`) adds ``{stem}_xrd.csv`` (2θ, intensity,
+    hkl, d), ``{stem}_xrd.png`` (against the nearest known material), its nearest known materials
+    (``nearest_known.csv``), oxidation states and densities (``report.csv``/``report.json``). ``hull`` and the
+    ``pareto`` columns add ``hull.png`` and ``pareto.png``. ``report.html`` shows all of it with the images
+    inline, so it reads without Python.
 
     Raises:
         ValueError: bad arguments, or a structure :func:`~mattergen_lab.crystal.check_structure_input` refuses
@@ -135,6 +152,12 @@ def export_candidates(
     for i, structure in enumerate(structures):  # before spglib sees any of them (NaN crashes it); any density is
         # written: the user chose the candidate, and report.csv carries its plausible_density flag
         check_structure_input(structure, name=f"candidate {str(table.iloc[i]['id'])!r}", volume_per_atom=None)
+    for name, extra in (("relaxed", relaxed), ("reviews", reviews)):
+        if extra is not None and len(extra) != len(structures):
+            raise ValueError(f"{len(extra)} {name} for {len(structures)} structures")
+    for i, r in enumerate(relaxed or ()):
+        if r is not None:
+            check_structure_input(r, name=f"relaxed candidate {str(table.iloc[i]['id'])!r}", volume_per_atom=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     files: list[dict[str, Any]] = []
     def write(fh: Any) -> None:
@@ -154,8 +177,11 @@ def export_candidates(
                 zf.writestr(f"{stem}_POSCAR", _poscar(structure, f"{row['id']} {row['formula']} (mattergen-lab)"))
                 files.append({"id": str(row["id"]), "formula": str(row["formula"]), "symmetrized_space_group": sg,
                               "symmetrized_cif": sym_name, "p1_cif": f"{stem}_P1.cif", "poscar": f"{stem}_POSCAR"})
+                files[-1].update(write_review_files(zf, stem, (relaxed or [None] * len(structures))[i],
+                                                    (reviews or [None] * len(structures))[i]))
             table["symmetrized_space_group"] = [f["symmetrized_space_group"] for f in files]
             table["symmetrized_cif"] = [f["symmetrized_cif"] for f in files]
+            figures = write_review_summary(zf, table, files, reviews, hull, pareto)
             full = dict(report)
             full.update({
                 "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -169,7 +195,7 @@ def export_candidates(
             table.to_csv(csv, index=False)
             zf.writestr("report.csv", csv.getvalue())
             zf.writestr("report.json", json.dumps(full, indent=2, default=_json_default))
-            zf.writestr("report.html", _report_html(full, table))
+            zf.writestr("report.html", _report_html(full, table, extra=figures))
     atomic_write(path, write)  # a temp file beside path, then a rename: never a half-written zip
     return path
 

@@ -193,6 +193,12 @@ class NoveltyReference:
         """Whether any known structure (with coordinates) has this chemical system, e.g. ``"Li-O"``."""
         return chemical_system in self._by_system
 
+    def known(self, *, reduced_formula: str | None = None) -> list[tuple[str, Structure]]:
+        """``(id, structure)`` of the known structures with coordinates: all, or those of one reduced formula."""
+        if reduced_formula is not None:
+            return list(self._by_formula.get(reduced_formula, ()))
+        return [item for group in self._by_formula.values() for item in group]
+
     def protocol(self) -> dict[str, Any]:
         return {
             "novelty_reference": self.name,
