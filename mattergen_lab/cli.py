@@ -59,16 +59,24 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="conditioning target, repeatable, e.g. --condition chemical_system=Li-Fe-O --condition hhi_score=1250")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance factor γ (0 = unconditional)")
     p.add_argument("--elements", default=None, help="only sample these elements, e.g. Li-Fe-O (a hard mask)")
+    p.add_argument("--composition", default=None, metavar="FORMULA",
+                   help="crystal-structure prediction with a CSP checkpoint (e.g. mgl_mp20_small_csp): every crystal has "
+                        "exactly these atoms, e.g. Li2MnO3 (at most 20 atoms per cell)")
+    p.add_argument("--formula-units", type=int, default=1, help="with --composition: formula units per cell (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a base checkpoint with property adapters")
+    p = sub.add_parser("finetune", help="fine-tune a base checkpoint with property adapters, or into a CSP model (--csp)")
     p.add_argument("--base", required=True, help="base checkpoint: registry name or path")
     p.add_argument("--data", default=None, help="a CSV (cif + property columns) or a data folder holding mp_20/")
-    p.add_argument("--property", action="append", required=True, dest="properties", metavar="NAME",
+    p.add_argument("--property", action="append", default=[], dest="properties", metavar="NAME",
                    help="property to condition on (repeatable), e.g. dft_mag_density, hhi_score, chemical_system")
+    p.add_argument("--csp", action="store_true",
+                   help="crystal-structure prediction: atom types given and never noised, no type loss (no --property)")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--decay-steps", type=int, default=0, help="cosine decay over the last DECAY_STEPS of --max-steps (0: none)")
     p.add_argument("--out", required=True)
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -184,6 +192,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         elements=args.elements,
         device=torch.device(validate_device(args.device)),
         on_batch=lambda n: bar.update(n),
+        composition=args.composition,
+        formula_units=args.formula_units,
     )
     bar.close()
     print(f"wrote {len(paths)} structures to {Path(args.out) / 'cifs'} and {Path(args.out) / 'generated_crystals.extxyz'}")
@@ -197,6 +207,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from mattergen_lab.training.finetune import finetune
     from mattergen_lab.training.trainer import TrainConfig
 
+    if args.csp and args.properties:
+        raise ValueError(f"--csp fine-tunes without adapters; drop --property {args.properties}")
+    if not args.csp and not args.properties:
+        raise ValueError("finetune needs --property NAME (repeatable) or --csp")
     unknown = [p for p in args.properties if p not in SUPPORTED_PROPERTIES]
     if unknown:
         raise ValueError(f"unknown property {unknown[0]!r}; supported: {list(SUPPORTED_PROPERTIES)}")
@@ -215,9 +229,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         data = data.subset(range(min(args.limit, len(data))))
     train_data, val_data = data.split_validation(args.val_fraction, seed=args.seed)
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
-                      seed=args.seed, device=args.device)
-    result = finetune(base, args.properties, train_data, val_data, args.out, cfg,
-                      extra_config={"data": {"source": args.data or "MP-20", "num_train": len(train_data)}})
+                      seed=args.seed, device=args.device, warmup_steps=args.warmup_steps, decay_steps=args.decay_steps)
+    data_info = {"source": args.data or f"MP-20 {args.splits}", "num_train": len(train_data), "num_val": len(val_data),
+                 "val_fraction": args.val_fraction, "seed": args.seed}
+    if args.csp:
+        from mattergen_lab.training.finetune import finetune_csp
+
+        result = finetune_csp(base, train_data, val_data, args.out, cfg, extra_config={"data": data_info})
+    else:
+        result = finetune(base, args.properties, train_data, val_data, args.out, cfg, extra_config={"data": data_info})
     print(f"best validation loss {result.best_val_loss:.4f}; checkpoint: {result.checkpoint_dir}")
     return 0
 

@@ -7,6 +7,11 @@ Each field is corrupted independently by its own process:
 * ``atom_types``:  :class:`~mattergen_lab.noise.masked_types.MaskedTypeDiffusion`
 
 Training time is t ~ U[t_min, 1] with t_min = 1e-5, one value per crystal.
+
+**Crystal-structure prediction (CSP)**: with ``DiffusionConfig(fixed_atom_types=True)`` the atom types are given
+and never corrupted (MatterGen's ``csp.yaml``: no atom-type corruption, ``include_atomic_numbers: False``). Only
+the coordinates and the lattice are noised; the type loss is zero and the sampler keeps the types it is given.
+A checkpoint records it in ``config.json`` as ``diffusion.fixed_atom_types: true`` (see :func:`is_csp_config`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class DiffusionConfig:
     lattice: LatticeVPConfig = field(default_factory=LatticeVPConfig)
     atom_types: MaskedTypeConfig = field(default_factory=MaskedTypeConfig)
     t_min: float = 1e-5
+    #: CSP: the atom types are given, never noised, have no loss and are not sampled.
+    fixed_atom_types: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
@@ -43,16 +50,21 @@ class DiffusionConfig:
         t = self.t_min
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t < 1:
             raise ValueError(f"DiffusionConfig: t_min={t!r} must be a number in [0, 1)")
+        if not isinstance(self.fixed_atom_types, bool):
+            raise ValueError(f"DiffusionConfig: fixed_atom_types={self.fixed_atom_types!r} must be True or False")
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name).to_dict() for name in _SECTIONS} | {"t_min": self.t_min}
+        out = {name: getattr(self, name).to_dict() for name in _SECTIONS} | {"t_min": self.t_min}
+        if self.fixed_atom_types:  # written only when set, so the configs of unconditional models are unchanged
+            out["fixed_atom_types"] = True
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DiffusionConfig":
         """Inverse of :meth:`to_dict`; missing sections take their defaults, unknown keys raise ``ValueError``."""
         if not isinstance(d, Mapping):
             raise ValueError(f"DiffusionConfig.from_dict expects a mapping, got {type(d).__name__}")
-        known = set(_SECTIONS) | {"t_min"}
+        known = set(_SECTIONS) | {"t_min", "fixed_atom_types"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"DiffusionConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -64,9 +76,15 @@ class DiffusionConfig:
                         f"DiffusionConfig: {name}={d[name]!r} must be a mapping of {section_cls.__name__} fields"
                     )
                 kwargs[name] = section_cls.from_dict(d[name])
-        if "t_min" in d:
-            kwargs["t_min"] = d["t_min"]
+        for key in ("t_min", "fixed_atom_types"):
+            if key in d:
+                kwargs[key] = d[key]
         return cls(**kwargs)
+
+
+def is_csp_config(config: Mapping[str, Any]) -> bool:
+    """True when a checkpoint's plain config is a CSP model (``config["diffusion"]["fixed_atom_types"]``)."""
+    return bool((config.get("diffusion") or {}).get("fixed_atom_types", False))
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,7 @@ class DiffusionTargets:
         frac_coords: ``(N, 3)`` std·s_WN(f_t | f_0) (≈ −ε).
         lattice: ``(B, 3, 3)`` −(L_t − mean_t)/std_t (= −ε_sym).
         atom_classes: ``(N,)`` clean classes Z − 1.
-        noisy_classes: ``(N,)`` classes at D3PM step τ + 1.
+        noisy_classes: ``(N,)`` classes at D3PM step τ + 1 (the clean classes with fixed atom types).
         type_step: ``(N,)`` τ = floor(t·(N_steps − 1)) of each atom's crystal.
     """
 
@@ -129,7 +147,10 @@ class JointDiffusion:
         lattice_t, eps_l = self.lattice.sample_marginal(batch.lattice, t, num_atoms, generator=generator)
         x0 = self.types.to_classes(batch.atom_types)  # (N,)
         tau = self.types.discrete_time(t_atom)  # (N,)
-        x_next = self.types.sample_marginal(x0, tau + 1, generator=generator)  # (N,)
+        if self.config.fixed_atom_types:  # CSP: the types are given at every t (no draw from the generator)
+            x_next = x0
+        else:
+            x_next = self.types.sample_marginal(x0, tau + 1, generator=generator)  # (N,)
 
         noisy = batch.replace(
             atom_types=self.types.to_atomic_numbers(x_next), frac_coords=frac_t, lattice=lattice_t

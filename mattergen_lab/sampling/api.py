@@ -35,6 +35,8 @@ class SamplerInfo:
     properties: tuple[str, ...]
     guidance_scale: float
     sampler_config: SamplerConfig
+    #: a crystal-structure-prediction model (``diffusion.fixed_atom_types``): it samples given compositions only
+    csp: bool = False
 
 
 #: Predictor-corrector steps when neither the caller nor the checkpoint says otherwise (the official value).
@@ -86,6 +88,7 @@ def build_sampler(
         properties=tuple(model.conditions),
         guidance_scale=float(guidance_scale),
         sampler_config=config,
+        csp=diffusion.config.fixed_atom_types,
     )
     return PredictorCorrectorSampler(score_fn, diffusion, config), info
 
@@ -129,17 +132,34 @@ def sampling_kwargs(
     conditions: Mapping[str, Any] | None,
     elements: str | None,
     device: torch.device | str,
+    composition: str | None = None,
+    formula_units: int = 1,
 ) -> dict[str, Any]:
     """Keyword arguments shared by ``sample`` and ``sample_to_dir``.
 
     With a ``chemical_system`` condition (or ``elements``), atoms outside that system are masked out at
-    every step: a hard constraint, whatever the guidance factor.
+    every step: a hard constraint, whatever the guidance factor. A ``composition`` (CSP) needs a CSP checkpoint,
+    and a CSP checkpoint needs one; ``ValueError`` names the checkpoint otherwise.
     """
     from mattergen_lab.sampling.request import SamplingRequest
 
     props = validated_conditions(conditions, info)
-    # the request validates the mask: elements that exist, not empty, not in conflict with the target system
-    system = SamplingRequest(conditions=props or {}, elements=elements).mask
+    # the request validates the mask (elements that exist, not empty, not in conflict with the target system) and
+    # the composition (a formula of real, generatable elements, whole amounts, <= 20 atoms, agreeing with num_atoms)
+    request = SamplingRequest(conditions=props or {}, elements=elements, composition=composition,
+                              formula_units=formula_units, num_atoms=num_atoms if composition is not None else None)
+    if request.composition is not None and not info.csp:
+        raise ValueError(
+            f"composition={request.composition.formula!r} needs a crystal-structure-prediction checkpoint (one trained "
+            f"with the atom types given, e.g. mgl_mp20_small_csp); {info.checkpoint or 'this checkpoint'} generates its own atom types"
+        )
+    if info.csp and request.composition is None:
+        raise ValueError(f"{info.checkpoint or 'this checkpoint'} is a crystal-structure-prediction (CSP) model: it samples "
+                         "structures for a given composition only; pass composition= (CLI: --composition Li2MnO3)")
+    system = request.mask
+    if request.composition is not None:
+        return {"num_atoms": None, "seed": seed, "device": device, "properties": props, "allowed_elements": None,
+                "composition": request.composition}
     return {
         "num_atoms": num_atoms if num_atoms is not None else info.num_atoms,
         "seed": seed,
@@ -161,6 +181,8 @@ def sample(
     guidance_scale: float = 0.0,
     elements: str | None = None,
     device: torch.device | str = "cpu",
+    composition: str | None = None,
+    formula_units: int = 1,
 ) -> list:
     """Sample ``num_samples`` crystals and return pymatgen structures.
 
@@ -168,9 +190,12 @@ def sample(
         conditions: target values, e.g. ``{"chemical_system": "Li-Fe-O", "hhi_score": 1250}``.
         guidance_scale: classifier-free guidance factor γ (0 = unconditional, the official default).
         elements: restrict the sampled elements, e.g. ``"Li-Fe-O"`` (any checkpoint).
+        composition, formula_units: crystal-structure prediction with a CSP checkpoint (``mgl_mp20_small_csp``):
+            every crystal holds exactly ``formula × formula_units`` atoms, e.g. ``composition="Li2MnO3"``.
     """
     sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
-    kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device)
+    kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device,
+                             composition=composition, formula_units=formula_units)
     return sampler.sample(num_samples, batch_size=batch_size, **kwargs)
 
 
@@ -188,10 +213,15 @@ def sample_to_dir(
     elements: str | None = None,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    composition: str | None = None,
+    formula_units: int = 1,
 ) -> list[Path]:
-    """Like :func:`sample`, writing ``cifs/gen_*.cif`` + ``generated_crystals.extxyz`` as it goes (resumable)."""
+    """Like :func:`sample`, writing ``cifs/gen_*.cif`` + ``generated_crystals.extxyz`` as it goes (resumable).
+
+    A composition is part of the run's settings (``sampling.json``): a restart with another one is refused."""
     sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
-    kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device)
+    kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device,
+                             composition=composition, formula_units=formula_units)
     settings = {"checkpoint": str(checkpoint), "weights": weights_identity(info.checkpoint),
                 "guidance_scale": info.guidance_scale, "device_type": torch.device(device).type}
     return sampler.sample_to_dir(out_dir, num_samples, batch_size=batch_size, on_batch=on_batch, settings=settings, **kwargs)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mattergen_lab.constants import MAX_ATOMIC_NUM, NUM_CLASSES
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
 
 #: Elements allowed per sample: ``None`` (all of ``SELECTED_ATOMIC_NUMBERS``), one list of elements for
@@ -56,6 +57,39 @@ def per_sample_allowed(allowed_elements: AllowedElements, num_samples: int) -> l
     if len(entries) != num_samples:
         raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for num_samples={num_samples}")
     return entries
+
+
+def allowed_tensor(allowed_elements: AllowedElements, b: int, device: torch.device) -> torch.Tensor:
+    """``(101,)`` or ``(B, 101)`` bool mask of samplable classes."""
+    from mattergen_lab.sampling.steps import allowed_classes
+
+    if isinstance(allowed_elements, torch.Tensor):
+        if allowed_elements.dtype != torch.bool or allowed_elements.shape not in ((NUM_CLASSES,), (b, NUM_CLASSES)):
+            raise ValueError(
+                f"allowed_elements tensor must be bool of shape ({NUM_CLASSES},) or ({b}, {NUM_CLASSES}), "
+                f"got {allowed_elements.dtype} {tuple(allowed_elements.shape)}"
+            )
+        return allowed_elements.to(device)
+    if allowed_elements is None:
+        return allowed_classes(None, device=device)
+    entries = list(allowed_elements)
+    if not is_per_crystal(entries):
+        return allowed_classes(entries, device=device)
+    if len(entries) != b:
+        raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for {b} crystals")
+    return torch.stack([allowed_classes(e, device=device) for e in entries])  # (B, 101)
+
+
+def fixed_types_tensor(atom_types: Any, num_atoms: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CSP: the given atomic numbers as a ``(N,)`` long tensor, N = ``num_atoms.sum()``; ``ValueError`` otherwise."""
+    z = torch.as_tensor(atom_types).reshape(-1)
+    n = int(num_atoms.sum())
+    if z.dtype.is_floating_point or z.dtype == torch.bool or len(z) != n:
+        raise ValueError(f"atom_types must be {n} integer atomic numbers (one per atom of num_atoms={num_atoms.tolist()}), "
+                         f"got {z.dtype} of length {len(z)}")
+    if bool(((z < 1) | (z > MAX_ATOMIC_NUM)).any()):
+        raise ValueError(f"atom_types must be atomic numbers in 1-{MAX_ATOMIC_NUM}; got {sorted(set(z.tolist()))}")
+    return z.to(device=device, dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------------------- helpers

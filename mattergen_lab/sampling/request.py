@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mattergen_lab.chemistry import ChemicalSystem
+from mattergen_lab.sampling.composition import FixedComposition
 
 
 #: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
@@ -65,6 +66,10 @@ class SamplingRequest:
         guidance_scale: classifier-free guidance γ (0 = unconditional; the library's and the CLI's default).
         elements: a hard element mask at every step (any checkpoint); a ``chemical_system`` condition implies it.
         num_atoms: atoms per crystal (one int for all, or one per crystal); ``None`` draws from the checkpoint's table.
+        composition: crystal-structure prediction (a CSP checkpoint only): a formula such as ``"Li2MnO3"``, parsed
+            into a :class:`~mattergen_lab.sampling.composition.FixedComposition`. Every crystal gets exactly
+            ``formula × formula_units`` atoms, whose types are fixed at every step; ``num_atoms`` follows from it.
+        formula_units: formula units per cell with ``composition`` (default 1).
         seed: the run's seed; chunk ``j`` uses :func:`chunk_seed(seed, j) <chunk_seed>`.
         device: ``"cpu"``, ``"cuda"``...; ``None`` is the model's device.
     """
@@ -79,6 +84,8 @@ class SamplingRequest:
     num_atoms: int | tuple[int, ...] | None = None
     seed: int = 0
     device: str | None = None
+    composition: FixedComposition | str | None = None
+    formula_units: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
@@ -123,6 +130,26 @@ class SamplingRequest:
                 raise ValueError(f"num_atoms={n!r} must be None, a positive int or one positive int per sample ({self.num_samples})")
         if self.device is not None:
             object.__setattr__(self, "device", validate_device(self.device))
+        self._check_composition()
+
+    def _check_composition(self) -> None:
+        c, units = self.composition, self.formula_units
+        if c is None:
+            if units != 1:
+                raise ValueError(f"formula_units={units!r} needs a composition (e.g. composition='Li2MnO3')")
+            return
+        if isinstance(c, FixedComposition) and units == 1:
+            units = c.formula_units
+        comp = FixedComposition.parse(c, units)
+        object.__setattr__(self, "composition", comp)
+        object.__setattr__(self, "formula_units", comp.formula_units)
+        n = self.num_atoms
+        if n is not None and any(v != comp.num_atoms for v in ((n,) if _is_int(n) else n)):
+            raise ValueError(f"num_atoms={n!r} conflicts with composition={comp.formula!r} x {comp.formula_units} "
+                             f"({comp.num_atoms} atoms); drop num_atoms")
+        if self.mask is not None:
+            raise ValueError(f"composition={comp.formula!r} fixes every atom; drop the element mask / chemical_system "
+                             f"({str(self.mask)!r})")
 
     @property
     def mask(self) -> ChemicalSystem | None:

@@ -20,26 +20,27 @@ readers); its inputs (``inputs.py``), files (``writers.py``) and request (``requ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import NUM_CLASSES
 from mattergen_lab.crystal import CrystalBatch, warn_if_too_large
 from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.noise.joint import JointDiffusion
+from mattergen_lab.sampling.composition import FixedComposition
+from mattergen_lab.sampling.frames import ChunkFrame, SamplerConfig, SamplerFrame
 from mattergen_lab.sampling.request import SamplingRequest
 from mattergen_lab.sampling.inputs import (
     AllowedElements,
+    allowed_tensor,
     broadcast_properties,
-    is_per_crystal,
+    fixed_types_tensor,
     num_atoms_drawer,
     per_sample_allowed,
 )
@@ -50,7 +51,6 @@ from mattergen_lab.sampling.steps import (
     MaskedTypeAncestralPredictor,
     WrappedAncestralPredictor,
     WrappedLangevinCorrector,
-    allowed_classes,
     mask_logits,
 )
 
@@ -65,87 +65,6 @@ ScoreFn = Callable[[CrystalBatch, torch.Tensor], ScoreOutput]
 
 class NumAtomsSampler(Protocol):
     def sample(self, k: int, *, generator: torch.Generator) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SamplerConfig(PlainConfig):
-    """Predictor-corrector settings (official defaults, spec §5).
-
-    Attributes:
-        num_steps: N, the number of predictor steps (each preceded by the corrector).
-        eps_t: the last time; ``None`` means 1/N.
-        n_corrector_steps: Langevin steps before each predictor step (0 = predictor only).
-        coord_snr, lattice_snr: Langevin signal-to-noise ratios.
-        max_step_size: cap on the Langevin step size.
-        record_every: when > 0, :meth:`PredictorCorrectorSampler.sample_to_dir` also writes denoising
-            trajectories with a frame every ``record_every`` steps.
-    """
-
-    num_steps: int = 1000
-    eps_t: float | None = None
-    n_corrector_steps: int = 1
-    coord_snr: float = 0.4
-    lattice_snr: float = 0.2
-    max_step_size: float = 1e6
-    record_every: int = 0
-
-    def __post_init__(self) -> None:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not is_int(self.num_steps) or self.num_steps < 1:
-            raise ValueError(f"SamplerConfig: num_steps={self.num_steps!r} must be a positive integer")
-        if self.eps_t is not None:
-            upper_ok = self.eps_t < 1 or (self.num_steps == 1 and self.eps_t == 1)
-            if not is_num(self.eps_t) or not self.eps_t > 0 or not upper_ok:
-                raise ValueError(f"SamplerConfig: eps_t={self.eps_t!r} must be None or a number in (0, 1)")
-        if not is_int(self.n_corrector_steps) or self.n_corrector_steps < 0:
-            raise ValueError(f"SamplerConfig: n_corrector_steps={self.n_corrector_steps!r} must be an integer >= 0")
-        for name in ("coord_snr", "lattice_snr"):
-            value = getattr(self, name)
-            if not is_num(value) or value < 0:
-                raise ValueError(f"SamplerConfig: {name}={value!r} must be a non-negative number")
-        if not is_num(self.max_step_size) or self.max_step_size <= 0:
-            raise ValueError(f"SamplerConfig: max_step_size={self.max_step_size!r} must be a positive number")
-        if not is_int(self.record_every) or self.record_every < 0:
-            raise ValueError(f"SamplerConfig: record_every={self.record_every!r} must be an integer >= 0")
-
-    @property
-    def resolved_eps_t(self) -> float:
-        return 1.0 / self.num_steps if self.eps_t is None else float(self.eps_t)
-
-
-
-@dataclass(frozen=True)
-class SamplerFrame:
-    """One snapshot of a denoising run.
-
-    Attributes:
-        step: number of predictor steps done (0 = the prior, N = done).
-        t: the time the state is at (1.0 for the prior, then s = t + dt after each step; 0 when final).
-        batch: the current (noisy) state; for the final frame, the denoised mean batch.
-        mean: the noise-free mean of the last predictor step (argmax types; may still hold MASK = 101);
-            ``None`` for the prior and the final frame.
-        final: True only for the last frame.
-    """
-
-    step: int
-    t: float
-    batch: CrystalBatch
-    mean: CrystalBatch | None
-    final: bool = False
-
-
-@dataclass(frozen=True)
-class ChunkFrame:
-    """One frame of :meth:`PredictorCorrectorSampler.iter_chunks`: chunk ``chunk`` holds samples ``indices``."""
-
-    chunk: int
-    indices: tuple[int, ...]
-    frame: SamplerFrame
 
 
 def _seed_of(seed: int | None, generator: torch.Generator | None) -> int:
@@ -218,6 +137,7 @@ class PredictorCorrectorSampler:
         device: torch.device | str | None = None,
         allowed_elements: AllowedElements = None,
         properties: dict[str, Any] | None = None,
+        atom_types: torch.Tensor | Sequence[int] | None = None,
     ) -> Iterator[SamplerFrame]:
         """Denoise one batch, yielding frames as it goes (nothing is kept in memory).
 
@@ -231,6 +151,9 @@ class PredictorCorrectorSampler:
                 and MASK are never sampled.
             properties: conditioning values put on the batch the model sees: one number or string for
                 every crystal, or one value per crystal.
+            atom_types: CSP only (a diffusion with ``fixed_atom_types``, which requires it): ``(N,)`` atomic
+                numbers, crystal after crystal; they are the types at every step and in the result (no type
+                predictor runs; ``allowed_elements`` is not used).
         """
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"every={every!r} must be an integer >= 0")
@@ -242,10 +165,19 @@ class PredictorCorrectorSampler:
             raise ValueError(f"num_atoms={num_atoms.tolist()!r} must be a non-empty list of positive counts")
         warn_if_too_large(num_atoms)
         b = len(num_atoms)
-        allowed = self._allowed_tensor(allowed_elements, b, device)  # (101,) or (B, 101)
+        allowed = allowed_tensor(allowed_elements, b, device)  # (101,) or (B, 101)
+        csp = self.diffusion.config.fixed_atom_types
+        if csp != (atom_types is not None):
+            raise ValueError(
+                "a CSP model (diffusion.fixed_atom_types) samples only given compositions: pass atom_types / a composition"
+                if csp else
+                "atom_types (a composition) needs a CSP model, trained with the atom types given "
+                "(config.json diffusion.fixed_atom_types: true, e.g. mgl_mp20_small_csp); this one generates its own types"
+            )
+        fixed = fixed_types_tensor(atom_types, num_atoms, device) if csp else None
         # Validation above runs eagerly; the loop below runs as the caller iterates.
         return self._denoise(num_atoms, generator=generator, every=every, dtype=dtype, device=device,
-                             allowed=allowed, properties=properties)
+                             allowed=allowed, properties=properties, fixed_types=fixed)
 
     def _denoise(
         self,
@@ -257,10 +189,13 @@ class PredictorCorrectorSampler:
         device: torch.device,
         allowed: torch.Tensor,
         properties: dict[str, Any] | None,
+        fixed_types: torch.Tensor | None = None,
     ) -> Iterator[SamplerFrame]:
         b = len(num_atoms)
         properties = broadcast_properties(properties, b, dtype=dtype, device=device)
         x = self.diffusion.prior(num_atoms, generator=generator, dtype=dtype, device=device, properties=properties)
+        if fixed_types is not None:  # CSP: the given types replace the all-MASK prior and never change
+            x = x.replace(atom_types=fixed_types)
         batch_idx = x.batch_idx  # (N,)
         num_atoms = x.num_atoms
         ts = self.timesteps()
@@ -286,33 +221,19 @@ class PredictorCorrectorSampler:
 
             out = self.score_fn(x, t)
             score_pos, score_cell = self.scores(out, x, t)
-            logits = mask_logits(out.atom_logits, allowed, batch_idx=batch_idx)
             pos = self.coord_predictor.step(x.frac_coords, score_pos, **common)
             cell = self.lattice_predictor.step(x.lattice, score_cell, **common)
-            types = self.type_predictor.step(x.atom_types, logits, **common)
-            x = x.replace(frac_coords=pos.sample, lattice=cell.sample, atom_types=types.sample)
-            mean = x.replace(frac_coords=pos.mean, lattice=cell.mean, atom_types=types.mean)
+            if fixed_types is None:
+                logits = mask_logits(out.atom_logits, allowed, batch_idx=batch_idx)
+                types = self.type_predictor.step(x.atom_types, logits, **common)
+                type_sample, type_mean = types.sample, types.mean
+            else:
+                type_sample = type_mean = fixed_types
+            x = x.replace(frac_coords=pos.sample, lattice=cell.sample, atom_types=type_sample)
+            mean = x.replace(frac_coords=pos.mean, lattice=cell.mean, atom_types=type_mean)
             if every and (i + 1) % every == 0:
                 yield SamplerFrame(step=i + 1, t=s_now, batch=x, mean=mean)
         yield SamplerFrame(step=n, t=0.0, batch=mean, mean=None, final=True)
-
-    def _allowed_tensor(self, allowed_elements: AllowedElements, b: int, device: torch.device) -> torch.Tensor:
-        """``(101,)`` or ``(B, 101)`` bool mask of samplable classes."""
-        if isinstance(allowed_elements, torch.Tensor):
-            if allowed_elements.dtype != torch.bool or allowed_elements.shape not in ((NUM_CLASSES,), (b, NUM_CLASSES)):
-                raise ValueError(
-                    f"allowed_elements tensor must be bool of shape ({NUM_CLASSES},) or ({b}, {NUM_CLASSES}), "
-                    f"got {allowed_elements.dtype} {tuple(allowed_elements.shape)}"
-                )
-            return allowed_elements.to(device)
-        if allowed_elements is None:
-            return allowed_classes(None, device=device)
-        entries = list(allowed_elements)
-        if not is_per_crystal(entries):
-            return allowed_classes(entries, device=device)
-        if len(entries) != b:
-            raise ValueError(f"allowed_elements has {len(entries)} per-crystal entries for {b} crystals")
-        return torch.stack([allowed_classes(e, device=device) for e in entries])  # (B, 101)
 
     # ------------------------------------------------------------------ many crystals
     def sample(
@@ -329,6 +250,8 @@ class PredictorCorrectorSampler:
         properties: Mapping[str, Any] | None = None,
         progress: bool = False,
         on_batch: Callable[[int], None] | None = None,
+        composition: FixedComposition | str | None = None,
+        formula_units: int = 1,
     ) -> list["Structure"]:
         """Sample ``num_samples`` crystals, ``batch_size`` at a time, as pymatgen structures.
 
@@ -345,8 +268,10 @@ class PredictorCorrectorSampler:
             properties: scalar conditioning values applied to every crystal (float or str).
             progress: show a tqdm bar over the steps of each chunk.
             on_batch: called with the number of crystals finished after each chunk.
+            composition, formula_units: CSP (a CSP model only): every crystal has exactly these atoms, fixed at
+                every step (see :class:`~mattergen_lab.sampling.request.SamplingRequest`).
         """
-        request = self._request(num_samples, batch_size, seed, generator, device)
+        request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units)
         out: list[Structure] = []
         for item in self.iter_chunks(
             request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
@@ -375,6 +300,8 @@ class PredictorCorrectorSampler:
         progress: bool = False,
         on_batch: Callable[[int], None] | None = None,
         settings: Mapping[str, Any] | None = None,
+        composition: FixedComposition | str | None = None,
+        formula_units: int = 1,
     ) -> list[Path]:
         """Sample into ``out_dir`` as it goes; resumable. Returns the CIF path of every index.
 
@@ -391,11 +318,14 @@ class PredictorCorrectorSampler:
         the same seed and only the missing ones are written); the extxyz is first repaired from the CIFs
         if an earlier run stopped while appending to it.
         """
-        request = self._request(num_samples, batch_size, seed, generator, device)  # validated before any file is made
+        request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units)  # validated before any file is made
         config = {k: v for k, v in self.config.to_dict().items() if k != "record_every"}
         record = {"seed": request.seed, "batch_size": request.batch_size, "sampler": config, "dtype": str(dtype),
                   "num_atoms": plain(num_atoms), "allowed_elements": plain(allowed_elements),
                   "properties": plain(dict(properties) if properties else None), **plain(dict(settings or {}))}
+        if request.composition is not None:  # recorded only when set, so older folders' records still match
+            record["composition"] = request.composition.to_dict()
+            record["num_atoms"] = request.composition.num_atoms
         writer = SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every, settings=record)
         for item in self.iter_chunks(
             request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
@@ -407,9 +337,10 @@ class PredictorCorrectorSampler:
         return writer.paths
 
     def _request(self, num_samples: Any, batch_size: Any, seed: int | None, generator: torch.Generator | None,
-                 device: torch.device | str | None) -> SamplingRequest:
+                 device: torch.device | str | None, composition: Any = None, formula_units: Any = 1) -> SamplingRequest:
         dev = str(device) if device is not None else None
-        return SamplingRequest(num_samples=num_samples, batch_size=batch_size, seed=_seed_of(seed, generator), device=dev)
+        return SamplingRequest(num_samples=num_samples, batch_size=batch_size, seed=_seed_of(seed, generator), device=dev,
+                               composition=composition, formula_units=formula_units)
 
     def iter_chunks(
         self,
@@ -435,11 +366,17 @@ class PredictorCorrectorSampler:
                 conditions. ``request.num_steps`` must be ``None`` or this sampler's step count.
             num_atoms, allowed_elements, properties: override the request's (a ``NumAtomsDistribution``, one
                 element list per crystal, conditioning values); ``num_atoms=None`` with no request value is the
-                ALEX_MP_20 table.
+                ALEX_MP_20 table. With ``request.composition`` (CSP) the atom count is the composition's: a
+                distribution is not drawn from, and an explicit count must equal it.
         """
         if request.num_steps is not None and request.num_steps != self.config.num_steps:
             raise ValueError(f"request.num_steps={request.num_steps} but this sampler runs {self.config.num_steps} steps")
         n = request.num_samples
+        comp = request.composition
+        if comp is not None:
+            if num_atoms is not None and not hasattr(num_atoms, "sample"):
+                dataclasses.replace(request, num_atoms=num_atoms)  # ValueError when it conflicts with the composition
+            num_atoms = comp.num_atoms
         draw = num_atoms_drawer(num_atoms if num_atoms is not None else request.num_atoms, n)
         if allowed_elements is None and request.mask is not None:
             allowed_elements = list(request.mask.atomic_numbers)
@@ -453,9 +390,10 @@ class PredictorCorrectorSampler:
                 continue
             counts = draw(list(indices), torch.Generator().manual_seed(seed))
             allowed = allowed_elements if allowed_per_sample is None else [allowed_per_sample[i] for i in indices]
+            types = None if comp is None else torch.tensor(comp.atomic_numbers * len(indices), dtype=torch.long)
             frames = self.iter_steps(  # iter_steps broadcasts the properties to the chunk
                 counts, generator=torch.Generator(device=device).manual_seed(seed), every=every, dtype=dtype,
-                device=device, allowed_elements=allowed, properties=properties,
+                device=device, allowed_elements=allowed, properties=properties, atom_types=types,
             )
             if progress:
                 from tqdm.auto import tqdm

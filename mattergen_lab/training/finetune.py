@@ -9,6 +9,11 @@
    training labels; the scaler is saved with the checkpoint;
 4. trains with classifier-free-guidance dropout (each condition dropped with p = 0.2; crystals with a
    missing label are always unconditional).
+
+``finetune_csp(base, train_data, val_data, out_dir, config)`` turns a base model into a crystal-structure-
+prediction (CSP) model: the same network and weights, trained with the atom types given at every t (no type
+corruption, no type loss; :class:`~mattergen_lab.noise.joint.DiffusionConfig` ``fixed_atom_types=True``, which
+the checkpoint's ``config.json`` records so the sampler knows to take compositions).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from mattergen_lab.model.io import Checkpoint
 from mattergen_lab.model.property_embeddings import SUPPORTED_PROPERTIES
 from mattergen_lab.model.score_model import ScoreModel
+from mattergen_lab.noise.joint import DiffusionConfig, is_csp_config
 from mattergen_lab.training.trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -100,3 +106,33 @@ def finetune(
         **(extra_config or {}),
     }
     return train(config, train_data, val_data, out_dir, init_from=start, extra_config=info, callback=callback)
+
+
+def finetune_csp(
+    base: Checkpoint,
+    train_data: Any,
+    val_data: Any,
+    out_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    extra_config: dict[str, Any] | None = None,
+    callback: Any = None,
+) -> TrainResult:
+    """Fine-tune ``base`` into a CSP model (atom types held at their true values; see the module docstring).
+
+    Resumes from ``out_dir/last`` like :func:`~mattergen_lab.training.trainer.train`. The base's diffusion
+    settings are kept, with ``fixed_atom_types=True``.
+    """
+    if not isinstance(base.model, ScoreModel):
+        raise ValueError(f"the base checkpoint holds a {type(base.model).__name__}, not a mattergen-lab ScoreModel")
+    if base.model.conditions:
+        raise ValueError(f"CSP fine-tuning starts from an unconditional model; {base.path} has adapters {list(base.model.conditions)}")
+    settings = dict(base.config.get("diffusion") or {})
+    diffusion = DiffusionConfig.from_dict({**settings, "fixed_atom_types": True})
+    model = ScoreModel(base.model.config)
+    model.load_state_dict(base.model.state_dict(), strict=True)
+    start = Checkpoint(model=model, config=base.config, path=base.path)
+    info = {"csp": True, "base_checkpoint": str(base.path or ""), "base_was_csp": is_csp_config(base.config),
+            "base_step": (base.config.get("training") or {}).get("step"), **(extra_config or {})}
+    return train(config, train_data, val_data, out_dir, init_from=start, diffusion_config=diffusion,
+                 extra_config=info, callback=callback)

@@ -7,7 +7,8 @@ Per crystal i, with t_i ~ U[1e-5, 1] and the noisy batch from :meth:`JointDiffus
     L_type(i) = Σ_{atoms a ∈ i} [KL_a (or CE_a at τ = 0) + 0.01·CE(logits_a, x0_a)]
     L         = mean_i [0.1·L_pos(i) + 1.0·L_cell(i) + 1.0·L_type(i)]
 
-The 101 logits are used without any element mask during training.
+The 101 logits are used without any element mask during training. With fixed atom types (CSP,
+``DiffusionConfig.fixed_atom_types``) the types are never noised and L_type is 0 (it is not computed).
 """
 
 from __future__ import annotations
@@ -85,9 +86,12 @@ def loss_per_crystal(
     pos_atom = ((target.frac_coords - out.frac_coords) ** 2).mean(-1)  # (N,)
     pos = _sum_per_crystal(pos_atom, batch_idx, b)  # (B,)
     cell = ((out.lattice - target.lattice) ** 2).reshape(b, 9).mean(-1)  # (B,)
-    type_atom = diffusion.types.loss_per_atom(
-        out.atom_logits, target.atom_classes, target.noisy_classes, target.type_step
-    )  # (N,)
-    types = _sum_per_crystal(type_atom, batch_idx, b)  # (B,)
+    if diffusion.config.fixed_atom_types:  # CSP: no type loss (the logits get no gradient)
+        types = torch.zeros(b, dtype=pos.dtype, device=pos.device)  # (B,)
+    else:
+        type_atom = diffusion.types.loss_per_atom(
+            out.atom_logits, target.atom_classes, target.noisy_classes, target.type_step
+        )  # (N,)
+        types = _sum_per_crystal(type_atom, batch_idx, b)  # (B,)
     per_crystal = weights["pos"] * pos + weights["cell"] * cell + weights["atomic_numbers"] * types  # (B,)
     return {"loss": per_crystal, "pos": pos, "cell": cell, "atomic_numbers": types, "t": t}
