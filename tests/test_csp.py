@@ -229,3 +229,21 @@ def test_cli_finetune_csp_end_to_end(data_dir, tmp_path):
     ckpt = load_local_checkpoint(tmp_path / "run" / "last")
     assert is_csp_config(ckpt.config) and ckpt.config["training"]["history"][-1]["val_atomic_numbers"] == 0.0
     assert main(args + ["--property", "dft_band_gap"]) == 2  # --csp takes no adapters
+
+
+# ------------------------------------------------------------------------------ the design app
+def test_app_formula_switches_to_the_csp_model(csp_checkpoint, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import mattergen_lab.widgets.app as app_module
+    from mattergen_lab.widgets import DesignApp
+
+    monkeypatch.setattr(app_module, "CSP_CHECKPOINT", str(csp_checkpoint))  # a 3-step tiny model instead of the bundled one
+    app = DesignApp("mgl_mp20_small", evaluator=lambda *a, **k: None, reference=object())
+    assert app.targets.request().checkpoint == "mgl_mp20_small" and app._with_composition(app.targets.request()).composition is None
+    app.formula.value, app.formula_units.value = "Fe2O3", 2
+    request = app.generate(wait=True)
+    assert app.error is None, app.status.value
+    assert (request.checkpoint, request.composition, request.formula_units) == (str(csp_checkpoint), "Fe2O3", 2)
+    assert app.candidates and all(c.structure.composition.as_dict() == {"Fe": 4.0, "O": 6.0} for c in app.candidates)
+    app.formula.value = "Fe2Xx"
+    assert app.generate(wait=True) is None and "Xx&#x27; is not an element symbol" in app.status.value

@@ -11,6 +11,7 @@ can call directly (``wait=True`` blocks until the worker is done).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import logging
@@ -32,6 +33,9 @@ from mattergen_lab import design
 log = logging.getLogger(__name__)
 
 Evaluator = Callable[..., Any]
+
+#: The checkpoint a formula in the app's "Formula" field switches to (crystal-structure prediction).
+CSP_CHECKPOINT = "mgl_mp20_small_csp"
 
 
 def _default_evaluator(
@@ -103,12 +107,18 @@ class DesignApp(w.VBox):
         self.progress.add_class("mgl-progress")
         self.status = w.HTML("Ready.")
         self.status.add_class("mgl-status")
+        # crystal-structure prediction: a formula switches generation to the CSP model, with exactly these atoms
+        self.formula = w.Text(value="", placeholder="e.g. Li2MnO3 (CSP)", description="Formula")
+        self.formula.add_class("mgl-formula")
+        self.formula_units = w.BoundedIntText(value=1, min=1, max=20, description="× units")
+        self.formula_units.add_class("mgl-formula-units")
         self.generate_button.on_click(lambda _: self.generate(wait=False))
         self.cancel_button.on_click(lambda _: self.cancel())
         self.evaluate_button.on_click(lambda _: self.evaluate(wait=False))
 
         super().__init__([
             w.HBox([self.generate_button, self.cancel_button, self.evaluate_button, self.auto_evaluate, self.progress]),
+            w.HBox([self.formula, self.formula_units]),
             self.status,
             w.HBox([self.targets, self.trajectory]),
             w.HBox([self.hull, self.pareto]),
@@ -120,13 +130,21 @@ class DesignApp(w.VBox):
     def generate(self, wait: bool = True) -> design.DesignRequest | None:
         """Sample with the current controls on a worker thread; returns the request (None if invalid)."""
         try:
-            request = self.targets.request()
+            request = self._with_composition(self.targets.request())
         except ValueError as exc:
             self._set_status(str(exc), error=True)
             return None
         if self._start(self._generate_worker, request) and wait:
             self.wait()
         return request
+
+    def _with_composition(self, request: design.DesignRequest) -> design.DesignRequest:
+        """With a formula: the CSP model samples exactly that composition (targets and chemistry do not apply)."""
+        formula = self.formula.value.strip()
+        if not formula:
+            return request
+        return dataclasses.replace(request, checkpoint=CSP_CHECKPOINT, composition=formula, formula_units=int(self.formula_units.value),
+                                   chemical_system=None, targets={}, guidance_scale=0.0, num_atoms=None)
 
     def cancel(self) -> None:
         """Stop after the current step; every finished batch is kept."""

@@ -168,6 +168,8 @@ class DesignRequest:
         batch_size: crystals denoised together; a cancelled run keeps every finished batch.
         num_atoms: atoms per crystal, or ``None`` to draw from the checkpoint's distribution.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``..., or ``None`` for CUDA when available, else CPU.
+        composition, formula_units: crystal-structure prediction with a CSP checkpoint (e.g. ``mgl_mp20_small_csp``):
+            every crystal holds exactly ``formula × formula_units`` atoms (no targets, no chemical system).
     """
 
     checkpoint: str
@@ -181,6 +183,8 @@ class DesignRequest:
     batch_size: int = 4
     num_atoms: int | None = None
     device: str | None = None
+    composition: str | None = None
+    formula_units: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, (str, os.PathLike)) or not str(self.checkpoint).strip():
@@ -211,6 +215,11 @@ class DesignRequest:
             raise ValueError(f"num_atoms={self.num_atoms!r} must be None or a positive integer")
         if self.device is not None:
             validate_device(self.device)
+        if self.composition is not None or self.formula_units != 1:  # FixedComposition names a bad formula or count
+            comp = SamplingRequest(composition=self.composition, formula_units=self.formula_units, num_atoms=self.num_atoms).composition
+            if self.targets or self.chemical_system:
+                raise ValueError(f"composition={comp.formula!r} fixes the atoms: drop the targets and chemical system")
+            object.__setattr__(self, "composition", comp.formula)
 
     def resolved_device(self) -> str:
         """The device to sample on: ``device``, or CUDA when available, else CPU."""
@@ -228,6 +237,7 @@ class DesignRequest:
             conditions=self.conditions(supported), guidance_scale=self.guidance_scale,
             elements=ChemicalSystem.parse(self.chemical_system) if self.chemical_system else None,
             num_atoms=self.num_atoms, seed=self.seed, device=self.resolved_device(),
+            composition=self.composition, formula_units=self.formula_units,
         )
 
     def conditions(self, supported: Sequence[str]) -> dict[str, Any]:
