@@ -51,7 +51,7 @@ class XRDPattern:
 
     two_theta: tuple[float, ...]
     intensity: tuple[float, ...]
-    hkl: tuple[str, ...]  # conventional standard cell, e.g. "(1, 1, 1)"; families of one peak joined with " "
+    hkl: tuple[str, ...]  # conventional standard cell, e.g. "(1 1 1)"; families of one peak joined with "; "
     d_spacing: tuple[float, ...]  # Å
     wavelength: str  # the name given, or the number in Å
     wavelength_angstrom: float
@@ -104,7 +104,7 @@ def xrd_pattern(structure: Structure, *, wavelength: str | float = DEFAULT_WAVEL
         cell = structure
     calc = XRDCalculator(wavelength=angstrom if isinstance(wavelength, (int, float)) else name)
     p = calc.get_pattern(cell, scaled=True, two_theta_range=(lo, hi))
-    hkls = [" ".join(str(tuple(int(x) for x in fam["hkl"])) for fam in peak) for peak in p.hkls]
+    hkls = ["; ".join("(" + " ".join(str(int(x)) for x in fam["hkl"]) + ")" for fam in peak) for peak in p.hkls]
     return XRDPattern(tuple(float(x) for x in p.x), tuple(float(y) for y in p.y), tuple(hkls),
                       tuple(float(d) for d in p.d_hkls), name, angstrom)
 

@@ -34,7 +34,7 @@ def _sticks(ax: Any, pattern: XRDPattern, sign: float, color: str, label: str, l
     x, y = np.asarray(pattern.two_theta), np.asarray(pattern.intensity) * sign
     ax.vlines(x, 0, y, color=color, linewidth=1.2, label=label)
     for i in np.argsort(-np.abs(y))[:label_peaks]:
-        ax.annotate(pattern.hkl[i].split(" ")[0].replace(" ", ""), (x[i], y[i]), fontsize=7, ha="center",
+        ax.annotate(pattern.hkl[i].split("; ")[0], (x[i], y[i]), fontsize=7, ha="center",
                     va="bottom" if sign > 0 else "top", xytext=(0, 2 * sign), textcoords="offset points")
 
 
