@@ -77,11 +77,23 @@ class FakeEvaluator:
         return types.SimpleNamespace(table=pd.DataFrame(rows), protocol=protocol, metrics={}, relaxed=[None] * len(rows))
 
 
+@functools.lru_cache(maxsize=1)
+def _small_known():
+    """Three known Li-Fe-O crystals for the review (the MP-20 reference is tested in test_review.py)."""
+    from pymatgen.core import Lattice, Structure
+
+    rocksalt = [[0, 0, 0], [0.5, 0.5, 0.5]]
+    structures = [Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [el, "O"], rocksalt)
+                  for el, a in (("Li", 4.1), ("Fe", 4.3))] + [Structure(Lattice.cubic(2.87), ["Fe", "Fe"], rocksalt)]
+    return design.KnownMaterials.from_structures(structures, ["k-LiO", "k-FeO", "k-Fe"], name="test",
+                                                 e_above_hull={"k-LiO": 0.5, "k-FeO": 0.02, "k-Fe": 0.0})
+
+
 @pytest.fixture
 def app(ckpts, tmp_path, monkeypatch):
     monkeypatch.setenv("MATTERGEN_LAB_CHECKPOINTS", str(tmp_path / "no-cache"))
     a = DesignApp(ckpts["mag"], evaluator=FakeEvaluator(), reference=FakeReference(),
-                  ranges=dict(design.FALLBACK_RANGES), online=False)
+                  ranges=dict(design.FALLBACK_RANGES), online=False, known=_small_known(), review_viewer="nglview")
     a.targets.add_checkpoint_path(ckpts["plain"])
     a.targets.checkpoint.value = ckpts["mag"]
     t = a.targets
@@ -271,7 +283,14 @@ def test_export_from_the_app(app, tmp_path, ckpts):
     formulas = {i: app.table.set_index("id").loc[i, "formula"] for i in ("1-1", "1-3")}
     for cid, formula in formulas.items():
         assert f"{cid}_{formula}_P1.cif" in names and f"{cid}_{formula}_POSCAR" in names
-    assert len(names) == 3 + 3 * 2 or len(names) == 3 + 2 * 2  # symmetrized CIF may be skipped if spglib fails
+    per_candidate = {n for n in names if n.startswith(("1-1_", "1-3_"))}
+    for cid, f in formulas.items():  # the random tiny model makes huge cells: no powder pattern, and the review says why
+        rev = app.reviewer.reviews[cid]
+        has_xrd = {f"{cid}_{f}_xrd.csv", f"{cid}_{f}_xrd.png"} <= per_candidate
+        assert has_xrd == (rev.xrd is not None), rev.xrd_note
+        assert rev.xrd is not None or rev.xrd_note.startswith("a cell of ")
+        assert len([n for n in per_candidate if n.startswith(f"{cid}_")]) in (2 + 2 * has_xrd, 3 + 2 * has_xrd)  # CIF, POSCAR, XRD csv+png; symmetrized CIF unless spglib fails
+    assert {"report.csv", "report.json", "report.html", "nearest_known.csv"} <= set(names)
     assert list(csv["id"]) == ["1-1", "1-3"] and csv["energy_above_hull"].tolist() == pytest.approx([0.05, 0.15])
     assert rep["checkpoint"] == ckpts["mag"] and rep["guidance_scale"] == 2.0
     assert rep["targets"] == {"dft_mag_density": 0.12} and rep["chemical_system"] == "Fe-Li-O"
@@ -476,3 +495,29 @@ def test_campaign_panel_refuses_a_folder_that_is_not_a_campaign(tmp_path):
     (tmp_path / "campaign.json").write_text('{"spec": {"num_samples": 2}}')
     with pytest.raises(ValueError, match=f"{tmp_path} is not a readable campaign folder: a campaign spec needs a checkpoint"):
         CampaignPanel(tmp_path)
+
+
+def test_review_opens_from_the_table_and_follows_plot_clicks(app, tmp_path):
+    app.auto_evaluate.value = True
+    app.generate()
+    review_buttons = [r.children[2] for r in app.candidate_panel.rows.values()]
+    assert all("mgl-review-button" in b._dom_classes for b in review_buttons)
+    assert app.reviewer.panel.layout.display == "none"  # closed until asked for
+    review_buttons[1].click()
+    assert app.reviewer.wait(120) and app.reviewer.error is None
+    cid = list(app.candidate_panel.rows)[1]
+    panel, review = app.reviewer.panel, app.reviewer.reviews[cid]
+    assert app.selected == cid and panel.layout.display is None and panel.review is review
+    assert panel.mode == "nglview" and "nglview chosen (viewer=&#x27;nglview&#x27;)" in panel.viewer_note.value
+    assert review.nearest.reference == "test" and review.nearest.by_composition[0].material_id in {"k-LiO", "k-FeO", "k-Fe"}
+    assert "Novelty:" in panel.facts.value and "Nearest known by composition" in panel.known.value
+    assert review.density == pytest.approx(app.table.set_index("id").loc[cid, "density"])
+    # a click on the Pareto plot moves the open review to that candidate
+    optimal = app.pareto.figure.data[1]
+    target = next(c for c in optimal.customdata if c != cid)
+    app.pareto._on_click(optimal, types.SimpleNamespace(point_inds=[list(optimal.customdata).index(target)]), None)
+    assert app.reviewer.wait(120) and app.selected == target and panel.review.id == target
+    with pytest.raises(ValueError, match="'nope' is not in this session"):
+        app.open_review("nope")
+    panel.close_button.click()
+    assert panel.layout.display == "none" and app.reviewer.shown is None

@@ -12,7 +12,8 @@ from mattergen_lab.widgets.app import DesignApp
 from mattergen_lab.widgets.campaign import CampaignPanel
 from mattergen_lab.widgets.candidates import CandidateTable
 from mattergen_lab.widgets.plots import HullPlot, ParetoPlot
+from mattergen_lab.widgets.review import ReviewController, ReviewPanel
 from mattergen_lab.widgets.targets import TargetPanel
 from mattergen_lab.widgets.trajectory import TrajectoryPanel, snapshot_to_pdb
 
-__all__ = ["CampaignPanel", "CandidateTable", "DesignApp", "HullPlot", "ParetoPlot", "TargetPanel", "TrajectoryPanel", "snapshot_to_pdb"]
+__all__ = ["CampaignPanel", "CandidateTable", "DesignApp", "HullPlot", "ParetoPlot", "ReviewController", "ReviewPanel", "TargetPanel", "TrajectoryPanel", "snapshot_to_pdb"]

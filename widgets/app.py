@@ -25,6 +25,7 @@ import ipywidgets as w
 import pandas as pd
 from mattergen_lab.widgets.candidates import CandidateTable
 from mattergen_lab.widgets.plots import HullPlot, ParetoPlot
+from mattergen_lab.widgets.review import ReviewController
 from mattergen_lab.widgets.targets import ERROR_STYLE, TargetPanel
 from mattergen_lab.widgets.trajectory import TrajectoryPanel
 
@@ -58,6 +59,8 @@ class DesignApp(w.VBox):
             ``mattergen_lab.evaluation.load_reference("mp20", data_dir)``, loaded on first use.
         auto_evaluate: evaluate new candidates right after each run.
         ranges, online, registry_path: passed to :class:`~mattergen_lab.widgets.targets.TargetPanel`.
+        known: known materials for the review (:class:`~mattergen_lab.design.KnownMaterials`; default MP-20).
+        review_viewer: ``"auto"`` (Crystal Toolkit, nglview where it cannot start) or ``"nglview"``.
     """
 
     def __init__(
@@ -71,6 +74,8 @@ class DesignApp(w.VBox):
         online: bool | None = None,
         registry_path: str | os.PathLike | None = None,
         data_dir: str | os.PathLike | None = None,
+        known: Any = None,
+        review_viewer: str = "auto",
     ) -> None:
         self.evaluator = evaluator or functools.partial(_default_evaluator, data_dir=data_dir)
         self._reference = reference
@@ -91,9 +96,12 @@ class DesignApp(w.VBox):
 
         self.targets = TargetPanel(checkpoint, ranges=ranges, online=online, registry_path=registry_path)
         self.trajectory = TrajectoryPanel(on_select=self.select)
-        self.hull = HullPlot(on_select=self.select)
-        self.pareto = ParetoPlot(on_select=self.select)
-        self.candidate_panel = CandidateTable(on_select=self.select, on_export=self._export_clicked)
+        self.hull = HullPlot(on_select=self.open_review)
+        self.pareto = ParetoPlot(on_select=self.open_review)
+        self.candidate_panel = CandidateTable(on_select=self.select, on_export=self._export_clicked, on_review=self.open_review)
+        # the candidate detail view (Crystal Toolkit, XRD, nearest known materials): widgets/review.py
+        self.reviewer = ReviewController(lambda: {c.id: c for c in self.candidates}, known=known, viewer=review_viewer,
+                                         data_dir=data_dir)
 
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
         self.generate_button.add_class("mgl-generate")
@@ -123,6 +131,7 @@ class DesignApp(w.VBox):
             w.HBox([self.targets, self.trajectory]),
             w.HBox([self.hull, self.pareto]),
             self.candidate_panel,
+            self.reviewer.panel,
         ])
         self.add_class("mgl-design-app")
 
@@ -161,8 +170,12 @@ class DesignApp(w.VBox):
         if self._start(self._evaluate_worker, todo) and wait:
             self.wait()
 
-    def export(self, path: str | os.PathLike, ids: Sequence[str] | None = None, *, symprec: float = design.EXPORT_SYMPREC) -> Path:
-        """Zip the checked candidates (or ``ids``) for synthesis review; see :func:`mattergen_lab.design.export_candidates`."""
+    def export(self, path: str | os.PathLike, ids: Sequence[str] | None = None, *, symprec: float = design.EXPORT_SYMPREC,
+               review: bool = True) -> Path:
+        """Zip the checked candidates (or ``ids``) for synthesis review; see :func:`mattergen_lab.design.export_candidates`.
+
+        ``review`` adds each candidate's XRD, nearest known materials and oxidation states (a few seconds each).
+        """
         ids = list(ids) if ids is not None else self.candidate_panel.checked_ids()
         if not ids:
             raise ValueError("no candidates selected for export; tick their checkboxes first")
@@ -173,7 +186,20 @@ class DesignApp(w.VBox):
         chosen = [by_id[i] for i in ids]
         table = self.table.set_index("id").loc[ids].reset_index()
         report = design.design_report(chosen, evaluation_protocol=self.protocol)
-        return design.export_candidates([c.structure for c in chosen], table, path, report=report, symprec=symprec)
+        reviews = [self.reviewer.review(i) for i in ids] if review else None  # XRD, nearest known, oxidation states
+        return design.export_candidates([c.structure for c in chosen], table, path, report=report, symprec=symprec,
+                                        relaxed=[self.reviewer.relaxed.get(i) for i in ids], reviews=reviews,
+                                        hull=self.hull.data)
+
+    def open_review(self, candidate_id: str, wait: bool = False) -> None:
+        """Select ``candidate_id`` and open its detail view (structure, XRD, nearest known materials)."""
+        if candidate_id not in {c.id for c in self.candidates}:
+            raise ValueError(f"candidate {candidate_id!r} is not in this session")
+        self.select(candidate_id)  # an open review follows the selection
+        if self.reviewer.shown != candidate_id:
+            self.reviewer.open(candidate_id, wait=wait)
+        elif wait:
+            self.reviewer.wait()
 
     def add_candidates(self, candidates: Sequence[design.Candidate], evaluations: pd.DataFrame | None = None,
                        *, protocol: dict[str, Any] | None = None) -> list[str]:
@@ -216,6 +242,7 @@ class DesignApp(w.VBox):
         self.candidate_panel.highlight(candidate_id)
         self.pareto.update(self.table, selected=candidate_id)
         self._update_hull()
+        self.reviewer.follow(candidate_id)
 
     # ------------------------------------------------------------------ workers
     def _start(self, target: Callable[..., None], *args: Any) -> bool:
@@ -278,6 +305,7 @@ class DesignApp(w.VBox):
         if "id" not in table.columns or len(table) != len(todo):
             raise ValueError(f"the evaluator returned {len(table)} rows for {len(todo)} structures (need one per input, with 'id')")
         table["id"] = [c.id for c in todo]
+        self.reviewer.add_relaxed([c.id for c in todo], getattr(result, "relaxed", None))
         with self._lock:
             old = self.evaluations[~self.evaluations["id"].isin(table["id"])] if len(self.evaluations) else None
             self.evaluations = pd.concat([old, table], ignore_index=True) if old is not None and len(old) else table

@@ -54,15 +54,17 @@ class CandidateTable(w.VBox):
     ``on_select(id)`` runs when a row's "view" button is clicked; ``on_export(path)`` when Export is.
     """
 
-    def __init__(self, on_select: Callable[[str], None] | None = None, on_export: Callable[[str], None] | None = None) -> None:
-        self._on_select, self._on_export = on_select, on_export
+    def __init__(self, on_select: Callable[[str], None] | None = None, on_export: Callable[[str], None] | None = None,
+                 on_review: Callable[[str], None] | None = None) -> None:
+        self._on_select, self._on_export, self._on_review = on_select, on_export, on_review
         self.table = pd.DataFrame()
         self.checkboxes: dict[str, w.Checkbox] = {}
         self.rows: dict[str, w.HBox] = {}
         self.selected: str | None = None
         self.body = w.VBox()
         self.body.add_class("mgl-candidate-table")
-        header = w.HBox([w.HTML("<b>✓</b>", layout=w.Layout(width="40px")), w.HTML("", layout=w.Layout(width="50px"))]
+        header = w.HBox([w.HTML("<b>✓</b>", layout=w.Layout(width="40px")), w.HTML("", layout=w.Layout(width="50px")),
+                         w.HTML("", layout=w.Layout(width="64px"))]
                         + [w.HTML(f"<b>{html.escape(h)}</b>", layout=w.Layout(width=_WIDTH.get(h, "64px"))) for _, h, _ in COLUMNS])
         self.select_all = w.Button(description="Check all", layout=w.Layout(width="90px"))
         self.select_all.on_click(lambda _: self.check(list(self.checkboxes)))
@@ -90,7 +92,10 @@ class CandidateTable(w.VBox):
             cb = w.Checkbox(value=cid in checked, indent=False, layout=w.Layout(width="40px"))
             view = w.Button(description="view", layout=w.Layout(width="50px"))
             view.on_click(lambda _, cid=cid: self._on_select and self._on_select(cid))
-            row = w.HBox([cb, view] + [_cell(_fmt(rec.get(col), fmt), h) for col, h, fmt in COLUMNS])
+            review = w.Button(description="review", layout=w.Layout(width="64px"), tooltip="structure, XRD, nearest known")
+            review.add_class("mgl-review-button")
+            review.on_click(lambda _, cid=cid: self._on_review and self._on_review(cid))
+            row = w.HBox([cb, view, review] + [_cell(_fmt(rec.get(col), fmt), h) for col, h, fmt in COLUMNS])
             row.add_class("mgl-candidate-row")
             self.checkboxes[cid], self.rows[cid] = cb, row
             rows.append(row)
