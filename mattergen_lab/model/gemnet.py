@@ -234,7 +234,8 @@ class LatticeOutputBlock(nn.Module):
 
     def forward(self, m: torch.Tensor, rbf: torch.Tensor, g: Graph, num_crystals: int) -> torch.Tensor:
         c = self.out_forces(self.mlp(m) * self.dense_rbf_F(rbf)).squeeze(-1)  # (E,)
-        edges_per_crystal = torch.bincount(g.edge_batch, minlength=num_crystals).to(c.dtype)  # (B,)
+        counts = g.edge_counts if g.edge_counts is not None else torch.bincount(g.edge_batch, minlength=num_crystals)
+        edges_per_crystal = counts.to(c.dtype)  # (B,), counted once per graph
         c = c / edges_per_crystal[g.edge_batch]
         outer = g.vec.unsqueeze(-1) * g.vec.unsqueeze(-2)  # (E, 3, 3) û ûᵀ
         out = c.new_zeros(num_crystals, 3, 3)
@@ -311,7 +312,7 @@ class GemNetT(nn.Module):
         """
         cfg = self.cfg
         b = lattice.shape[0]
-        batch = torch.repeat_interleave(torch.arange(b, device=lattice.device), num_atoms)  # (N,)
+        batch = torch.repeat_interleave(torch.arange(b, device=lattice.device), num_atoms, output_size=frac_coords.shape[0])  # (N,)
         g = build_graph(
             frac_coords,
             lattice,

@@ -8,6 +8,13 @@ Edges are directed ``s -> t`` (source/neighbour ``s``, target/centre ``t``). For
 
 The graph is made exactly symmetric after the neighbour cap: every edge has a reverse edge
 (``id_swap``) with the negated offset.
+
+Host syncs: on a GPU an op whose result decides a shape (``nonzero``, a boolean index, ``bincount``,
+``repeat_interleave`` without ``output_size``) makes the host wait. Counts here are built with ``index_add_`` and
+every ``repeat_interleave`` is given its output size, so what is left are the dynamic edge and triplet counts. On a
+CUDA device the candidate search is one batched pass (:func:`_candidates_batched`, one ``nonzero`` for the whole
+batch); on the CPU it stays a loop over crystals (:func:`_candidates_per_crystal`, less memory, and the CPU path
+and its results are unchanged). ``tests/test_graph_batched.py`` checks both give the same graph.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class Graph:
         edge_batch: ``(E,)`` crystal of each edge.
         id3_ba, id3_ca: ``(T,)`` triplet edge pairs b->a and c->a sharing the target a.
         id3_ragged_idx: ``(T,)`` position of each triplet within its ``id3_ca`` group.
+        edge_counts: ``(B,)`` edges per crystal (long), computed once for the lattice output blocks.
     """
 
     src: torch.Tensor
@@ -42,17 +50,24 @@ class Graph:
     id3_ba: torch.Tensor
     id3_ca: torch.Tensor
     id3_ragged_idx: torch.Tensor
+    edge_counts: torch.Tensor | None = None
 
     @property
     def num_edges(self) -> int:
         return int(self.src.shape[0])
 
 
-def _ragged_arange(counts: torch.Tensor) -> torch.Tensor:
-    """``[0..c0-1, 0..c1-1, ...]`` for non-negative ``counts``."""
-    total = int(counts.sum())
+def _ragged_arange(counts: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """``[0..c0-1, 0..c1-1, ...]`` for non-negative ``counts``; ``total`` = ``counts.sum()`` when the caller knows it
+    (no host sync)."""
+    total = int(counts.sum()) if total is None else total
     starts = torch.cumsum(counts, 0) - counts
-    return torch.arange(total, device=counts.device) - torch.repeat_interleave(starts, counts)
+    return torch.arange(total, device=counts.device) - torch.repeat_interleave(starts, counts, output_size=total)
+
+
+def _counts(index: torch.Tensor, size: int) -> torch.Tensor:
+    """``bincount(index, minlength=size)`` for indices < size, without a host sync: ``(size,)`` long."""
+    return torch.zeros(size, dtype=torch.long, device=index.device).index_add_(0, index, torch.ones_like(index))
 
 
 def image_reps(lattice: torch.Tensor, cutoff: float, max_images: int) -> torch.Tensor:
@@ -76,17 +91,10 @@ def image_reps(lattice: torch.Tensor, cutoff: float, max_images: int) -> torch.T
     return torch.nan_to_num(rep, nan=float(max_images)).clamp(0, max_images).long()
 
 
-def radius_graph_pbc(
-    cart: torch.Tensor,
-    lattice: torch.Tensor,
-    num_atoms: torch.Tensor,
-    *,
-    cutoff: float,
-    max_neighbors: int,
-    max_images: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Directed edges within ``cutoff`` (periodic self-images included), at most ``max_neighbors``
-    nearest sources per target. Returns ``(src, dst, offsets, d_vec)``."""
+def _candidates_per_crystal(
+    cart: torch.Tensor, lattice: torch.Tensor, num_atoms: torch.Tensor, *, cutoff: float, max_images: int
+) -> tuple[torch.Tensor, ...]:
+    """``(tgt, src, offsets, d_vec, d2)`` of every pair within ``cutoff``, crystal by crystal (order: crystal, t, s, k)."""
     device = cart.device
     ptr = torch.cat([num_atoms.new_zeros(1), torch.cumsum(num_atoms, 0)]).tolist()
     reps = image_reps(lattice, cutoff, max_images).tolist()  # (B, 3)
@@ -105,13 +113,58 @@ def radius_graph_pbc(
         d2 = (d_vec * d_vec).sum(-1)  # (n_t, n_s, K)
         t_idx, s_idx, k_idx = ((d2 <= cutoff * cutoff) & (d2 > 1e-4)).nonzero(as_tuple=True)
         parts.append((t_idx + lo, s_idx + lo, offsets[k_idx], d_vec[t_idx, s_idx, k_idx], d2[t_idx, s_idx, k_idx]))
-    tgt, src, offs, d_vec, d2 = (torch.cat(col) for col in zip(*parts))
+    return tuple(torch.cat(col) for col in zip(*parts))
+
+
+def _candidates_batched(
+    cart: torch.Tensor, lattice: torch.Tensor, num_atoms: torch.Tensor, *, cutoff: float, max_images: int
+) -> tuple[torch.Tensor, ...]:
+    """The same pairs as :func:`_candidates_per_crystal`, in the same order, in one pass over the batch.
+
+    Every same-crystal pair ``(t, s)`` is tried against the batch's largest image grid; offsets outside the crystal's
+    own range are masked out, so each crystal keeps exactly its own candidates, and the lexicographic grid order
+    (a sub-box keeps it) gives the same (crystal, t, s, k) order. Memory: pairs × images × 3 (a few hundred MB for
+    64 crystals of 20 atoms at the ±5 cap). Host syncs: the largest range and the pair count, then one ``nonzero``.
+    """
+    device, n, b = cart.device, cart.shape[0], lattice.shape[0]
+    reps = image_reps(lattice, cutoff, max_images)  # (B, 3)
+    r = int(reps.max())
+    rng = torch.arange(-r, r + 1, device=device, dtype=lattice.dtype)
+    grid = torch.cartesian_prod(rng, rng, rng).reshape(-1, 3)  # (K, 3), lexicographic
+    batch_idx = torch.repeat_interleave(torch.arange(b, device=device), num_atoms, output_size=n)  # (N,)
+    per_atom = num_atoms[batch_idx]  # (N,) atoms in each atom's crystal
+    num_pairs = int((num_atoms * num_atoms).sum())
+    pair_t = torch.repeat_interleave(torch.arange(n, device=device), per_atom, output_size=num_pairs)  # (P,)
+    starts = torch.cumsum(num_atoms, 0) - num_atoms  # (B,)
+    crystal = batch_idx[pair_t]  # (P,)
+    pair_s = starts[crystal] + _ragged_arange(per_atom, total=num_pairs)  # (P,)
+    shifts = torch.stack([grid @ lattice[i] for i in range(b)])  # (B, K, 3); a loop of launches, no sync
+    d_vec = cart[pair_s][:, None, :] + shifts[crystal] - cart[pair_t][:, None, :]  # (P, K, 3)
+    d2 = (d_vec * d_vec).sum(-1)  # (P, K)
+    own = (grid.abs()[None] <= reps.to(grid.dtype)[:, None, :]).all(-1)  # (B, K): inside each crystal's range
+    p_idx, k_idx = ((d2 <= cutoff * cutoff) & (d2 > 1e-4) & own[crystal]).nonzero(as_tuple=True)
+    return pair_t[p_idx], pair_s[p_idx], grid[k_idx], d_vec[p_idx, k_idx], d2[p_idx, k_idx]
+
+
+def radius_graph_pbc(
+    cart: torch.Tensor,
+    lattice: torch.Tensor,
+    num_atoms: torch.Tensor,
+    *,
+    cutoff: float,
+    max_neighbors: int,
+    max_images: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Directed edges within ``cutoff`` (periodic self-images included), at most ``max_neighbors``
+    nearest sources per target. Returns ``(src, dst, offsets, d_vec)``."""
+    find = _candidates_batched if cart.device.type == "cuda" else _candidates_per_crystal
+    tgt, src, offs, d_vec, d2 = find(cart, lattice, num_atoms, cutoff=cutoff, max_images=max_images)
 
     # Neighbour cap: per target, keep the max_neighbors nearest (sort by distance, then by target).
     order = torch.argsort(d2, stable=True)
     order = order[torch.argsort(tgt[order], stable=True)]
-    counts = torch.bincount(tgt, minlength=cart.shape[0])
-    rank = _ragged_arange(counts)  # rank by distance within each target's group, in `order`
+    counts = _counts(tgt, cart.shape[0])
+    rank = _ragged_arange(counts, total=tgt.shape[0])  # rank by distance within each target's group, in `order`
     order = order[rank < max_neighbors]
     return src[order], tgt[order], offs[order], d_vec[order]
 
@@ -126,7 +179,8 @@ def build_graph(
     max_images: int,
 ) -> Graph:
     """The symmetric graph with triplets that GemNet-T consumes (spec §3.3 steps 1-7)."""
-    batch_idx = torch.repeat_interleave(torch.arange(lattice.shape[0], device=lattice.device), num_atoms)
+    n = frac_coords.shape[0]
+    batch_idx = torch.repeat_interleave(torch.arange(lattice.shape[0], device=lattice.device), num_atoms, output_size=n)
     cart = torch.einsum("ni,nij->nj", frac_coords, lattice[batch_idx])  # (N, 3)
     src, dst, offs, d_vec = radius_graph_pbc(
         cart, lattice, num_atoms, cutoff=cutoff, max_neighbors=max_neighbors, max_images=max_images
@@ -150,13 +204,15 @@ def build_graph(
     # Triplets: for every edge c->a, every other edge b->a into the same target a.
     e = src.shape[0]
     by_target = torch.argsort(dst, stable=True)
-    deg = torch.bincount(dst, minlength=frac_coords.shape[0])
+    deg = _counts(dst, n)
     tptr = torch.cumsum(deg, 0) - deg
-    id3_ca = torch.repeat_interleave(torch.arange(e, device=src.device), deg[dst])  # (T0,)
-    id3_ba = by_target[tptr[dst[id3_ca]] + _ragged_arange(deg[dst])]
+    id3_ca = torch.repeat_interleave(torch.arange(e, device=src.device), deg[dst])  # (T0,): the one triplet-count sync
+    id3_ba = by_target[tptr[dst[id3_ca]] + _ragged_arange(deg[dst], total=id3_ca.shape[0])]
     distinct = id3_ba != id3_ca
     id3_ba, id3_ca = id3_ba[distinct], id3_ca[distinct]
-    id3_ragged_idx = _ragged_arange((deg[dst] - 1).clamp(min=0))
+    # every edge is in its own target's group once, so the distinct triplets number T0 - E = id3_ba's length
+    id3_ragged_idx = _ragged_arange((deg[dst] - 1).clamp(min=0), total=id3_ba.shape[0])
+    edge_batch = batch_idx[dst]
 
     return Graph(
         src=src,
@@ -165,8 +221,9 @@ def build_graph(
         dist=dist,
         vec=vec,
         id_swap=id_swap,
-        edge_batch=batch_idx[dst],
+        edge_batch=edge_batch,
         id3_ba=id3_ba,
         id3_ca=id3_ca,
         id3_ragged_idx=id3_ragged_idx,
+        edge_counts=_counts(edge_batch, lattice.shape[0]),
     )
