@@ -8,6 +8,10 @@ Protocol (spec §7.1, with the differences stated):
 * MatterGen runs to convergence (``max_n_steps`` = 10⁶). Here every structure has a **step cap**
   (default 500) and a **time cap** (default 120 s); a structure that hits either keeps its last frame and is
   reported with status ``max_steps`` or ``timeout``.
+* Each cell is Niggli-reduced first (``RelaxConfig.niggli``), and a cell above ``RelaxConfig.max_atoms``
+  (default 200) is refused with status ``failed`` and the reason, before any force call.
+* Two engines: this module's ASE FIRE, one structure at a time (the reference), and torch-sim's batched FIRE
+  with in-flight batching (:mod:`mattergen_lab.evaluation.batched_relax`), with the same caps and statuses.
 * A structure whose volume leaves ``[V/5, 5V]`` of its start, whose energy or forces become non-finite, or
   whose calculator raises, is reported as ``exploded`` or ``failed`` with the reason. Nothing is dropped.
 
@@ -71,6 +75,11 @@ class RelaxConfig:
     min_volume_per_atom: float = MIN_VOLUME_PER_ATOM
     optimizer: str = "FIRE"
     cell_filter: str = "FrechetCellFilter"
+    # Cells above this many atoms are refused (status "failed", with the reason) instead of exhausting memory in
+    # the force field's graph; MP-20 crystals have at most 20. Raise it on a GPU box.
+    max_atoms: int = 200
+    # Niggli-reduce each cell before relaxing it: a generated cell with angles near 160° stalls CHGNet's FIRE.
+    niggli: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fmax, (int, float)) and self.fmax > 0):
@@ -83,6 +92,8 @@ class RelaxConfig:
             raise ValueError(f"RelaxConfig: max_volume_factor={self.max_volume_factor!r} must be > 1")
         if not (isinstance(self.min_volume_per_atom, (int, float)) and self.min_volume_per_atom >= 0):
             raise ValueError(f"RelaxConfig: min_volume_per_atom={self.min_volume_per_atom!r} must be a number >= 0 (Å³)")
+        if not (isinstance(self.max_atoms, int) and self.max_atoms >= 1):
+            raise ValueError(f"RelaxConfig: max_atoms={self.max_atoms!r} must be an integer >= 1")
         if self.optimizer != "FIRE":
             raise ValueError(f"RelaxConfig: optimizer={self.optimizer!r}; only 'FIRE' is supported")
         if self.cell_filter not in ("FrechetCellFilter", "ExpCellFilter"):
@@ -109,6 +120,35 @@ class RelaxResult:
     def ok(self) -> bool:
         """A usable energy and structure (converged, or stopped at a cap with finite values)."""
         return self.status in ("converged", "max_steps", "timeout") and math.isfinite(self.energy)
+
+
+def prepare_structure(structure: Structure, config: RelaxConfig) -> tuple[Structure, RelaxResult | None]:
+    """The cell both engines relax (Niggli-reduced when ``config.niggli``), or a refusal before any force call.
+
+    Refused (second item not ``None``): more atoms than ``config.max_atoms`` (status ``failed``), or a start
+    denser than ``config.min_volume_per_atom`` (status ``exploded``).
+    """
+    n = len(structure)
+    if n > config.max_atoms:
+        return structure, RelaxResult(
+            "failed", structure.copy(), math.nan, 0, 0.0,
+            message=f"refused: {n} atoms is above the {config.max_atoms}-atom cap (RelaxConfig.max_atoms); "
+            "relax it on a larger machine or raise the cap",
+        )
+    per_atom = structure.volume / max(n, 1)
+    if per_atom < config.min_volume_per_atom:
+        return structure, RelaxResult("exploded", structure.copy(), math.nan, 0, 0.0, math.nan, _collapse_message(per_atom, config))
+    if config.niggli:
+        try:
+            structure = structure.get_reduced_structure("niggli")
+        except Exception as exc:  # noqa: BLE001 - a degenerate cell relaxes as it is
+            log.debug("Niggli reduction failed (%s); relaxing the cell as given", exc)
+    return structure, None
+
+
+def _collapse_message(per_atom: float, config: RelaxConfig) -> str:
+    return (f"collapsed: {per_atom:.2g} Å³/atom is below the {config.min_volume_per_atom:g} Å³/atom floor "
+            "(denser than any known solid at ambient pressure)")
 
 
 class _Stop(Exception):
@@ -149,6 +189,9 @@ class Relaxer:
         from pymatgen.io.ase import AseAtomsAdaptor
 
         start = time.perf_counter()
+        structure, refused = prepare_structure(structure, self.config)
+        if refused is not None:
+            return refused
         try:
             atoms = AseAtomsAdaptor.get_atoms(structure)
         except Exception as exc:  # noqa: BLE001 - reported, never raised
@@ -161,10 +204,7 @@ class Relaxer:
 
         def too_dense(volume: float) -> str:
             per_atom = volume / max(len(atoms), 1)
-            if per_atom < cfg.min_volume_per_atom:
-                return (f"collapsed: {per_atom:.2g} Å³/atom is below the {cfg.min_volume_per_atom:g} Å³/atom floor "
-                        "(denser than any known solid at ambient pressure)")
-            return ""
+            return _collapse_message(per_atom, cfg) if per_atom < cfg.min_volume_per_atom else ""
 
         def guard() -> None:
             volume = float(atoms.get_volume())
@@ -180,8 +220,6 @@ class Relaxer:
             if time.perf_counter() > deadline:
                 raise _Stop("timeout", f"stopped after {cfg.max_seconds:g} s")
 
-        if reason := too_dense(v_start):  # refused before the force field builds its graph
-            return RelaxResult("exploded", structure.copy(), math.nan, 0, time.perf_counter() - start, math.nan, reason)
         optimizer = FIRE(cell_filter(atoms, cfg.cell_filter), logfile=None)
         optimizer.attach(guard, interval=1)
         status, message = "converged", ""
