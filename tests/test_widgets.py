@@ -511,6 +511,9 @@ def test_review_opens_from_the_table_and_follows_plot_clicks(app, tmp_path):
     assert panel.mode == "nglview" and "nglview chosen (viewer=&#x27;nglview&#x27;)" in panel.viewer_note.value
     assert review.nearest.reference == "test" and review.nearest.by_composition[0].material_id in {"k-LiO", "k-FeO", "k-Fe"}
     assert "Novelty:" in panel.facts.value and "Nearest known by composition" in panel.known.value
+    # the XRD image (an Image widget: the review is drawn from a worker thread), or the reason there is none
+    assert (panel.xrd_image.value[:8] == b"\x89PNG\r\n\x1a\n") == (review.xrd is not None)
+    assert review.xrd is not None or f"No XRD: {review.xrd_note}" in panel.xrd_note.value
     assert review.density == pytest.approx(app.table.set_index("id").loc[cid, "density"])
     # a click on the Pareto plot moves the open review to that candidate
     optimal = app.pareto.figure.data[1]

@@ -76,8 +76,11 @@ class CrystalToolkitServer:
         self.structures: dict[str, Any] = {}
         self.component = StructureMoleculeComponent(id="mgl_structure", show_settings=True, show_controls=True)
         symmetry = SymmetryPanel(links={"default": self.component.id()})
+        # the symmetry analysis is laid out directly: its panel_layout() fills its contents only after a click on
+        # the panel's title (which also closes an open panel), so an open panel would show just its description
         layout = dhtml.Div([dcc.Location(id="mgl_location"), self.component.layout(size="420px"),
-                            symmetry.panel_layout(open_by_default=True)], className="mgl-ctk-root")
+                            dhtml.Div([dhtml.H4(symmetry.title), symmetry.contents_layout()], className="mgl-ctk-symmetry")],
+                           className="mgl-ctk-root")
         app = Dash(__name__, requests_pathname_prefix=self.prefix, routes_pathname_prefix="/",
                    plugins=[CrystalToolkitPlugin(layout=layout)])
 
@@ -142,7 +145,11 @@ class ReviewPanel(w.VBox):
         self.viewer_note.add_class("mgl-review-viewer-note")
         self.facts = w.HTML()
         self.facts.add_class("mgl-review-facts")
-        self.xrd = w.Output(layout=w.Layout(width="560px"))
+        # an Image widget, not an Output: the review is drawn from a worker thread, and an Output captures only
+        # what is displayed while a cell (or a comm message) of the kernel's main thread runs
+        self.xrd_image = w.Image(format="png", layout=w.Layout(width="540px", display="none"))
+        self.xrd_note = w.HTML()
+        self.xrd = w.VBox([self.xrd_image, self.xrd_note], layout=w.Layout(width="560px"))
         self.xrd.add_class("mgl-review-xrd")
         self.known = w.HTML()
         self.known.add_class("mgl-review-known")
@@ -177,15 +184,13 @@ class ReviewPanel(w.VBox):
         self._show_structure(structure)
         self.facts.value = _facts_html(review)
         self.known.value = _known_html(review)
-        self.xrd.clear_output(wait=True)
-        with self.xrd:
-            png = _xrd_png(review)
-            if png:
-                from IPython.display import Image, display
-
-                display(Image(data=png, format="png", width=540))
-            else:
-                print(f"No XRD: {review.xrd_note}")
+        png = _xrd_png(review)
+        if png:
+            self.xrd_image.value, self.xrd_image.layout.display = png, None
+            self.xrd_note.value = f"<small>{html.escape(review.xrd_note or '')}</small>"
+        else:
+            self.xrd_image.value, self.xrd_image.layout.display = b"", "none"
+            self.xrd_note.value = f"<i>No XRD: {html.escape(review.xrd_note or '')}</i>"
 
     def _show_structure(self, structure: Any) -> None:
         reason = "nglview chosen (viewer='nglview')"
