@@ -318,6 +318,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relaxer", default="auto", choices=["auto", "chgnet", "mattersim"],
                    help="auto = MatterSim where its weights load, else CHGNet (offline)")
     p.add_argument("--mattersim-weights", default=None, help="MatterSim weights file (offline use)")
+    p.add_argument("--relax-engine", default="auto", choices=["auto", "torchsim", "ase"],
+                   help="torchsim = batched FIRE (many crystals at once), ase = one at a time (the reference); "
+                   "auto = torchsim where torch-sim imports")
     p.add_argument("--reference", default="mp20", help="mp20 | mp-api | PATH (.json[.gz] entries, .csv, MatterGen LMDB .gz)")
     p.add_argument("--novelty-reference", default="mp20", help="mp20 | none")
     p.add_argument("--matcher", default="disordered", choices=["disordered", "ordered"])
@@ -357,7 +360,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             [s for _, s in items], ids=[i for i, _ in items], relaxer=relaxer, reference=args.reference,
             novelty_reference=novelty, matcher=args.matcher, stability_threshold=args.stability_threshold,
             data_dir=args.data_dir, out_dir=args.out, allow_missing_reference=args.allow_missing_reference,
-            progress=progress,
+            progress=progress, relax_engine=args.relax_engine,
         )
     finally:
         bar.close()

@@ -14,6 +14,7 @@ they are kept together so the protocol record and the columns cannot drift apart
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -46,7 +47,7 @@ from mattergen_lab.evaluation.reference import (
     ReferenceHull,
     load_reference,
 )
-from mattergen_lab.evaluation.relax import RelaxConfig, Relaxer, get_relaxer
+from mattergen_lab.evaluation.relax import RelaxConfig, Relaxer, RelaxResult, get_relaxer
 from mattergen_lab.evaluation.validity import check_structure
 from mattergen_lab.fileio import append_jsonl, atomic_write_text, read_jsonl
 
@@ -265,6 +266,7 @@ def _evaluate_one(
     novelty: NoveltyReference | None,
     matcher: str,
     threshold: float,
+    result: RelaxResult | None = None,
 ) -> tuple[dict[str, Any], Structure | None]:
     from mattergen_lab.properties.symmetry import space_group
 
@@ -286,7 +288,8 @@ def _evaluate_one(
     errors = [f"invalid structure: {check.reason}"] if check.reason else []
     if len(comp.elements) > MAX_SMACT_ELEMENTS:
         errors.append(f"composition counted invalid: {len(comp.elements)} elements > {MAX_SMACT_ELEMENTS} (SMACT not run)")
-    result = relaxer.relax(structure)
+    if result is None:  # else relaxed already (batched engine)
+        result = relaxer.relax(structure)
     relaxed = result.structure
     if relaxed is not None and not (np.all(np.isfinite(relaxed.lattice.matrix)) and np.all(np.isfinite(relaxed.frac_coords))):
         relaxed = None  # an exploded relaxation's last frame: NaN must not reach spglib, the matcher or a CIF
@@ -432,6 +435,7 @@ def evaluate_structures(
     allow_missing_reference: bool = False,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    relax_engine: str = "auto",
 ) -> EvaluationResult:
     """Relax and score structures; returns the per-structure table, the aggregates and the protocol.
 
@@ -453,7 +457,11 @@ def evaluate_structures(
             the reference hull stops the run *before* any relaxation, naming it; with ``True`` its energy
             metrics are left empty and the ``error`` column says why.
         progress: called as ``progress(done, total)`` after each structure.
-        cancel: when set, stop after the current structure; finished ones are kept (and on disk).
+        cancel: when set, stop after the current structure (batched engine: after the current step); finished
+            ones are kept (and on disk).
+        relax_engine: ``"torchsim"`` (batched FIRE, :mod:`~mattergen_lab.evaluation.batched_relax`; results are
+            written as each structure finishes), ``"ase"`` (one at a time, the reference) or ``"auto"``: torch-sim
+            where it imports and the relaxer is a name or a plain CHGNet/MatterSim :class:`Relaxer`.
     """
     if matcher not in MATCHERS:
         raise ValueError(f"matcher={matcher!r}; expected one of {list(MATCHERS)}")
@@ -478,9 +486,15 @@ def evaluate_structures(
 
         check_elements(hull, [(f"structure {sid!r}", s.composition.elements) for sid, s in zip(ids, structures)])
     novelty = load_novelty_reference(novelty_reference, data_dir=data_dir)
+    from mattergen_lab.evaluation.batched_relax import BatchedRelaxer, get_batched_relaxer, resolve_engine
+
+    engine = resolve_engine(relax_engine, relaxer)
     if not isinstance(relaxer, Relaxer):
         relaxer = get_relaxer(relaxer, device=device, config=relax_config)
+    if engine == "torchsim":
+        relaxer = get_batched_relaxer(relaxer, device=device)
     protocol: dict[str, Any] = {
+        "relax_engine": "ASE FIRE, one structure at a time",
         **relaxer.protocol(),
         **hull.protocol(),
         **(novelty.protocol() if novelty else {"novelty_reference": None}),
@@ -501,28 +515,59 @@ def evaluate_structures(
         done = _prepare_out_dir(out, protocol)
     rows: list[dict[str, Any]] = []
     relaxed_list: list[Structure | None] = []
+    score = functools.partial(_evaluate_one, relaxer=relaxer, hull=hull, novelty=novelty, matcher=matcher,
+                              threshold=float(stability_threshold))
+
+    def keep(sid: str, row: dict[str, Any], relaxed: Structure | None) -> None:
+        if out is not None:
+            if relaxed is not None:
+                atomic_write_text(out / "relaxed" / f"{_SAFE_ID.sub('_', sid)}.cif", structure_to_cif(relaxed))
+            append_jsonl(out / "results.jsonl", row)
+
+    def check_done(sid: str, structure: Structure) -> None:
+        stored = str(done[sid].get("input_fingerprint"))
+        legacy = len(stored) == 12  # folders written before the whole-structure key: formula + lengths
+        if stored != (_legacy_fingerprint(structure) if legacy else _fingerprint(structure)):
+            raise ValueError(f"{out}: the finished result for {sid!r} belongs to a different structure; use a new --out")
+
+    batched = isinstance(relaxer, BatchedRelaxer)
+    fresh: dict[str, tuple[dict[str, Any], Structure | None]] = {}
+    if batched:  # relax all that are not done in one batched run, and keep each as it finishes
+        for sid, structure in zip(ids, structures):
+            if sid in done:
+                check_done(sid, structure)
+        todo = [k for k, sid in enumerate(ids) if sid not in done]
+
+        def finished(j: int, result: RelaxResult) -> None:
+            k = todo[j]
+            fresh[ids[k]] = score(ids[k], structures[k], result=result)
+            keep(ids[k], *fresh[ids[k]])
+            if progress is not None:
+                progress(len(done) + len(fresh), len(structures))
+
+        relaxer.relax_many([structures[k] for k in todo], on_result=finished, cancel=cancel)
+        if cancel is not None and cancel.is_set():
+            log.info("evaluation cancelled: %d of %d structures finished", len(done) + len(fresh), len(structures))
     for k, (sid, structure) in enumerate(zip(ids, structures)):
+        if batched:
+            if sid in fresh:
+                row, relaxed = fresh[sid]
+            elif sid in done:
+                row, relaxed = done[sid], _read_relaxed(out, sid)
+            else:
+                continue  # cancelled before it finished
+            rows.append(row)
+            relaxed_list.append(relaxed)
+            continue
         if cancel is not None and cancel.is_set():
             log.info("evaluation cancelled after %d of %d structures", k, len(structures))
             break
         if sid in done:
-            row = done[sid]
-            stored = str(row.get("input_fingerprint"))
-            legacy = len(stored) == 12  # folders written before the whole-structure key: formula + lengths
-            if stored != (_legacy_fingerprint(structure) if legacy else _fingerprint(structure)):
-                raise ValueError(
-                    f"{out}: the finished result for {sid!r} belongs to a different structure; use a new --out"
-                )
-            relaxed = _read_relaxed(out, sid)
+            check_done(sid, structure)
+            row, relaxed = done[sid], _read_relaxed(out, sid)
         else:
-            row, relaxed = _evaluate_one(
-                sid, structure, relaxer=relaxer, hull=hull, novelty=novelty, matcher=matcher,
-                threshold=float(stability_threshold),
-            )
-            if out is not None:
-                if relaxed is not None:
-                    atomic_write_text(out / "relaxed" / f"{_SAFE_ID.sub('_', sid)}.cif", structure_to_cif(relaxed))
-                append_jsonl(out / "results.jsonl", row)
+            row, relaxed = score(sid, structure)
+            keep(sid, row, relaxed)
         rows.append(row)
         relaxed_list.append(relaxed)
         if progress is not None:
