@@ -5,8 +5,9 @@ Same set-up as :mod:`tests.test_browser` (its JupyterLab server, Chromium and pa
 candidates (a random model's cells are too large for a powder pattern, so no generation here), with a small
 known-materials set, so the review has an XRD pattern and a nearest known material to show. Through the page:
 
-* the JupyterLab server the test launches has ``jupyter-server-proxy`` enabled: ``GET /proxy/<port>/_dash-layout``
-  on it answers with the kernel's Dash layout;
+* the JupyterLab server the test launches has ``jupyter-server-proxy`` enabled: the kernel asked it for
+  ``/proxy/<port>/_dash-layout`` (the view says "through jupyter-server-proxy", not "not checked"), and the
+  test's own ``GET`` there answers with the kernel's Dash layout;
 * a click on the first row's *review* button opens the detail view; its Crystal Toolkit iframe points at
   ``/proxy/<port>/?s=<token>`` (the server proxy, as on Binder and JupyterHub), the Dash app in it loads, the
   Crystal Toolkit scene draws a WebGL canvas that is not blank, and the symmetry panel shows the candidate's
@@ -159,7 +160,8 @@ def _drive_review(page, server: LabServer, timings: dict[str, float]) -> None:
     port = state["port"]
     assert state["src"].startswith(f"/proxy/{port}/?s="), f"the iframe does not go through the server proxy: {state}"
     note = page.locator(".mgl-review-viewer-note").first.inner_text()
-    assert "through jupyter-server-proxy" in note, note
+    # the kernel asked the Jupyter server for /proxy/<port>/ and got the Dash layout back (not merely "installed")
+    assert note.strip() == "Crystal Toolkit (Dash server in this kernel, through jupyter-server-proxy)", note
     # the JupyterLab server this test launched proxies to the kernel's Dash server (the extension is enabled)
     with urllib.request.urlopen(f"{server.url}/proxy/{port}/_dash-layout", timeout=20) as r:
         assert r.status == 200 and b"mgl_structure" in r.read()

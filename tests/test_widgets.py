@@ -524,3 +524,61 @@ def test_review_opens_from_the_table_and_follows_plot_clicks(app, tmp_path):
         app.open_review("nope")
     panel.close_button.click()
     assert panel.layout.display == "none" and app.reviewer.shown is None
+
+
+CTK_ADDRESSING = '''
+import http.server, json, os, re, threading, urllib.request
+from pymatgen.core import Lattice, Structure
+from mattergen_lab.widgets import review
+
+class NotFound(http.server.BaseHTTPRequestHandler):  # a Jupyter server without jupyter-server-proxy
+    def do_GET(self):
+        self.send_response(404); self.end_headers()
+    def log_message(self, *a): pass
+
+jupyter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+threading.Thread(target=jupyter.serve_forever, daemon=True).start()
+nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+out = {}
+srv = review.CrystalToolkitServer()
+u = srv.url(nacl)
+page = urllib.request.urlopen(u, timeout=20).read().decode()
+asset = re.findall(r'<script src="([^"]+)"', page)[0]
+out["direct"] = dict(proxied=srv.proxied, how=srv.how, url=u, port=srv.port, asset=asset,
+                     asset_status=urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{asset}", timeout=20).status)
+review._jupyter_server = lambda: {"url": f"http://127.0.0.1:{jupyter.server_port}/", "base_url": "/", "token": ""}
+srv = review.CrystalToolkitServer()
+out["no_proxy"] = dict(proxied=srv.proxied, how=srv.how)
+os.environ["JUPYTERHUB_SERVICE_PREFIX"] = "/user/x/"
+try:
+    review.CrystalToolkitServer()
+    out["hub"] = "started"
+except RuntimeError as exc:
+    out["hub"] = str(exc)
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_crystal_toolkit_server_addressing(tmp_path):
+    """Without a proxying Jupyter server the Dash pages load on 127.0.0.1 under the same prefix, and the view
+    says why; on a hub that does not proxy, the server refuses with the fix (the view then falls back to
+    nglview with that reason). Through a real proxy: tests/test_browser_review.py. A subprocess, because
+    importing Crystal Toolkit changes how pymatgen objects display."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("crystal_toolkit")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_"))}
+    env.update(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), OMP_NUM_THREADS="1")  # no running Jupyter server
+    proc = subprocess.run([sys.executable, "-c", CTK_ADDRESSING], env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    d, port = out["direct"], out["direct"]["port"]
+    assert d["proxied"] is False and d["how"] == "directly on 127.0.0.1: no Jupyter server found for this kernel"
+    assert d["url"].startswith(f"http://127.0.0.1:{port}/proxy/{port}/?s=") and d["asset"].startswith(f"/proxy/{port}/")
+    assert d["asset_status"] == 200
+    assert out["no_proxy"]["proxied"] is False and "enable the extension: jupyter server extension enable jupyter_server_proxy" in out["no_proxy"]["how"]
+    assert out["hub"].startswith("on JupyterHub/Binder the Dash server is reachable only through jupyter-server-proxy: "
+                                 "the Jupyter server does not serve")

@@ -3,9 +3,11 @@
 Crystal Toolkit renders through a Dash server inside the kernel. :class:`CrystalToolkitServer` starts one per
 kernel (a werkzeug thread on 127.0.0.1) holding one structure component and its symmetry panel; each candidate is
 shown by loading ``?s=<token>`` in an iframe. The iframe's address is the server proxy's ``{base_url}proxy/{port}/``
-when ``jupyter-server-proxy`` is installed (Binder, JupyterHub, and a local JupyterLab with it), else
-``http://127.0.0.1:{port}/`` (a browser on the same machine). Where the server cannot start (Crystal Toolkit not
-installed, no port, on a hub without the proxy) the view falls back to nglview and says why in one line.
+(Binder, JupyterHub, and a local JupyterLab with ``jupyter-server-proxy``) when the Jupyter server that started
+the kernel answers there (asked once, when the Dash server starts), else ``http://127.0.0.1:{port}{that path}``
+(a browser on the same machine; the Dash server strips the prefix itself). Where the server cannot start
+(Crystal Toolkit not installed, no port, on a hub without a working proxy) the view falls back to nglview and
+says why in one line.
 
 ``crystal_toolkit`` is imported only when the first structure is shown: importing it patches how every pymatgen
 object displays and takes seconds.
@@ -32,25 +34,51 @@ from mattergen_lab import design
 log = logging.getLogger(__name__)
 
 
-def _proxy_base_url() -> str:
-    """The Jupyter server's base URL as the browser sees it: the hub prefix, our server's base_url, or '/'."""
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
-    if prefix:
-        return prefix if prefix.endswith("/") else prefix + "/"
+def _jupyter_server() -> dict[str, Any] | None:
+    """The running Jupyter server that started this kernel (its ``list_running_servers`` entry), if known."""
     try:
         from jupyter_server.serverapp import list_running_servers
 
         servers = list(list_running_servers())
-        mine = [s for s in servers if s.get("pid") == os.getppid()] or (servers if len(servers) == 1 else [])
-        if mine:
-            return mine[0].get("base_url", "/") or "/"
-    except Exception:  # noqa: BLE001 - no server info: assume the root
-        pass
-    return "/"
+    except Exception:  # noqa: BLE001 - no server info (a kernel outside Jupyter, e.g. VS Code)
+        return None
+    mine = [s for s in servers if s.get("pid") == os.getppid()] or (servers if len(servers) == 1 else [])
+    return mine[0] if mine else None
+
+
+def _proxy_base_url(server: dict[str, Any] | None) -> str:
+    """The Jupyter server's base URL as the browser sees it: the hub prefix, our server's base_url, or '/'."""
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or (server or {}).get("base_url") or "/"
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def _check_proxy(server: dict[str, Any] | None, port: int) -> tuple[bool | None, str]:
+    """Ask the Jupyter server for ``proxy/<port>/_dash-layout``: True (it proxies), False (404: the
+    jupyter-server-proxy extension is not loaded there) or None (could not tell), with what was seen."""
+    import urllib.error
+
+    if server is None or not str(server.get("url", "")).startswith("http"):
+        return None, "no Jupyter server found for this kernel"
+    url = f"{server['url'].rstrip('/')}/proxy/{port}/_dash-layout"
+    headers = {"Authorization": f"token {server['token']}"} if server.get("token") else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return (True, "ok") if r.status == 200 else (None, f"HTTP {r.status} from {url}")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False, (f"the Jupyter server does not serve {url} (enable the extension: "
+                           "jupyter server extension enable jupyter_server_proxy, then restart the server)")
+        return None, f"HTTP {exc.code} from {url}"
+    except OSError as exc:
+        return None, f"{url}: {exc}"
 
 
 class CrystalToolkitServer:
-    """One Dash app per kernel with a Crystal Toolkit structure component; :meth:`url` addresses one structure."""
+    """One Dash app per kernel with a Crystal Toolkit structure component; :meth:`url` addresses one structure.
+
+    The app's pages live under ``{base_url}proxy/{port}/``. The server strips that prefix itself, so the same
+    page works through the proxy and, where the Jupyter server does not proxy, at ``http://127.0.0.1:{port}``.
+    """
 
     _instance: CrystalToolkitServer | None = None
     _lock = threading.Lock()
@@ -64,15 +92,17 @@ class CrystalToolkitServer:
         from crystal_toolkit.core.plugin import CrystalToolkitPlugin
         from dash import Dash, dcc, html as dhtml
         from dash.dependencies import Input, Output
-        from werkzeug.serving import make_server
+        from werkzeug.serving import WSGIRequestHandler, make_server
 
-        self.proxied = importlib.util.find_spec("jupyter_server_proxy") is not None
-        if not self.proxied and os.environ.get("JUPYTERHUB_SERVICE_PREFIX"):
+        hub = bool(os.environ.get("JUPYTERHUB_SERVICE_PREFIX"))
+        installed = importlib.util.find_spec("jupyter_server_proxy") is not None
+        if not installed and hub:
             raise RuntimeError("on JupyterHub/Binder the Dash server needs jupyter-server-proxy (pip install jupyter-server-proxy)")
+        jupyter = _jupyter_server()
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.prefix = f"{_proxy_base_url()}proxy/{self.port}/" if self.proxied else "/"
+        self.prefix = f"{_proxy_base_url(jupyter)}proxy/{self.port}/"
         self.structures: dict[str, Any] = {}
         self.component = StructureMoleculeComponent(id="mgl_structure", show_settings=True, show_controls=True)
         symmetry = SymmetryPanel(links={"default": self.component.id()})
@@ -90,17 +120,32 @@ class CrystalToolkitServer:
             s = self.structures.get(token)
             return s.as_dict() if s is not None else None
 
-        from werkzeug.serving import WSGIRequestHandler
+        prefix, flask_app = self.prefix, app.server
+
+        def strip_prefix(environ: dict[str, Any], start_response: Any) -> Any:
+            # the proxy strips /proxy/<port>; a browser on 127.0.0.1 sends the prefixed paths the pages name
+            path = environ.get("PATH_INFO", "")
+            if path.startswith(prefix):
+                environ["PATH_INFO"] = "/" + path[len(prefix):]
+            return flask_app(environ, start_response)
 
         class _Quiet(WSGIRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no access log in the notebook
                 pass
 
-        self.server = make_server("127.0.0.1", self.port, app.server, threaded=True, request_handler=_Quiet)
+        self.server = make_server("127.0.0.1", self.port, strip_prefix, threaded=True, request_handler=_Quiet)
         threading.Thread(target=self.server.serve_forever, daemon=True, name="mgl-crystal-toolkit").start()
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_dash-layout", timeout=10) as r:
             if r.status != 200:
                 raise RuntimeError(f"the Dash server answered {r.status}")
+        # through the proxy where the Jupyter server proxies (checked), or could not be asked but has it installed
+        works, seen = _check_proxy(jupyter, self.port) if installed else (False, "jupyter-server-proxy is not installed")
+        self.proxied = bool(works) or (works is None and installed and (hub or jupyter is not None))
+        self.how = ("through jupyter-server-proxy" + ("" if works else f", not checked: {seen}") if self.proxied
+                    else f"directly on 127.0.0.1: {seen}")
+        if not self.proxied and hub:
+            self.server.shutdown()
+            raise RuntimeError(f"on JupyterHub/Binder the Dash server is reachable only through jupyter-server-proxy: {seen}")
 
     @classmethod
     def get(cls) -> CrystalToolkitServer:
@@ -112,7 +157,7 @@ class CrystalToolkitServer:
     def url(self, structure: Any) -> str:
         token = uuid.uuid4().hex[:12]
         self.structures[token] = structure
-        base = self.prefix if self.proxied else f"http://127.0.0.1:{self.port}/"
+        base = self.prefix if self.proxied else f"http://127.0.0.1:{self.port}{self.prefix}"
         return f"{base}?s={token}"
 
 
@@ -202,7 +247,7 @@ class ReviewPanel(w.VBox):
                                "height='600' style='border:1px solid #ddd'></iframe>")
                 self.structure_box.children = [frame]
                 self.mode = "crystal-toolkit"
-                how = "through jupyter-server-proxy" if server.proxied else "directly on 127.0.0.1 (no jupyter-server-proxy)"
+                how = server.how
                 self.viewer_note.value = f"<small>Crystal Toolkit (Dash server in this kernel, {html.escape(how)})</small>"
                 return
             except Exception as exc:  # noqa: BLE001 - any failure to start means the fallback, with its reason
