@@ -16,14 +16,17 @@ known-materials set, so the review has an XRD pattern and a nearest known materi
 * a test button then makes the Crystal Toolkit server fail to start and opens the second candidate: the
   view falls back to nglview (its canvas is drawn) and shows the reason in one line.
 
-It writes ``tests/artifacts/review_app.png`` and ``review_scene.png``; on failure ``review_failure.png/.log``.
+It writes ``tests/artifacts/review_app.png`` (and ``docs/review_app.png`` with ``MATTERGEN_LAB_UPDATE_SCREENSHOT=1``)
+and ``review_scene.png``; on failure ``review_failure.png/.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import shutil
 import textwrap
 import time
 import urllib.request
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from test_browser import (  # noqa: F401 - chromium and tiny_checkpoint are fixtures
     ARTIFACTS,
+    REPO,
     LabServer,
     _alive,
     _assert_healthy,
@@ -206,6 +210,8 @@ def _drive_review(page, server: LabServer, timings: dict[str, float]) -> None:
     assert "Fm-3m" in facts and re.search(r"\d\.\d{3} g/cm³", facts), facts
     _assert_healthy(page)
     _save_screenshot(page, ARTIFACTS / "review_app.png", ".mgl-review")
+    if os.environ.get("MATTERGEN_LAB_UPDATE_SCREENSHOT") == "1":  # the README's picture
+        shutil.copyfile(ARTIFACTS / "review_app.png", REPO / "docs" / "review_app.png")
 
     # 4. where Crystal Toolkit cannot start, nglview shows the candidate and the view says why, in one line
     page.locator(".mgl-test-break-ctk").first.click()
