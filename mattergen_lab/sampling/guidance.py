@@ -33,7 +33,7 @@ class ClassifierFreeGuidance:
 
     def _flags(self, batch: CrystalBatch, keep: bool) -> dict[str, torch.Tensor]:
         names = getattr(self.model, "conditions", ())
-        return {name: torch.full((len(batch),), keep, dtype=torch.bool) for name in names}
+        return {name: torch.full((len(batch),), keep, dtype=torch.bool, device=batch.lattice.device) for name in names}
 
     def __call__(self, batch: CrystalBatch, t: torch.Tensor) -> ScoreOutput:
         gamma = self.guidance_scale
