@@ -320,7 +320,11 @@ class BatchedRelaxer(Relaxer):
             picks = [sample[0], sample[-1]]
             states = [ts.io.structures_to_state([p.structure], self.model.device, self.model.dtype) for p in picks]
             metrics = [calculate_memory_scaler(s, self.model.memory_scales_with) for s in states]
-            return 0.8 * float(estimate_max_memory_scaler(self.model, states, metrics))
+            # torch-sim doubles the batch (x1.6) until CUDA runs out of memory; our graphs are built per crystal
+            # on the CPU, so the search stops at 4,096 crystals
+            limit = 0.8 * float(estimate_max_memory_scaler(self.model, states, metrics, max_atoms=4096))
+            self.max_memory_scaler = limit  # measured once per relaxer
+            return limit
         return CPU_MAX_MEMORY_SCALER
 
     @staticmethod
