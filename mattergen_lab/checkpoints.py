@@ -447,18 +447,48 @@ def load_checkpoint(name_or_path: str | os.PathLike, *, download: bool = True, r
 
 
 # ------------------------------------------------------------------------------------------ bundling
+def _thin(history: list[dict[str, Any]], max_rows: int = 30) -> list[dict[str, Any]]:
+    """At most about ``max_rows`` evenly spaced rows of a long history, always with its last row."""
+    if len(history) <= max_rows:
+        return history
+    every = -(-len(history) // max_rows)
+    return [h for i, h in enumerate(history) if i % every == 0 or i == len(history) - 1]
+
+
 def _loss_table(history: list[dict[str, Any]]) -> str:
     def fmt(h: dict[str, Any], key: str, scale: float = 1.0, digits: int = 3) -> str:
         v = h.get(key)
         return f"{v / scale:.{digits}f}" if isinstance(v, (int, float)) else "–"
 
-    rows = ["| step | train loss | val loss | val coordinates | val lattice | val atom types | wall (min) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| step | train loss | val loss | val coordinates | val lattice | val atom types | lr | wall (min) |",
+            "|---|---|---|---|---|---|---|---|"]
     rows += [
         f"| {int(h.get('step', 0))} | {fmt(h, 'train_loss')} | {fmt(h, 'val_loss')} | {fmt(h, 'val_pos')} | "
-        f"{fmt(h, 'val_cell')} | {fmt(h, 'val_atomic_numbers')} | {fmt(h, 'wall_s', 60.0, 0)} |"
-        for h in history
+        f"{fmt(h, 'val_cell')} | {fmt(h, 'val_atomic_numbers')} | {fmt(h, 'lr', digits=6)} | "
+        f"{fmt(h, 'wall_s', 60.0, 0)} |"
+        for h in _thin(history)
     ]
+    if len(history) > len(_thin(history)):
+        rows.append(f"\n({len(_thin(history))} of {len(history)} validation rows; all are in `config.json` → "
+                    "`training.history`. The wall column restarts with each resumed segment.)")
+    per_t = _per_t_table(history[-1]) if history else ""
+    return "\n".join(rows) + (f"\n\n{per_t}" if per_t else "")
+
+
+def _per_t_table(last: dict[str, Any]) -> str:
+    """Validation loss per field and noise-level bin of the last row (``val_<field>_t<i>``), if recorded."""
+    from mattergen_lab.training.validation import NUM_T_BINS, T_MIN
+
+    fields = [("val_loss", "total"), ("val_pos", "coordinates"), ("val_cell", "lattice"),
+              ("val_atomic_numbers", "atom types")]
+    if not all(f"{key}_t0" in last for key, _ in fields):
+        return ""
+    edges = [T_MIN + (1 - T_MIN) * i / NUM_T_BINS for i in range(NUM_T_BINS + 1)]
+    head = " | ".join(f"t ∈ [{edges[i]:.2f}, {edges[i + 1]:.2f})" for i in range(NUM_T_BINS))
+    rows = [f"Validation loss by noise level at step {int(last.get('step', 0))}:", "",
+            f"| field | {head} |", "|---|" + "---|" * NUM_T_BINS]
+    for key, label in fields:
+        rows.append(f"| {label} | " + " | ".join(f"{float(last[f'{key}_t{i}']):.3f}" for i in range(NUM_T_BINS)) + " |")
     return "\n".join(rows)
 
 

@@ -71,12 +71,27 @@ def test_bundle_registers_copies_and_replaces_an_entry(tmp_path):
     cfg = json.loads((rec.path / "config.json").read_text())
     assert cfg["sampling"]["num_steps"] == 123
     card = (rec.path / "MODEL_CARD.md").read_text()
-    assert "| 100 | 2.500 | 2.250 | 7.000 | 1.000 | 0.500 | 2 |" in card and "Trained for a test." in card
+    assert "| 100 | 2.500 | 2.250 | 7.000 | 1.000 | 0.500 | – | 2 |" in card and "Trained for a test." in card
     ckpt = load_checkpoint("mine", registry_path=reg)
     assert recommended_num_steps(ckpt) == 123
     # a new name is appended, the others are untouched
     bundle_checkpoint(src, "second", description="d", training_data="t", num_steps=50, registry_path=reg)
     assert set(parse_registry(reg.read_text(), base_dir=tmp_path)) == {"keep_me", "mine", "second"}
+
+
+def test_a_long_history_is_thinned_and_the_last_step_is_shown_by_noise_level():
+    from mattergen_lab.checkpoints import _loss_table
+
+    fields = ("val_loss", "val_pos", "val_cell", "val_atomic_numbers")
+    history = [{"step": 500 * (i + 1), "val_loss": 2.0 - 0.01 * i, "lr": 1e-3} for i in range(120)]
+    history[-1].update({f"{f}_t{b}": 0.1 * b + k for k, f in enumerate(fields) for b in range(5)})
+    table = _loss_table(history)
+    steps = [int(line.split("|")[1]) for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert 20 <= len(steps) <= 31 and steps[0] == 500 and steps[-1] == 60_000 and steps == sorted(steps)
+    assert f"{len(steps)} of 120 validation rows" in table
+    assert "at step 60000" in table and "t ∈ [0.80, 1.00)" in table
+    assert "| lattice | 2.000 | 2.100 | 2.200 | 2.300 | 2.400 |" in table  # val_cell is field k = 2
+    assert "| 60000 | – | 0.810 | – | – | – | 0.001000 | – |" in table
 
 
 def test_bundle_refuses_bad_names_and_step_counts(tmp_path):
