@@ -123,11 +123,13 @@ def _frames_text(page) -> str:
 def test_review_in_jupyterlab(chromium, tiny_checkpoint, tmp_path):
     server = LabServer(tmp_path / "lab")
     timings: dict[str, float] = {}
+    console: list[str] = []
     try:
         server.start()
         write_notebook(server.root / "review.ipynb", review_notebook(tiny_checkpoint))
         with chromium_page(chromium) as page:
             try:
+                console = page.console_log  # type: ignore[attr-defined]
                 _drive_review(page, server, timings)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -139,6 +141,7 @@ def test_review_in_jupyterlab(chromium, tiny_checkpoint, tmp_path):
     finally:
         server.stop()
     print("review browser test timings (s):", {k: round(v, 1) for k, v in timings.items()})
+    print("browser console errors:", *[m for m in console if m.startswith(("error", "pageerror"))][-20:], sep="\n  ")
     survivors = [p for p in server.kernel_pids if _alive(p)]
     assert not survivors, f"processes outlived the server: {survivors}"
 
