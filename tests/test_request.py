@@ -128,7 +128,8 @@ def test_predictors_and_correctors_share_one_step_contract():
     from mattergen_lab.sampling import steps
 
     classes = [steps.WrappedAncestralPredictor, steps.WrappedLangevinCorrector, steps.LatticeAncestralPredictor,
-               steps.LatticeLangevinCorrector, steps.MaskedTypeAncestralPredictor]
+               steps.LatticeLangevinCorrector, steps.MaskedTypeAncestralPredictor, steps.WrappedODEPredictor,
+               steps.LatticeODEPredictor]
     for cls in classes:
         params = inspect.signature(cls.step).parameters
         assert set(steps.STEP_KEYWORDS) <= set(params), (cls.__name__, set(steps.STEP_KEYWORDS) - set(params))

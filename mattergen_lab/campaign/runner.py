@@ -48,7 +48,8 @@ def _as_spec(spec: CampaignSpec | dict[str, Any] | str | os.PathLike) -> Campaig
 
 
 def check_spec(spec: CampaignSpec) -> None:
-    """Fail at the boundary, before any task: the checkpoint loads and can condition on every arm's targets."""
+    """Fail at the boundary, before any task: the checkpoint loads, builds the spec's sampler and can condition on
+    every arm's targets."""
     from mattergen_lab.checkpoints import load_checkpoint
     from mattergen_lab.sampling.api import (
         build_sampler,
@@ -59,7 +60,7 @@ def check_spec(spec: CampaignSpec) -> None:
     ckpt = load_checkpoint(spec.checkpoint)
     steps = spec.num_steps or recommended_num_steps(ckpt)
     for arm in spec.arms():
-        _, info = build_sampler(ckpt, num_steps=steps, guidance_scale=arm.guidance_scale)
+        _, info = build_sampler(ckpt, num_steps=steps, guidance_scale=arm.guidance_scale, sampler_settings=spec.sampler)
         try:
             validated_conditions(arm.conditions, info)
         except ValueError as exc:

@@ -6,6 +6,8 @@ A spec is a YAML file or a mapping::
     num_samples: 64                     # crystals per arm (grid point)
     batch_size: 16                      # crystals per sampling task (one chunk of the arm's request)
     num_steps: 200                      # optional: the checkpoint's recommendation
+    sampler: {n_corrector_steps: 0}     # optional sampler variant (n_corrector_steps, coord_snr, lattice_snr,
+                                        #   max_step_size, predictor: ancestral | ode); omitted = the official one
     seed: 0
     conditions:                         # a list of values makes a grid axis
       chemical_system: [Li-Fe-O, Na-Mn-O]
@@ -28,7 +30,9 @@ A spec is a YAML file or a mapping::
 
 The arms are the product of the condition lists and the guidance list, in the order written. Arm ``k`` is one
 :class:`~mattergen_lab.sampling.request.SamplingRequest` seeded with ``seed + k`` (so two arms never draw the
-same noise), and its chunk ``j`` is one sampling task. Every error names the bad key and value.
+same noise), and its chunk ``j`` is one sampling task. Every error names the bad key and value. The sampler
+variant is part of the campaign (its fingerprint), so a resume with another one is refused; it is recorded only
+when set, so folders made before it existed still resume.
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ from typing import Any
 
 from mattergen_lab.evaluation.evaluate import MATCHERS, STABILITY_THRESHOLD
 from mattergen_lab.evaluation.relax import RELAXERS, RelaxConfig
+from mattergen_lab.sampling.frames import sampler_variant
 from mattergen_lab.sampling.request import SamplingRequest
 
 _TOP_KEYS = {"checkpoint", "num_samples", "batch_size", "num_steps", "seed", "conditions", "guidance_scale",
-             "elements", "num_atoms", "evaluate", "resources", "name"}
+             "elements", "num_atoms", "evaluate", "resources", "name", "sampler"}
 
 
 def _is_int(v: Any) -> bool:
@@ -121,6 +126,7 @@ class CampaignSpec:
     num_steps: int | None = None
     seed: int = 0
     conditions: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=dict)
     guidance_scale: Any = 0.0
     elements: str | None = None
     num_atoms: int | None = None
@@ -134,6 +140,7 @@ class CampaignSpec:
             raise ValueError(f"checkpoint={self.checkpoint!r} must be a registry name or a checkpoint folder")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
+        object.__setattr__(self, "sampler", sampler_variant(self.sampler, where="sampler"))
         if not isinstance(self.conditions, dict):
             raise ValueError(f"conditions={self.conditions!r} must be a mapping of property -> value or list of values")
         for key, value in self.conditions.items():
@@ -169,6 +176,7 @@ class CampaignSpec:
                 checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
                 num_steps=self.num_steps, conditions=arm.conditions, guidance_scale=arm.guidance_scale,
                 elements=self.elements, num_atoms=self.num_atoms, seed=self.seed + arm.index, device=device,
+                sampler=self.sampler,
             )
         except ValueError as exc:
             raise ValueError(f"arm {arm.name} ({arm.label}): {exc}") from None
@@ -178,6 +186,8 @@ class CampaignSpec:
         d = asdict(self)
         d["evaluate"] = asdict(self.evaluate) if self.evaluate is not None else False
         d["resources"] = {"sample_gpus": d.pop("sample_gpus"), "threads": d.pop("threads")}
+        if not d["sampler"]:  # the official sampler: no key, as in the folders made before variants existed
+            del d["sampler"]
         return d
 
     @classmethod
@@ -205,6 +215,7 @@ class CampaignSpec:
             raise ValueError("a campaign spec needs a checkpoint (registry name or folder)")
         d["checkpoint"] = str(d["checkpoint"])
         d["conditions"] = d.get("conditions") or {}
+        d["sampler"] = d.get("sampler") or {}
         return cls(**d, evaluate=evaluation, **res)
 
     @classmethod

@@ -52,10 +52,12 @@ def _worker() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _sampler(checkpoint: str, num_steps: int | None, guidance_scale: float, device: str) -> Any:
+def _sampler(checkpoint: str, num_steps: int | None, guidance_scale: float, device: str,
+             variant: tuple[tuple[str, Any], ...] = ()) -> Any:
     from mattergen_lab.sampling.api import load_sampler
 
-    return load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
+    return load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device,
+                        sampler_settings=dict(variant))
 
 
 @functools.lru_cache(maxsize=2)
@@ -80,7 +82,7 @@ def sample_task(spec: dict[str, Any], arm_index: int, chunk: int, device: str = 
     torch.set_num_threads(cs.threads)
     arm = cs.arms()[arm_index]
     request = cs.request(arm, device=device)
-    sampler, info = _sampler(cs.checkpoint, cs.num_steps, arm.guidance_scale, device)
+    sampler, info = _sampler(cs.checkpoint, cs.num_steps, arm.guidance_scale, device, tuple(sorted(cs.sampler.items())))
     properties = validated_conditions(request.conditions, info)
     indices = [c[1] for c in request.chunks()][chunk]
     skip = set(range(request.num_samples)) - set(indices)

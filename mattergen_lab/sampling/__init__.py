@@ -8,10 +8,12 @@ from mattergen_lab.sampling.sampler import (
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
     LatticeLangevinCorrector,
+    LatticeODEPredictor,
     MaskedTypeAncestralPredictor,
     StepOutput,
     WrappedAncestralPredictor,
     WrappedLangevinCorrector,
+    WrappedODEPredictor,
     allowed_classes,
     langevin_step_size,
     mask_logits,
@@ -20,6 +22,7 @@ from mattergen_lab.sampling.steps import (
 __all__ = [
     "LatticeAncestralPredictor",
     "LatticeLangevinCorrector",
+    "LatticeODEPredictor",
     "MaskedTypeAncestralPredictor",
     "PredictorCorrectorSampler",
     "SamplerConfig",
@@ -27,6 +30,7 @@ __all__ = [
     "StepOutput",
     "WrappedAncestralPredictor",
     "WrappedLangevinCorrector",
+    "WrappedODEPredictor",
     "allowed_classes",
     "langevin_step_size",
     "mask_logits",

@@ -22,6 +22,7 @@ from mattergen_lab.checkpoints import load_checkpoint
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.model.io import Checkpoint
 from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion
+from mattergen_lab.sampling.frames import sampler_variant
 from mattergen_lab.sampling.guidance import ClassifierFreeGuidance
 from mattergen_lab.sampling.sampler import PredictorCorrectorSampler, SamplerConfig
 
@@ -62,18 +63,25 @@ def build_sampler(
     guidance_scale: float = 0.0,
     device: torch.device | str = "cpu",
     sampler_config: SamplerConfig | None = None,
+    sampler_settings: Mapping[str, Any] | None = None,
 ) -> tuple[PredictorCorrectorSampler, SamplerInfo]:
     """A predictor-corrector sampler over a loaded checkpoint (model in eval mode, on ``device``).
 
-    ``num_steps=None`` uses the checkpoint's :func:`recommended_num_steps`.
+    ``num_steps=None`` uses the checkpoint's :func:`recommended_num_steps`. ``sampler_settings``: a sampler variant
+    (:attr:`SamplingRequest.sampler <mattergen_lab.sampling.request.SamplingRequest>`, e.g.
+    ``{"n_corrector_steps": 0}``), validated here (``ValueError`` names the key); not together with ``sampler_config``.
     """
+    variant = sampler_variant(sampler_settings)
+    if variant and sampler_config is not None:
+        raise ValueError(f"sampler_settings={variant} and sampler_config= both set the sampler; pass one")
     g = guidance_scale
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
         raise ValueError(f"guidance_scale={g!r} must be a finite number >= 0")
     model = ckpt.model.to(device).eval()
     diffusion = JointDiffusion(DiffusionConfig.from_dict(ckpt.config.get("diffusion", {})))
     # num_steps=0 is an error (SamplerConfig names it), not "the recommended count"
-    config = sampler_config or SamplerConfig(num_steps=recommended_num_steps(ckpt) if num_steps is None else num_steps)
+    config = sampler_config or SamplerConfig(num_steps=recommended_num_steps(ckpt) if num_steps is None else num_steps,
+                                             **variant)
     if guidance_scale and not model.conditions:
         raise ValueError(
             f"guidance_scale={guidance_scale!r} needs a conditional checkpoint; {ckpt.path or 'this model'} is "
@@ -183,6 +191,7 @@ def sample(
     device: torch.device | str = "cpu",
     composition: str | None = None,
     formula_units: int = 1,
+    sampler_settings: Mapping[str, Any] | None = None,
 ) -> list:
     """Sample ``num_samples`` crystals and return pymatgen structures.
 
@@ -192,8 +201,10 @@ def sample(
         elements: restrict the sampled elements, e.g. ``"Li-Fe-O"`` (any checkpoint).
         composition, formula_units: crystal-structure prediction with a CSP checkpoint (``mgl_mp20_small_csp``):
             every crystal holds exactly ``formula × formula_units`` atoms, e.g. ``composition="Li2MnO3"``.
+        sampler_settings: a sampler variant, e.g. ``{"n_corrector_steps": 0}`` (see :func:`build_sampler`).
     """
-    sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
+    sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device,
+                                 sampler_settings=sampler_settings)
     kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device,
                              composition=composition, formula_units=formula_units)
     return sampler.sample(num_samples, batch_size=batch_size, **kwargs)
@@ -215,11 +226,14 @@ def sample_to_dir(
     on_batch: Callable[[int], None] | None = None,
     composition: str | None = None,
     formula_units: int = 1,
+    sampler_settings: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Like :func:`sample`, writing ``cifs/gen_*.cif`` + ``generated_crystals.extxyz`` as it goes (resumable).
 
-    A composition is part of the run's settings (``sampling.json``): a restart with another one is refused."""
-    sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device)
+    A composition and the sampler variant are part of the run's settings (``sampling.json``): a restart with
+    another one is refused."""
+    sampler, info = load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device,
+                                 sampler_settings=sampler_settings)
     kwargs = sampling_kwargs(info, num_atoms=num_atoms, seed=seed, conditions=conditions, elements=elements, device=device,
                              composition=composition, formula_units=formula_units)
     settings = {"checkpoint": str(checkpoint), "weights": weights_identity(info.checkpoint),

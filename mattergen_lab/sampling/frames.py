@@ -4,11 +4,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mattergen_lab.config import PlainConfig
 from mattergen_lab.crystal import CrystalBatch
+
+
+#: Predictors of the coordinates and the lattice: the official ancestral step, or a deterministic probability-flow one.
+PREDICTORS = ("ancestral", "ode")
+
+#: The sampler settings a request or a campaign may vary (``sampler: {n_corrector_steps: 0}``): the step count has its
+#: own field (``num_steps``), and ``eps_t`` / ``record_every`` are not variants.
+SAMPLER_VARIANT_KEYS = ("n_corrector_steps", "coord_snr", "lattice_snr", "max_step_size", "predictor")
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,8 @@ class SamplerConfig(PlainConfig):
         max_step_size: cap on the Langevin step size.
         record_every: when > 0, :meth:`PredictorCorrectorSampler.sample_to_dir` also writes denoising
             trajectories with a frame every ``record_every`` steps.
+        predictor: ``"ancestral"`` (official) or ``"ode"``: a deterministic probability-flow (DDIM, η = 0) step
+            for the coordinates and the lattice, from the same scores (atom types keep the D3PM ancestral step).
     """
 
     num_steps: int = 1000
@@ -32,6 +43,7 @@ class SamplerConfig(PlainConfig):
     lattice_snr: float = 0.2
     max_step_size: float = 1e6
     record_every: int = 0
+    predictor: str = "ancestral"
 
     def __post_init__(self) -> None:
         def is_int(v: Any) -> bool:
@@ -56,10 +68,44 @@ class SamplerConfig(PlainConfig):
             raise ValueError(f"SamplerConfig: max_step_size={self.max_step_size!r} must be a positive number")
         if not is_int(self.record_every) or self.record_every < 0:
             raise ValueError(f"SamplerConfig: record_every={self.record_every!r} must be an integer >= 0")
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"SamplerConfig: predictor={self.predictor!r}; expected one of {list(PREDICTORS)}")
 
     @property
     def resolved_eps_t(self) -> float:
         return 1.0 / self.num_steps if self.eps_t is None else float(self.eps_t)
+
+    def variant(self) -> dict[str, Any]:
+        """This config's :data:`SAMPLER_VARIANT_KEYS` that differ from the defaults (``{}`` = the official sampler)."""
+        default = SamplerConfig(num_steps=self.num_steps)
+        return {k: getattr(self, k) for k in SAMPLER_VARIANT_KEYS if getattr(self, k) != getattr(default, k)}
+
+
+def sampler_variant(settings: Any, *, where: str = "sampler") -> dict[str, Any]:
+    """Validate a sampler variant (a mapping of :data:`SAMPLER_VARIANT_KEYS`) at the boundary; ``ValueError`` names
+    the bad key or value as ``{where}.{key}=...``.
+
+    Returns it in one canonical form: the SNRs and the step cap as floats, and the settings that equal the defaults
+    dropped (``{"n_corrector_steps": 1}`` is the official sampler, ``{}``), so one sampler has one record.
+    """
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"{where}={settings!r} must be a mapping of sampler settings, e.g. {{n_corrector_steps: 0}}; "
+                         f"keys: {list(SAMPLER_VARIANT_KEYS)}")
+    unknown = sorted(str(k) for k in settings if k not in SAMPLER_VARIANT_KEYS)
+    if unknown:
+        extra = " (the step count is num_steps, beside sampler)" if "num_steps" in unknown else ""
+        raise ValueError(f"unknown {where} key(s) {unknown}{extra}; expected some of {list(SAMPLER_VARIANT_KEYS)}")
+    try:
+        config = SamplerConfig(**dict(settings))
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("SamplerConfig: ", f"{where}.")) from None
+    out = config.variant()
+    for k in ("coord_snr", "lattice_snr", "max_step_size"):
+        if k in out:
+            out[k] = float(out[k])
+    return {k: out[k] for k in sorted(out)}
 
 
 

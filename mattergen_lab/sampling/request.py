@@ -20,6 +20,7 @@ from typing import Any
 
 from mattergen_lab.chemistry import ChemicalSystem
 from mattergen_lab.sampling.composition import FixedComposition
+from mattergen_lab.sampling.frames import sampler_variant
 
 
 #: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
@@ -62,6 +63,9 @@ class SamplingRequest:
         checkpoint: registry name or checkpoint folder (for reports; the sampler is built from it by the caller).
         num_samples, batch_size: how many crystals, and how many are denoised together.
         num_steps: predictor-corrector steps; ``None`` is the checkpoint's recommendation.
+        sampler: a sampler variant, e.g. ``{"n_corrector_steps": 0}`` (predictor only), ``{"coord_snr": 0.2}`` or
+            ``{"predictor": "ode"}``; keys in :data:`~mattergen_lab.sampling.frames.SAMPLER_VARIANT_KEYS`, kept in the
+            canonical form of :func:`~mattergen_lab.sampling.frames.sampler_variant` (``{}``: the official sampler).
         conditions: adapter targets, e.g. ``{"dft_band_gap": 2.0}`` or ``{"chemical_system": "Li-Fe-O"}``.
         guidance_scale: classifier-free guidance γ (0 = unconditional; the library's and the CLI's default).
         elements: a hard element mask at every step (any checkpoint); a ``chemical_system`` condition implies it.
@@ -86,9 +90,11 @@ class SamplingRequest:
     device: str | None = None
     composition: FixedComposition | str | None = None
     formula_units: int = 1
+    sampler: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        object.__setattr__(self, "sampler", sampler_variant(self.sampler))
         for name in ("num_samples", "batch_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:

@@ -6,7 +6,8 @@ Schedule: ``timesteps = linspace(1, eps_t, N)``, ``dt = −(1 − eps_t)/(N − 
 1. ``n_corrector_steps`` times: one model evaluation, then a Langevin corrector for the coordinates
    (wrapped, snr 0.4) and the lattice (snr 0.2, symmetric noise, polar re-projection);
 2. one model evaluation, then ancestral predictors for coordinates, lattice and atom types (D3PM,
-   x_0-prediction, element-masked logits).
+   x_0-prediction, element-masked logits); with ``SamplerConfig(predictor="ode")`` the coordinates and the
+   lattice take a deterministic probability-flow step instead (see :mod:`~mattergen_lab.sampling.steps`).
 
 Scores are ``model_out / std_t`` (the marginal std of the field at t, per atom for the coordinates, per
 crystal for the lattice). The final crystals are the *mean* of the last predictor (no noise, argmax types).
@@ -48,9 +49,11 @@ from mattergen_lab.sampling.writers import SampleDirWriter, plain
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
     LatticeLangevinCorrector,
+    LatticeODEPredictor,
     MaskedTypeAncestralPredictor,
     WrappedAncestralPredictor,
     WrappedLangevinCorrector,
+    WrappedODEPredictor,
     mask_logits,
 )
 
@@ -96,8 +99,9 @@ class PredictorCorrectorSampler:
         self.diffusion = diffusion or JointDiffusion()
         self.config = config or SamplerConfig()
         c, d = self.config, self.diffusion
-        self.coord_predictor = WrappedAncestralPredictor(d.coords)
-        self.lattice_predictor = LatticeAncestralPredictor(d.lattice)
+        ode = c.predictor == "ode"
+        self.coord_predictor = WrappedODEPredictor(d.coords) if ode else WrappedAncestralPredictor(d.coords)
+        self.lattice_predictor = LatticeODEPredictor(d.lattice) if ode else LatticeAncestralPredictor(d.lattice)
         self.type_predictor = MaskedTypeAncestralPredictor(d.types)
         self.coord_corrector = WrappedLangevinCorrector(d.coords, snr=c.coord_snr, max_step_size=c.max_step_size)
         self.lattice_corrector = LatticeLangevinCorrector(d.lattice, snr=c.lattice_snr, max_step_size=c.max_step_size)
@@ -320,6 +324,8 @@ class PredictorCorrectorSampler:
         """
         request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units)  # validated before any file is made
         config = {k: v for k, v in self.config.to_dict().items() if k != "record_every"}
+        if config["predictor"] == "ancestral":  # recorded only when not the official one, so older folders still match
+            del config["predictor"]
         record = {"seed": request.seed, "batch_size": request.batch_size, "sampler": config, "dtype": str(dtype),
                   "num_atoms": plain(num_atoms), "allowed_elements": plain(allowed_elements),
                   "properties": plain(dict(properties) if properties else None), **plain(dict(settings or {}))}
@@ -363,7 +369,8 @@ class PredictorCorrectorSampler:
 
         Args:
             request: samples, batch size, seed, device (``None``: the model's), atom counts, element mask and
-                conditions. ``request.num_steps`` must be ``None`` or this sampler's step count.
+                conditions. ``request.num_steps`` must be ``None`` or this sampler's step count, and
+                ``request.sampler`` empty or this sampler's :meth:`SamplerConfig.variant`.
             num_atoms, allowed_elements, properties: override the request's (a ``NumAtomsDistribution``, one
                 element list per crystal, conditioning values); ``num_atoms=None`` with no request value is the
                 ALEX_MP_20 table. With ``request.composition`` (CSP) the atom count is the composition's: a
@@ -371,6 +378,9 @@ class PredictorCorrectorSampler:
         """
         if request.num_steps is not None and request.num_steps != self.config.num_steps:
             raise ValueError(f"request.num_steps={request.num_steps} but this sampler runs {self.config.num_steps} steps")
+        if request.sampler and request.sampler != self.config.variant():
+            raise ValueError(f"request.sampler={request.sampler} but this sampler runs {self.config.variant() or 'the defaults'}; "
+                             "build it with load_sampler(..., sampler_settings=request.sampler)")
         n = request.num_samples
         comp = request.composition
         if comp is not None:

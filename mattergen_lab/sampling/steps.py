@@ -20,6 +20,15 @@ Langevin corrector at t, with ‖·‖ the per-crystal L2 norm averaged over the
     mean   = x + h · score
     sample = mean + sqrt(2 h) · z
     α = 1 for the coordinates; α = ᾱ(t)/ᾱ(t + dt) with ᾱ = α(t)² for the lattice.
+
+Probability-flow (ODE) predictor (``SamplerConfig(predictor="ode")``): DDIM with η = 0, from the same score. With
+ε̂ = −σ_t · score (the network's own output) and x̂_0 = μ + (x − μ − σ_t ε̂) / α_t, the step is
+``x_s = μ + α_s (x̂_0 − μ) + σ_s ε̂``, i.e.
+
+    mean = sample = μ + (x − μ)/α_{t|s} + (σ_t²/α_{t|s} − σ_s σ_t) · score     (μ = 0, α = 1 for the coordinates)
+
+It integrates the probability-flow ODE of either process (exact in one step when the data are a point, first
+order otherwise) and, on the last step (σ_s = 0), equals the ancestral mean.
 """
 
 from __future__ import annotations
@@ -177,6 +186,31 @@ class WrappedAncestralPredictor:
         return StepOutput(sample=wrap(sample), mean=wrap(mean))
 
 
+class WrappedODEPredictor:
+    """Deterministic probability-flow (DDIM, η = 0) step of the wrapped VE process, wrapped to [0, 1)."""
+
+    def __init__(self, sde: WrappedVESDE) -> None:
+        self.sde = sde
+
+    def step(
+        self,
+        x: torch.Tensor,
+        score: torch.Tensor,
+        *,
+        t: torch.Tensor,
+        s: torch.Tensor,
+        num_atoms: torch.Tensor,
+        last: bool,
+        generator: torch.Generator | None = None,
+        dt: float | None = None,
+    ) -> StepOutput:
+        """``x, score: (N, 3)``; ``t, s: (B,)`` with s < t; draws no noise (``generator`` is not used)."""
+        sigma_t = self.sde.marginal_std_per_atom(t, num_atoms).unsqueeze(-1)  # (N, 1)
+        sigma_s = torch.zeros_like(sigma_t) if last else self.sde.marginal_std_per_atom(s, num_atoms).unsqueeze(-1)
+        mean = wrap(x + sigma_t * (sigma_t - sigma_s) * score)
+        return StepOutput(sample=mean, mean=mean)
+
+
 class WrappedLangevinCorrector:
     """Langevin step on the torus (α = 1), wrapped to [0, 1)."""
 
@@ -238,6 +272,36 @@ class LatticeAncestralPredictor:
         std = (var_ts.clamp_min(0).sqrt() * sigma_s / sigma_t)[:, None, None]  # (B, 1, 1)
         z = symmetric_noise(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
         return StepOutput(sample=mean + std * z, mean=mean)
+
+
+class LatticeODEPredictor:
+    """Deterministic probability-flow (DDIM, η = 0) step of the lattice VP process around its limit mean."""
+
+    def __init__(self, sde: LatticeVPSDE) -> None:
+        self.sde = sde
+
+    def step(
+        self,
+        x: torch.Tensor,
+        score: torch.Tensor,
+        *,
+        t: torch.Tensor,
+        s: torch.Tensor,
+        num_atoms: torch.Tensor,
+        last: bool,
+        generator: torch.Generator | None = None,
+        dt: float | None = None,
+    ) -> StepOutput:
+        """``x, score: (B, 3, 3)``; ``t, s: (B,)``; draws no noise (``generator`` is not used)."""
+        alpha_t = self.sde.mean_coeff(t)  # (B,)
+        alpha_s = self.sde.mean_coeff(s)
+        sigma_t = self.sde.marginal_std(t, num_atoms)
+        sigma_s = torch.zeros_like(sigma_t) if last else self.sde.marginal_std(s, num_atoms)
+        a = (alpha_t / alpha_s).clamp_min(MIN_ALPHA_TS)[:, None, None]  # (B, 1, 1)
+        st, ss = sigma_t[:, None, None], sigma_s[:, None, None]
+        mu = self.sde.limit_mean(num_atoms, dtype=x.dtype)  # (B, 3, 3)
+        mean = mu + (x - mu) / a + (st**2 / a - ss * st) * score
+        return StepOutput(sample=mean, mean=mean)
 
 
 class LatticeLangevinCorrector:
@@ -311,10 +375,12 @@ __all__ = [
     "MASK_PENALTY",
     "LatticeAncestralPredictor",
     "LatticeLangevinCorrector",
+    "LatticeODEPredictor",
     "MaskedTypeAncestralPredictor",
     "StepOutput",
     "WrappedAncestralPredictor",
     "WrappedLangevinCorrector",
+    "WrappedODEPredictor",
     "allowed_classes",
     "langevin_step_size",
     "mask_logits",
