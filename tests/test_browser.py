@@ -186,14 +186,20 @@ def _stop_pids(pids: list[int], timeout: float = 10.0) -> None:
 
 
 class LabServer:
-    """A JupyterLab server in temp dirs on 127.0.0.1; ``stop()`` ends it, its kernels and its group by PID."""
+    """A JupyterLab server in temp dirs on 127.0.0.1; ``stop()`` ends it, its kernels and its group by PID.
 
-    def __init__(self, base: Path) -> None:
+    ``base_url`` (e.g. ``/user/test/``, Binder's layout) prefixes every path; ``url`` includes it.
+    ``extra_env`` goes into the server's (and so its kernels') environment.
+    """
+
+    def __init__(self, base: Path, base_url: str = "/", extra_env: dict[str, str] | None = None) -> None:
         self.base = base
         self.root = base / "root"
         self.log_path = base / "jupyter.log"
         self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
+        self.url = f"http://127.0.0.1:{self.port}{self.base_url.rstrip('/')}"
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
         self.kernel_pids: set[int] = set()
 
@@ -213,6 +219,7 @@ class LabServer:
             PYTHONUNBUFFERED="1",
             HF_HUB_OFFLINE="1",  # the chooser never probes the Hub from this test
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:
@@ -233,6 +240,7 @@ class LabServer:
             sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
             "--ServerApp.port_retries=0", "--ServerApp.token=", "--ServerApp.password=",
             "--ServerApp.disable_check_xsrf=True", "--LabApp.expose_app_in_browser=True",
+            f"--ServerApp.base_url={self.base_url}",
             f"--ServerApp.root_dir={self.root}", f"--LabApp.app_settings_dir={b / 'app_settings'}",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:

@@ -3,13 +3,15 @@
 Same set-up as :mod:`tests.test_browser` (its JupyterLab server, Chromium and page helpers): a notebook builds
 :class:`mattergen_lab.widgets.DesignApp` on the random ``tiny`` checkpoint and adds three known crystals as
 candidates (a random model's cells are too large for a powder pattern, so no generation here), with a small
-known-materials set, so the review has an XRD pattern and a nearest known material to show. Through the page:
+known-materials set, so the review has an XRD pattern and a nearest known material to show. The server runs in
+Binder's layout: under a user prefix (``/user/mgl-test/``, also in ``JUPYTERHUB_SERVICE_PREFIX``), where only the
+proxy can reach the kernel's Dash server from a remote browser. Through the page:
 
 * the JupyterLab server the test launches has ``jupyter-server-proxy`` enabled: the kernel asked it for
   ``/proxy/<port>/_dash-layout`` (the view says "through jupyter-server-proxy", not "not checked"), and the
   test's own ``GET`` there answers with the kernel's Dash layout;
 * a click on the first row's *review* button opens the detail view; its Crystal Toolkit iframe points at
-  ``/proxy/<port>/?s=<token>`` (the server proxy, as on Binder and JupyterHub), the Dash app in it loads, the
+  ``/user/mgl-test/proxy/<port>/?s=<token>`` (the server proxy, as on Binder and JupyterHub), the Dash app in it loads, the
   Crystal Toolkit scene draws a WebGL canvas that is not blank, and the symmetry panel shows the candidate's
   space group (so the structure reached the scene);
 * the XRD plot (an image) and the nearest-known tables (the known rock salt first) are in the page;
@@ -54,6 +56,7 @@ pytestmark = pytest.mark.browser
 REVIEW_S = 180  # Crystal Toolkit's first import (~10 s idle), XRD and the matcher on 2 shared cores
 SCENE_S = 90
 FAKE_REASON = "no free port (simulated by the test)"
+BASE_URL = "/user/mgl-test/"
 
 
 def review_notebook(checkpoint: Path) -> list[str]:
@@ -121,7 +124,8 @@ def _frames_text(page) -> str:
 
 
 def test_review_in_jupyterlab(chromium, tiny_checkpoint, tmp_path):
-    server = LabServer(tmp_path / "lab")
+    # Binder's layout: the server under a user prefix, which JupyterHub also puts in JUPYTERHUB_SERVICE_PREFIX
+    server = LabServer(tmp_path / "lab", base_url=BASE_URL, extra_env={"JUPYTERHUB_SERVICE_PREFIX": BASE_URL})
     timings: dict[str, float] = {}
     console: list[str] = []
     try:
@@ -165,7 +169,7 @@ def _drive_review(page, server: LabServer, timings: dict[str, float]) -> None:
     assert state["error"] is None and state["mode"] == "crystal-toolkit", state
     timings["review_opened"] = time.monotonic() - t1
     port = state["port"]
-    assert state["src"].startswith(f"/proxy/{port}/?s="), f"the iframe does not go through the server proxy: {state}"
+    assert state["src"].startswith(f"{BASE_URL}proxy/{port}/?s="), f"the iframe does not go through the server proxy: {state}"
     note = page.locator(".mgl-review-viewer-note").first.inner_text()
     # the kernel asked the Jupyter server for /proxy/<port>/ and got the Dash layout back (not merely "installed")
     assert note.strip() == "Crystal Toolkit (Dash server in this kernel, through jupyter-server-proxy)", note
