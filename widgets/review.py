@@ -63,7 +63,10 @@ def _check_proxy(server: dict[str, Any] | None, port: int) -> tuple[bool | None,
     headers = {"Authorization": f"token {server['token']}"} if server.get("token") else {}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
-            return (True, "ok") if r.status == 200 else (None, f"HTTP {r.status} from {url}")
+            # (a login page after a redirect is not an answer: the layout names our component)
+            if r.status == 200 and b"mgl_structure" in r.read():
+                return True, "ok"
+            return None, f"{url} did not answer with the Dash layout (HTTP {r.status}, at {r.geturl()})"
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return False, (f"the Jupyter server does not serve {url} (enable the extension: "
