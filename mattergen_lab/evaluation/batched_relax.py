@@ -5,8 +5,8 @@ as the reference), with the same :class:`RelaxConfig` and the same :class:`Relax
 
 * FIRE (torch-sim's ``ase_fire`` flavour: ASE's update rules, ``dt`` 0.1 → 1.0, max step 0.2 Å) on positions
   and cell together through the Fréchet (matrix-log) cell parameterisation, cell factor = atoms per cell
-  as in ASE's ``FrechetCellFilter``. Converged when every atomic force and every row of the cell force is
-  below ``fmax``.
+  as in ASE's ``FrechetCellFilter``. Converged, as there, when every atomic force (in the undeformed frame)
+  and every row of the cell force is below ``fmax``.
 * **In-flight batching**: a crystal leaves the batch when it converges, hits its cap or trips the guard, and
   the next one enters. The batch is sized by torch-sim's memory metric (atoms × number density, the
   ``memory_scales_with`` of the model): on a GPU the limit is measured with torch-sim's estimator, on a CPU it
@@ -344,11 +344,15 @@ class BatchedRelaxer(Relaxer):
         energy = state.energy.double().cpu().numpy()
         idx = state.system_idx
         fmax_atoms = torch.zeros(state.n_systems, dtype=torch.float64, device=state.device)
-        fmax_atoms = fmax_atoms.scatter_reduce(0, idx, state.forces.double().norm(dim=1), "amax", include_self=True)
+        forces = state.forces.double()
+        fmax_atoms = fmax_atoms.scatter_reduce(0, idx, forces.norm(dim=1), "amax", include_self=True)
+        # ASE's FrechetCellFilter tests convergence on the forces in the undeformed frame (F @ deformation gradient)
+        frame = torch.bmm(forces.unsqueeze(1), state.deform_grad().double()[idx]).squeeze(1)
+        fconv = torch.zeros_like(fmax_atoms).scatter_reduce(0, idx, frame.norm(dim=1), "amax", include_self=True)
         fmax_cell = state.cell_forces.double().norm(dim=2).amax(dim=1)
         bad_pos = torch.zeros(state.n_systems, dtype=torch.float64, device=state.device).scatter_reduce(
             0, idx, (~torch.isfinite(state.positions).all(dim=1)).double(), "amax", include_self=True)
-        fmax_atoms, fmax_cell, bad_pos = (t.cpu().numpy() for t in (fmax_atoms, fmax_cell, bad_pos > 0))
+        fmax_atoms, fconv, fmax_cell, bad_pos = (t.cpu().numpy() for t in (fmax_atoms, fconv, fmax_cell, bad_pos > 0))
         keep: list[int] = []
         for j, slot in enumerate(slots):
             verdict: tuple[str, str] | None = None
@@ -364,7 +368,7 @@ class BatchedRelaxer(Relaxer):
                 verdict = ("exploded", _collapse_message(per_atom, cfg))
             elif not math.isfinite(energy[j]) or bad_pos[j]:
                 verdict = ("exploded", "non-finite energy or positions")
-            elif max(fmax_atoms[j], fmax_cell[j]) < cfg.fmax:
+            elif max(fconv[j], fmax_cell[j]) < cfg.fmax:
                 verdict = ("converged", "")
             elif slot.steps >= cfg.max_steps:
                 verdict = ("max_steps", f"not converged to fmax {cfg.fmax} eV/Å in {cfg.max_steps} steps")
