@@ -132,10 +132,11 @@ def _add_time(out: Path, key: str, seconds: float) -> float:
 
 
 def campaign_spec(args: argparse.Namespace, steps: int) -> dict[str, Any]:
-    """The benchmark as a one-arm campaign spec (unconditional, γ = 0)."""
+    """The benchmark as a one-arm campaign spec (unconditional, γ = 0). ``args.sampler`` (optional, used by
+    bench_steps.py) is a sampler variant such as ``{"n_corrector_steps": 0}``; absent or empty: the official sampler."""
     return {
         "checkpoint": args.checkpoint, "num_samples": args.num_samples, "batch_size": args.batch_size,
-        "num_steps": steps, "seed": args.seed, "guidance_scale": 0.0,
+        "num_steps": steps, "seed": args.seed, "guidance_scale": 0.0, "sampler": dict(getattr(args, "sampler", None) or {}),
         "evaluate": {"relaxer": args.relaxer, "batch_size": args.eval_batch_size, "fmax": args.fmax,
                      "max_steps": args.relax_max_steps, "max_seconds": args.relax_max_seconds,
                      "reference": "mp20", "novelty_reference": "mp20", "matcher": "disordered"},
