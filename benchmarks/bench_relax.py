@@ -36,11 +36,10 @@ def crystals(args: argparse.Namespace) -> list:
 
     ds = load_mp20("test", data_dir=args.data_dir)
     rng = np.random.default_rng(0)
-    np.random.seed(0)  # Structure.perturb draws from numpy's global generator
     picks = [i for i in rng.permutation(len(ds)) if ds.num_atoms[i] <= args.max_atoms][: args.num]
     structures = ds.get_batch(picks, dtype=torch.float64).to_structures()
     for s in structures:
-        s.perturb(args.rattle)
+        s.perturb(args.rattle, seed=int(rng.integers(2**31)))  # seeded: both engine processes get the same crystals
         s.apply_strain(rng.uniform(-args.strain, args.strain, 3).tolist())
     return structures
 

@@ -27,7 +27,6 @@ import torch
 
 def crystals(num: int, max_atoms: int, data_dir: str | None) -> tuple[list, str]:
     rng = np.random.default_rng(0)
-    np.random.seed(0)  # Structure.perturb draws from numpy's global generator
     try:
         from mattergen_lab.data import load_mp20
 
@@ -38,7 +37,7 @@ def crystals(num: int, max_atoms: int, data_dir: str | None) -> tuple[list, str]
     except Exception as exc:  # noqa: BLE001 - the device box may not carry the data
         structures, source = _prototypes(num, max_atoms, rng), f"prototypes (no MP-20 here: {type(exc).__name__})"
     for s in structures:
-        s.perturb(0.1)
+        s.perturb(0.1, seed=int(rng.integers(2**31)))
         s.apply_strain(rng.uniform(-0.03, 0.03, 3).tolist())
     return structures, source
 
