@@ -477,18 +477,18 @@ def _loss_table(history: list[dict[str, Any]]) -> str:
 
 def _per_t_table(last: dict[str, Any]) -> str:
     """Validation loss per field and noise-level bin of the last row (``val_<field>_t<i>``), if recorded."""
-    from mattergen_lab.training.validation import NUM_T_BINS, T_MIN
-
+    # bins are equal slices of [T_MIN, 1] with T_MIN = 1e-5 (training.validation, which this layer does not import)
     fields = [("val_loss", "total"), ("val_pos", "coordinates"), ("val_cell", "lattice"),
               ("val_atomic_numbers", "atom types")]
     if not all(f"{key}_t0" in last for key, _ in fields):
         return ""
-    edges = [T_MIN + (1 - T_MIN) * i / NUM_T_BINS for i in range(NUM_T_BINS + 1)]
-    head = " | ".join(f"t ∈ [{edges[i]:.2f}, {edges[i + 1]:.2f})" for i in range(NUM_T_BINS))
+    num_bins = next(i for i in range(1, 100) if f"val_loss_t{i}" not in last)
+    edges = [i / num_bins for i in range(num_bins + 1)]
+    head = " | ".join(f"t ∈ [{edges[i]:.2f}, {edges[i + 1]:.2f})" for i in range(num_bins))
     rows = [f"Validation loss by noise level at step {int(last.get('step', 0))}:", "",
-            f"| field | {head} |", "|---|" + "---|" * NUM_T_BINS]
+            f"| field | {head} |", "|---|" + "---|" * num_bins]
     for key, label in fields:
-        rows.append(f"| {label} | " + " | ".join(f"{float(last[f'{key}_t{i}']):.3f}" for i in range(NUM_T_BINS)) + " |")
+        rows.append(f"| {label} | " + " | ".join(f"{float(last[f'{key}_t{i}']):.3f}" for i in range(num_bins)) + " |")
     return "\n".join(rows)
 
 
