@@ -10,7 +10,7 @@ as the reference), with the same :class:`RelaxConfig` and the same :class:`Relax
 * **In-flight batching**: a crystal leaves the batch when it converges, hits its cap or trips the guard, and
   the next one enters. The batch is sized by torch-sim's memory metric (atoms × number density, the
   ``memory_scales_with`` of the model): on a GPU the limit is measured with torch-sim's estimator, on a CPU it
-  is ``max_memory_scaler`` (default :data:`CPU_MAX_MEMORY_SCALER`, about 40 crystals of 10 atoms).
+  is ``max_memory_scaler`` (default :data:`CPU_MAX_MEMORY_SCALER`, about 7 crystals of 10 atoms).
 * Caps and guard per structure: step cap, time cap (a structure is charged its share of each batched step,
   by atom count, so a crowded batch does not time it out), volume ratio, the collapse floor (a collapsing
   cell is kept from the force field: :class:`CHGNetModel` skips it), non-finite values. Statuses as in the
@@ -49,10 +49,10 @@ if TYPE_CHECKING:  # pragma: no cover
 ENGINES = ("auto", "torchsim", "ase")
 
 #: CPU batch limit in torch-sim's "n_atoms_x_density" metric (atoms × atoms/nm³): a 10-atom cell at
-#: 15 Å³/atom scores about 670, so this holds about 18 such crystals. On a CPU, CHGNet's cost per crystal is
-#: lowest for batches of about 16-32 small crystals and rises beyond (measured: 0.020 s per crystal at 16,
-#: 0.031 at 64; ASE's calculator takes 0.15 s per single crystal).
-CPU_MAX_MEMORY_SCALER = 12_000.0
+#: 15 Å³/atom scores about 670, so this holds about 7 such crystals. On a CPU, small batches are best: 64
+#: rattled MP-20 crystals (1 thread, 2 loaded cores) relaxed at 0.77/s with limit 1,200, 0.86 (2,500),
+#: 0.93-1.02 (5,000), 0.91 (12,000), 0.78 (25,000); bigger batches lose to cache misses in CHGNet's graphs.
+CPU_MAX_MEMORY_SCALER = 5_000.0
 
 
 def torchsim_available() -> bool:
