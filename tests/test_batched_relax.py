@@ -121,3 +121,27 @@ def test_engine_choice():
     assert resolve_engine("auto", custom) == "ase"  # a subclass may override relax(): kept on the ASE path
     with pytest.raises(ValueError, match="unknown relax engine 'jax'"):
         resolve_engine("jax")
+
+
+def test_evaluate_with_the_batched_engine_appends_as_it_goes_and_resumes_after_cancel(relaxers, rattled, data_dir,
+                                                                                       tmp_path):
+    import json
+    import threading
+
+    from mattergen_lab.evaluation import evaluate_structures
+
+    ase, _ = relaxers
+    structures, ids = rattled[:3], ["a", "b", "c"]
+    cancel = threading.Event()
+    kw = dict(ids=ids, relaxer=ase, novelty_reference=None, data_dir=data_dir, out_dir=tmp_path)
+    partial = evaluate_structures(structures, relax_engine="torchsim", cancel=cancel,
+                                  progress=lambda done, total: cancel.set(), **kw)
+    assert 1 <= len(partial.table) < 3 and "torch-sim" in partial.protocol["relax_engine"]
+    full = evaluate_structures(structures, relax_engine="torchsim", **kw)
+    lines = [json.loads(x)["id"] for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(lines) == ids and list(full.table["id"]) == ids  # nothing finished was redone, order kept
+    reference = evaluate_structures(structures, ids=ids, relaxer=ase, relax_engine="ase", novelty_reference=None,
+                                    data_dir=data_dir)
+    assert reference.protocol["relax_engine"].startswith("ASE")
+    assert np.allclose(full.table["energy_above_hull"], reference.table["energy_above_hull"], atol=0.01)
+    assert list(full.table["relax_status"]) == list(reference.table["relax_status"])
