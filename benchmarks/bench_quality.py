@@ -179,15 +179,12 @@ def run_benchmark(args: argparse.Namespace, out: Path) -> tuple[Any, list[Any], 
 # ====================================================================== main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="mgl_mp20_small")
-    parser.add_argument("--num-samples", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's recommended count)")
+def add_campaign_arguments(parser: argparse.ArgumentParser, *, out: str) -> None:
+    """The campaign and relaxation options this benchmark and ``bench_steps.py`` share (what ``campaign_spec`` reads)."""
     parser.add_argument("--batch-size", type=int, default=16, help="crystals per sampling task")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="structures per evaluation task")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/bench_quality")
+    parser.add_argument("--out", default=out)
     parser.add_argument("--relaxer", default="chgnet", choices=["chgnet", "mattersim", "auto"])
     parser.add_argument("--relax-max-steps", type=int, default=200)
     parser.add_argument("--relax-max-seconds", type=float, default=60.0)
@@ -195,6 +192,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="CPUs of the local Ray (one single-threaded task each)")
     parser.add_argument("--address", default=None, help="an existing Ray cluster instead of a local one")
     parser.add_argument("--data-dir", default=None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="mgl_mp20_small")
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's recommended count)")
+    add_campaign_arguments(parser, out="runs/bench_quality")
     args = parser.parse_args()
     if args.num_samples < 1 or args.workers < 1:
         parser.error("--num-samples and --workers must be >= 1")

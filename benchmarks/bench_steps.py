@@ -213,17 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="a sampler variant to run besides the default (repeatable), e.g. n_corrector_steps=0")
     parser.add_argument("--num-samples", type=int, default=128, help="crystals per row (N)")
-    parser.add_argument("--batch-size", type=int, default=16, help="crystals per sampling task")
-    parser.add_argument("--eval-batch-size", type=int, default=8, help="structures per evaluation task")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/bench_steps")
-    parser.add_argument("--relaxer", default="chgnet", choices=["chgnet", "mattersim", "auto"])
-    parser.add_argument("--relax-max-steps", type=int, default=200)
-    parser.add_argument("--relax-max-seconds", type=float, default=60.0)
-    parser.add_argument("--fmax", type=float, default=0.05, help="eV/Å")
-    parser.add_argument("--workers", type=int, default=1, help="CPUs of the local Ray (one single-threaded task each)")
-    parser.add_argument("--address", default=None, help="an existing Ray cluster instead of a local one")
-    parser.add_argument("--data-dir", default=None)
+    bench_quality.add_campaign_arguments(parser, out="runs/bench_steps")
     return parser
 
 

@@ -51,3 +51,14 @@ def trained_tiny(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     result = train(cfg, train_data, val_data, out)
     return result.checkpoint_dir, result, initial
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: loops of many small ops are ~20x slower with OpenMP spinning on a loaded 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,27 +5,15 @@ relaxation budget in the same folder."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from mattergen_lab.testing import load_benchmark
 
 
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bs = _load("bench_steps")
+bs = load_benchmark("bench_steps")
 
 
 def test_variants_are_parsed_validated_and_named():

@@ -18,12 +18,7 @@ from mattergen_lab.training.loss import loss_per_crystal
 CSP = DiffusionConfig(fixed_atom_types=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_model(seed: int = 0) -> ScoreModel:

@@ -45,13 +45,7 @@ S0 = 0.05  # data coordinate std per axis (fractional)
 FE = 26
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # These loops run many small ops; on a loaded 2-core machine OpenMP spinning makes them ~20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -23,12 +23,7 @@ from mattergen_lab.sampling.steps import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _integrate(predictor, x, score_fn, ts, num_atoms):

@@ -138,7 +138,7 @@ def _candidates_batched(
     starts = torch.cumsum(num_atoms, 0) - num_atoms  # (B,)
     crystal = batch_idx[pair_t]  # (P,)
     pair_s = starts[crystal] + _ragged_arange(per_atom, total=num_pairs)  # (P,)
-    shifts = torch.stack([grid @ lattice[i] for i in range(b)])  # (B, K, 3); a loop of launches, no sync
+    shifts = grid @ lattice  # (B, K, 3): every image shift of every crystal, one batched matmul
     d_vec = cart[pair_s][:, None, :] + shifts[crystal] - cart[pair_t][:, None, :]  # (P, K, 3)
     d2 = (d_vec * d_vec).sum(-1)  # (P, K)
     own = (grid.abs()[None] <= reps.to(grid.dtype)[:, None, :]).all(-1)  # (B, K): inside each crystal's range

@@ -158,6 +158,20 @@ def langevin_step_size(
 
 
 # ---------------------------------------------------------------------------------------- coordinates
+def _coord_sigmas(sde: WrappedVESDE, t: torch.Tensor, s: torch.Tensor, num_atoms: torch.Tensor, last: bool):
+    """``(σ_t, σ_s)`` per atom ``(N, 1)`` of a coordinate step t → s; σ_s = 0 on the last step."""
+    sigma_t = sde.marginal_std_per_atom(t, num_atoms).unsqueeze(-1)
+    sigma_s = torch.zeros_like(sigma_t) if last else sde.marginal_std_per_atom(s, num_atoms).unsqueeze(-1)
+    return sigma_t, sigma_s
+
+
+def _lattice_coeffs(sde: LatticeVPSDE, t: torch.Tensor, s: torch.Tensor, num_atoms: torch.Tensor, last: bool):
+    """``(α_t/α_s, σ_t, σ_s)`` ``(B,)`` of a lattice step t → s (ratio not clamped); σ_s = 0 on the last step."""
+    sigma_t = sde.marginal_std(t, num_atoms)
+    sigma_s = torch.zeros_like(sigma_t) if last else sde.marginal_std(s, num_atoms)
+    return sde.mean_coeff(t) / sde.mean_coeff(s), sigma_t, sigma_s
+
+
 class WrappedAncestralPredictor:
     """Ancestral step of the wrapped VE process (α = 1): the sample and the mean are wrapped to [0, 1)."""
 
@@ -177,8 +191,7 @@ class WrappedAncestralPredictor:
         dt: float | None = None,
     ) -> StepOutput:
         """``x, score: (N, 3)``; ``t, s: (B,)`` with s < t; ``last``: σ_s = 0 (no noise)."""
-        sigma_t = self.sde.marginal_std_per_atom(t, num_atoms).unsqueeze(-1)  # (N, 1)
-        sigma_s = torch.zeros_like(sigma_t) if last else self.sde.marginal_std_per_atom(s, num_atoms).unsqueeze(-1)
+        sigma_t, sigma_s = _coord_sigmas(self.sde, t, s, num_atoms, last)  # (N, 1) each
         var_ts = sigma_t**2 - sigma_s**2  # (N, 1)
         mean = x + var_ts * score
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -205,8 +218,7 @@ class WrappedODEPredictor:
         dt: float | None = None,
     ) -> StepOutput:
         """``x, score: (N, 3)``; ``t, s: (B,)`` with s < t; draws no noise (``generator`` is not used)."""
-        sigma_t = self.sde.marginal_std_per_atom(t, num_atoms).unsqueeze(-1)  # (N, 1)
-        sigma_s = torch.zeros_like(sigma_t) if last else self.sde.marginal_std_per_atom(s, num_atoms).unsqueeze(-1)
+        sigma_t, sigma_s = _coord_sigmas(self.sde, t, s, num_atoms, last)  # (N, 1) each
         mean = wrap(x + sigma_t * (sigma_t - sigma_s) * score)
         return StepOutput(sample=mean, mean=mean)
 
@@ -260,12 +272,9 @@ class LatticeAncestralPredictor:
         dt: float | None = None,
     ) -> StepOutput:
         """``x, score: (B, 3, 3)``; ``t, s: (B,)``; ``last``: σ_s = 0 (no noise)."""
-        alpha_t = self.sde.mean_coeff(t)  # (B,)
-        alpha_s = self.sde.mean_coeff(s)
-        sigma_t = self.sde.marginal_std(t, num_atoms)
-        sigma_s = torch.zeros_like(sigma_t) if last else self.sde.marginal_std(s, num_atoms)
-        alpha_ts = (alpha_t / alpha_s).clamp_min(MIN_ALPHA_TS)  # (B,)
-        var_ts = sigma_t**2 - sigma_s**2 * (alpha_t / alpha_s) ** 2  # (B,)
+        ratio, sigma_t, sigma_s = _lattice_coeffs(self.sde, t, s, num_atoms, last)  # (B,) each
+        alpha_ts = ratio.clamp_min(MIN_ALPHA_TS)  # (B,)
+        var_ts = sigma_t**2 - sigma_s**2 * ratio**2  # (B,)
         mu = self.sde.limit_mean(num_atoms, dtype=x.dtype)  # (B, 3, 3)
         a, v = alpha_ts[:, None, None], var_ts[:, None, None]  # (B, 1, 1)
         mean = x / a + (v / a) * score + (1 - 1 / a) * mu
@@ -293,11 +302,8 @@ class LatticeODEPredictor:
         dt: float | None = None,
     ) -> StepOutput:
         """``x, score: (B, 3, 3)``; ``t, s: (B,)``; draws no noise (``generator`` is not used)."""
-        alpha_t = self.sde.mean_coeff(t)  # (B,)
-        alpha_s = self.sde.mean_coeff(s)
-        sigma_t = self.sde.marginal_std(t, num_atoms)
-        sigma_s = torch.zeros_like(sigma_t) if last else self.sde.marginal_std(s, num_atoms)
-        a = (alpha_t / alpha_s).clamp_min(MIN_ALPHA_TS)[:, None, None]  # (B, 1, 1)
+        ratio, sigma_t, sigma_s = _lattice_coeffs(self.sde, t, s, num_atoms, last)  # (B,) each
+        a = ratio.clamp_min(MIN_ALPHA_TS)[:, None, None]  # (B, 1, 1)
         st, ss = sigma_t[:, None, None], sigma_s[:, None, None]
         mu = self.sde.limit_mean(num_atoms, dtype=x.dtype)  # (B, 3, 3)
         mean = mu + (x - mu) / a + (st**2 / a - ss * st) * score
