@@ -48,17 +48,9 @@ DEFAULT_LABEL = "default"
 
 def parse_variant(text: str) -> dict[str, Any]:
     """``"coord_snr=0.2,n_corrector_steps=0"`` -> the canonical sampler variant (``ValueError`` names a bad part)."""
-    import yaml
+    from mattergen_lab.sampling.frames import parse_sampler_text
 
-    from mattergen_lab.sampling.frames import sampler_variant
-
-    out: dict[str, Any] = {}
-    for part in (p.strip() for p in str(text).split(",")):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip() or not value.strip():
-            raise ValueError(f"--variant {text!r}: {part!r} is not key=value (e.g. n_corrector_steps=0)")
-        out[key.strip()] = yaml.safe_load(value.strip())
-    variant = sampler_variant(out, where="sampler")
+    variant = parse_sampler_text(text, where="--variant")
     if not variant:
         raise ValueError(f"--variant {text!r} is the default sampler (it is always run)")
     return variant

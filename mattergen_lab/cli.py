@@ -63,6 +63,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="crystal-structure prediction with a CSP checkpoint (e.g. mgl_mp20_small_csp): every crystal has "
                         "exactly these atoms, e.g. Li2MnO3 (at most 20 atoms per cell)")
     p.add_argument("--formula-units", type=int, default=1, help="with --composition: formula units per cell (default 1)")
+    p.add_argument("--sampler", default="", metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="sampler variant (default: the official predictor-corrector), e.g. n_corrector_steps=0 "
+                        "(predictor only), coord_snr=0.2, predictor=ode; see benchmarks/bench_steps.py")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -170,6 +173,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mattergen_lab.sampling.api import sample_to_dir
+    from mattergen_lab.sampling.frames import parse_sampler_text
     from mattergen_lab.sampling.request import validate_device
 
     conditions = {}
@@ -178,6 +182,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if not sep or not name.strip():
             raise ValueError(f"--condition {item!r} must look like NAME=VALUE")
         conditions[name.strip()] = value.strip()
+    sampler_settings = parse_sampler_text(args.sampler)
     bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)
     paths = sample_to_dir(
         args.checkpoint,
@@ -194,6 +199,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         on_batch=lambda n: bar.update(n),
         composition=args.composition,
         formula_units=args.formula_units,
+        sampler_settings=sampler_settings,
     )
     bar.close()
     print(f"wrote {len(paths)} structures to {Path(args.out) / 'cifs'} and {Path(args.out) / 'generated_crystals.extxyz'}")

@@ -1,5 +1,6 @@
 """End to end on CPU: train a tiny model on MP-20, then sample valid crystals (also through the CLI)."""
 
+import json
 import math
 
 import torch
@@ -54,3 +55,24 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", "tiny_but_unknown", "--num-samples", "1", "--out", str(tmp_path / "o")]) == 2
     assert "tiny_but_unknown" in capsys.readouterr().err
+
+
+def test_cli_sample_takes_a_sampler_variant_and_records_it(trained_tiny, tmp_path, capsys):
+    ckpt_dir, _, _ = trained_tiny
+    out = tmp_path / "predictor_only"
+    args = ["sample", "--checkpoint", str(ckpt_dir), "--num-samples", "2", "--batch-size", "2", "--steps", "20",
+            "--seed", "1", "--out", str(out)]
+    assert main(args + ["--sampler", "n_corrector_steps=0"]) == 0
+    record = json.loads((out / "sampling.json").read_text())
+    assert record["sampler"]["n_corrector_steps"] == 0
+    assert len(list((out / "cifs").glob("gen_*.cif"))) == 2
+    # the same folder with the official sampler is another run: refused, naming the setting
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "sampler" in capsys.readouterr().err
+    # a bad variant names the value and the keys, before anything is sampled
+    assert main(args[:-1] + [str(tmp_path / "bad"), "--sampler", "coord_snr=-1"]) == 2
+    assert "coord_snr=-1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main(args[:-1] + [str(tmp_path / "bad"), "--sampler", "snr"]) == 2
+    assert "is not key=value" in capsys.readouterr().err

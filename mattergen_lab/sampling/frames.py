@@ -108,6 +108,24 @@ def sampler_variant(settings: Any, *, where: str = "sampler") -> dict[str, Any]:
     return {k: out[k] for k in sorted(out)}
 
 
+def parse_sampler_text(text: str, *, where: str = "--sampler") -> dict[str, Any]:
+    """``"coord_snr=0.2,n_corrector_steps=0"`` -> :func:`sampler_variant` of it (the CLI's and benchmarks' form).
+
+    ``ValueError`` names the bad part; ``""`` is the official sampler (``{}``).
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"{where} {text!r}: {part!r} is not key=value (e.g. n_corrector_steps=0); "
+                             f"keys: {list(SAMPLER_VARIANT_KEYS)}")
+        out[key.strip()] = yaml.safe_load(value.strip())
+    return sampler_variant(out, where="sampler")
+
 
 @dataclass(frozen=True)
 class SamplerFrame:
