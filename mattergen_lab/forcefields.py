@@ -5,8 +5,10 @@ The one place that knows how CHGNet and MatterSim are loaded. ``evaluation`` (re
 
 * ``"chgnet"``: weights ship in its wheel, so it works offline. Its energies already include MP2020-style
   corrections; never correct them again.
-* ``"mattersim"``: the paper's relaxer; raw energies; its weights download on first use, so offline it needs
-  ``load_path`` or the file in ``~/.local/mattersim/pretrained_models``.
+* ``"mattersim"``: the paper's relaxer; raw energies. Installed with ``--no-deps`` after the ``eval`` extra
+  (:data:`MATTERSIM_INSTALL`). Its weights are not in its wheel and nothing here downloads them: it needs
+  ``load_path`` or the file in ``~/.local/mattersim/pretrained_models`` (where MatterSim's own download puts
+  it). A file that lacks any of the network's weights is refused (MatterSim alone would leave them random).
 
 :func:`load_chgnet` keeps up to four loaded models (``load_chgnet.cache_clear()``, or
 :func:`mattergen_lab.clear_caches`, frees them).
