@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_auto_picks_mattersim_when_its_file_loads_and_chgnet_when_it_does_not(we
     # the default file name in MatterSim's cache folder, as on a box where MatterSim downloaded its weights
     cache = tmp_path / "pretrained_models"
     cache.mkdir()
-    (cache / MATTERSIM_DEFAULT_WEIGHTS).write_bytes(open(weights, "rb").read())
+    (cache / MATTERSIM_DEFAULT_WEIGHTS).write_bytes(Path(weights).read_bytes())
     monkeypatch.setattr(forcefields, "MATTERSIM_CACHE_DIR", cache)
     assert get_relaxer("auto").name == "mattersim"
     # a file that is there but does not load: CHGNet, and the reason in the log
