@@ -5,8 +5,10 @@ The one place that knows how CHGNet and MatterSim are loaded. ``evaluation`` (re
 
 * ``"chgnet"``: weights ship in its wheel, so it works offline. Its energies already include MP2020-style
   corrections; never correct them again.
-* ``"mattersim"``: the paper's relaxer; raw energies; its weights download on first use, so offline it needs
-  ``load_path`` or the file in ``~/.local/mattersim/pretrained_models``.
+* ``"mattersim"``: the paper's relaxer; raw energies. Installed with ``--no-deps`` after the ``eval`` extra
+  (:data:`MATTERSIM_INSTALL`). Its weights are not in its wheel and nothing here downloads them: it needs
+  ``load_path`` or the file in ``~/.local/mattersim/pretrained_models`` (where MatterSim's own download puts
+  it). A file that lacks any of the network's weights is refused (MatterSim alone would leave them random).
 
 :func:`load_chgnet` keeps up to four loaded models (``load_chgnet.cache_clear()``, or
 :func:`mattergen_lab.clear_caches`, frees them).
@@ -76,24 +78,67 @@ def mattersim_weights_path(load_path: str | None = None) -> Path:
     )
 
 
+#: How to install MatterSim here (README set-up command, .ci/run): the `eval` extra carries what it imports.
+MATTERSIM_INSTALL = "pip install --no-deps mattersim==1.2.3"
+
+
 def _mattersim_calculator(device: str, load_path: str | None) -> Calculator:
     try:
         from mattersim.forcefield import MatterSimCalculator
     except Exception as exc:  # ImportError, or torchvision's RuntimeError (install trap)
         raise ImportError(
-            "MatterSim is not installed or does not import. On a CPU machine install it with `pip install "
-            "--no-deps mattersim==1.2.3` plus torch_runstats torch-ema torchmetrics opt_einsum_fx loguru deprecated "
-            "scikit-learn e3nn torch_geometric requests: its declared torchvision/torchaudio dependencies pull "
-            f"CUDA builds that break a CPU torch. Or use 'chgnet'. ({type(exc).__name__}: {exc})"
+            f"MatterSim is not installed or does not import. Install it with `{MATTERSIM_INSTALL}` after the "
+            "project's 'eval' extra (which carries everything it imports); without --no-deps, pip installs its "
+            "declared torchvision/torchaudio, CUDA builds that break a CPU torch (uninstall them to recover). "
+            f"Or use 'chgnet'. ({type(exc).__name__}: {exc})"
         ) from exc
     weights = mattersim_weights_path(load_path)
+    checkpoint = _read_mattersim_checkpoint(weights)
     try:
-        return MatterSimCalculator(load_path=str(weights), device=device)
+        calc = MatterSimCalculator(load_path=str(weights), device=device)
     except Exception as exc:
         raise ValueError(
             f"could not load MatterSim weights from {weights}: {type(exc).__name__}: {exc}. "
             "Use get_calculator('chgnet') instead."
         ) from exc
+    _check_mattersim_loaded(calc, checkpoint, weights)
+    return calc
+
+
+def _read_mattersim_checkpoint(weights: Path) -> dict[str, Any]:
+    """The checkpoint dict, read as plain data; ``ValueError`` unless it has MatterSim's layout."""
+    import torch
+
+    try:
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"MatterSim weights {weights} are not a readable torch checkpoint: {type(exc).__name__}: {exc}. "
+                         "Use get_calculator('chgnet') instead.") from exc
+    missing = [k for k in ("model_name", "model_args", "model") if not (isinstance(checkpoint, dict) and k in checkpoint)]
+    if missing:
+        raise ValueError(f"MatterSim weights {weights} lack {missing}: not a MatterSim checkpoint "
+                         "({'model_name': 'm3gnet', 'model_args': ..., 'model': state_dict})")
+    return checkpoint
+
+
+def _check_mattersim_loaded(calc: Any, checkpoint: dict[str, Any], weights: Path) -> None:
+    """Refuse a checkpoint that leaves weights at their random initial values.
+
+    MatterSim loads the state dict with ``strict=False``, so a file without (some of) the network's parameters
+    loads silently and predicts with random ones. Every learned parameter, and the per-element energy scale and
+    shift (``normalizer.*``), must come from the file.
+    """
+    model = getattr(getattr(calc, "potential", None), "model", None)
+    if model is None:
+        return
+    needed = {name for name, _ in model.named_parameters()}
+    needed |= {name for name in model.state_dict() if name.startswith("normalizer.")}
+    absent = sorted(needed - set(checkpoint["model"]))
+    if absent:
+        raise ValueError(
+            f"MatterSim weights {weights} lack {len(absent)} of the network's {len(needed)} weights "
+            f"(e.g. {absent[:3]}); MatterSim would leave them random. Use get_calculator('chgnet') instead."
+        )
 
 
 def get_calculator(name: str = "chgnet", *, device: str = "cpu", load_path: str | Path | None = None) -> Calculator:

@@ -184,7 +184,7 @@ def test_auto_relaxer_uses_mattersim_when_its_weights_load(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "mattersim", types.ModuleType("mattersim"))
     monkeypatch.setitem(sys.modules, "mattersim.forcefield", fake)
     weights = tmp_path / "stand-in.pth"
-    weights.write_bytes(b"x")
+    torch.save({"model_name": "m3gnet", "model_args": {}, "model": {}}, weights)  # MatterSim's layout (read first)
     monkeypatch.setattr(relax_module, "mattersim_weights_available", lambda load_path=None: True)
     relaxer = get_relaxer("auto", load_path=str(weights))
     assert relaxer.name == "mattersim" and relaxer.correction_scheme == MP2020

@@ -283,7 +283,7 @@ def test_get_calculator_names_and_mattersim_without_weights(monkeypatch, tmp_pat
     with pytest.raises(ValueError, match="not available offline.*chgnet"):
         get_calculator("mattersim")
     weights = tmp_path / "mine.pth"
-    weights.write_bytes(b"stand-in")
+    torch.save({"model_name": "m3gnet", "model_args": {}, "model": {}}, weights)  # MatterSim's layout (read first)
     assert get_calculator("mattersim", load_path=weights) == "calculator"
     assert made == [{"load_path": str(weights), "device": "cpu"}]
 

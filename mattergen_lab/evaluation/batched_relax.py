@@ -13,7 +13,7 @@ as the reference), with the same :class:`RelaxConfig` and the same :class:`Relax
   is ``max_memory_scaler`` (default :data:`CPU_MAX_MEMORY_SCALER`, about 7 crystals of 10 atoms).
 * Caps and guard per structure: step cap, time cap (a structure is charged its share of each batched step,
   by atom count, so a crowded batch does not time it out), volume ratio, the collapse floor (a collapsing
-  cell is kept from the force field: :class:`CHGNetModel` skips it), non-finite values. Statuses as in the
+  cell is kept from the force field: the model interfaces skip it), non-finite values. Statuses as in the
   ASE path: ``converged``, ``max_steps``, ``timeout``, ``exploded``, ``failed``.
 * Niggli reduction and the atom cap come from :func:`~mattergen_lab.evaluation.relax.prepare_structure`,
   shared with the ASE path.
@@ -22,7 +22,8 @@ Energies keep the relaxer's convention: :class:`BatchedRelaxer` *is* a :class:`R
 scheme and :meth:`to_entry`), so CHGNet's already-corrected energies are never corrected again and MatterSim's
 raw ones get MP2020 once.
 
-torch-sim 0.3.0 ships a MatterSim interface but none for CHGNet: :class:`CHGNetModel` is ours.
+The force fields enter as torch-sim model interfaces, CHGNet's and MatterSim's, both ours:
+:mod:`~mattergen_lab.evaluation.torchsim_models` (its docstring says why not torch-sim's MatterSim one).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mattergen_lab.evaluation.relax import Relaxer, RelaxResult, prepare_structure
+from mattergen_lab.evaluation.torchsim_models import (  # noqa: F401 - public here too (the engine's model interfaces)
+    CHGNetModel,
+    MatterSimModel,
+    batched_model,
+    has_batched_model,
+    torchsim_available,
+)
 from mattergen_lab.forcefields import package_version
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,15 +63,6 @@ ENGINES = ("auto", "torchsim", "ase")
 CPU_MAX_MEMORY_SCALER = 5_000.0
 
 
-def torchsim_available() -> bool:
-    """Whether torch-sim imports here."""
-    try:
-        import torch_sim  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "use ASE"
-        return False
-    return True
-
-
 def resolve_engine(engine: str, relaxer: Any = None) -> str:
     """``"torchsim"`` or ``"ase"``. ``"auto"``: torch-sim where it imports and the relaxer has a batched model."""
     key = str(engine).lower()
@@ -78,115 +77,7 @@ def resolve_engine(engine: str, relaxer: Any = None) -> str:
     if relaxer is None or isinstance(relaxer, (str, BatchedRelaxer)):
         return "torchsim"
     # a Relaxer made elsewhere: batch it only when it is a plain Relaxer around a calculator we can wrap
-    return "torchsim" if type(relaxer) is Relaxer and _wrappable(relaxer.calculator) else "ase"
-
-
-def _wrappable(calculator: Any) -> bool:
-    return type(calculator).__name__ in ("CHGNetCalculator", "MatterSimCalculator")
-
-
-# ====================================================================== model interfaces
-
-
-def _model_interface_base() -> type:
-    from torch_sim.models.interface import ModelInterface
-
-    return ModelInterface
-
-
-class CHGNetModel(_model_interface_base() if torchsim_available() else object):  # type: ignore[misc]
-    """torch-sim ``ModelInterface`` around a loaded CHGNet: energies (eV, total), forces (eV/Å), stress (eV/Å³).
-
-    One CHGNet forward per batch (its own batched graph); graphs are built per crystal with CHGNet's own
-    converter, as its ASE calculator does. A cell denser than :attr:`min_volume_per_atom` (set by the engine
-    from ``RelaxConfig``) is not evaluated (NaN energy, zero forces): a collapsing cell's neighbour graph grows
-    without bound, so the engine's guard reports it before CHGNet sees it. A crystal whose graph cannot be
-    built gets NaN too, and its message in :attr:`failures` (batch index → message) for the last call.
-    """
-
-    def __init__(self, model: Any, *, device: str | torch.device = "cpu", dtype: Any = None) -> None:
-        import torch
-
-        super().__init__()
-        self.model = model.to(device).eval()
-        self._device = torch.device(device)
-        self._dtype = dtype or torch.float64  # the optimizer's precision; CHGNet itself runs in float32
-        self._compute_stress = True
-        self._compute_forces = True
-        self._memory_scales_with = "n_atoms_x_density"
-        self.min_volume_per_atom = 0.0
-        self.failures: dict[int, str] = {}
-
-    def forward(self, state: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        import torch
-        from pymatgen.core import Lattice, Structure
-
-        n_sys = state.n_systems
-        counts = state.n_atoms_per_system.tolist()
-        cells = state.row_vector_cell.detach().cpu().double().numpy()
-        positions = state.positions.detach().cpu().double().numpy()
-        numbers = state.atomic_numbers.detach().cpu().numpy()
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        graphs, owners = [], []
-        self.failures = {}
-        volumes = np.abs(np.linalg.det(cells))
-        for i in range(n_sys):
-            sl = slice(offsets[i], offsets[i + 1])
-            if not volumes[i] / max(counts[i], 1) >= self.min_volume_per_atom:  # collapsing (or NaN): not evaluated
-                continue
-            try:
-                s = Structure(Lattice(cells[i]), numbers[sl].tolist(), positions[sl], coords_are_cartesian=True)
-                graphs.append(self.model.graph_converter(s).to(self._device))
-                owners.append(i)
-            except Exception as exc:  # noqa: BLE001 - reported per crystal by the engine
-                self.failures[i] = f"CHGNet graph: {type(exc).__name__}: {exc}"
-        energy = torch.full((n_sys,), math.nan, dtype=self._dtype, device=self._device)
-        forces = torch.zeros((state.n_atoms, 3), dtype=self._dtype, device=self._device)
-        stress = torch.zeros((n_sys, 3, 3), dtype=self._dtype, device=self._device)
-        if graphs:
-            e, f, st = self._predict(graphs)
-            idx = torch.tensor(owners, device=self._device)
-            energy[idx] = e.to(self._dtype)
-            stress[idx] = st.to(self._dtype)
-            for i, fi in zip(owners, f, strict=True):
-                forces[offsets[i]:offsets[i + 1]] = fi.to(self._dtype)
-        return {"energy": energy, "forces": forces, "stress": stress}
-
-    def _predict(self, graphs: list) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Total energies (eV), forces per crystal (eV/Å), stresses (eV/Å³), detached.
-
-        CHGNet's own ``forward`` takes two backward passes that keep the graph for training (``create_graph``);
-        here one backward without it gives both gradients, the same numbers at about half the cost.
-        """
-        import torch
-        from chgnet.model.model import BatchedGraph
-
-        m = self.model
-        with torch.enable_grad():
-            g = BatchedGraph.from_graphs(graphs, bond_basis_expansion=m.bond_basis_expansion,
-                                         angle_basis_expansion=m.angle_basis_expansion, compute_stress=True)
-            pred = m._compute(g, compute_force=False, compute_stress=False)  # noqa: SLF001
-            per_graph = pred["atoms_per_graph"]
-            model_energy = pred["e"] * per_graph if m.is_intensive else pred["e"]
-            grads = torch.autograd.grad(model_energy.sum(), [*g.atom_positions, *g.strains])
-        comp = 0 if m.composition_model is None else m.composition_model(graphs).detach()
-        energy = (pred["e"].detach() + comp) * (per_graph if m.is_intensive else 1)
-        n = len(graphs)
-        forces = [-gr.detach() for gr in grads[:n]]
-        stress = torch.stack([gr.detach() for gr in grads[n:]]) / g.volumes.detach().view(-1, 1, 1)
-        return energy, forces, stress
-
-
-def batched_model(relaxer: Relaxer, *, device: str = "cpu") -> Any:
-    """The torch-sim model for a relaxer's calculator (CHGNet: ours; MatterSim: torch-sim's)."""
-    kind = type(relaxer.calculator).__name__
-    if kind == "CHGNetCalculator":
-        return CHGNetModel(relaxer.calculator.model, device=device)
-    if kind == "MatterSimCalculator":
-        from torch_sim.models.mattersim import MatterSimModel
-
-        return MatterSimModel(relaxer.calculator.potential, device=device)
-    raise ValueError(f"no batched model for a {kind} calculator (relaxer {relaxer.name!r}); use relax engine 'ase'")
+    return "torchsim" if type(relaxer) is Relaxer and has_batched_model(relaxer.calculator) else "ase"
 
 
 # ====================================================================== the engine

@@ -325,21 +325,28 @@ def get_relaxer(
 
     Args:
         name: ``"mattersim"``, ``"chgnet"``, or ``"auto"``: MatterSim when it imports and its weights are on
-            this machine, CHGNet otherwise (logged, and recorded in the protocol).
+            this machine and load, CHGNet otherwise (logged, and recorded in the protocol).
         load_path: weights file (MatterSim: path or file name in ``~/.local/mattersim/pretrained_models``).
     """
     key = str(name).lower()
     if key not in RELAXERS:
         raise ValueError(f"unknown relaxer {name!r}; expected one of {list(RELAXERS)}")
     config = config or RelaxConfig()
+    calculator = None
     if key == "auto":
-        if mattersim_weights_available(load_path):
-            key = "mattersim"
-        else:
+        key = "chgnet"
+        if not mattersim_weights_available(load_path):
             log.info("relaxer 'auto': MatterSim or its weights are not available here, so CHGNet is used")
-            key = "chgnet"
-            load_path = None
-    calculator = get_calculator(key, device=device, load_path=load_path)
+        else:
+            try:
+                calculator = get_calculator("mattersim", device=device, load_path=load_path)
+                key = "mattersim"
+            except (ImportError, ValueError) as exc:  # the file is there but does not load
+                log.warning("relaxer 'auto': MatterSim's weights did not load, so CHGNet is used: %s", exc)
+        if key == "chgnet":
+            load_path = None  # (a MatterSim file)
+    if calculator is None:
+        calculator = get_calculator(key, device=device, load_path=load_path)
     if key == "chgnet":
         return Relaxer(
             name="chgnet",
