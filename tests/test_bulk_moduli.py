@@ -1,0 +1,126 @@
+"""Batched bulk moduli (torch-sim FIRE for the cell and the strained cells) against the ASE reference (issue #15)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from pymatgen.core import Lattice, Structure
+
+pytest.importorskip("torch_sim")
+
+from mattergen_lab.properties import BulkModulusError, BulkModulusResult, bulk_moduli  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa, typed here rather than taken from ase.units
+
+
+def diamond_si(a: float = 5.43) -> Structure:
+    fcc = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+    return Structure(fcc, ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+def rock_salt(a: float, species: tuple[str, str]) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def birch_murnaghan(v: torch.Tensor, v0: torch.Tensor, b0_gpa: float, b_prime: float) -> torch.Tensor:
+    """Third-order Birch-Murnaghan E(V) in eV (written out here), for volumes and V0 in Å³."""
+    b0 = b0_gpa / EV_PER_A3_IN_GPA
+    x = (v0 / v) ** (2.0 / 3.0)
+    return 9.0 * v0 * b0 / 16.0 * ((x - 1) ** 3 * b_prime + (x - 1) ** 2 * (6 - 4 * x))
+
+
+class EOSModel(torch.nn.Module):
+    """A torch-sim model: cells with Si follow a Birch-Murnaghan E(V) (B0 100 GPa, B0' 4.5, V0 20 Å³/atom),
+    the others E = 5 eV/Å³ · V (positive pressure: they shrink until a guard stops them). Zero forces."""
+
+    v0_per_atom = 20.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.device, self.dtype = torch.device("cpu"), torch.float64
+        self.compute_stress = self.compute_forces = True
+        self.memory_scales_with = "n_atoms"
+        self.calls = 0
+
+    def forward(self, state, **kwargs):
+        self.calls += 1
+        n = state.n_atoms_per_system.double()
+        si = torch.zeros(state.n_systems, dtype=torch.float64).scatter_reduce(
+            0, state.system_idx, (state.atomic_numbers == 14).double(), "amax", include_self=True) > 0
+        v = torch.linalg.det(state.row_vector_cell).abs().double()
+
+        def energy(vol: torch.Tensor) -> torch.Tensor:
+            return torch.where(si, birch_murnaghan(vol, self.v0_per_atom * n, 100.0, 4.5), 5.0 * vol)
+
+        h = 1e-5 * v
+        de_dv = (energy(v + h) - energy(v - h)) / (2 * h)  # ASE's stress convention: dE/dV on the diagonal
+        stress = de_dv.view(-1, 1, 1) * torch.eye(3, dtype=torch.float64)
+        return {"energy": energy(v), "forces": torch.zeros_like(state.positions), "stress": stress}
+
+
+class BirchMurnaghanCalculator(Calculator):
+    """The Si branch of :class:`EOSModel` as an ASE calculator (a calculator torch-sim cannot batch)."""
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        v = torch.tensor(self.atoms.get_volume(), dtype=torch.float64)
+        v0 = torch.tensor(EOSModel.v0_per_atom * len(self.atoms), dtype=torch.float64)
+        e = float(birch_murnaghan(v, v0, 100.0, 4.5))
+        h = 1e-5 * v
+        de_dv = float((birch_murnaghan(v + h, v0, 100.0, 4.5) - birch_murnaghan(v - h, v0, 100.0, 4.5)) / (2 * h))
+        self.results = {"energy": e, "free_energy": e, "forces": np.zeros((len(self.atoms), 3)),
+                        "stress": np.array([de_dv] * 3 + [0.0] * 3)}
+
+
+def test_batched_bulk_moduli_recover_a_known_eos_and_one_bad_structure_does_not_sink_the_batch(single_thread):
+    si = diamond_si()
+    si.scale_lattice(1.05 * 2 * EOSModel.v0_per_atom)  # 5 % too large: stage 1 brings it back
+    exact = diamond_si()
+    exact.scale_lattice(2 * EOSModel.v0_per_atom)
+    squeezed = rock_salt(5.64, ("Na", "Cl"))  # E = 5 V: shrinks past the volume guard
+    tiny = Structure(Lattice.cubic(1.0), ["Na"], [[0, 0, 0]])  # 1 Å³/atom: below the collapse floor
+    disordered = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}], [[0, 0, 0]])
+    model = EOSModel()
+    out = bulk_moduli([si, squeezed, tiny, disordered, exact], model=model, n_points=9, strain=0.03)
+
+    good = [out[0], out[4]]
+    assert all(isinstance(r, BulkModulusResult) for r in good), out
+    for r in good:
+        assert r.value_gpa == pytest.approx(100.0, rel=1e-6)
+        assert r.b_prime == pytest.approx(4.5, rel=1e-3)
+        assert r.v0 == pytest.approx(2 * EOSModel.v0_per_atom, rel=1e-6)
+        assert r.engine == "torchsim" and r.converged and r.relaxed and r.calculator == "EOSModel"
+        assert len(r.volumes) == 9 and r.volumes.min() / r.volumes[4] == pytest.approx(0.97, rel=1e-9)  # volume strain
+        assert abs(r.volumes[4] / r.v0 - 1) < 0.01  # relaxed to within fmax of V0
+    assert isinstance(out[1], BulkModulusError) and re.search(r"volume changed by a factor 0\.4\d", str(out[1]))
+    assert isinstance(out[2], BulkModulusError) and "below the collapse floor" in str(out[2])
+    assert isinstance(out[3], BulkModulusError) and "disordered" in str(out[3])
+
+    # no relaxation: one force call per batch of strained cells (all 7 cells fit in one batch), exact B0 again
+    model.calls = 0
+    (flat,) = bulk_moduli([exact], model=model, relax=False)
+    assert flat.value_gpa == pytest.approx(100.0, rel=1e-6) and flat.converged and not flat.relaxed
+    assert model.calls == 1
+
+
+def test_engine_choice_and_arguments_of_bulk_moduli(single_thread):
+    exact = diamond_si()
+    exact.scale_lattice(2 * EOSModel.v0_per_atom)
+    # "auto" with a calculator torch-sim cannot batch: the ASE path, same protocol, same number
+    (ref,) = bulk_moduli([exact], calculator=BirchMurnaghanCalculator(), relax=False)
+    assert ref.engine == "ase" and ref.value_gpa == pytest.approx(100.0, rel=1e-6)
+    with pytest.raises(ValueError, match="engine 'ase' needs an ASE calculator"):
+        bulk_moduli([exact], model=EOSModel(), engine="ase")
+    with pytest.raises(ValueError, match="n_points"):
+        bulk_moduli([exact], model=EOSModel(), n_points=3)
+    with pytest.raises(ValueError, match="unknown relax engine 'jax'"):
+        bulk_moduli([exact], calculator=BirchMurnaghanCalculator(), engine="jax")
+    assert bulk_moduli([], model=EOSModel()) == []
