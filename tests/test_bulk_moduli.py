@@ -156,3 +156,34 @@ def test_batched_and_ase_bulk_moduli_agree_with_chgnet(single_thread, data_dir):
     # CHGNet 0.3.0 with this protocol (the bulk_modulus docstring): Si 78 GPa, MgO 126 GPa
     assert batched[0].value_gpa == pytest.approx(78.1, abs=1.0)
     assert batched[1].value_gpa == pytest.approx(126.3, abs=1.0)
+
+
+def test_adapter_benchmark_batches_its_bulk_moduli_and_records_the_engine(monkeypatch, tmp_path):
+    import argparse
+    import types
+
+    import mattergen_lab.properties as props
+    from mattergen_lab.testing import load_benchmark
+
+    ba = load_benchmark("bench_adapters")
+    calls = []
+
+    def fake(structures, **kwargs):  # the real oracle is tested above; here: what the benchmark sends and keeps
+        calls.append((len(structures), kwargs["engine"], kwargs["max_steps"]))
+        return [BulkModulusError("Na: no minimum") if s.composition.reduced_formula == "Na" else
+                types.SimpleNamespace(value_gpa=10.0 * len(s), converged=True) for s in structures]
+
+    monkeypatch.setattr(props, "bulk_moduli", fake)
+    oracles = types.SimpleNamespace(calculator=lambda: "calculator")
+    structures = [rock_salt(5.64, ("Na", "Cl")), Structure(Lattice.cubic(4.3), ["Na"], [[0, 0, 0]]), diamond_si()]
+    args = argparse.Namespace(bulk_modulus_samples=3, bulk_modulus_max_steps=50, relax_engine="ase")
+    rows = ba.bulk_moduli(structures, oracles, args, tmp_path)
+    assert calls == [(3, "ase", 50)]  # one batched call for all the uncached structures
+    assert [r["value_gpa"] for r in rows][0::2] == [80.0, 20.0] and np.isnan(rows[1]["value_gpa"])
+    assert rows[1]["error"] == "BulkModulusError: Na: no minimum"
+    assert {r["engine"] for r in rows} == {"ase"} and rows[0]["batch_size"] == 3
+    again = ba.bulk_moduli(structures, oracles, args, tmp_path)
+    assert len(calls) == 1 and [r["value_gpa"] for r in again][0::2] == [80.0, 20.0]  # served from the cache
+    args.relax_engine = "torchsim"  # another engine: not served from the ASE rows
+    assert [r["engine"] for r in ba.bulk_moduli(structures, oracles, args, tmp_path)] == ["torchsim"] * 3
+    assert calls[-1] == (3, "torchsim", 50)
