@@ -126,6 +126,21 @@ def test_engine_choice_and_arguments_of_bulk_moduli(single_thread):
     assert bulk_moduli([], model=EOSModel()) == []
 
 
+class FailsOnSodium(BirchMurnaghanCalculator):
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        if "Na" in atoms.get_chemical_symbols():  # ASE passes the atoms to every calculate()
+            raise RuntimeError("isolated atoms")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_a_force_field_failure_on_the_ase_path_is_that_structure_s_error(single_thread):
+    exact = diamond_si()
+    exact.scale_lattice(2 * EOSModel.v0_per_atom)
+    bad, good = bulk_moduli([rock_salt(5.64, ("Na", "Cl")), exact], calculator=FailsOnSodium(), relax=False)
+    assert isinstance(bad, BulkModulusError) and str(bad) == "Cl4Na4: RuntimeError: isolated atoms"
+    assert good.engine == "ase" and good.value_gpa == pytest.approx(100.0, rel=1e-6)
+
+
 def test_batched_and_ase_bulk_moduli_agree_with_chgnet(single_thread, data_dir):
     """Si, MgO and an MP-20 test crystal with free internal coordinates, plus a collapsed cell, on both engines.
 

@@ -112,6 +112,8 @@ def bulk_moduli(
                 out[i] = _bulk_modulus_ase(atoms, calc, **kwargs)
             except BulkModulusError as exc:
                 out[i] = exc
+            except Exception as exc:  # noqa: BLE001 - a force-field failure on one crystal: its error, not the batch's
+                out[i] = BulkModulusError(f"{atoms.get_chemical_formula()}: {type(exc).__name__}: {exc}")
         return out  # type: ignore[return-value]
     batched = _batched_relaxer(relaxer, model, fmax=fmax, max_steps=max_steps, device=device,
                                max_memory_scaler=max_memory_scaler)
@@ -187,6 +189,8 @@ def _bulk_moduli_torchsim(atoms_list: list[Atoms], batched: Any, calculator: str
                                 relaxed=relax, calculator=calculator, engine="torchsim")
         except BulkModulusError as exc:
             out[i] = exc
+        except Exception as exc:  # noqa: BLE001 - numerical failure of one fit: its error, not the batch's
+            out[i] = BulkModulusError(f"{formulas[i]}: the fit failed: {type(exc).__name__}: {exc}")
     return out  # type: ignore[return-value]
 
 
