@@ -145,7 +145,8 @@ def test_batched_and_ase_bulk_moduli_agree_with_chgnet(single_thread, data_dir):
     """Si, MgO and an MP-20 test crystal with free internal coordinates, plus a collapsed cell, on both engines.
 
     Measured (3 Dec 2026): the engines agree within 0.03 % on Si and MgO and 0.9 % on Fe(HO)2 (its hydrogens relax
-    to slightly different minima on the two optimizers), so the tolerance is 3 %.
+    to slightly different minima on the two optimizers), so the tolerance is 3 %. Fe(HO)2 also checks that the
+    strained cells' positions are relaxed: with them clamped, B0 is 101 GPa instead of 46.
     """
     from mattergen_lab.data import load_mp20
     from mattergen_lab.forcefields import get_calculator
@@ -202,3 +203,14 @@ def test_adapter_benchmark_batches_its_bulk_moduli_and_records_the_engine(monkey
     args.relax_engine = "torchsim"  # another engine: not served from the ASE rows
     assert [r["engine"] for r in ba.bulk_moduli(structures, oracles, args, tmp_path)] == ["torchsim"] * 3
     assert calls[-1] == (3, "torchsim", 50)
+
+
+def test_a_strained_cell_below_the_collapse_floor_is_refused_before_the_force_field(single_thread):
+    from mattergen_lab.constants import MIN_VOLUME_PER_ATOM
+
+    dense = Structure(Lattice.cubic(1.0), ["Si"], [[0, 0, 0]])
+    dense.scale_lattice(1.02 * MIN_VOLUME_PER_ATOM)  # above the floor, but the -4 % cell is below it
+    model = EOSModel()
+    (out,) = bulk_moduli([dense], model=model, relax=False)
+    assert isinstance(out, BulkModulusError) and "below the collapse floor" in str(out)
+    assert model.calls == 0

@@ -171,6 +171,12 @@ def _bulk_moduli_torchsim(atoms_list: list[Atoms], batched: Any, calculator: str
     cells, owners = [], []
     for i, s in enumerate(relaxed):
         if out[i] is None:
+            try:  # the most compressed cell against the collapse floor, before any force call on it
+                _check_not_collapsed(AseAtomsAdaptor.get_atoms(Structure(Lattice(s.lattice.matrix * factors[0]),
+                                                                         s.species, s.frac_coords)))
+            except BulkModulusError as exc:
+                out[i] = exc
+                continue
             for f in factors:
                 cells.append(Structure(Lattice(s.lattice.matrix * f), s.species, s.frac_coords))
                 owners.append(i)
