@@ -3,6 +3,8 @@
 * ``evaluate``/``train``/``finetune --device tpu`` or ``cuda`` on a CPU box, ``evaluate --out`` on a file,
   ``/dev/null`` or a read-only place, and a ``.zip`` that is not a zip were internal errors (exit 1) or came
   after the reference hull had been loaded (25 s);
+* ``sample --num-atoms 5000`` asked for 8 GB (exit 1), a batch of 100,000 crystals for ~130 GB: both are now
+  refused with the cap's name (``MAX_ATOMS_PER_CRYSTAL``, ``MAX_ATOMS_PER_BATCH``);
 * a 500-atom cell in ``evaluate`` is refused before the force field sees it, and ``--max-atoms`` overrides;
 * resuming ``evaluate`` with a changed structure under the same id is refused, and a torn ``results.jsonl``
   line is neither glued to the next record nor counted;
@@ -107,6 +109,9 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ("train_tpu", "device='tpu' is not a torch device"),
     ("finetune_cuda", "device='cuda"),
     ("sample_out_read_only", "cannot write samples to"),
+    ("sample_5000_atoms", "num_atoms=5000 is more than MAX_ATOMS_PER_CRYSTAL=200"),
+    ("sample_batch_of_100000", "batch_size=100000 x 20 atoms = 2,000,000 atoms in one batch is more than "
+                               "MAX_ATOMS_PER_BATCH=20,000; use batch_size <= 1000"),
 ])
 def test_cli_mistakes_are_named_before_any_work(case, message, tmp_path, nacl_cif, no_work, capsys):
     import torch
@@ -131,6 +136,10 @@ def test_cli_mistakes_are_named_before_any_work(case, message, tmp_path, nacl_ci
         "finetune_cuda": ["finetune", "--base", "mgl_mp20_small", "--property", "hhi_score", "--device", cuda, "--out", out],
         "sample_out_read_only": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--steps", "1",
                                  "--out", str(read_only)],
+        "sample_5000_atoms": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--num-atoms", "5000",
+                              "--steps", "1", "--out", out],
+        "sample_batch_of_100000": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "100000", "--batch-size",
+                                   "100000", "--steps", "1", "--out", out],
     }[case]
     assert message in one_line_error(capsys, argv)
 
