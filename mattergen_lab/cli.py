@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -363,6 +364,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _check_device(args.device)  # the mistakes that cost nothing to find, before any structure or model is read
     check_writable_dir(args.out, "--out")
+    if not math.isfinite(args.stability_threshold):
+        raise ValueError(f"--stability-threshold {args.stability_threshold} must be a finite number (eV/atom), e.g. 0.1")
     extra = {} if args.max_atoms is None else {"max_atoms": args.max_atoms}
     config = RelaxConfig(fmax=args.fmax, max_steps=args.max_steps, max_seconds=args.max_seconds, **extra)
     items = read_structures(args.structures)
