@@ -109,6 +109,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ("train_tpu", "device='tpu' is not a torch device"),
     ("finetune_cuda", "device='cuda"),
     ("sample_out_read_only", "cannot write samples to"),
+    ("sample_meta_device", "device='meta' is not one this program runs on"),
     ("sample_5000_atoms", "num_atoms=5000 is more than MAX_ATOMS_PER_CRYSTAL=200"),
     ("sample_batch_of_100000", "batch_size=100000 x 20 atoms = 2,000,000 atoms in one batch is more than "
                                "MAX_ATOMS_PER_BATCH=20,000; use batch_size <= 1000"),
@@ -136,6 +137,8 @@ def test_cli_mistakes_are_named_before_any_work(case, message, tmp_path, nacl_ci
         "finetune_cuda": ["finetune", "--base", "mgl_mp20_small", "--property", "hhi_score", "--device", cuda, "--out", out],
         "sample_out_read_only": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--steps", "1",
                                  "--out", str(read_only)],
+        "sample_meta_device": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--device", "meta",
+                               "--out", out],
         "sample_5000_atoms": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--num-atoms", "5000",
                               "--steps", "1", "--out", out],
         "sample_batch_of_100000": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "100000", "--batch-size",

@@ -36,7 +36,7 @@ SAMPLE_POOLS = {
     "--elements": (["Li-Fe-O", "Na-Cl", "O"], ["", "Xx", "-", "Li,,Xx", "Og-He"]),
     "--condition": (["chemical_system=Li-Fe-O"], ["space_group=inf", "space_group=P1", "dft_band_gap=-5", "x",
                                                   "=3", "chemical_system=", "hhi_score=1e6", "chemical_system=Xx-O"]),
-    "--device": (["cpu"], ["tpu", "cuda:99", "", "3"]),
+    "--device": (["cpu"], ["tpu", "cuda:99", "", "3", "meta"]),
 }
 NUM_CASES = 90
 

@@ -49,6 +49,8 @@ def validate_device(device: Any) -> str:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device={device!r} is not a torch device ({exc})") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ipu...: torch names them, nothing here runs on them
+        raise ValueError(f"device={str(device)!r} is not one this program runs on; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={str(device)!r}: no CUDA GPU is available here (torch {torch.__version__}); use 'cpu'")
