@@ -109,6 +109,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ("train_tpu", "device='tpu' is not a torch device"),
     ("finetune_cuda", "device='cuda"),
     ("sample_out_read_only", "cannot write samples to"),
+    ("sample_bad_official_yaml", "is not valid YAML at line 2"),
     ("sample_meta_device", "device='meta' is not one this program runs on"),
     ("sample_5000_atoms", "num_atoms=5000 is more than MAX_ATOMS_PER_CRYSTAL=200"),
     ("sample_batch_of_100000", "batch_size=100000 x 20 atoms = 2,000,000 atoms in one batch is more than "
@@ -122,6 +123,9 @@ def test_cli_mistakes_are_named_before_any_work(case, message, tmp_path, nacl_ci
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "fake.zip").write_text("this is not a zip archive")
     read_only = read_only_place(tmp_path)
+    (tmp_path / "official" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "official" / "checkpoints" / "last.ckpt").write_bytes(b"never read")
+    (tmp_path / "official" / "config.yaml").write_text("a: [1, 2\n  b: {\n")
     if "read_only" in case and read_only is None:
         pytest.skip("no read-only place on this machine")
     evaluate = ["evaluate", "--structures", str(nacl_cif), "--out", out, "--relaxer", "chgnet"]
@@ -137,6 +141,8 @@ def test_cli_mistakes_are_named_before_any_work(case, message, tmp_path, nacl_ci
         "finetune_cuda": ["finetune", "--base", "mgl_mp20_small", "--property", "hhi_score", "--device", cuda, "--out", out],
         "sample_out_read_only": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--steps", "1",
                                  "--out", str(read_only)],
+        "sample_bad_official_yaml": ["sample", "--checkpoint", str(tmp_path / "official"), "--num-samples", "1",
+                                     "--out", out],
         "sample_meta_device": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--device", "meta",
                                "--out", out],
         "sample_5000_atoms": ["sample", "--checkpoint", "mgl_mp20_small", "--num-samples", "1", "--num-atoms", "5000",
