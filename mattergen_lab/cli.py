@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -137,13 +138,22 @@ def _load_training_data(args: argparse.Namespace):
     return data.split_validation(args.val_fraction, seed=args.seed)
 
 
+def _check_device(device: str) -> str:
+    """``--device`` checked before any data or model is loaded (``cuda`` on a CPU box, ``tpu``: one line)."""
+    from mattergen_lab.sampling.request import validate_device
+
+    return validate_device(device)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mattergen_lab.training.trainer import TrainConfig, train
 
+    _check_device(args.device)
     if args.config:
         cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        _check_device(cfg.device)
     else:
         cfg = TrainConfig(
             preset=args.preset, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
@@ -220,6 +230,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     unknown = [p for p in args.properties if p not in SUPPORTED_PROPERTIES]
     if unknown:
         raise ValueError(f"unknown property {unknown[0]!r}; supported: {list(SUPPORTED_PROPERTIES)}")
+    _check_device(args.device)
     base = load_checkpoint(args.base)
     if args.data and Path(args.data).is_file():
         data = load_csv(args.data)
@@ -333,6 +344,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å")
     p.add_argument("--max-steps", type=int, default=500, help="relaxation step cap per structure")
     p.add_argument("--max-seconds", type=float, default=120.0, help="relaxation time cap per structure")
+    p.add_argument("--max-atoms", type=int, default=None,
+                   help="cells with more atoms are not relaxed (status failed, with the reason); default 200, "
+                   "raise it on a machine with the memory (CHGNet needed 9.6 GB for a 500-atom cell)")
     p.add_argument("--stability-threshold", type=float, default=0.1, help="stable if E_hull <= this (eV/atom)")
     p.add_argument("--allow-missing-reference", action="store_true",
                    help="evaluate structures with elements absent from the hull (their E_hull stays empty)")
@@ -352,8 +366,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mattergen_lab.evaluation.evaluate import evaluate_structures, read_structures
     from mattergen_lab.evaluation.relax import RelaxConfig, get_relaxer
 
+    from mattergen_lab.fileio import check_writable_dir
+
+    _check_device(args.device)  # the mistakes that cost nothing to find, before any structure or model is read
+    check_writable_dir(args.out, "--out")
+    if not math.isfinite(args.stability_threshold):
+        raise ValueError(f"--stability-threshold {args.stability_threshold} must be a finite number (eV/atom), e.g. 0.1")
+    extra = {} if args.max_atoms is None else {"max_atoms": args.max_atoms}
+    config = RelaxConfig(fmax=args.fmax, max_steps=args.max_steps, max_seconds=args.max_seconds, **extra)
     items = read_structures(args.structures)
-    config = RelaxConfig(fmax=args.fmax, max_steps=args.max_steps, max_seconds=args.max_seconds)
     relaxer = get_relaxer(args.relaxer, device=args.device, load_path=args.mattersim_weights, config=config)
     bar = tqdm(total=len(items), desc=f"evaluate ({relaxer.name})", unit="structure")
 

@@ -31,6 +31,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     return path
 
 
+def check_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
+    """Make sure ``path`` is (or can become) a folder we can write to; ``ValueError`` naming it otherwise.
+
+    Called at the boundary, before any work: a file, ``/dev/null``, a read-only folder or file system is named
+    at once instead of after a model or a reference hull has been loaded. The folder is created.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what}={str(path)!r} exists and is not a folder; give a folder (new or existing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{what}={str(path)!r} cannot be written ({exc.strerror or exc}); give a writable folder") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 

@@ -162,3 +162,23 @@ def test_export_cifs_read_back(cells, tmp_path):
             assert_reads_back(out / f, s, same_cell_size=False)
             n_sym += 1
     assert n_sym >= len(cells) - 2  # spglib may refuse a cell or two; the P1 CIF is there for every one
+
+
+def test_export_relaxed_cifs_read_back(tmp_path):
+    """The review export's ``*_relaxed_P1.cif`` (written when relaxed structures are passed) reads back too."""
+    from mattergen_lab.design import export_candidates
+
+    cells = awkward_cells()
+    generated = list(cells.values())
+    relaxed = [s.copy() for s in generated]
+    for s in relaxed:
+        s.scale_lattice(s.volume * 1.05)  # a relaxed cell differs from the generated one
+    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(cells))], "formula": [s.composition.reduced_formula for s in generated]})
+    path = export_candidates(generated, table, tmp_path / "review.zip", report={}, relaxed=relaxed)
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith("_relaxed_P1.cif"))
+        zf.extractall(tmp_path / "unzipped")
+    assert len(names) == len(cells), names
+    for name in names:
+        i = int(name.split("_", 1)[0][1:])
+        assert_reads_back(tmp_path / "unzipped" / name, relaxed[i])

@@ -49,7 +49,7 @@ from mattergen_lab.evaluation.reference import (
 )
 from mattergen_lab.evaluation.relax import RelaxConfig, Relaxer, RelaxResult, get_relaxer
 from mattergen_lab.evaluation.validity import check_structure
-from mattergen_lab.fileio import append_jsonl, atomic_write_text, read_jsonl
+from mattergen_lab.fileio import append_jsonl, atomic_write_text, check_writable_dir, read_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -158,7 +158,11 @@ def read_structures(path: str | os.PathLike) -> list[tuple[str, Structure]]:
         for p in files:
             items.extend(_read_file(p))
     elif path.suffix.lower() == ".zip":
-        with zipfile.ZipFile(path) as zf:
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ValueError(f"{path} is not a readable zip archive ({exc}); expected a .zip of CIFs") from None
+        with zf:
             for name in sorted(zf.namelist()):
                 if name.lower().endswith(".cif") and not name.startswith("__MACOSX"):
                     text = zf.read(name).decode("utf-8", errors="replace")
@@ -480,6 +484,12 @@ def evaluate_structures(
         if not s.is_ordered:
             raise ValueError(f"structure {sid!r} ({s.composition.formula}) is disordered; generated crystals are ordered")
 
+    if isinstance(device, str) or device is None:  # before the hull or a force field is loaded
+        from mattergen_lab.sampling.request import validate_device
+
+        device = validate_device(device if device is not None else "cpu")
+    if out_dir is not None:
+        check_writable_dir(out_dir, "out_dir")
     hull = load_reference(reference, data_dir=data_dir)
     if not allow_missing_reference:
         from mattergen_lab.evaluation.reference import check_elements

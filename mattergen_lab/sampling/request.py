@@ -26,6 +26,14 @@ from mattergen_lab.sampling.frames import sampler_variant
 #: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
 #: whose tasks are requests of this size or less. (A billion would allocate gigabytes before the first crystal.)
 MAX_NUM_SAMPLES = 100_000
+#: Most atoms in one generated crystal: ten times MP-20's largest cell (the models never saw more than 20). The
+#: score model's neighbour graph grows with the square of it: one 1,000-atom crystal took 1.2 GB for one step on a
+#: CPU, 5,000 atoms asked for 8 GB; sixteen 200-atom crystals took 0.8 GB.
+MAX_ATOMS_PER_CRYSTAL = 200
+#: Most atoms denoised together (``batch_size`` × atoms per crystal; 20 per crystal when they are drawn from the
+#: checkpoint's table): a batch of 2,000 MP-20-sized crystals took 2.7 GB on a CPU; 100,000 would take ~130 GB.
+MAX_ATOMS_PER_BATCH = 20_000
+DRAWN_ATOMS_MAX = 20  # the largest cell in the atom-count tables of MP-20 and Alex-MP-20
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -41,6 +49,8 @@ def validate_device(device: Any) -> str:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device={device!r} is not a torch device ({exc})") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ipu...: torch names them, nothing here runs on them
+        raise ValueError(f"device={str(device)!r} is not one this program runs on; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={str(device)!r}: no CUDA GPU is available here (torch {torch.__version__}); use 'cpu'")
@@ -49,6 +59,36 @@ def validate_device(device: Any) -> str:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={str(device)!r}: MPS is not available here; use 'cpu'")
     return str(device)
+
+
+def largest_cell(num_atoms: Any) -> int | None:
+    """The most atoms any crystal can get from ``num_atoms`` (an int, one int per crystal, or a distribution with a
+    ``to_dict`` of counts); ``None`` when it cannot be told."""
+    if _is_int(num_atoms):
+        return num_atoms
+    if isinstance(num_atoms, (list, tuple)) and num_atoms and all(_is_int(v) for v in num_atoms):
+        return max(num_atoms)
+    to_dict = getattr(num_atoms, "to_dict", None)
+    if callable(to_dict):
+        try:
+            return max(int(k) for k in to_dict())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def check_size(num_samples: int, batch_size: int, per_crystal: int | None) -> None:
+    """``ValueError`` naming the cap when a crystal or a batch is bigger than the machine should be asked for
+    (:data:`MAX_ATOMS_PER_CRYSTAL`, :data:`MAX_ATOMS_PER_BATCH`); ``per_crystal=None``: drawn, at most 20."""
+    per_crystal = DRAWN_ATOMS_MAX if per_crystal is None else per_crystal
+    if per_crystal > MAX_ATOMS_PER_CRYSTAL:
+        raise ValueError(f"num_atoms={per_crystal} is more than MAX_ATOMS_PER_CRYSTAL={MAX_ATOMS_PER_CRYSTAL} atoms "
+                         "per crystal (the model's memory grows with its square; it was trained on at most 20)")
+    per_batch = min(batch_size, num_samples) * per_crystal
+    if per_batch > MAX_ATOMS_PER_BATCH:
+        most = max(1, MAX_ATOMS_PER_BATCH // per_crystal)
+        raise ValueError(f"batch_size={batch_size} x {per_crystal} atoms = {per_batch:,} atoms in one batch is more "
+                         f"than MAX_ATOMS_PER_BATCH={MAX_ATOMS_PER_BATCH:,}; use batch_size <= {most}")
 
 
 def _is_int(v: Any) -> bool:
@@ -137,6 +177,12 @@ class SamplingRequest:
         if self.device is not None:
             object.__setattr__(self, "device", validate_device(self.device))
         self._check_composition()
+        self._check_size()
+
+    def _check_size(self) -> None:
+        n = self.num_atoms
+        check_size(self.num_samples, self.batch_size, None if n is None else max((n,) if _is_int(n) else n))
+
 
     def _check_composition(self) -> None:
         c, units = self.composition, self.formula_units

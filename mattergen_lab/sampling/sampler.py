@@ -36,7 +36,7 @@ from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.noise.joint import JointDiffusion
 from mattergen_lab.sampling.composition import FixedComposition
 from mattergen_lab.sampling.frames import ChunkFrame, SamplerConfig, SamplerFrame
-from mattergen_lab.sampling.request import SamplingRequest
+from mattergen_lab.sampling.request import SamplingRequest, check_size, largest_cell
 from mattergen_lab.sampling.inputs import (
     AllowedElements,
     allowed_tensor,
@@ -275,7 +275,7 @@ class PredictorCorrectorSampler:
             composition, formula_units: CSP (a CSP model only): every crystal has exactly these atoms, fixed at
                 every step (see :class:`~mattergen_lab.sampling.request.SamplingRequest`).
         """
-        request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units)
+        request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units, num_atoms)
         out: list[Structure] = []
         for item in self.iter_chunks(
             request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
@@ -322,7 +322,7 @@ class PredictorCorrectorSampler:
         the same seed and only the missing ones are written); the extxyz is first repaired from the CIFs
         if an earlier run stopped while appending to it.
         """
-        request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units)  # validated before any file is made
+        request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units, num_atoms)  # validated before any file is made
         config = {k: v for k, v in self.config.to_dict().items() if k != "record_every"}
         if config["predictor"] == "ancestral":  # recorded only when not the official one, so older folders still match
             del config["predictor"]
@@ -343,10 +343,14 @@ class PredictorCorrectorSampler:
         return writer.paths
 
     def _request(self, num_samples: Any, batch_size: Any, seed: int | None, generator: torch.Generator | None,
-                 device: torch.device | str | None, composition: Any = None, formula_units: Any = 1) -> SamplingRequest:
+                 device: torch.device | str | None, composition: Any = None, formula_units: Any = 1,
+                 num_atoms: Any = None) -> SamplingRequest:
         dev = str(device) if device is not None else None
-        return SamplingRequest(num_samples=num_samples, batch_size=batch_size, seed=_seed_of(seed, generator), device=dev,
-                               composition=composition, formula_units=formula_units)
+        request = SamplingRequest(num_samples=num_samples, batch_size=batch_size, seed=_seed_of(seed, generator), device=dev,
+                                  composition=composition, formula_units=formula_units)
+        if request.composition is None:  # the atom counts come separately: bound them before anything is allocated
+            check_size(request.num_samples, request.batch_size, largest_cell(num_atoms))
+        return request
 
     def iter_chunks(
         self,
