@@ -177,7 +177,7 @@ def test_a_500_atom_cell_is_refused_before_the_force_field_and_max_atoms_overrid
             "--relax-engine", "ase", "--relaxer", "chgnet"]
     assert cli.main(base + ["--out", str(tmp_path / "capped")]) == 0
     row = json.loads((tmp_path / "capped" / "results.jsonl").read_text())
-    assert row["relax_status"] == "failed" and "512 atoms is above the 200-atom cap" in row["error"], row
+    assert row["relax_status"] == "failed" and "512 atoms is above the 200-atom cap" in row["error"] and "--max-atoms" in row["error"], row
     assert made[0].calculator.cells == []  # the force field never saw it
     assert cli.main(base + ["--out", str(tmp_path / "raised"), "--max-atoms", "600"]) == 0
     row = json.loads((tmp_path / "raised" / "results.jsonl").read_text())

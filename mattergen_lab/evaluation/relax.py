@@ -133,7 +133,8 @@ def prepare_structure(structure: Structure, config: RelaxConfig) -> tuple[Struct
         return structure, RelaxResult(
             "failed", structure.copy(), math.nan, 0, 0.0,
             message=f"refused: {n} atoms is above the {config.max_atoms}-atom cap (RelaxConfig.max_atoms); "
-            "relax it on a larger machine or raise the cap",
+            "raise it with `mattergen-lab evaluate --max-atoms N` or RelaxConfig(max_atoms=N) (memory grows with the "
+            "atom count: ~10 GB for 500 atoms on CPU)",
         )
     per_atom = structure.volume / max(n, 1)
     if per_atom < config.min_volume_per_atom:
