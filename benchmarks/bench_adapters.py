@@ -22,7 +22,7 @@ an oracle for the adapter's property:
   with several polymorphs, the band gap of the one with the lowest formation energy), reported with its
   coverage; and the share of samples containing O, F or N (anion-rich compounds tend to be insulators).
 * ``dft_bulk_modulus`` (target 200 GPa, about the 90th percentile of MP-20's 5,736 labels; median 98):
-  **ML oracle** ``mattergen_lab.properties.bulk_moduli`` (CHGNet, relax then E(V) fit) on the first
+  **ML oracle** ``mattergen_lab.evaluation.bulk_moduli`` (CHGNet, relax then E(V) fit) on the first
   ``--bulk-modulus-samples`` structurally valid samples of each γ, batched on torch-sim (``--relax-engine``;
   ``ase`` relaxes one at a time, about 3x slower: 8 MP-20 crystals took 32 s batched, 98 s on ASE, 1 thread).
 
@@ -257,13 +257,13 @@ def sample_batch(ckpt: Any, weights: str | None, gamma: float, conditions: dict[
 def bulk_moduli(structures: Sequence[Any], oracles: Oracles, args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
     """Bulk modulus of the first ``args.bulk_modulus_samples`` structurally valid samples (cached per structure).
 
-    The uncached ones go to :func:`mattergen_lab.properties.bulk_moduli` together (batched on torch-sim unless
+    The uncached ones go to :func:`mattergen_lab.evaluation.bulk_moduli` together (batched on torch-sim unless
     ``--relax-engine ase``); each row records the engine, and the cache only serves rows of the same engine.
     """
     from mattergen_lab.evaluation import check_structure
     from mattergen_lab.fileio import append_jsonl, read_jsonl
     from mattergen_lab.properties import BulkModulusError
-    from mattergen_lab.properties import bulk_moduli as eos_oracle
+    from mattergen_lab.evaluation import bulk_moduli as eos_oracle
 
     engine = bulk_modulus_engine(args)
     settings = {"max_steps": args.bulk_modulus_max_steps, "calculator": "chgnet", "strain": 0.04, "n_points": 7,
@@ -479,7 +479,7 @@ def main() -> None:
                                "unrelaxed sample, Σ|m_i|/V (ferromagnetic upper bound)",
             "dft_band_gap": "proxies: MP-20 band gap of the same reduced formula (lowest-formation-energy polymorph; "
                             "train+val+test CSVs), with coverage; share containing O/F/N",
-            "dft_bulk_modulus": "ML: mattergen_lab.properties.bulk_moduli (CHGNet, relax + Birch-Murnaghan, ±4 % "
+            "dft_bulk_modulus": "ML: mattergen_lab.evaluation.bulk_moduli (CHGNet, relax + Birch-Murnaghan, ±4 % "
                                 f"volume; relax engine {bulk_modulus_engine(args)}) on the first structurally valid "
                                 "samples",
         },

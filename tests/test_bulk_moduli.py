@@ -12,7 +12,8 @@ from pymatgen.core import Lattice, Structure
 
 pytest.importorskip("torch_sim")
 
-from mattergen_lab.properties import BulkModulusError, BulkModulusResult, bulk_moduli  # noqa: E402
+from mattergen_lab.evaluation import bulk_moduli  # noqa: E402
+from mattergen_lab.properties import BulkModulusError, BulkModulusResult  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -178,7 +179,7 @@ def test_adapter_benchmark_batches_its_bulk_moduli_and_records_the_engine(monkey
     import argparse
     import types
 
-    import mattergen_lab.properties as props
+    import mattergen_lab.evaluation as evaluation
     from mattergen_lab.testing import load_benchmark
 
     ba = load_benchmark("bench_adapters")
@@ -189,7 +190,7 @@ def test_adapter_benchmark_batches_its_bulk_moduli_and_records_the_engine(monkey
         return [BulkModulusError("Na: no minimum") if s.composition.reduced_formula == "Na" else
                 types.SimpleNamespace(value_gpa=10.0 * len(s), converged=True) for s in structures]
 
-    monkeypatch.setattr(props, "bulk_moduli", fake)
+    monkeypatch.setattr(evaluation, "bulk_moduli", fake)
     oracles = types.SimpleNamespace(calculator=lambda: "calculator")
     structures = [rock_salt(5.64, ("Na", "Cl")), Structure(Lattice.cubic(4.3), ["Na"], [[0, 0, 0]]), diamond_si()]
     args = argparse.Namespace(bulk_modulus_samples=3, bulk_modulus_max_steps=50, relax_engine="ase")

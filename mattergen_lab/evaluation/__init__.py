@@ -35,6 +35,7 @@ _EXPORTS = {
     "composition_valid": "evaluate",
     "compute_metrics": "evaluate",
     "STABILITY_THRESHOLD": "evaluate",
+    "bulk_moduli": "batched_eos",
 }
 
 __all__ = [*_EXPORTS]  # noqa: PLE0604

@@ -4,8 +4,9 @@
   ``chemical_system``.
 * :mod:`~mattergen_lab.properties.symmetry`: ``space_group`` (spglib, symprec 0.1 Å, 5°) and
   ``add_derived_properties`` for datasets.
-* :mod:`~mattergen_lab.properties.bulk_modulus`: equation-of-state bulk modulus (GPa) with CHGNet or MatterSim;
-  :mod:`~mattergen_lab.properties.batched_eos`: ``bulk_moduli``, many crystals batched on torch-sim.
+* :mod:`~mattergen_lab.properties.bulk_modulus`: equation-of-state bulk modulus (GPa) with CHGNet or MatterSim
+  (one structure, ASE; many crystals batched on torch-sim: ``mattergen_lab.evaluation.bulk_moduli``, which sits with
+  the relaxers it uses, one layer up).
 * :mod:`~mattergen_lab.properties.magnetic`: magnetic density (μB/Å³) from user-supplied moments; there is no
   offline oracle for it.
 * :mod:`~mattergen_lab.properties.targets`: ``sweep_interval``: sample across a range, keep what lands in it.
@@ -17,7 +18,6 @@ from mattergen_lab.properties.bulk_modulus import (
     bulk_modulus,
     get_calculator,
 )
-from mattergen_lab.properties.batched_eos import bulk_moduli
 from mattergen_lab.properties.hhi import (
     HHI_SOURCE,
     chemical_system,

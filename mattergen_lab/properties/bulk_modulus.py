@@ -22,8 +22,8 @@ here (``relax=True``): Si (diamond) 78 GPa (DFT-PBE ≈ 88), Al (fcc) 52 GPa (�
 (≈ 140), MgO (rock salt) 126 GPa (≈ 150): errors of 10–35 %, mostly too soft. B0' is poorly determined
 from ±4 % in volume (it scattered from 2 to 19 in those runs); B0 is the robust number.
 
-Many structures: :func:`~mattergen_lab.properties.bulk_moduli` (module
-:mod:`~mattergen_lab.properties.batched_eos`) runs this protocol on torch-sim's batched FIRE (about 3x faster on
+Many structures: :func:`~mattergen_lab.evaluation.bulk_moduli` (module
+:mod:`~mattergen_lab.evaluation.batched_eos`) runs this protocol on torch-sim's batched FIRE (about 3x faster on
 a CPU) and returns one result or error per structure; :func:`bulk_modulus` here is the ASE reference path.
 
 Energies come from :func:`get_calculator`: ``"chgnet"`` (weights ship in its wheel; works offline) or
@@ -233,7 +233,7 @@ def bulk_modulus(
 ) -> BulkModulusResult:
     """Bulk modulus (GPa) from an E(V) fit on isotropically scaled cells (protocol in the module docstring).
 
-    One structure with ASE's FIRE (the reference path); for many, :func:`~mattergen_lab.properties.bulk_moduli`
+    One structure with ASE's FIRE (the reference path); for many, :func:`~mattergen_lab.evaluation.bulk_moduli`
     batches them on torch-sim.
 
     Args:
