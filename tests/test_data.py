@@ -25,7 +25,7 @@ from mattergen_lab.data import (
     load_mattergen_cache,
     load_mp20,
 )
-from mattergen_lab.data import dataset as dataset_module
+from mattergen_lab.data import csv_loader as csv_loader_module  # where load_csv looks up structure_from_cif
 from mattergen_lab.data import paths as paths_module
 
 BROKEN_ROW = 7  # 0-based data row of the broken CIF in the small CSV
@@ -218,7 +218,7 @@ def test_second_load_hits_disk_cache(small_csv: Path, _cache_in_tmp: Path, monke
     def no_parsing(*args, **kwargs):
         raise AssertionError("the parser must not run on a cache hit")
 
-    monkeypatch.setattr(dataset_module, "structure_from_cif", no_parsing)
+    monkeypatch.setattr(csv_loader_module, "structure_from_cif", no_parsing)
     second = load_csv(small_csv)
     np.testing.assert_array_equal(second.atom_types, first.atom_types)
     np.testing.assert_array_equal(second.frac_coords, first.frac_coords)

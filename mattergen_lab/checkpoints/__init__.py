@@ -1,0 +1,111 @@
+"""Checkpoints: the ``checkpoints.yaml`` registry, download, sha256, safe loading, official-key mapping.
+
+One front door, :func:`load_checkpoint`, takes
+
+* a registry name (``mattergen_base``, ``dft_mag_density``, … or one of our bundled models),
+* a folder of ours (``config.json`` + ``model.safetensors``),
+* an official folder (``config.yaml`` + ``checkpoints/last.ckpt``, as on Hugging Face), or an official
+  ``.ckpt`` file (with ``config.yaml`` beside it or one level up).
+
+**Safe loading.** Official Lightning ``.ckpt`` files are read with ``torch.load(weights_only=True)``. If a
+file holds objects beyond that allow-list (e.g. OmegaConf configs in ``hyper_parameters``), it is read
+again with a restricted unpickler that rebuilds only tensors and plain containers (dict, list, tuple, str,
+numbers) and turns every other object into an inert :class:`ForeignObject` record *without importing or
+calling anything*; a warning names what was skipped. Nothing in a checkpoint is ever executed.
+
+This package was one module; its parts now live in
+
+* :mod:`~mattergen_lab.checkpoints.catalog`: the registry (:class:`CheckpointRecord`, :func:`parse_registry`,
+  :func:`registry`) and resolution (:func:`cache_root`, :func:`sha256_of`, :func:`hub_reachable`, :func:`resolve_official`),
+* :mod:`~mattergen_lab.checkpoints.safe_load`: :func:`safe_torch_load`, :class:`ForeignObject`,
+* :mod:`~mattergen_lab.checkpoints.official`: official ``config.yaml``/key mapping and :func:`load_official`,
+* :mod:`~mattergen_lab.checkpoints.bundle`: :func:`bundle_checkpoint` and its model card,
+
+and this file keeps the front door (:func:`load_checkpoint`, :func:`checkpoint_properties`). Every name is
+still importable from ``mattergen_lab.checkpoints``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# re-exported: every name of the former single module is still importable from here
+from mattergen_lab.checkpoints.bundle import _loss_table, bundle_checkpoint  # noqa: F401
+from mattergen_lab.checkpoints.catalog import (  # noqa: F401
+    REGISTRY_FILE,
+    CheckpointRecord,
+    CheckpointUnavailableError,
+    cache_root,
+    hub_reachable,
+    official_files_cached,
+    parse_registry,
+    registry,
+    resolve_official,
+    sha256_of,
+    verify_sha256,
+)
+from mattergen_lab.checkpoints.official import (  # noqa: F401
+    OFFICIAL_PREFIX,
+    find_official_files,
+    load_official,
+    map_official_state_dict,
+    official_gemnet_config,
+    read_official_config,
+)
+from mattergen_lab.checkpoints.safe_load import ForeignObject, safe_torch_load  # noqa: F401
+from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint, load_local_checkpoint
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, *, download: bool = True, registry_path: str | os.PathLike | None = None) -> Checkpoint:
+    """Load a checkpoint by registry name or path (see the module docstring)."""
+    path = Path(name_or_path)
+    if path.exists():
+        if path.is_dir() and (path / CONFIG_FILE).exists():
+            return load_local_checkpoint(path)
+        if path.is_file() and path.suffix == ".safetensors":
+            return load_local_checkpoint(path.parent)
+        return load_official(path)
+    records = registry(registry_path)
+    name = str(name_or_path)
+    if name not in records:
+        raise ValueError(f"checkpoint {name!r} is neither an existing path nor a registry name; known names: {sorted(records)}")
+    record = records[name]
+    if record.kind == "bundled":
+        assert record.path is not None
+        if not (record.path / WEIGHTS_FILE).exists():
+            raise CheckpointUnavailableError(f"bundled checkpoint {name!r}: {record.path / WEIGHTS_FILE} is missing from this checkout")
+        verify_sha256(record.path / WEIGHTS_FILE, record.sha256)
+        return load_local_checkpoint(record.path)
+    folder = resolve_official(record, download=download)
+    return load_official(folder, expected_sha256=record.sha256)
+
+
+def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """Properties a checkpoint conditions on, read from its config (no weights are loaded).
+
+    Works for registry names, our folders (``config.json``) and official folders/``.ckpt`` files
+    (``config.yaml``). Raises ``ValueError`` for something that is neither.
+    """
+    from mattergen_lab.model.io import CONFIG_FILE, read_config
+
+    path = Path(name_or_path)
+    if path.exists():
+        if path.is_file() and path.suffix == ".safetensors":
+            path = path.parent
+        if path.is_dir() and (path / CONFIG_FILE).exists():
+            return tuple(read_config(path)["model"].get("condition_on_adapt") or ())
+        _, cfg = find_official_files(path)
+        return tuple(official_gemnet_config(read_official_config(cfg)).condition_on_adapt)
+    records = registry(registry_path)
+    if str(name_or_path) not in records:
+        raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")
+    record = records[str(name_or_path)]
+    local = record.path if record.kind == "bundled" else cache_root() / record.name if official_files_cached(record.name) else None
+    if local is None or not (local / CONFIG_FILE).exists() and not (local / "config.yaml").exists():
+        return record.properties  # files not here (an official checkpoint not downloaded yet): the registry is all we have
+    actual = checkpoint_properties(local)
+    if set(actual) != set(record.properties):
+        raise ValueError(f"checkpoints.yaml says {record.name!r} conditions on {list(record.properties)}, but its model config "
+                         f"({local}) conditions on {list(actual)}: the registry entry is wrong")
+    return actual
