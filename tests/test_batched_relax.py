@@ -72,6 +72,21 @@ def test_atom_cap_is_a_clear_error_and_the_rest_still_relax(relaxers):
     assert get_relaxer("chgnet").relax(big).status == "failed"  # the ASE path refuses it too
 
 
+
+def test_a_gas_like_cell_is_refused_before_the_force_field_in_both_engines(relaxers):
+    _, batched = relaxers
+    gas = Structure(Lattice.cubic(150.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # 1.7e6 Å³/atom
+    small = Structure(Lattice.cubic(4.1), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    gas_result, small_result = batched.relax_many([gas, small])
+    ase_result = get_relaxer("chgnet").relax(gas)
+    for r in (gas_result, ase_result):
+        assert r.status == "failed" and r.steps == 0 and not r.ok and math.isnan(r.energy)
+        assert "1.69e+06 Å³/atom is beyond any physical density" in r.message, r.message
+    assert small_result.ok
+    # the densest end stays the collapse floor's
+    dense = Structure(Lattice.cubic(1.0), ["Na"], [[0, 0, 0]])
+    assert get_relaxer("chgnet").relax(dense).status == "exploded"
+
 def test_niggli_reducible_oblique_cell_relaxes(relaxers):
     _, batched = relaxers
     nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mattergen_lab.constants import MIN_VOLUME_PER_ATOM
+from mattergen_lab.crystal import INPUT_VOLUME_PER_ATOM
 from mattergen_lab.forcefields import (
     MATTERSIM_DEFAULT_WEIGHTS,
     cell_filter,
@@ -125,8 +126,9 @@ class RelaxResult:
 def prepare_structure(structure: Structure, config: RelaxConfig) -> tuple[Structure, RelaxResult | None]:
     """The cell both engines relax (Niggli-reduced when ``config.niggli``), or a refusal before any force call.
 
-    Refused (second item not ``None``): more atoms than ``config.max_atoms`` (status ``failed``), or a start
-    denser than ``config.min_volume_per_atom`` (status ``exploded``).
+    Refused (second item not ``None``): more atoms than ``config.max_atoms`` (status ``failed``), a start
+    denser than ``config.min_volume_per_atom`` (status ``exploded``), or one sparser than any physical density
+    (over :data:`~mattergen_lab.crystal.INPUT_VOLUME_PER_ATOM`'s 1e5 Å³/atom, status ``failed``).
     """
     n = len(structure)
     if n > config.max_atoms:
@@ -139,6 +141,12 @@ def prepare_structure(structure: Structure, config: RelaxConfig) -> tuple[Struct
     per_atom = structure.volume / max(n, 1)
     if per_atom < config.min_volume_per_atom:
         return structure, RelaxResult("exploded", structure.copy(), math.nan, 0, 0.0, math.nan, _collapse_message(per_atom, config))
+    if per_atom > INPUT_VOLUME_PER_ATOM[1]:  # gas-like: no force field or hull can say anything about it
+        return structure, RelaxResult(
+            "failed", structure.copy(), math.nan, 0, 0.0,
+            message=f"refused: {per_atom:.3g} Å³/atom is beyond any physical density (over "
+            f"{INPUT_VOLUME_PER_ATOM[1]:g} Å³/atom; MP-20's sparsest crystal has 202)",
+        )
     if config.niggli:
         try:
             structure = structure.get_reduced_structure("niggli")
