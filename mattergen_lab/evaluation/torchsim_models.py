@@ -69,6 +69,23 @@ class _Batch:
     def atoms_slice(self, i: int) -> slice:
         return slice(self.offsets[i], self.offsets[i + 1])
 
+    def graphs(self, build: Any, label: str) -> tuple[list[Any], list[int], dict[int, str]]:
+        """``build(cell, numbers, positions)`` for every evaluated crystal: (graphs, their crystal indices, failures).
+
+        A crystal whose graph cannot be built is left out and reported (``failures[i]``, prefixed by ``label``),
+        so one bad crystal never sinks the batch."""
+        graphs, owners, failures = [], [], {}
+        for i in range(self.n):
+            if not self.evaluated[i]:
+                continue
+            sl = self.atoms_slice(i)
+            try:
+                graphs.append(build(self.cells[i], self.numbers[sl], self.positions[sl]))
+                owners.append(i)
+            except Exception as exc:  # noqa: BLE001 - reported per crystal by the engine
+                failures[i] = f"{label}: {type(exc).__name__}: {exc}"
+        return graphs, owners, failures
+
     def outputs(self, state: Any, dtype: Any, device: Any) -> dict[str, torch.Tensor]:
         """NaN energies, zero forces and stresses: what a crystal that is not evaluated gets."""
         import torch
@@ -115,20 +132,12 @@ class CHGNetModel(_Base):  # type: ignore[misc, valid-type]
     def forward(self, state: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         from pymatgen.core import Lattice, Structure
 
+        def build(cell: np.ndarray, numbers: np.ndarray, positions: np.ndarray) -> Any:
+            s = Structure(Lattice(cell), numbers.tolist(), positions, coords_are_cartesian=True)
+            return self.model.graph_converter(s).to(self._device)
+
         batch = _Batch(state, self.min_volume_per_atom)
-        graphs, owners = [], []
-        self.failures = {}
-        for i in range(batch.n):
-            if not batch.evaluated[i]:
-                continue
-            sl = batch.atoms_slice(i)
-            try:
-                s = Structure(Lattice(batch.cells[i]), batch.numbers[sl].tolist(), batch.positions[sl],
-                              coords_are_cartesian=True)
-                graphs.append(self.model.graph_converter(s).to(self._device))
-                owners.append(i)
-            except Exception as exc:  # noqa: BLE001 - reported per crystal by the engine
-                self.failures[i] = f"CHGNet graph: {type(exc).__name__}: {exc}"
+        graphs, owners, self.failures = batch.graphs(build, "CHGNet graph")
         out = batch.outputs(state, self._dtype, self._device)
         if graphs:
             out = batch.fill(out, owners, *self._predict(graphs))
@@ -196,22 +205,14 @@ class MatterSimModel(_Base):  # type: ignore[misc, valid-type]
         from mattersim.forcefield.potential import batch_to_dict
         from torch_geometric.data import Batch
 
+        def build(cell: np.ndarray, numbers: np.ndarray, positions: np.ndarray) -> Any:
+            graph = self.convertor.convert(Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True))
+            if graph is None:
+                raise ValueError("MatterSim's converter returned no graph")
+            return graph
+
         batch = _Batch(state, self.min_volume_per_atom)
-        graphs, owners = [], []
-        self.failures = {}
-        for i in range(batch.n):
-            if not batch.evaluated[i]:
-                continue
-            sl = batch.atoms_slice(i)
-            try:
-                atoms = Atoms(numbers=batch.numbers[sl], positions=batch.positions[sl], cell=batch.cells[i], pbc=True)
-                graph = self.convertor.convert(atoms)
-                if graph is None:
-                    raise ValueError("MatterSim's converter returned no graph")
-                graphs.append(graph)
-                owners.append(i)
-            except Exception as exc:  # noqa: BLE001 - reported per crystal by the engine
-                self.failures[i] = f"MatterSim graph: {type(exc).__name__}: {exc}"
+        graphs, owners, self.failures = batch.graphs(build, "MatterSim graph")
         out = batch.outputs(state, self._dtype, self._device)
         if not graphs:
             return out
