@@ -22,22 +22,17 @@ Sources (:func:`load_reference`):
   lmdb``); its values are read as plain data, never as arbitrary pickled objects;
 * ``"mp-api"``: the Materials Project through ``mp-api`` with ``MP_API_KEY`` set, fetched per chemical system.
 
-Length: every reference-hull source (MP-20, JSON, CSV, LMDB, mp-api) and the E_hull linear programme; each
-source is a short function over the same entry format.
+The file and service readers are in :mod:`~mattergen_lab.evaluation.reference_files`.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import itertools
 import json
 import logging
 import math
 import os
-import pickle
-import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -273,121 +268,12 @@ def _mp20_hull(path: str, refs_path: str) -> ReferenceHull:
     )
 
 
-def _read_entries_json(path: Path) -> list[Any]:
-    from monty.json import MontyDecoder
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as fh:
-        raw = json.load(fh)
-    items = list(raw.values()) if isinstance(raw, dict) and "@class" not in raw else raw
-    if isinstance(items, dict):
-        items = [items]
-    entries = []
-    for i, item in enumerate(items):
-        try:
-            entry = MontyDecoder().process_decoded(item)
-            entry.composition, entry.energy  # noqa: B018 - must be entry-like
-        except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
-            raise ValueError(f"{path}: item {i} is not a pymatgen entry ({type(exc).__name__}: {exc})") from None
-        entries.append(entry)
-    return entries
-
-
-def _read_entries_csv(path: Path, data_dir: str | os.PathLike | None) -> list[Any]:
-    import pandas as pd
-    from pymatgen.core import Composition
-
-    table = pd.read_csv(path)
-    comp_col = next((c for c in ("composition", "formula") if c in table.columns), None)
-    if comp_col is None:
-        raise ValueError(f"{path}: needs a 'composition' or 'formula' column; found {list(table.columns)}")
-    ids = table["material_id"] if "material_id" in table.columns else [f"{path.stem}-{i}" for i in range(len(table))]
-    if "formation_energy_per_atom" in table.columns and "energy" not in table.columns:
-        refs = elemental_references(data_dir)
-        return _from_formation_energies(zip(ids, table[comp_col], table["formation_energy_per_atom"]), refs, str(path))
-    energy_col = next((c for c in ("energy", "energy_per_atom") if c in table.columns), None)
-    if energy_col is None:
-        raise ValueError(
-            f"{path}: needs an 'energy' (total, eV), 'energy_per_atom' or 'formation_energy_per_atom' column; "
-            f"found {list(table.columns)}"
-        )
-    entries = []
-    for line, (entry_id, comp_text, value) in enumerate(zip(ids, table[comp_col], table[energy_col]), start=2):
-        try:
-            comp = Composition(str(comp_text))
-        except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
-            raise ValueError(f"{path}, line {line}: bad composition {comp_text!r}: {exc}") from None
-        energy = float(value) * (comp.num_atoms if energy_col == "energy_per_atom" else 1.0)
-        entries.append(_pd_entry(comp, energy, str(entry_id)))
-    return entries
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickles only plain data (dict, list, str, numbers): any class or function reference is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a reference file (plain data only)")
-
-
-def _plain_loads(data: bytes) -> Any:
-    return _PlainDataUnpickler(io.BytesIO(data)).load()
-
-
-def read_lmdb_reference(path: str | os.PathLike) -> list[Any]:
-    """Entries of a MatterGen reference file (gzipped LMDB, e.g. ``reference_MP2020correction.gz``).
-
-    The layout (MatterGen's ``LMDBGZSerializer``): keys ``chemical_systems``, ``{chemsys}.reduced_formulas``,
-    ``{chemsys}.{formula}.length`` and ``{chemsys}.{formula}.{i}``, each value a pickled plain ``dict`` (an
-    entry's ``as_dict()``). Values are unpickled as plain data only.
-    """
-    try:
-        import lmdb
-    except ImportError as exc:
-        raise ImportError(f"reading {path} needs the lmdb package: pip install lmdb") from exc
-    from monty.json import MontyDecoder
-
-    path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix="mattergen-lab-ref-"))
-    try:
-        db_path = tmp / path.name.removesuffix(".gz")
-        with gzip.open(path, "rb") as src, open(db_path, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 24)
-        env = lmdb.open(str(db_path), subdir=False, readonly=True, lock=False)
-        entries = []
-        try:
-            with env.begin() as txn:
-
-                def get(key: str) -> Any:
-                    value = txn.get(key.encode("ascii"))
-                    if value is None:
-                        raise ValueError(f"{path}: key {key!r} is missing; not a MatterGen reference file")
-                    return _plain_loads(value)
-
-                for chemsys in get("chemical_systems"):
-                    for formula in get(f"{chemsys}.reduced_formulas"):
-                        for i in range(int(get(f"{chemsys}.{formula}.length"))):
-                            entries.append(MontyDecoder().process_decoded(get(f"{chemsys}.{formula}.{i}")))
-        finally:
-            env.close()
-        return entries
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _mp_api_fetch(api_key: str) -> Callable[[list[str]], list[Any]]:
-    def fetch(elements: list[str]) -> list[Any]:
-        from mp_api.client import MPRester
-
-        with MPRester(api_key) as mpr:  # MP entries carry MP2020-corrected total energies
-            return list(mpr.get_entries_in_chemsys(elements))
-
-    return fetch
-
-
 def load_reference(
     source: str | os.PathLike | ReferenceHull = "mp20", *, data_dir: str | os.PathLike | None = None
 ) -> ReferenceHull:
     """A :class:`ReferenceHull` from a name or a file (see the module docstring for the formats)."""
+    from mattergen_lab.evaluation import reference_files  # the file readers need this module's helpers
+
     if isinstance(source, ReferenceHull):
         return source
     text = str(source)
@@ -402,17 +288,17 @@ def load_reference(
         key = os.environ.get("MP_API_KEY")
         if not key:
             raise ValueError("reference 'mp-api' needs a Materials Project API key in the MP_API_KEY environment variable")
-        return ReferenceHull([], name="mp-api", description="Materials Project (mp-api, per chemical system)", fetch=_mp_api_fetch(key))
+        return ReferenceHull([], name="mp-api", description="Materials Project (mp-api, per chemical system)", fetch=reference_files.mp_api_fetch(key))
     path = Path(text).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"reference {text!r} is neither 'mp20', 'mp-api' nor an existing file")
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")):
-        entries = _read_entries_json(path)
+        entries = reference_files.read_entries_json(path)
     elif name.endswith(".csv"):
-        entries = _read_entries_csv(path, data_dir)
+        entries = reference_files.read_entries_csv(path, data_dir)
     elif name.endswith(".gz"):
-        entries = read_lmdb_reference(path)
+        entries = reference_files.read_lmdb_reference(path)
     else:
         raise ValueError(f"reference file {path}: unknown format; use .json[.gz], .csv or MatterGen's LMDB .gz")
     if not entries:
