@@ -19,8 +19,10 @@ task time / N, on one thread per task; the first task of each worker also loads 
 ``OUT/steps.json`` and ``OUT/steps.md`` (the markdown table, with S.U.N. and RMSD relative to the default sampler at
 the most steps, the issue's goal being ≤ 100 steps within 2 points of S.U.N. and 0.05 Å of RMSD of it).
 
-A variant is ``key=value[,key=value…]`` with keys ``n_corrector_steps``, ``coord_snr``, ``lattice_snr``,
-``max_step_size`` and ``predictor`` (``ancestral`` | ``ode``), e.g. ``n_corrector_steps=0`` (predictor only).
+A variant is ``key=value[,key=value…][@steps,steps…]`` with keys ``n_corrector_steps``, ``coord_snr``,
+``lattice_snr``, ``max_step_size`` and ``predictor`` (``ancestral`` | ``ode``), e.g. ``n_corrector_steps=0``
+(predictor only). ``@100,50`` runs that variant at those step counts only (each one of ``--steps``), for a sampler
+meant for few steps; without it a variant runs at every ``--steps``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,25 @@ def parse_variant(text: str) -> dict[str, Any]:
     if not variant:
         raise ValueError(f"--variant {text!r} is the default sampler (it is always run)")
     return variant
+
+
+def parse_variant_steps(text: str, steps: Sequence[int]) -> tuple[dict[str, Any], list[int]]:
+    """``"predictor=ode@100,50"`` -> (variant, [100, 50]); without ``@`` the variant runs at every one of ``steps``.
+
+    ``ValueError`` names a step count that is not one of ``steps`` (the rows must share the default's step counts,
+    so every variant row has a default row to compare with)."""
+    body, sep, tail = text.partition("@")
+    variant = parse_variant(body)
+    if not sep:
+        return variant, list(steps)
+    try:
+        own = _steps_list(tail)
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"--variant {text!r}: after '@' comes a comma-separated list of step counts, e.g. @100,50") from None
+    extra = [n for n in own if n not in steps]
+    if extra:
+        raise ValueError(f"--variant {text!r}: step count(s) {extra} are not in --steps {list(steps)}")
+    return variant, own
 
 
 def variant_label(variant: dict[str, Any]) -> str:
@@ -138,14 +159,14 @@ def _row_args(args: argparse.Namespace, variant: dict[str, Any], steps: int) -> 
     return row_args
 
 
-def prepare_rows(args: argparse.Namespace, variants: Sequence[dict[str, Any]], out: Path) -> int:
+def prepare_rows(args: argparse.Namespace, grid: Sequence[tuple[dict[str, Any], Sequence[int]]], out: Path) -> int:
     """Check every row's folder before anything runs (a folder that holds another row's settings is refused with a
     ``ValueError`` naming them, before hours of other rows); returns how many tasks are left over all rows."""
     from mattergen_lab.campaign import CampaignFolder, CampaignSpec, plan
 
     left = 0
-    for v in variants:
-        for n in args.steps:
+    for v, steps in grid:
+        for n in steps:
             spec = CampaignSpec.from_dict(bench_quality.campaign_spec(_row_args(args, v, n), n))
             folder = CampaignFolder(row_folder(out, v, n) / "campaign")
             folder.prepare(spec)
@@ -202,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default="mgl_mp20_small")
     parser.add_argument("--steps", type=_steps_list, default=list(DEFAULT_STEPS),
                         help="comma-separated sampler step counts (default: 1000,400,200,100,50)")
-    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
-                        help="a sampler variant to run besides the default (repeatable), e.g. n_corrector_steps=0")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE][@STEPS]",
+                        help="a sampler variant to run besides the default (repeatable), e.g. n_corrector_steps=0; "
+                        "@100,50: only at those of --steps")
     parser.add_argument("--num-samples", type=int, default=128, help="crystals per row (N)")
     bench_quality.add_campaign_arguments(parser, out="runs/bench_steps")
     return parser
@@ -215,9 +237,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.num_samples < 1 or args.workers < 1:
         parser.error("--num-samples and --workers must be >= 1")
     try:
-        variants = [{}] + [parse_variant(v) for v in args.variant]
+        grid = [({}, list(args.steps))] + [parse_variant_steps(v, args.steps) for v in args.variant]
     except ValueError as exc:
         parser.error(str(exc))
+    variants = [v for v, _ in grid]
     labels = [variant_label(v) for v in variants]
     if len(set(labels)) != len(labels):
         parser.error(f"--variant: the same sampler is given twice ({labels})")
@@ -233,11 +256,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           flush=True)
     import ray
 
-    left = prepare_rows(args, variants, out)
+    left = prepare_rows(args, grid, out)
     print(f"{left} campaign task(s) to run", flush=True)
     started = _init_ray(args) if left else False
     try:
-        rows = [run_row(args, v, n, out) for v in variants for n in args.steps]
+        rows = [run_row(args, v, n, out) for v, steps in grid for n in steps]
     finally:
         if started:
             ray.shutdown()
@@ -253,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "steps": args.steps,
         "samplers": {variant_label(v): v for v in variants},
+        "sampler_steps": {variant_label(v): steps for v, steps in grid},
         "relax_budget": rows[0]["relax_budget"],
         "reference_row": {"sampler": ref["sampler"], "num_steps": ref["num_steps"]} if ref else None,
         "machine": info,

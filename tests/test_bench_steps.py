@@ -37,6 +37,21 @@ def test_variants_are_parsed_validated_and_named():
         bs.main(["--variant", "coord_snr=0.2", "--variant", "coord_snr=0.20"])
 
 
+def test_a_variant_can_run_at_some_of_the_step_counts_only():
+    steps = [1000, 100, 50]
+    assert bs.parse_variant_steps("predictor=ode", steps) == ({"predictor": "ode"}, [1000, 100, 50])
+    assert bs.parse_variant_steps("predictor=ode,n_corrector_steps=0@100,50", steps) == (
+        {"n_corrector_steps": 0, "predictor": "ode"}, [100, 50])
+    for text, message in [("predictor=ode@200", "step count(s) [200] are not in --steps [1000, 100, 50]"),
+                          ("predictor=ode@", "after '@' comes a comma-separated list of step counts"),
+                          ("predictor=ode@ten", "after '@' comes"), ("n_corrector_steps=1@100", "is the default sampler")]:
+        with pytest.raises(ValueError) as info:
+            bs.parse_variant_steps(text, steps)
+        assert message in str(info.value)
+    with pytest.raises(SystemExit):  # refused by the parser before any row runs
+        bs.main(["--steps", "100,50", "--variant", "predictor=ode@400"])
+
+
 def _row(sampler: dict, steps: int, sun: float, rmsd: float) -> dict:
     metrics = {"structural_validity_pct": 100.0, "compositional_validity_pct": 80.0, "stable_pct": 50.0, "sun_pct": sun,
                "mean_rmsd_angstrom": rmsd, "relaxations": {"converged": 3, "max_steps": 1, "timeout": 0, "exploded": 0, "failed": 0}}
