@@ -252,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     info = bench_quality.machine_info()
     print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, "
-          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}; rows: {labels} × {args.steps} steps, N = {args.num_samples}",
+          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}; rows: "
+          f"{', '.join(f'{label} × {steps}' for label, (_, steps) in zip(labels, grid))} steps, N = {args.num_samples}",
           flush=True)
     import ray
 
