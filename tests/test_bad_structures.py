@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from mattergen_lab.crystal import structure_from_cif
+from mattergen_lab.structure_io import structure_from_cif
 from mattergen_lab.evaluation.validity import check_structure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_bad_cifs_are_refused_naming_the_value(case, tmp_path):
     with zipfile.ZipFile(tmp_path / "cifs.zip", "w") as zf:
         zf.writestr(f"cifs/{case}.cif", text)
     out = refusals(tmp_path, {
-        "structure_from_cif": f"from mattergen_lab.crystal import structure_from_cif; structure_from_cif({text!r}, name='row 3')",
+        "structure_from_cif": f"from mattergen_lab.structure_io import structure_from_cif; structure_from_cif({text!r}, name='row 3')",
         "read_structures": f"from mattergen_lab.evaluation import read_structures; read_structures({str(folder)!r})",
         "read_zip": f"from mattergen_lab.evaluation import read_structures; read_structures({str(tmp_path / 'cifs.zip')!r})",
         "evaluate_path": f"from mattergen_lab.evaluation import evaluate_path; evaluate_path({str(folder)!r}, **EVAL)",
@@ -327,7 +327,7 @@ def test_a_relaxation_that_ends_in_nan_keeps_no_relaxed_structure(tmp_path):
 
 # ------------------------------------------------------------------------------------------- the check itself
 def test_check_structure_input_accepts_real_cells_and_names_each_problem():
-    from mattergen_lab.crystal import check_structure_input
+    from mattergen_lab.structure_io import check_structure_input
 
     good = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     check_structure_input(good, name="rock salt")

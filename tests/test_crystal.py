@@ -5,14 +5,8 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from mattergen_lab.crystal import (
-    CrystalBatch,
-    lattice_to_params,
-    polar_symmetric,
-    standardize_structure,
-    structure_from_cif,
-    warn_if_too_large,
-)
+from mattergen_lab.crystal import CrystalBatch, lattice_to_params, polar_symmetric, warn_if_too_large
+from mattergen_lab.structure_io import standardize_structure, structure_from_cif
 
 
 @pytest.fixture

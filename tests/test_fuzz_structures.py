@@ -105,7 +105,7 @@ import pandas as pd
 from ase.calculators.calculator import Calculator, all_changes
 from ase.io import read as ase_read
 from pymatgen.core import Element, Structure
-from mattergen_lab.crystal import structure_from_cif, structure_to_cif
+from mattergen_lab.structure_io import structure_from_cif, structure_to_cif
 from mattergen_lab.design import export_candidates
 from mattergen_lab.evaluation import evaluate_structures
 from mattergen_lab.evaluation.evaluate import read_structures

@@ -29,7 +29,7 @@ from typing import Any
 
 from mattergen_lab.campaign.spec import Arm, CampaignSpec
 from mattergen_lab.campaign.tasks import task_file_name
-from mattergen_lab.crystal import structure_to_cif
+from mattergen_lab.structure_io import structure_to_cif
 from mattergen_lab.fileio import append_jsonl, atomic_write_text, read_jsonl
 
 

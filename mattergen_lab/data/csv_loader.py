@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mattergen_lab.constants import MAX_ATOMIC_NUM
-from mattergen_lab.crystal import standardize_structure, structure_from_cif
+from mattergen_lab.structure_io import standardize_structure, structure_from_cif
 from mattergen_lab.data.container import CrystalDataset, ParseFailure
 from mattergen_lab.data.paths import default_cache_dir
 
@@ -239,8 +239,8 @@ def load_csv(
 ) -> CrystalDataset:
     """Load a CSV with a ``cif`` column (and optionally ``material_id`` and property columns).
 
-    Each CIF is parsed with :func:`~mattergen_lab.crystal.structure_from_cif` and, if ``standardize``,
-    reduced with :func:`~mattergen_lab.crystal.standardize_structure` (primitive + Niggli), as MatterGen's
+    Each CIF is parsed with :func:`~mattergen_lab.structure_io.structure_from_cif` and, if ``standardize``,
+    reduced with :func:`~mattergen_lab.structure_io.standardize_structure` (primitive + Niggli), as MatterGen's
     ``csv-to-dataset`` does. Rows that cannot be parsed are skipped and recorded in ``dataset.failures``
     (with their 0-based data-row number, ``material_id`` and reason) and a warning is logged.
 

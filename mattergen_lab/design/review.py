@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mattergen_lab.crystal import check_structure_input
+from mattergen_lab.structure_io import check_structure_input
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

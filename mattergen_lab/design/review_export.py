@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mattergen_lab.crystal import structure_to_cif
+from mattergen_lab.structure_io import structure_to_cif
 
 if TYPE_CHECKING:  # pragma: no cover
     import zipfile

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mattergen_lab.crystal import check_structure_input, structure_to_cif
+from mattergen_lab.structure_io import check_structure_input, structure_to_cif
 from mattergen_lab.evaluation.inputs import (  # noqa: F401 - re-exported: the names of the former single module
     _INPUT_CHECK,
     STRUCTURE_SUFFIXES,
@@ -112,7 +112,7 @@ def evaluate_structures(
 
     Args:
         structures: pymatgen structures (ordered). Each must pass
-            :func:`~mattergen_lab.crystal.check_structure_input`: one with no atoms, a NaN or infinite value, a
+            :func:`~mattergen_lab.structure_io.check_structure_input`: one with no atoms, a NaN or infinite value, a
             zero volume or a dummy element stops the run before anything is loaded or relaxed (``ValueError``
             naming it). Any density is evaluated (see ``plausible_density``).
         ids: one name per structure (default ``"0"``, ``"1"``, ...).

@@ -1,6 +1,6 @@
 """Reading the structures to evaluate: :func:`read_structures` (a folder, a zip of CIFs, or a structure file).
 
-Every structure read passes :func:`~mattergen_lab.crystal.check_structure_input` with :data:`_INPUT_CHECK`
+Every structure read passes :func:`~mattergen_lab.structure_io.check_structure_input` with :data:`_INPUT_CHECK`
 (everything but the volume per atom), which :func:`~mattergen_lab.evaluation.evaluate.evaluate_structures`
 applies to structures given directly too.
 """
@@ -13,13 +13,13 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mattergen_lab.crystal import check_cif_cell, check_structure_input
+from mattergen_lab.structure_io import check_cif_cell, check_structure_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
 
 STRUCTURE_SUFFIXES = (".cif", ".extxyz", ".xyz", ".vasp", ".poscar")
-#: What :func:`~mattergen_lab.crystal.check_structure_input` checks of evaluated structures: everything but the
+#: What :func:`~mattergen_lab.structure_io.check_structure_input` checks of evaluated structures: everything but the
 #: volume per atom. Generated crystals are evaluated whatever their density (the ``plausible_density`` column
 #: flags it): a lightly trained model's samples reach 1e6 Å³/atom (the bundled chemical-system adapter at 4
 #: steps: 1 in 32), and refusing them would stop a whole run or campaign task and change the metrics'
@@ -30,7 +30,7 @@ _INPUT_CHECK = {"volume_per_atom": None}
 
 def _structure_from_text(text: str, fmt: str, label: str) -> Structure:
     """One structure from CIF or POSCAR text; ``ValueError`` starting with ``label`` for anything
-    :func:`~mattergen_lab.crystal.check_structure_input` (or, for a CIF, ``check_cif_cell``) refuses."""
+    :func:`~mattergen_lab.structure_io.check_structure_input` (or, for a CIF, ``check_cif_cell``) refuses."""
     from pymatgen.core import Structure
 
     if fmt == "cif":
@@ -75,7 +75,7 @@ def read_structures(path: str | os.PathLike) -> list[tuple[str, Structure]]:
 
     Ids are file stems (``gen_0.cif`` → ``gen_0``) or ``<stem>-<frame>`` for multi-frame files. Raises
     ``ValueError`` naming the offending file (and frame) for an unreadable file, for a structure
-    :func:`~mattergen_lab.crystal.check_structure_input` refuses (no atoms, NaN or infinite coordinates or lattice,
+    :func:`~mattergen_lab.structure_io.check_structure_input` refuses (no atoms, NaN or infinite coordinates or lattice,
     a zero volume, a dummy element; any volume per atom is read), for bad CIF cell parameters, and for an input
     with no structures.
     """

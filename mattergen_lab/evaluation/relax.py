@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mattergen_lab.constants import MIN_VOLUME_PER_ATOM
-from mattergen_lab.crystal import INPUT_VOLUME_PER_ATOM
+from mattergen_lab.structure_io import INPUT_VOLUME_PER_ATOM
 from mattergen_lab.forcefields import (
     MATTERSIM_DEFAULT_WEIGHTS,
     cell_filter,
@@ -128,7 +128,7 @@ def prepare_structure(structure: Structure, config: RelaxConfig) -> tuple[Struct
 
     Refused (second item not ``None``): more atoms than ``config.max_atoms`` (status ``failed``), a start
     denser than ``config.min_volume_per_atom`` (status ``exploded``), or one sparser than any physical density
-    (over :data:`~mattergen_lab.crystal.INPUT_VOLUME_PER_ATOM`'s 1e5 Å³/atom, status ``failed``).
+    (over :data:`~mattergen_lab.structure_io.INPUT_VOLUME_PER_ATOM`'s 1e5 Å³/atom, status ``failed``).
     """
     n = len(structure)
     if n > config.max_atoms:

@@ -62,13 +62,13 @@ def space_group(structure: Structure, symprec: float = SYMPREC, angle_tolerance:
         angle_tolerance: angle tolerance in degrees (default 5).
 
     Raises:
-        ValueError: bad tolerances, a structure :func:`~mattergen_lab.crystal.check_structure_input` refuses
+        ValueError: bad tolerances, a structure :func:`~mattergen_lab.structure_io.check_structure_input` refuses
             (no atoms, NaN or infinite values, which would crash spglib, a zero volume, a dummy element; any volume
             per atom is analysed), or spglib could not find the symmetry (the message says why).
     """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from mattergen_lab.crystal import check_structure_input
+    from mattergen_lab.structure_io import check_structure_input
 
     _check_tolerances(symprec, angle_tolerance)
     if not hasattr(structure, "lattice"):

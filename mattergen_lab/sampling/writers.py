@@ -139,8 +139,8 @@ def read_cif(path: Path) -> "Structure":
 
 
 def write_cif(path: Path, structure: "Structure") -> None:
-    """The Niggli-reduced cell (:func:`~mattergen_lab.crystal.structure_to_cif`: pymatgen reads it back)."""
-    from mattergen_lab.crystal import structure_to_cif
+    """The Niggli-reduced cell (:func:`~mattergen_lab.structure_io.structure_to_cif`: pymatgen reads it back)."""
+    from mattergen_lab.structure_io import structure_to_cif
 
     atomic_write_text(path, structure_to_cif(structure))
 

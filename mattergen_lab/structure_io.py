@@ -1,0 +1,188 @@
+"""Structures at the pipeline's boundary: the input check every structure passes, and CIF in and out.
+
+* :func:`check_structure_input` refuses what no part of the pipeline can handle (no atoms, NaN or infinite values,
+  a degenerate cell, a volume per atom outside :data:`INPUT_VOLUME_PER_ATOM`), naming the structure and the value;
+* :func:`structure_from_cif` / :func:`check_cif_cell` read a CIF with its cell checked first;
+  :func:`structure_to_cif` writes the Niggli-reduced cell so pymatgen and ASE read it back;
+* :func:`standardize_structure` is MatterGen's preprocessing (primitive cell, then Niggli).
+
+Batches of crystals as tensors are :class:`~mattergen_lab.crystal.CrystalBatch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+
+def standardize_structure(structure: "Structure") -> "Structure":
+    """MatterGen's preprocessing (spec §1.3): primitive cell, then Niggli reduction.
+
+    The symmetric polar lattice is applied to the batch afterwards (:meth:`CrystalBatch.symmetrize_lattice`).
+    """
+    return structure.get_primitive_structure().get_reduced_structure()
+
+
+#: Volume per atom (Å³/atom) outside which :func:`check_structure_input` refuses a structure. Nothing physical
+#: comes near either end (diamond, the densest solid at ambient pressure, has 5.7 Å³/atom; MP-20 spans 5.8-202;
+#: 1e5 Å³/atom is a 46 Å cube per atom); a cell beyond them is a unit or parsing error, or a collapsed or
+#: exploded sample. The plausibility flag for MP-20's range
+#: (:func:`mattergen_lab.evaluation.validity.density_plausibility`) is much tighter and separate: it refuses nothing.
+INPUT_VOLUME_PER_ATOM = (0.5, 1e5)
+
+
+def check_structure_input(
+    structure: Any, *, name: str = "structure", volume_per_atom: tuple[float, float] | None = INPUT_VOLUME_PER_ATOM
+) -> None:
+    """Refuse a structure no part of the pipeline can handle; call it wherever structures come in.
+
+    NaN or infinite values make spglib crash the interpreter (SIGSEGV) and pymatgen's neighbour search and the
+    force fields return nonsense or hang, so they must be stopped before any of those sees them. Raises
+    ``ValueError`` starting with ``name`` and naming the bad value for:
+
+    * no atoms;
+    * a non-finite lattice entry, fractional or Cartesian coordinate;
+    * a lattice volume that is zero or not finite (linearly dependent lattice vectors);
+    * a site that is not a chemical element (pymatgen's dummy species, e.g. ``Xx`` or ``X0+`` from a CIF);
+    * a volume per atom outside ``volume_per_atom`` (Å³/atom, default :data:`INPUT_VOLUME_PER_ATOM`).
+
+    A left-handed lattice (negative determinant) is accepted: it is the same crystal. Works on an ordered or
+    disordered pymatgen ``Structure``; anything else is refused. ``volume_per_atom=None`` skips the range, for
+    code that must handle generated crystals of any density: the evaluation readers and
+    :func:`~mattergen_lab.evaluation.evaluate.evaluate_structures` (a lightly trained model's samples reach 1e6
+    Å³/atom, an untrained one's 1e10), the export and the space-group oracle (spglib analyses them without harm).
+    :func:`structure_from_cif`, which reads datasets, applies it.
+    """
+    if not (hasattr(structure, "lattice") and hasattr(structure, "frac_coords") and hasattr(structure, "sites")):
+        raise ValueError(f"{name}: expected a pymatgen Structure, got {type(structure).__name__}")
+    n = len(structure)
+    if n == 0:
+        raise ValueError(f"{name}: the structure has no atoms")
+    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f"{name}: non-finite lattice {matrix.tolist()} (Å, rows are the lattice vectors)")
+    for kind, coords in (("fractional", structure.frac_coords), ("Cartesian", structure.cart_coords)):
+        coords = np.asarray(coords, dtype=float).reshape(n, 3)
+        bad = np.flatnonzero(~np.all(np.isfinite(coords), axis=1))
+        if len(bad):
+            i = int(bad[0])
+            more = f" ({len(bad)} sites in all)" if len(bad) > 1 else ""
+            raise ValueError(f"{name}: site {i} ({structure[i].species_string}) has non-finite {kind} coordinates "
+                             f"{coords[i].tolist()}{more}")
+    volume = abs(float(np.linalg.det(matrix)))
+    if not (math.isfinite(volume) and volume > 0):
+        raise ValueError(f"{name}: the lattice volume is {volume:.3g} Å³ (lattice {matrix.tolist()})")
+    from pymatgen.core.periodic_table import DummySpecies, Element
+
+    for i, site in enumerate(structure):
+        for sp in site.species:
+            if isinstance(sp, DummySpecies) or not isinstance(getattr(sp, "element", sp), Element):
+                symbol = getattr(sp, "symbol", str(sp))
+                raise ValueError(f"{name}: site {i} is {symbol!r} ({sp}), not a chemical element")  # noqa: TRY004
+    if volume_per_atom is None:
+        return
+    lo, hi = volume_per_atom
+    per_atom = volume / n
+    if not lo <= per_atom <= hi:
+        raise ValueError(f"{name}: {per_atom:.3g} Å³/atom is outside the physical range {lo:g}-{hi:g} Å³/atom "
+                         f"(volume {volume:.4g} Å³, {n} atom{'s' if n != 1 else ''})")
+
+
+_CIF_CELL_ITEM = re.compile(r"^[ \t]*(_cell[._](?:length_[abc]|angle_(?:alpha|beta|gamma)))[ \t]+(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def check_cif_cell(cif: str, *, name: str = "<cif>") -> None:
+    """Refuse a CIF whose cell lengths are not positive finite numbers or whose angles are outside (0°, 180°).
+
+    These are checked in the text because parsing hides them: pymatgen turns a negative length into a positive one
+    (the primitive cell) or a left-handed lattice, and a NaN into a structure full of NaN (or into "no
+    structures"). ``ValueError`` starts with ``name``. Unreadable values (``?``, words) are left to the parser.
+    """
+    for match in _CIF_CELL_ITEM.finditer(cif):
+        tag, raw = match.group(1), match.group(2)
+        text = re.sub(r"\(\d+\)$", "", raw.strip("'\""))  # 5.431(2): a standard uncertainty
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        if "length" in tag.lower():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: {tag} = {raw} is not a positive cell length (Å)")
+        elif not (math.isfinite(value) and 0 < value < 180):
+            raise ValueError(f"{name}: {tag} = {raw} is not a cell angle between 0 and 180 degrees")
+
+
+def structure_from_cif(cif: str, *, name: str = "<cif>", primitive: bool = True) -> "Structure":
+    """Parse one CIF string into a (by default primitive, Niggli-reduced) structure.
+
+    A bad CIF raises ``ValueError`` starting with ``CIF {name}:`` (``could not parse CIF {name}`` when pymatgen
+    cannot read it): bad cell parameters (:func:`check_cif_cell`) and structures :func:`check_structure_input`
+    refuses are stopped before the primitive cell is searched.
+    """
+    from pymatgen.io.cif import CifParser
+
+    check_cif_cell(cif, name=f"CIF {name}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parser = None
+        try:
+            parser = CifParser.from_str(cif)
+            structures = parser.parse_structures(primitive=False)
+        except Exception as exc:  # pymatgen raises many types for bad CIFs
+            why = "; ".join(w.replace("\n", " ") for w in getattr(parser, "warnings", [])[:2])
+            raise ValueError(f"could not parse CIF {name}: {type(exc).__name__}: {exc}" + (f" ({why})" if why else "")) from exc
+        if not structures:
+            raise ValueError(f"could not parse CIF {name}: no structure found")
+        structure = structures[0]
+        check_structure_input(structure, name=f"CIF {name}")
+        if primitive:  # what parse_structures(primitive=True) does, once the structure is known to be sane
+            try:
+                if parser.feature_flags.get("magcif"):
+                    structure = structure.get_primitive_structure(use_site_props=True)
+                else:
+                    structure = structure.get_primitive_structure().get_reduced_structure()
+            except Exception as exc:  # turned into a clear message
+                raise ValueError(f"CIF {name}: no primitive cell found ({type(exc).__name__}: {exc})") from exc
+    return structure
+
+
+#: pymatgen's CIF reader refuses a cell whose (100), (010) or (001) planes are closer than this (Å).
+PYMATGEN_CIF_MIN_THICKNESS = 0.01
+
+
+def structure_to_cif(structure: "Structure", *, symprec: float | None = None, angle_tolerance: float = 5.0) -> str:
+    """CIF text of ``structure``'s Niggli-reduced cell: the one CIF writer, so every CIF reads back.
+
+    pymatgen's CIF reader refuses a cell whose lattice planes are less than 0.01 Å apart, and a nearly flat cell
+    written with 8 decimals can come back as impossible parameters; generated cells can be that flat (one of 16
+    samples of the bundled model: 94 Å long, 0.017 Å thick) while their Niggli-reduced cell, the same crystal, is
+    not. With ``symprec`` the CIF is symmetrized by spglib (pymatgen's ``CifWriter``). A cell that stays too thin
+    even when reduced (a lattice vector shorter than ~0.01 Å) is written, with a warning in the log.
+    """
+    from pymatgen.io.cif import CifWriter
+
+    reduced = structure
+    for algo in ("niggli", "LLL"):
+        try:
+            reduced = structure.get_reduced_structure(reduction_algo=algo)
+            break
+        except Exception as exc:  # noqa: BLE001 - an odd cell is still written, reduced or not
+            log.debug("%s reduction of %s failed: %s", algo, structure.composition.reduced_formula, exc)
+    lat = reduced.lattice
+    thickness = min(lat.d_hkl(hkl) for hkl in ((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    if not thickness >= PYMATGEN_CIF_MIN_THICKNESS:
+        log.warning("the cell of %s is %.3g Å thin even when reduced: pymatgen will not read its CIF back",
+                    structure.composition.reduced_formula, thickness)
+    if symprec is None:
+        return str(CifWriter(reduced))
+    return str(CifWriter(reduced, symprec=symprec, angle_tolerance=angle_tolerance))
