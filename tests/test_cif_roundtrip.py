@@ -3,7 +3,7 @@
 The writers: ``sample_to_dir``'s ``cifs/gen_*.cif`` (:func:`mattergen_lab.sampling.writers.write_cif`), the relaxed
 CIFs of a resumable evaluation (``relaxed/<id>.cif``), a campaign folder's ``cifs/`` and ``relaxed/``, and the
 symmetrized and P1 CIFs of a synthesis-review export. They all go through
-:func:`mattergen_lab.crystal.structure_to_cif`, which writes the Niggli-reduced cell: pymatgen's reader refuses
+:func:`mattergen_lab.structure_io.structure_to_cif`, which writes the Niggli-reduced cell: pymatgen's reader refuses
 a cell whose lattice planes are closer than 0.01 Å, which generated cells can be (one of 16 samples of the
 bundled model below was 94 Å long and 0.017 Å thin); the reduced cell of the same crystal is not.
 """
@@ -85,7 +85,7 @@ def test_structure_to_cif_writes_the_reduced_cell_of_a_flat_one(tmp_path):
     """pymatgen refuses the CIF of the flat cell as it is (what the writers wrote before); structure_to_cif reads back."""
     from pymatgen.io.cif import CifWriter
 
-    from mattergen_lab.crystal import structure_to_cif
+    from mattergen_lab.structure_io import structure_to_cif
 
     flat = awkward_cells()["flat_94A_by_0.017A"]
     with warnings.catch_warnings():
@@ -162,6 +162,32 @@ def test_export_cifs_read_back(cells, tmp_path):
             assert_reads_back(out / f, s, same_cell_size=False)
             n_sym += 1
     assert n_sym >= len(cells) - 2  # spglib may refuse a cell or two; the P1 CIF is there for every one
+
+
+def test_a_cell_symmetric_only_within_symprec_exports_a_symmetrized_cif_with_its_composition(tmp_path):
+    """A CaAl2 the bundled model generated (Cm at 0.1 Å): pymatgen's CifWriter, given it straight, wrote a CIF
+    that reads back as Ca6Al16; the export writes spglib's refined cell, which reads back as CaAl2."""
+    from pymatgen.io.cif import CifWriter
+
+    from mattergen_lab.design import export_candidates
+
+    lattice = [[5.79001555, 0.0, -1.23266056], [1.54837548, 3.93958169, -1.85757128], [0.0, 0.0, 5.92281935]]
+    frac = [[0.33264482, 0.51560706, 0.13379984], [0.78648484, 0.51681376, 0.58645624], [0.73201609, 0.83874089, 0.18406875],
+            [0.21392149, 0.85608619, 0.69950789], [0.63109100, 0.17799880, 0.76642758], [0.14257731, 0.17712745, 0.27912253]]
+    s = Structure(lattice, ["Al", "Al", "Ca", "Ca", "Al", "Al"], frac)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        naive = Structure.from_str(str(CifWriter(s.get_reduced_structure(), symprec=0.1, angle_tolerance=5.0)), fmt="cif")
+    assert naive.composition.reduced_formula != "CaAl2"  # the writer's inconsistency this guards against
+    table = pd.DataFrame({"id": ["c0"], "formula": ["CaAl2"]})
+    path = export_candidates([s], table, tmp_path / "review.zip", report={}, symprec=0.1)
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(tmp_path / "out")
+        names = zf.namelist()
+    assert "c0_CaAl2_sym_symprec0.1.cif" in names
+    text = (tmp_path / "out" / "c0_CaAl2_sym_symprec0.1.cif").read_text()
+    assert "space group Cm (8)" in text
+    assert_reads_back(tmp_path / "out" / "c0_CaAl2_sym_symprec0.1.cif", s, same_cell_size=False)
 
 
 def test_export_relaxed_cifs_read_back(tmp_path):

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mattergen_lab.crystal import check_structure_input, structure_to_cif
+from mattergen_lab.structure_io import check_structure_input, structure_to_cif
 from mattergen_lab.fileio import atomic_write
 
 from mattergen_lab.design.requests import EXPORT_ANGLE_TOLERANCE, EXPORT_SYMPREC
@@ -63,12 +64,27 @@ def _safe_name(text: str) -> str:
 
 
 def _symmetrized_cif(structure: Structure, symprec: float) -> tuple[str, int | None]:
-    """``(CIF text, space group)`` symmetrized with spglib at ``symprec``; a comment states the tolerance."""
+    """``(CIF text, space group)`` symmetrized with spglib at ``symprec``; a comment states the tolerance.
+
+    The CIF holds spglib's refined cell (sites moved onto their symmetric positions, conventional setting), written
+    with its symmetry. Written straight from a cell that is only symmetric within ``symprec``, pymatgen's
+    ``CifWriter`` can list representatives whose orbits under the found operations do not match the grouped sites:
+    a generated CaAl2 (Cm at 0.1 Å) read back as Ca6Al16. The written text is read back, and a CIF whose
+    composition differs from the crystal's is refused (``ValueError``; the export keeps the P1 files and says so).
+    """
+    from pymatgen.core import Structure
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     sga = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE)
     sg = int(sga.get_space_group_number())
-    text = structure_to_cif(structure, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE)
+    refined = sga.get_refined_structure()
+    text = structure_to_cif(refined, symprec=symprec, angle_tolerance=EXPORT_ANGLE_TOLERANCE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back = Structure.from_str(text, fmt="cif").composition.reduced_composition
+    if back != structure.composition.reduced_composition:
+        raise ValueError(f"the CIF symmetrized at symprec={symprec} reads back as {back.formula}, not "
+                         f"{structure.composition.reduced_formula}")
     head = (f"# symmetrized with spglib: symprec={symprec} Å, angle_tolerance={EXPORT_ANGLE_TOLERANCE}°; "
             f"space group {sga.get_space_group_symbol()} ({sg})\n")
     return head + text, sg
@@ -124,7 +140,7 @@ def export_candidates(
     ``{id}_{formula}_POSCAR``. Plus ``report.csv`` (the table with the symmetrized space group and file
     names), ``report.json`` (``report`` + ``timestamp``, ``symprec``, ``angle_tolerance``, ``num_candidates``,
     ``candidates``) and ``report.html``. A failure leaves an existing ``path`` untouched. CIFs hold the
-    Niggli-reduced cell (:func:`~mattergen_lab.crystal.structure_to_cif`), so pymatgen and ASE read each back.
+    Niggli-reduced cell (:func:`~mattergen_lab.structure_io.structure_to_cif`), so pymatgen and ASE read each back.
 
     For synthesis review, per candidate: ``relaxed[i]`` (when evaluated) becomes ``{stem}_relaxed_P1.cif``;
     ``reviews[i]`` (:func:`~mattergen_lab.design.review.review_candidate`) adds ``{stem}_xrd.csv`` (2θ, intensity,
@@ -134,7 +150,7 @@ def export_candidates(
     inline, so it reads without Python.
 
     Raises:
-        ValueError: bad arguments, or a structure :func:`~mattergen_lab.crystal.check_structure_input` refuses
+        ValueError: bad arguments, or a structure :func:`~mattergen_lab.structure_io.check_structure_input` refuses
             (no atoms, NaN or infinite values, a zero volume, a dummy element; any volume per atom is exported),
             naming the candidate's id; nothing is written then.
     """
