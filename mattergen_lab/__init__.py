@@ -13,7 +13,7 @@ Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a modu
     4  checkpoints, training, testing   (registry and loading; the training loop; test helpers)
     3  model                            (GemNet-T score network, adapters, scale fitting)
     2  noise, data, forcefields         (diffusion processes; datasets; CHGNet/MatterSim calculators)
-    1  crystal, chemistry               (CrystalBatch; ChemicalSystem)
+    1  crystal, chemistry, structure_io (CrystalBatch; ChemicalSystem; input checks, CIF in/out)
     0  constants, config, fileio, caches
 """
 
