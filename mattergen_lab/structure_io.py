@@ -166,8 +166,14 @@ def structure_to_cif(structure: "Structure", *, symprec: float | None = None, an
     pymatgen's CIF reader refuses a cell whose lattice planes are less than 0.01 Å apart, and a nearly flat cell
     written with 8 decimals can come back as impossible parameters; generated cells can be that flat (one of 16
     samples of the bundled model: 94 Å long, 0.017 Å thick) while their Niggli-reduced cell, the same crystal, is
-    not. With ``symprec`` the CIF is symmetrized by spglib (pymatgen's ``CifWriter``). A cell that stays too thin
-    even when reduced (a lattice vector shorter than ~0.01 Å) is written, with a warning in the log.
+    not. A cell that stays too thin even when reduced (a lattice vector shorter than ~0.01 Å) is written, with a
+    warning in the log.
+
+    With ``symprec`` the CIF holds spglib's refined cell (sites moved onto their symmetric positions, conventional
+    setting) written with its symmetry. Given a cell that is symmetric only within ``symprec``, pymatgen's
+    ``CifWriter`` can list representatives whose orbits under the found operations do not match the grouped sites
+    (a generated CaAl2, Cm at 0.1 Å, read back as Ca6Al16), so the text is read back and ``ValueError`` raised if its
+    composition differs from the structure's.
     """
     from pymatgen.io.cif import CifWriter
 
@@ -185,4 +191,15 @@ def structure_to_cif(structure: "Structure", *, symprec: float | None = None, an
                     structure.composition.reduced_formula, thickness)
     if symprec is None:
         return str(CifWriter(reduced))
-    return str(CifWriter(reduced, symprec=symprec, angle_tolerance=angle_tolerance))
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    refined = SpacegroupAnalyzer(reduced, symprec=symprec, angle_tolerance=angle_tolerance).get_refined_structure()
+    text = str(CifWriter(refined, symprec=symprec, angle_tolerance=angle_tolerance))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back = Structure.from_str(text, fmt="cif").composition.reduced_composition
+    if back != structure.composition.reduced_composition:
+        raise ValueError(f"the CIF symmetrized at symprec={symprec} reads back as {back.formula}, not "
+                         f"{structure.composition.reduced_formula}")
+    return text
