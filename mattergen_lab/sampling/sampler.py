@@ -46,10 +46,13 @@ from mattergen_lab.sampling.inputs import (
     per_sample_allowed,
 )
 from mattergen_lab.sampling.writers import SampleDirWriter, plain
+from mattergen_lab.symmetry.constraint import SymmetryConstraint
+from mattergen_lab.symmetry.templates import WyckoffTemplate
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
     LatticeLangevinCorrector,
     LatticeODEPredictor,
+    StepOutput,
     MaskedTypeAncestralPredictor,
     WrappedAncestralPredictor,
     WrappedLangevinCorrector,
@@ -64,6 +67,14 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[CrystalBatch, torch.Tensor], ScoreOutput]
 
+
+
+def _symmetric(constraint: SymmetryConstraint, x: CrystalBatch, pos: StepOutput, cell: StepOutput
+               ) -> tuple[StepOutput, StepOutput]:
+    """A coordinate and a lattice step projected onto the batch's Wyckoff templates (the symmetric mode)."""
+    sample, mean = constraint.coords(x.frac_coords, pos.sample, pos.mean)
+    return StepOutput(sample=sample, mean=mean), StepOutput(sample=constraint.lattice(cell.sample),
+                                                            mean=constraint.lattice(cell.mean))
 
 
 class NumAtomsSampler(Protocol):
@@ -142,6 +153,7 @@ class PredictorCorrectorSampler:
         allowed_elements: AllowedElements = None,
         properties: dict[str, Any] | None = None,
         atom_types: torch.Tensor | Sequence[int] | None = None,
+        symmetry: Sequence[WyckoffTemplate] | None = None,
     ) -> Iterator[SamplerFrame]:
         """Denoise one batch, yielding frames as it goes (nothing is kept in memory).
 
@@ -158,6 +170,9 @@ class PredictorCorrectorSampler:
             atom_types: CSP only (a diffusion with ``fixed_atom_types``, which requires it): ``(N,)`` atomic
                 numbers, crystal after crystal; they are the types at every step and in the result (no type
                 predictor runs; ``allowed_elements`` is not used).
+            symmetry: the symmetric mode: one Wyckoff template per crystal (``num_atoms`` must be their
+                conventional-cell counts); the prior and every step are projected so each crystal keeps its
+                template exactly (:class:`~mattergen_lab.symmetry.constraint.SymmetryConstraint`).
         """
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"every={every!r} must be an integer >= 0")
@@ -179,9 +194,17 @@ class PredictorCorrectorSampler:
                 "(config.json diffusion.fixed_atom_types: true, e.g. mgl_mp20_small_csp); this one generates its own types"
             )
         fixed = fixed_types_tensor(atom_types, num_atoms, device) if csp else None
+        constraint = None
+        if symmetry is not None:
+            constraint = symmetry if isinstance(symmetry, SymmetryConstraint) else SymmetryConstraint(symmetry, device=device)
+            if constraint.num_atoms.tolist() != num_atoms.tolist():
+                raise ValueError(f"num_atoms={num_atoms.tolist()} but the templates {[str(t) for t in symmetry]} hold "
+                                 f"{constraint.num_atoms.tolist()} atoms")
+            if fixed is not None and not torch.equal(constraint.share_types(fixed), fixed):
+                raise ValueError("atom_types must give every atom of a Wyckoff orbit the same element")
         # Validation above runs eagerly; the loop below runs as the caller iterates.
         return self._denoise(num_atoms, generator=generator, every=every, dtype=dtype, device=device,
-                             allowed=allowed, properties=properties, fixed_types=fixed)
+                             allowed=allowed, properties=properties, fixed_types=fixed, constraint=constraint)
 
     def _denoise(
         self,
@@ -194,12 +217,16 @@ class PredictorCorrectorSampler:
         allowed: torch.Tensor,
         properties: dict[str, Any] | None,
         fixed_types: torch.Tensor | None = None,
+        constraint: SymmetryConstraint | None = None,
     ) -> Iterator[SamplerFrame]:
         b = len(num_atoms)
         properties = broadcast_properties(properties, b, dtype=dtype, device=device)
         x = self.diffusion.prior(num_atoms, generator=generator, dtype=dtype, device=device, properties=properties)
         if fixed_types is not None:  # CSP: the given types replace the all-MASK prior and never change
             x = x.replace(atom_types=fixed_types)
+        active = constraint is not None and constraint.start >= 1.0
+        if active:  # the prior restricted to the templates (sites uniform, lattice projected)
+            x = x.replace(frac_coords=constraint.init_coords(generator, dtype), lattice=constraint.lattice(x.lattice))
         batch_idx = x.batch_idx  # (N,)
         num_atoms = x.num_atoms
         ts = self.timesteps()
@@ -211,6 +238,10 @@ class PredictorCorrectorSampler:
         for i, t_now in enumerate(ts):
             last = i == n - 1
             s_now = 0.0 if last else ts[i + 1]
+            if constraint is not None and not active and t_now <= constraint.start:  # the constraint starts here
+                x = x.replace(frac_coords=constraint.snap(x.frac_coords).to(dtype), lattice=constraint.lattice(x.lattice),
+                              atom_types=constraint.share_types(x.atom_types))
+                active = True
             t = torch.full((b,), t_now, dtype=dtype, device=device)  # (B,)
             s = torch.full((b,), s_now, dtype=dtype, device=device)
 
@@ -221,16 +252,24 @@ class PredictorCorrectorSampler:
                 score_pos, score_cell = self.scores(out, x, t)
                 pos = self.coord_corrector.step(x.frac_coords, score_pos, **common)
                 cell = self.lattice_corrector.step(x.lattice, score_cell, **common)
+                if active:
+                    pos, cell = _symmetric(constraint, x, pos, cell)
                 x = x.replace(frac_coords=pos.sample, lattice=cell.sample)
 
             out = self.score_fn(x, t)
             score_pos, score_cell = self.scores(out, x, t)
             pos = self.coord_predictor.step(x.frac_coords, score_pos, **common)
             cell = self.lattice_predictor.step(x.lattice, score_cell, **common)
+            if active:
+                pos, cell = _symmetric(constraint, x, pos, cell)
             if fixed_types is None:
                 logits = mask_logits(out.atom_logits, allowed, batch_idx=batch_idx)
+                if constraint is not None:
+                    logits = constraint.pool_logits(logits)
                 types = self.type_predictor.step(x.atom_types, logits, **common)
                 type_sample, type_mean = types.sample, types.mean
+                if constraint is not None:
+                    type_sample, type_mean = constraint.share_types(type_sample), constraint.share_types(type_mean)
             else:
                 type_sample = type_mean = fixed_types
             x = x.replace(frac_coords=pos.sample, lattice=cell.sample, atom_types=type_sample)

@@ -1,0 +1,160 @@
+"""The symmetric sampling mode's batched constraint: every crystal of a batch keeps its Wyckoff template.
+
+:class:`SymmetryConstraint` is built from one :class:`~mattergen_lab.symmetry.templates.WyckoffTemplate` per crystal
+and applied by the sampler to the prior and after every predictor and corrector step, with no retraining:
+
+* **lattice**: the new lattice (sample and mean) is projected onto its crystal system's subspace of symmetric
+  matrices (:func:`~mattergen_lab.symmetry.groups.lattice_basis`), a linear orthogonal projection, so projected
+  Gaussian noise stays Gaussian in the subspace;
+* **coordinates**: the state is one representative ``r`` per orbit; atoms are ``R_i r + t_i``. A step's drift
+  (``mean − x``, wrapped) is pulled back to the representative, averaged over the orbit and projected onto the site
+  (:class:`~mattergen_lab.symmetry.groups.OrbitGeometry`): the orbit-average of the score. Its noise is the
+  representative atom's own noise, projected onto the site, so a free parameter keeps the noise scale of an atom
+  (averaging ``m`` independent noises would shrink it by ``√m``). Then every atom is rebuilt from ``r``, so the
+  crystal is exactly symmetric at every step;
+* **atom types**: the D3PM logits of an orbit are averaged over its atoms before the type step, and the orbit's
+  representative draws the type that all its atoms take.
+
+Method: DiffCSP++ (Jiao et al., ICLR 2024) diffuses Wyckoff free parameters and a crystal-system lattice basis;
+SymmCD (Levy et al., 2024) expands an asymmetric unit. Here the trained MatterGen network is used as it is and its
+update is projected onto the same subspaces (a projected predictor-corrector step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mattergen_lab.symmetry.groups import lattice_basis, orbit_geometry
+from mattergen_lab.symmetry.templates import WyckoffTemplate
+
+
+def _wrap(x: torch.Tensor) -> torch.Tensor:
+    """Differences of fractional coordinates into [−0.5, 0.5)."""
+    return x - torch.floor(x + 0.5)
+
+
+class SymmetryConstraint:
+    """Projections for one batch of crystals, crystal ``b`` following ``templates[b]`` (atoms crystal after crystal,
+    orbit after orbit, member 0 of each orbit its representative).
+
+    Attributes:
+        num_atoms: ``(B,)`` conventional-cell atom counts.
+        orbit: ``(N,)`` global orbit index of each atom; ``rep``: ``(O,)`` atom index of each orbit's representative.
+    """
+
+    def __init__(self, templates: Sequence[WyckoffTemplate], *, device: torch.device | str = "cpu",
+                 start: float = 1.0) -> None:
+        if not templates:
+            raise ValueError("SymmetryConstraint needs one template per crystal")
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 < start <= 1.0:
+            raise ValueError(f"start={start!r} must be in (0, 1]: the diffusion time from which the constraint holds")
+        self.start = float(start)
+        self.templates = [t if isinstance(t, WyckoffTemplate) else WyckoffTemplate.parse(t) for t in templates]
+        self.device = torch.device(device)
+        self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        rots, trans, orbit, rep, proj, lin, off = [], [], [], [], [], [], []
+        n = 0
+        for t in self.templates:
+            for letter in t.letters:
+                g = orbit_geometry(t.space_group, letter)
+                rots.append(torch.as_tensor(g.rotations))
+                trans.append(torch.as_tensor(g.translations))
+                orbit += [len(rep)] * g.multiplicity
+                rep.append(n)
+                proj.append(torch.as_tensor(g.site_projector))
+                lin.append(torch.as_tensor(g.site_linear))
+                off.append(torch.as_tensor(g.site_offset))
+                n += g.multiplicity
+        kw = {"dtype": self.dtype, "device": self.device}
+        self.rotations = torch.cat(rots).to(**kw)  # (N, 3, 3)
+        self.inverse_rotations = torch.linalg.inv(torch.cat(rots)).to(**kw)  # (N, 3, 3)
+        self.translations = torch.cat(trans).to(**kw)  # (N, 3)
+        self.orbit = torch.tensor(orbit, dtype=torch.long, device=self.device)  # (N,)
+        self.rep = torch.tensor(rep, dtype=torch.long, device=self.device)  # (O,)
+        self.site_projectors = torch.stack(proj).to(**kw)  # (O, 3, 3)
+        self._site_linear = torch.stack(lin).to(**kw)  # (O, 3, 3)
+        self._site_offset = torch.stack(off).to(**kw)  # (O, 3)
+        self.orbit_sizes = torch.bincount(self.orbit).to(self.dtype)  # (O,)
+        self.num_atoms = torch.tensor([t.num_atoms for t in self.templates], dtype=torch.long)  # (B,)
+        bases = []
+        for t in self.templates:
+            basis = torch.as_tensor(lattice_basis(t.crystal_system)).reshape(-1, 9)  # (K, 9)
+            bases.append(basis.T @ basis)  # (9, 9) projector on vec(L)
+        self._lattice_projectors = torch.stack(bases).to(**kw)  # (B, 9, 9)
+        self.representatives: torch.Tensor | None = None  # (O, 3), set by init_coords
+        grid = torch.tensor([-1.0, 0.0, 1.0])
+        self._shifts = torch.cartesian_prod(grid, grid, grid).to(**kw)  # (27, 3) lattice translations
+
+    # ------------------------------------------------------------------ building blocks
+    def expand(self, r: torch.Tensor) -> torch.Tensor:
+        """``(N, 3)`` atoms of every orbit from the representatives ``r`` (O, 3), wrapped into [0, 1)."""
+        x = torch.einsum("nij,nj->ni", self.rotations, r[self.orbit]) + self.translations
+        return torch.remainder(x, 1.0)
+
+    def project_displacement(self, d: torch.Tensor) -> torch.Tensor:
+        """``(O, 3)``: the orbit-average of the per-atom displacements ``d`` (N, 3), on each site."""
+        pulled = torch.einsum("nij,nj->ni", self.inverse_rotations, d.to(self.dtype))  # (N, 3)
+        mean = torch.zeros_like(self.site_projectors[:, 0]).index_add_(0, self.orbit, pulled)  # (O, 3)
+        mean = mean / self.orbit_sizes[:, None]
+        return torch.einsum("oij,oj->oi", self.site_projectors, mean)
+
+    def push(self, d_r: torch.Tensor) -> torch.Tensor:
+        """``(N, 3)``: a representative displacement (O, 3) carried to every atom of its orbit."""
+        return torch.einsum("nij,nj->ni", self.rotations, d_r[self.orbit])
+
+    # ------------------------------------------------------------------ what the sampler calls
+    def init_coords(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """Uniform random points of every site (the coordinate prior restricted to the template), ``(N, 3)``."""
+        u = torch.rand(len(self.rep), 3, generator=generator, device=generator.device, dtype=torch.float32)
+        u = u.to(device=self.device, dtype=self.dtype)
+        self.representatives = torch.remainder(torch.einsum("oij,oj->oi", self._site_linear, u) + self._site_offset, 1.0)
+        return self.expand(self.representatives).to(dtype)
+
+    def snap(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3)``: the symmetric configuration nearest to arbitrary positions ``x`` (N, 3), and the
+        representatives set to it. Each orbit's representative is the average of its atoms pulled back by their
+        operations (around the representative atom's own position), moved onto its site. Idempotent: a symmetric
+        ``x`` is returned as it is."""
+        x = x.to(self.dtype)
+        pulled = torch.einsum("nij,nj->ni", self.inverse_rotations, x - self.translations)  # (N, 3)
+        anchor = pulled[self.rep][self.orbit]  # (N, 3)
+        offsets = torch.zeros_like(self._site_offset).index_add_(0, self.orbit, _wrap(pulled - anchor))
+        r = pulled[self.rep] + offsets / self.orbit_sizes[:, None]  # (O, 3)
+        # onto the site: the site's plane through a point of it (its offset), among the lattice translates of r the
+        # one nearest to that plane (a site such as x, 2x, z is not closed under wrapping each coordinate)
+        d = r[:, None, :] - self._site_offset[:, None, :] - self._shifts  # (O, 27, 3)
+        on_site = torch.einsum("oij,okj->oki", self.site_projectors, d)  # (O, 27, 3)
+        best = (d - on_site).norm(dim=-1).argmin(dim=1)  # (O,)
+        r = self._site_offset + on_site[torch.arange(len(best)), best]
+        self.representatives = torch.remainder(r, 1.0)
+        return self.expand(self.representatives)
+
+    def coords(self, x: torch.Tensor, sample: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A coordinate step ``x → (sample, mean)`` made symmetric (see the module docstring); returns the new
+        ``(sample, mean)`` and moves the representatives to the sample."""
+        if self.representatives is None:
+            raise RuntimeError("init_coords must run before the first step")
+        drift = self.project_displacement(_wrap(mean - x))  # (O, 3)
+        noise = _wrap(sample - mean)[self.rep].to(self.dtype)  # (O, 3): each representative's own noise
+        noise = torch.einsum("oij,oj->oi", self.site_projectors, noise)
+        r_mean = torch.remainder(self.representatives + drift, 1.0)
+        r_sample = torch.remainder(r_mean + noise, 1.0)
+        self.representatives = r_sample
+        return self.expand(r_sample).to(x.dtype), self.expand(r_mean).to(x.dtype)
+
+    def lattice(self, lattice: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, 3)`` lattices projected onto each crystal's crystal-system subspace."""
+        flat = lattice.reshape(-1, 9).to(self.dtype)  # (B, 9)
+        return torch.einsum("bij,bj->bi", self._lattice_projectors, flat).reshape(-1, 3, 3).to(lattice.dtype)
+
+    def pool_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` type logits averaged over each orbit."""
+        total = torch.zeros(len(self.rep), logits.shape[1], dtype=logits.dtype, device=logits.device)
+        total.index_add_(0, self.orbit, logits)
+        return (total / self.orbit_sizes.to(logits)[:, None])[self.orbit]
+
+    def share_types(self, types: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` every atom takes its orbit representative's type."""
+        return types[self.rep][self.orbit]

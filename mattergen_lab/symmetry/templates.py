@@ -1,0 +1,238 @@
+"""Wyckoff templates (a space group and one Wyckoff letter per orbit) and how a request asks for them.
+
+A :class:`WyckoffTemplate` fixes everything symmetric about a crystal except its free parameters and its elements:
+``WyckoffTemplate(225, ("a", "b"))`` is rock salt's frame (4a + 4b, 8 atoms in the conventional cell). A
+:class:`SymmetrySpec` is what the user asks for, parsed once at the boundary:
+
+* a space group (``--space-group 225``): templates of that group as MP-20 has them, or, for a group MP-20 lacks
+  within the atom limit, random Wyckoff combinations of it (:func:`random_template`);
+* a crystal system (``--crystal-system cubic``): MP-20's templates of the groups of that system;
+* ``"mp20"`` (``--symmetry mp20``): MP-20's joint distribution of space group, Wyckoff letters and atom count.
+
+The MP-20 table (``mp20_templates.json`` beside this file) counts the templates of the MP-20 train structures with
+coordinates and of the val split (spglib, symprec 0.1 Å; built by :mod:`~mattergen_lab.symmetry.mp20_table`), and
+keeps the test split's space-group histogram as the reference for the χ² of generated crystals.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mattergen_lab.symmetry.groups import (
+    CRYSTAL_SYSTEMS,
+    check_crystal_system,
+    check_space_group,
+    crystal_system,
+    orbit_geometry,
+    wyckoff_letters,
+)
+
+TABLE_PATH = Path(__file__).with_name("mp20_templates.json")
+#: Most atoms in a template's conventional cell when none is given (MP-20's primitive cells hold at most 20; a
+#: centred conventional cell up to four times that; beyond 40 the 2-core sampling cost grows for few crystals).
+DEFAULT_MAX_ATOMS = 40
+MAX_TEMPLATE_ATOMS = 200  # the sampler's atom limit per crystal
+
+
+@dataclass(frozen=True)
+class WyckoffTemplate:
+    """A space group and one Wyckoff letter per orbit (``ValueError`` names a letter the group lacks)."""
+
+    space_group: int
+    letters: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "space_group", check_space_group(self.space_group))
+        letters = tuple(self.letters) if not isinstance(self.letters, str) else tuple(self.letters)
+        if not letters:
+            raise ValueError(f"a Wyckoff template needs at least one orbit (space group {self.space_group})")
+        known = wyckoff_letters(self.space_group)
+        for letter in letters:
+            if letter not in known:
+                raise ValueError(f"Wyckoff letter {letter!r} does not exist in space group {self.space_group}; "
+                                 f"it has {''.join(sorted(known))}")
+        fixed = [x for x in letters if orbit_geometry(self.space_group, x).dof == 0]
+        twice = sorted({x for x in fixed if fixed.count(x) > 1})
+        if twice:
+            raise ValueError(f"Wyckoff position(s) {twice} of space group {self.space_group} have no free parameter: "
+                             "each can hold one orbit only")
+        object.__setattr__(self, "letters", letters)
+
+    @property
+    def multiplicities(self) -> tuple[int, ...]:
+        table = wyckoff_letters(self.space_group)
+        return tuple(table[x] for x in self.letters)
+
+    @property
+    def num_atoms(self) -> int:
+        """Atoms in the conventional cell."""
+        return sum(self.multiplicities)
+
+    @property
+    def crystal_system(self) -> str:
+        return crystal_system(self.space_group)
+
+    def __str__(self) -> str:  # e.g. "225:ab"  (one character per orbit)
+        return f"{self.space_group}:{''.join(self.letters)}"
+
+    @classmethod
+    def parse(cls, text: str) -> "WyckoffTemplate":
+        """``"225:ab"`` → ``WyckoffTemplate(225, ("a", "b"))``."""
+        sg, _, letters = str(text).partition(":")
+        if not letters:
+            raise ValueError(f"template {text!r} must look like '225:ab' (space group, ':', one letter per orbit)")
+        try:
+            number = int(sg)
+        except ValueError:
+            raise ValueError(f"template {text!r}: {sg!r} is not a space-group number") from None
+        return cls(number, tuple(letters))
+
+
+@functools.lru_cache(maxsize=1)
+def mp20_table() -> dict:
+    """The packaged MP-20 template table (see the module docstring)."""
+    return json.loads(TABLE_PATH.read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def _mp20_templates(max_atoms: int) -> tuple[tuple[WyckoffTemplate, ...], np.ndarray]:
+    rows = [(WyckoffTemplate.parse(t), c) for t, c in mp20_table()["templates"].items()]
+    rows = [(t, c) for t, c in rows if t.num_atoms <= max_atoms]
+    return tuple(t for t, _ in rows), np.array([c for _, c in rows], dtype=np.float64)
+
+
+def reference_space_groups() -> dict[int, int]:
+    """MP-20 test split: ``{space group: count}`` (spglib, symprec 0.1 Å), the χ² reference."""
+    return {int(k): int(v) for k, v in mp20_table()["test_space_groups"].items()}
+
+
+def random_template(space_group: int, num_atoms: int, generator: torch.Generator, *, tries: int = 200) -> WyckoffTemplate:
+    """A random Wyckoff combination of ``space_group`` with exactly ``num_atoms`` atoms in the conventional cell.
+
+    Orbits are drawn one by one, more often from positions with more freedom; a position without free parameters is
+    used once at most. ``ValueError`` when no combination reaches ``num_atoms`` (e.g. 3 atoms in Fm-3m, whose
+    smallest orbits hold 4).
+    """
+    sg = check_space_group(space_group)
+    table = wyckoff_letters(sg)
+    letters = sorted(table)
+    for _ in range(tries):
+        chosen: list[str] = []
+        left = num_atoms
+        while left > 0:
+            options = [x for x in letters if table[x] <= left
+                       and not (orbit_geometry(sg, x).dof == 0 and x in chosen)]
+            if not options:
+                break
+            weights = torch.tensor([1.0 + orbit_geometry(sg, x).dof for x in options], dtype=torch.float64)
+            pick = options[int(torch.multinomial(weights, 1, generator=generator))]
+            chosen.append(pick)
+            left -= table[pick]
+        if left == 0:
+            return WyckoffTemplate(sg, tuple(chosen))
+    sizes = sorted(set(table.values()))
+    raise ValueError(f"no Wyckoff combination of space group {sg} holds {num_atoms} atoms (its orbits hold {sizes} "
+                     "atoms in the conventional cell); choose another atom count or group")
+
+
+@dataclass(frozen=True)
+class SymmetrySpec:
+    """What a request asks for: exactly one of ``space_group``, ``crystal_system``, ``source="mp20"`` or fixed
+    ``templates`` (one per crystal, or one for all). ``max_atoms`` bounds the conventional cells drawn."""
+
+    space_group: int | None = None
+    crystal_system: str | None = None
+    source: str | None = None
+    templates: tuple[WyckoffTemplate, ...] = ()
+    max_atoms: int = DEFAULT_MAX_ATOMS
+
+    def __post_init__(self) -> None:
+        given = [self.space_group is not None, self.crystal_system is not None, self.source is not None, bool(self.templates)]
+        if sum(given) != 1:
+            raise ValueError("a symmetry request names exactly one of space_group, crystal_system, source='mp20' or "
+                             "templates")
+        m = self.max_atoms
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_TEMPLATE_ATOMS:
+            raise ValueError(f"max_atoms={m!r} must be an integer in 1-{MAX_TEMPLATE_ATOMS}")
+        if self.space_group is not None:
+            object.__setattr__(self, "space_group", check_space_group(self.space_group))
+        if self.crystal_system is not None:
+            object.__setattr__(self, "crystal_system", check_crystal_system(self.crystal_system))
+        if self.source is not None and self.source != "mp20":
+            raise ValueError(f"symmetry={self.source!r}: the only template source is 'mp20'")
+        if self.templates:
+            tpl = tuple(t if isinstance(t, WyckoffTemplate) else WyckoffTemplate.parse(t) for t in self.templates)
+            big = [str(t) for t in tpl if t.num_atoms > MAX_TEMPLATE_ATOMS]
+            if big:
+                raise ValueError(f"template(s) {big} hold more than {MAX_TEMPLATE_ATOMS} atoms per crystal")
+            object.__setattr__(self, "templates", tpl)
+
+    @classmethod
+    def parse(cls, value: "SymmetrySpec | str | int | None", *, max_atoms: int | None = None) -> "SymmetrySpec | None":
+        """``None``; a space group (``225``, ``"225"``); a crystal system (``"cubic"``); ``"mp20"``; a template
+        (``"225:ab"``); or a spec."""
+        if value is None or isinstance(value, SymmetrySpec):
+            return value
+        extra = {} if max_atoms is None else {"max_atoms": max_atoms}
+        text = str(value).strip()
+        if isinstance(value, int) and not isinstance(value, bool) or text.isdigit():
+            return cls(space_group=int(text), **extra)
+        if ":" in text:
+            return cls(templates=(WyckoffTemplate.parse(text),), **extra)
+        if text.lower() == "mp20":
+            return cls(source="mp20", **extra)
+        if text.lower() in CRYSTAL_SYSTEMS:
+            return cls(crystal_system=text, **extra)
+        raise ValueError(f"symmetry={value!r} must be a space group (1-230), a crystal system {list(CRYSTAL_SYSTEMS)}, "
+                         "'mp20', or a template such as '225:ab'")
+
+    def to_dict(self) -> dict:
+        out: dict = {"max_atoms": self.max_atoms}
+        for key in ("space_group", "crystal_system", "source"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.templates:
+            out["templates"] = [str(t) for t in self.templates]
+        return out
+
+    def __str__(self) -> str:
+        if self.templates:
+            return ",".join(str(t) for t in self.templates)
+        return str(self.space_group or self.crystal_system or self.source)
+
+    def candidates(self) -> tuple[tuple[WyckoffTemplate, ...], np.ndarray]:
+        """MP-20 templates this spec draws from and their weights (empty for a group MP-20 lacks)."""
+        templates, counts = _mp20_templates(self.max_atoms)
+        if self.source == "mp20":
+            keep = np.ones(len(templates), dtype=bool)
+        elif self.crystal_system is not None:
+            numbers = CRYSTAL_SYSTEMS[self.crystal_system]
+            keep = np.array([t.space_group in numbers for t in templates])
+        elif self.space_group is not None:
+            keep = np.array([t.space_group == self.space_group for t in templates])
+        else:
+            return self.templates, np.ones(len(self.templates))
+        return tuple(t for t, k in zip(templates, keep) if k), counts[keep]
+
+    def draw(self, k: int, generator: torch.Generator, *, num_atoms: Sequence[int] | None = None) -> list[WyckoffTemplate]:
+        """``k`` templates drawn with ``generator`` (CPU). ``num_atoms``: one conventional-cell atom count per
+        crystal, for a space group that MP-20 lacks (random Wyckoff combinations of exactly that many atoms)."""
+        if self.templates:
+            if len(self.templates) not in (1, k):
+                raise ValueError(f"{len(self.templates)} templates for {k} crystals: give one, or one per crystal")
+            return list(self.templates) * k if len(self.templates) == 1 else list(self.templates)
+        templates, weights = self.candidates()
+        if not templates:
+            if self.space_group is None:
+                raise ValueError(f"MP-20 has no template of {self} within max_atoms={self.max_atoms}")
+            counts = num_atoms or [int(n) for n in torch.randint(4, self.max_atoms + 1, (k,), generator=generator)]
+            return [random_template(self.space_group, int(n), generator) for n in counts]
+        idx = torch.multinomial(torch.as_tensor(weights), k, replacement=True, generator=generator)
+        return [templates[int(i)] for i in idx]
