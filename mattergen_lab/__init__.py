@@ -11,7 +11,7 @@ Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a modu
     6  properties                       (oracles: HHI, symmetry, bulk modulus, magnetism; property sweeps)
     5  sampling                         (SamplingRequest, the predictor-corrector sampler, guidance)
     4  checkpoints, training, testing   (registry and loading; the training loop; test helpers)
-    3  model                            (GemNet-T score network, adapters, scale fitting)
+    3  model, symmetry                  (GemNet-T score network, adapters, scale fitting; Wyckoff templates, constraint)
     2  noise, data, forcefields         (diffusion processes; datasets; CHGNet/MatterSim calculators)
     1  crystal, chemistry, structure_io (CrystalBatch; ChemicalSystem; input checks, CIF in/out)
     0  constants, config, fileio, caches

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "constants": 0, "config": 0, "fileio": 0, "caches": 0,
     "crystal": 1, "chemistry": 1, "structure_io": 1,
-    "noise": 2, "data": 2, "forcefields": 2, "symmetry": 2,
-    "model": 3,
+    "noise": 2, "data": 2, "forcefields": 2,
+    "model": 3, "symmetry": 3,
     "checkpoints": 4, "training": 4, "testing": 4,
     "sampling": 5,
     "properties": 6,
