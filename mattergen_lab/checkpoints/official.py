@@ -18,7 +18,7 @@ from mattergen_lab.checkpoints.catalog import verify_sha256
 from mattergen_lab.checkpoints.safe_load import safe_torch_load
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.model.gemnet import OFFICIAL_UNUSED_KEY_PATTERNS, GemNetConfig
-from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint
+from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint, check_weights
 from mattergen_lab.model.score_model import ScoreModel
 
 OFFICIAL_PREFIX = "diffusion_module.model."
@@ -113,7 +113,9 @@ def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None
     if bad:
         raise ValueError(f"{ckpt_path}: state_dict entries are not tensors: {bad[:5]}")
     model = ScoreModel(gemnet_config)
-    model.load_state_dict(map_official_state_dict(state, model), strict=True)
+    mapped = map_official_state_dict(state, model)
+    check_weights(mapped, str(ckpt_path))
+    model.load_state_dict(mapped, strict=True)
     config = {
         "source": "official",
         "path": str(ckpt_path),
