@@ -89,7 +89,7 @@ def test_checkpoint_options_say_why_unavailable(mag_ckpt, tmp_path, monkeypatch)
     monkeypatch.setenv("MATTERGEN_LAB_CHECKPOINTS", str(tmp_path / "empty-cache"))
     assert design.checkpoint_properties(mag_ckpt) == ("dft_mag_density", "chemical_system")
     assert design.checkpoint_properties("dft_mag_density_hhi_score") == ("dft_mag_density", "hhi_score")
-    with pytest.raises(ValueError, match="neither an existing path nor a registry name"):
+    with pytest.raises(ValueError, match="'no-such-checkpoint' is not a registry name"):
         design.checkpoint_properties("no-such-checkpoint")
 
     opts = {o.value: o for o in design.checkpoint_options(["dft_band_gap"], paths=[mag_ckpt], online=False)}
