@@ -37,6 +37,8 @@ def check_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
     Called at the boundary, before any work: a file, ``/dev/null``, a read-only folder or file system is named
     at once instead of after a model or a reference hull has been loaded. The folder is created.
     """
+    if not str(path).strip():  # Path('') is the working directory: never what an empty --out meant
+        raise ValueError(f"{what}={str(path)!r} is empty; give an output folder")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what}={str(path)!r} exists and is not a folder; give a folder (new or existing)")
@@ -129,6 +131,8 @@ class FolderLock:
     """
 
     def __init__(self, folder: str | os.PathLike, what: str) -> None:
+        if not str(folder).strip():
+            raise ValueError(f"the {what} output folder {str(folder)!r} is empty; give an output folder")
         self.folder, self.what = Path(folder), what
         self.path = self.folder / LOCK_FILE
         self._fh: IO[str] | None = None

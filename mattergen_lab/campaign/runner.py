@@ -244,6 +244,8 @@ def run_campaign(
     """
     import ray
 
+    if not str(out).strip():  # '' would write into the working directory
+        raise ValueError(f"out={str(out)!r} is empty; give a campaign folder")
     spec = _as_spec(spec)
     if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
         raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
