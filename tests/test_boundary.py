@@ -108,7 +108,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ("evaluate_max_atoms_0", "max_atoms=0 must be an integer >= 1"),
     ("train_tpu", "device='tpu' is not a torch device"),
     ("finetune_cuda", "device='cuda"),
-    ("sample_out_read_only", "cannot write samples to"),
+    ("sample_out_read_only", "cannot be created ("),  # the output lock is taken first (issue 26)
     ("sample_bad_official_yaml", "is not valid YAML at line 2"),
     ("sample_meta_device", "device='meta' is not one this program runs on"),
     ("sample_5000_atoms", "num_atoms=5000 is more than MAX_ATOMS_PER_CRYSTAL=200"),
