@@ -325,3 +325,13 @@ def test_a_registry_with_yaml_aliases_is_refused(tmp_path):
             "checkpoints:\n  mine: {kind: bundled, description: x, properties: [], training_data: y, path: p}\n")
     with pytest.raises(ValueError, match=r"checkpoints.yaml is not valid YAML: YAML aliases \(\*a\) are not allowed"):
         parse_registry(text, base_dir=tmp_path)
+
+
+def test_an_official_condition_on_adapt_string_is_refused_not_read_letter_by_letter():
+    from mattergen_lab.checkpoints import official_gemnet_config
+
+    cfg = {"lightning_module": {"diffusion_module": {"model": {"gemnet": {"condition_on_adapt": "dft_band_gap"}}}}}
+    with pytest.raises(ValueError, match=r"gemnet.condition_on_adapt='dft_band_gap' must be a list, e.g. \['dft_band_gap'\]"):
+        official_gemnet_config(cfg)
+    cfg["lightning_module"]["diffusion_module"]["model"]["gemnet"]["condition_on_adapt"] = ["dft_band_gap"]
+    assert official_gemnet_config(cfg).condition_on_adapt == ("dft_band_gap",)

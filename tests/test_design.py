@@ -372,3 +372,8 @@ def test_export_refuses_disordered_and_oversized_candidates_and_names_the_target
     finally:
         locked.chmod(0o755)
     assert not (tmp_path / "r.zip").exists()
+
+
+def test_design_request_targets_must_be_a_mapping():
+    with pytest.raises(ValueError, match=r"targets='dft_band_gap=3' must be a mapping of property to value"):
+        design.DesignRequest(checkpoint="x", targets="dft_band_gap=3")
