@@ -377,3 +377,15 @@ def test_export_refuses_disordered_and_oversized_candidates_and_names_the_target
 def test_design_request_targets_must_be_a_mapping():
     with pytest.raises(ValueError, match=r"targets='dft_band_gap=3' must be a mapping of property to value"):
         design.DesignRequest(checkpoint="x", targets="dft_band_gap=3")
+
+
+def test_the_checkpoint_chooser_trusts_the_models_config_over_the_registry(tmp_path):
+    """Issue 26: an entry of checkpoints.yaml that claims a property its model does not condition on was offered."""
+    from mattergen_lab.checkpoints import registry
+
+    band_gap = registry()["mgl_mp20_small_dft_band_gap"]
+    reg = tmp_path / "checkpoints.yaml"
+    reg.write_text("checkpoints:\n  liar:\n    kind: bundled\n    description: x\n    properties: [hhi_score]\n"
+                   f"    training_data: y\n    path: {band_gap.path}\n    sha256: '{band_gap.sha256}'\n")
+    (liar,) = design.checkpoint_options(["hhi_score"], registry_path=reg, online=False)
+    assert not liar.available and "the registry entry is wrong" in liar.reason
