@@ -206,16 +206,13 @@ def _steps_list(text: str) -> list[int]:
 
 def _init_ray(args: argparse.Namespace) -> bool:
     """One local Ray for every row (each row's campaign reuses it), unless ``--address`` names a cluster."""
-    import logging
-
     import ray
+
+    from mattergen_lab.campaign.runner import init_ray
 
     if args.address or ray.is_initialized():
         return False
-    env = {k: os.environ[k] for k in ("MATTERGEN_LAB_DATA",) if k in os.environ}
-    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-             **({"runtime_env": {"env_vars": env}} if env else {}))
-    return True
+    return init_ray(None, args.workers)  # the campaign's local Ray: 127.0.0.1 only
 
 
 def build_parser() -> argparse.ArgumentParser:

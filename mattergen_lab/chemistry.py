@@ -62,6 +62,8 @@ class ChemicalSystem:
             if not text.strip():
                 raise ValueError(f"chemical system {text!r} is empty; write it like 'Li-Fe-O'")
             tokens: list[str | int] = [t for t in re.split(r"[\s,;\-]+", text.strip()) if t]
+            if not tokens:  # "-", ", ": separators only
+                raise ValueError(f"chemical system {text!r} names no element; write it like 'Li-Fe-O'")
         else:
             try:
                 tokens = list(text)

@@ -186,11 +186,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from mattergen_lab.sampling.frames import parse_sampler_text
     from mattergen_lab.sampling.request import validate_device
 
+    if not args.out.strip():  # '' would write into the working directory
+        raise ValueError(f"--out {args.out!r} is empty; give an output folder")
     conditions = {}
     for item in args.condition:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"--condition {item!r} must look like NAME=VALUE")
+        if name.strip() in conditions:  # one used to win silently
+            raise ValueError(f"--condition {name.strip()} is given twice ({conditions[name.strip()]!r} and "
+                             f"{value.strip()!r}); give each property once")
         conditions[name.strip()] = value.strip()
     sampler_settings = parse_sampler_text(args.sampler)
     bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)

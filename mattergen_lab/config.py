@@ -24,3 +24,22 @@ class PlainConfig:
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known keys are {sorted(known)}")
         return cls(**d)
+
+
+def load_yaml_without_aliases(text: str) -> Any:
+    """``yaml.safe_load`` that refuses anchors and aliases (``yaml.YAMLError`` naming the line).
+
+    An alias bomb (each line repeating the previous one ten times) expands a few hundred bytes into billions of
+    objects; nothing this project reads (campaign specs, ``checkpoints.yaml``) needs aliases, so they are refused.
+    """
+    import yaml
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not allowed here (line "
+                                     f"{event.start_mark.line + 1}); write the value out")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass

@@ -37,6 +37,8 @@ def check_writable_dir(path: str | os.PathLike, what: str = "out") -> Path:
     Called at the boundary, before any work: a file, ``/dev/null``, a read-only folder or file system is named
     at once instead of after a model or a reference hull has been loaded. The folder is created.
     """
+    if not str(path).strip():  # Path('') is the working directory: never what an empty --out meant
+        raise ValueError(f"{what}={str(path)!r} is empty; give an output folder")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what}={str(path)!r} exists and is not a folder; give a folder (new or existing)")
@@ -86,3 +88,138 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue
+
+
+# ------------------------------------------------------------------------------------------ one writer per folder
+LOCK_FILE = ".mattergen-lab.lock"
+
+
+class FolderBusyError(ValueError):
+    """Another live process is writing into the folder; the message names it."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and negative numbers name process groups, not a process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _holder_pid(text: str) -> int | None:
+    try:
+        pid = json.loads(text).get("pid")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
+class FolderLock:
+    """``with FolderLock(folder, "sample"):`` - this process is the folder's one writer until the block ends.
+
+    The lock is ``folder/.mattergen-lab.lock``, holding the writer's PID, host and command. Where ``fcntl`` exists
+    the file is also ``flock``-ed, so the kernel releases it when the process dies however it dies (SIGKILL
+    included) and a stale file is simply taken over; elsewhere a file whose PID is no longer alive is taken over.
+    A second writer (another process, or a second run in this one) gets :class:`FolderBusyError` naming the PID
+    that holds the folder. Readers (``campaign status``) need no lock.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str) -> None:
+        if not str(folder).strip():
+            raise ValueError(f"the {what} output folder {str(folder)!r} is empty; give an output folder")
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / LOCK_FILE
+        self._fh: IO[str] | None = None
+
+    def _busy(self, text: str) -> FolderBusyError:
+        try:
+            holder = json.loads(text)
+        except json.JSONDecodeError:
+            holder = {}
+        who = f"process {holder.get('pid', '?')}"
+        if holder.get("host"):
+            who += f" on {holder['host']}"
+        if holder.get("command"):
+            who += f" ({holder['what']}: {holder['command']})" if holder.get("what") else f" ({holder['command']})"
+        return FolderBusyError(f"{self.folder} is being written by {who}, which holds {self.path}; wait for it to "
+                               f"finish (or stop it), or give this {self.what} another output folder")
+
+    def acquire(self) -> "FolderLock":
+        import socket
+        import sys
+
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"{self.what} output {str(self.folder)!r} exists and is not a folder; give a folder")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{self.what} output {str(self.folder)!r} cannot be created ({exc.strerror or exc})") from None
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                             "command": " ".join(sys.argv)[:300]})
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): a PID file, taken over when its process is gone
+            fcntl = None  # type: ignore[assignment]
+        for _ in range(20):
+            if fcntl is None:
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    text = self.path.read_text(errors="replace") if self.path.exists() else ""
+                    pid = _holder_pid(text)
+                    if pid is not None and _pid_alive(pid):
+                        raise self._busy(text) from None
+                    self.path.unlink(missing_ok=True)  # stale: its writer died
+                    continue
+                self._fh = os.fdopen(fd, "w")
+            else:
+                try:
+                    fh = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is
+                except OSError as exc:
+                    raise ValueError(f"{self.what} output {str(self.folder)!r} cannot be written: {self.path} "
+                                     f"({exc.strerror or exc})") from None
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    fh.seek(0)
+                    text = fh.read()
+                    pid = _holder_pid(text)
+                    # held (EWOULDBLOCK); or a file system without flock (NFS): then the PID decides
+                    if isinstance(exc, BlockingIOError) or (pid not in (None, os.getpid()) and _pid_alive(pid)):
+                        fh.close()
+                        raise self._busy(text) from None
+                try:  # the file we locked must still be the one at the path (a releasing writer unlinks it)
+                    same = os.path.samestat(os.fstat(fh.fileno()), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    fh.close()
+                    continue
+                self._fh = fh
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.write(record + "\n")
+            self._fh.flush()
+            return self
+        raise FolderBusyError(f"{self.folder}: could not take {self.path} (other writers keep replacing it)")
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still locked: the next writer locks a fresh file
+        finally:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -85,10 +85,15 @@ def check_structure_input(
     from pymatgen.core.periodic_table import DummySpecies, Element
 
     for i, site in enumerate(structure):
-        for sp in site.species:
+        for sp, occupancy in site.species.items():
             if isinstance(sp, DummySpecies) or not isinstance(getattr(sp, "element", sp), Element):
                 symbol = getattr(sp, "symbol", str(sp))
                 raise ValueError(f"{name}: site {i} is {symbol!r} ({sp}), not a chemical element")  # noqa: TRY004
+            if not (math.isfinite(occupancy) and occupancy > 0):
+                raise ValueError(f"{name}: site {i} ({sp}) has occupancy {occupancy!r}; it must be in (0, 1]")
+        total = sum(site.species.values())
+        if total > 1 + OCCUPANCY_TOLERANCE:
+            raise ValueError(f"{name}: the occupancies of site {i} ({site.species_string}) sum to {total:g} > 1")
     if volume_per_atom is None:
         return
     lo, hi = volume_per_atom
@@ -96,6 +101,10 @@ def check_structure_input(
     if not lo <= per_atom <= hi:
         raise ValueError(f"{name}: {per_atom:.3g} Å³/atom is outside the physical range {lo:g}-{hi:g} Å³/atom "
                          f"(volume {volume:.4g} Å³, {n} atom{'s' if n != 1 else ''})")
+
+
+#: Slack on "occupancies sum to at most 1" (rounded values such as 0.333 x 3 + 0.002).
+OCCUPANCY_TOLERANCE = 1e-3
 
 
 _CIF_CELL_ITEM = re.compile(r"^[ \t]*(_cell[._](?:length_[abc]|angle_(?:alpha|beta|gamma)))[ \t]+(\S+)", re.IGNORECASE | re.MULTILINE)
@@ -122,6 +131,65 @@ def check_cif_cell(cif: str, *, name: str = "<cif>") -> None:
             raise ValueError(f"{name}: {tag} = {raw} is not a cell angle between 0 and 180 degrees")
 
 
+def check_cif_size(nbytes: int, *, name: str = "<cif>") -> None:
+    """Refuse a CIF larger than :data:`~mattergen_lab.limits.MAX_CIF_BYTES` before it is read or parsed."""
+    from mattergen_lab.limits import MAX_CIF_BYTES
+
+    if nbytes > MAX_CIF_BYTES:
+        raise ValueError(f"{name}: {nbytes:,} bytes is more than MAX_CIF_BYTES={MAX_CIF_BYTES:,} for one CIF "
+                         "(mattergen_lab.limits; a 200-atom cell takes ~20 kB): not parsed")
+
+
+def _number(text: str) -> float | None:
+    """``0.5(1)`` -> 0.5; ``nan`` -> nan; ``?`` (unknown: pymatgen reads 1) -> None; anything else -> nan."""
+    text = text.strip().strip("'\"")
+    if text == "?":
+        return None
+    try:
+        return float(re.sub(r"\(\d+\)$", "", text))
+    except ValueError:
+        return math.nan
+
+
+def check_cif_occupancies(blocks: Any, *, name: str = "<cif>") -> None:
+    """Refuse atom sites whose occupancy is not in (0, 1], or whose occupancies at one position sum above 1, naming
+    the file and the site. pymatgen drops a site with occupancy 0, a negative one, NaN or ``.`` without a word (a
+    NaCl file was scored as elemental Cl), and refuses a sum above 1 as "no structures".
+
+    ``blocks``: a CIF's text, or the data blocks of pymatgen's ``CifFile`` (``parser._cif.data.values()``).
+    """
+    if isinstance(blocks, str):
+        from pymatgen.io.cif import CifFile
+
+        try:
+            blocks = CifFile.from_str(blocks).data.values()
+        except Exception:  # noqa: BLE001 - unreadable text is the parser's to name
+            return
+    for block in blocks:
+        data = getattr(block, "data", block)
+        occupancies = data.get("_atom_site_occupancy")
+        if not occupancies:
+            continue
+        n = len(occupancies)
+        labels = data.get("_atom_site_label") or data.get("_atom_site_type_symbol") or [str(i) for i in range(n)]
+        coords = list(zip(*(data.get(f"_atom_site_fract_{a}") or ["?"] * n for a in "xyz")))
+        totals: dict[tuple, list] = {}
+        for i, raw in enumerate(occupancies):
+            label = labels[i] if i < len(labels) else str(i)
+            value = _number(raw)
+            if value is not None and not (math.isfinite(value) and 0 < value <= 1 + OCCUPANCY_TOLERANCE):
+                raise ValueError(f"CIF {name}: atom site {label!r} has occupancy {raw!r}; it must be a number in (0, 1] "
+                                 "(a site that is not there should not be listed)")
+            if i < len(coords):
+                position = tuple(round(v, 4) if (v := _number(c)) is not None and math.isfinite(v) else c for c in coords[i])
+                entry = totals.setdefault(position, [0.0, []])
+                entry[0] += 1.0 if value is None else value
+                entry[1].append(label)
+        for total, names in totals.values():
+            if total > 1 + OCCUPANCY_TOLERANCE:
+                raise ValueError(f"CIF {name}: the occupancies of atom sites {names} at one position sum to {total:g} > 1")
+
+
 def structure_from_cif(cif: str, *, name: str = "<cif>", primitive: bool = True) -> "Structure":
     """Parse one CIF string into a (by default primitive, Niggli-reduced) structure.
 
@@ -131,12 +199,18 @@ def structure_from_cif(cif: str, *, name: str = "<cif>", primitive: bool = True)
     """
     from pymatgen.io.cif import CifParser
 
+    check_cif_size(len(cif), name=f"CIF {name}")
     check_cif_cell(cif, name=f"CIF {name}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parser = None
         try:
             parser = CifParser.from_str(cif)
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
+            raise ValueError(f"could not parse CIF {name}: {type(exc).__name__}: {exc}") from exc
+        blocks = getattr(getattr(parser, "_cif", None), "data", None)
+        check_cif_occupancies(blocks.values() if blocks is not None else cif, name=name)
+        try:
             structures = parser.parse_structures(primitive=False)
         except Exception as exc:  # pymatgen raises many types for bad CIFs
             why = "; ".join(w.replace("\n", " ") for w in getattr(parser, "warnings", [])[:2])

@@ -354,3 +354,66 @@ def test_an_empty_structure_is_not_structurally_valid():
     check = check_structure(Structure(Lattice.cubic(5.0), [], []))
     assert not check.valid and check.reason == "no atoms"
     assert check_structure(Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])).valid
+
+
+# ------------------------------------------------------------------- issue 26: occupancies, file sizes
+_NA = "  Na  Na0  1  0.0  0.0  0.0  1\n"
+
+
+@pytest.mark.parametrize("occupancy", ["0", "-0.5", "nan", "NaN", ".", "1.5", "x"])
+def test_non_physical_occupancies_are_refused_naming_the_file_and_site(occupancy, tmp_path):
+    """pymatgen dropped a site of occupancy <= 0, NaN or '.' without a word: NaCl was scored as elemental Cl."""
+    from mattergen_lab.evaluation.inputs import read_structures
+
+    text = GOOD_CIF.replace(_NA, _NA.replace("0.0  1\n", f"0.0  {occupancy}\n"))
+    message = rf"atom site 'Na0' has occupancy '{occupancy}'; it must be a number in \(0, 1\]"
+    with pytest.raises(ValueError, match=rf"^CIF nacl.cif: {message}"):
+        structure_from_cif(text, name="nacl.cif")
+    (tmp_path / "NaCl.cif").write_text(text)
+    with pytest.raises(ValueError, match=rf"NaCl.cif: {message}"):
+        read_structures(tmp_path)
+
+
+def test_occupancies_summing_above_one_at_a_site_are_refused_and_partial_ones_read():
+    from pymatgen.core import Composition
+
+    shared = GOOD_CIF.replace(_NA, _NA.replace("0.0  1\n", "0.0  0.6\n") + "  K  K1  1  0.0  0.0  0.0  0.7\n")
+    with pytest.raises(ValueError, match=r"CIF s.cif: the occupancies of atom sites \['Na0', 'K1'\] at one position "
+                                         r"sum to 1.3 > 1"):
+        structure_from_cif(shared, name="s.cif")
+    ok = GOOD_CIF.replace(_NA, _NA.replace("0.0  1\n", "0.0  0.6(2)\n") + "  K  K1  1  0.0  0.0  0.0  0.4\n")
+    assert structure_from_cif(ok, name="ok.cif", primitive=False).composition == Composition("Na0.6K0.4Cl")
+    assert structure_from_cif(GOOD_CIF.replace(_NA, _NA.replace("0.0  1\n", "0.0  ?\n"))).composition.formula == "Na1 Cl1"
+
+
+def test_a_structure_with_a_non_physical_occupancy_is_refused():
+    from mattergen_lab.structure_io import check_structure_input
+
+    from pymatgen.core import Composition
+
+    bad = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    bad.sites[0]._species = Composition({"Na": 0.7, "K": 0.6})  # pymatgen's constructor refuses this; other code may not
+    with pytest.raises(ValueError, match=r"mine: the occupancies of site 0 \(.*\) sum to 1.3 > 1"):
+        check_structure_input(bad, name="mine")
+    bad.sites[0]._species = Composition({"Na": -0.5}, allow_negative=True)
+    with pytest.raises(ValueError, match=r"mine: site 0 \(Na\) has occupancy -0.5; it must be in \(0, 1\]"):
+        check_structure_input(bad, name="mine")
+
+
+def test_an_oversized_cif_is_refused_before_it_is_parsed(tmp_path):
+    """A 40 MB CIF of 10**6 sites was parsed for minutes before the 200-atom cap could refuse it."""
+    import zipfile
+
+    from mattergen_lab.evaluation.inputs import read_structures
+
+    big = GOOD_CIF + "#" * (3 << 20)
+    with pytest.raises(ValueError, match=r"CIF big.cif: 3,14\d,\d{3} bytes is more than MAX_CIF_BYTES=2,097,152"):
+        structure_from_cif(big, name="big.cif")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.cif").write_text(big)
+    with pytest.raises(ValueError, match=r"big.cif: 3,14\d,\d{3} bytes is more than MAX_CIF_BYTES"):
+        read_structures(tmp_path / "in")
+    with zipfile.ZipFile(tmp_path / "cifs.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.cif", big)  # a few kB compressed: refused from its header, before decompression
+    with pytest.raises(ValueError, match=r"cifs.zip:big.cif: 3,14\d,\d{3} bytes is more than MAX_CIF_BYTES"):
+        read_structures(tmp_path / "cifs.zip")

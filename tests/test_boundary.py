@@ -108,7 +108,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ("evaluate_max_atoms_0", "max_atoms=0 must be an integer >= 1"),
     ("train_tpu", "device='tpu' is not a torch device"),
     ("finetune_cuda", "device='cuda"),
-    ("sample_out_read_only", "cannot write samples to"),
+    ("sample_out_read_only", "cannot be created ("),  # the output lock is taken first (issue 26)
     ("sample_bad_official_yaml", "is not valid YAML at line 2"),
     ("sample_meta_device", "device='meta' is not one this program runs on"),
     ("sample_5000_atoms", "num_atoms=5000 is more than MAX_ATOMS_PER_CRYSTAL=200"),
@@ -225,3 +225,32 @@ def test_the_ase_relaxer_works_on_the_niggli_reduced_cell_of_a_160_degree_cell()
     assert sorted((a, b, c)) == pytest.approx(sorted(reduced.abc), rel=1e-6)
     assert max(a, b, c) < 160 * 0.9 and max(alpha, beta, gamma) < 150  # not the cell it was given
     assert result.structure.volume == pytest.approx(oblique.volume, rel=1e-6)
+
+
+# ------------------------------------------------------------------- issue 26: bounds and leftovers at the CLI
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--steps", "1000000000"], "num_steps=1000000000 is more than MAX_NUM_STEPS=10,000"),
+    (["sample", "--sampler", "n_corrector_steps=1000000000"], "n_corrector_steps=1000000000 is more than MAX_CORRECTOR"),
+    (["sample", "--seed", str(2**63)], "seed=9223372036854775808 must be an integer from 0 to MAX_SEED=2**63-1"),
+    (["sample", "--condition", "hhi_score=1000", "--condition", "hhi_score=2000"],
+     "--condition hhi_score is given twice ('1000' and '2000'); give each property once"),
+    (["sample", "--elements", "-"], "chemical system '-' names no element; write it like 'Li-Fe-O'"),
+    (["sample", "--out", ""], "--out '' is empty; give an output folder"),
+    (["evaluate", "--max-atoms", "100000"], "--max-atoms=100000 is more than MAX_RELAX_ATOMS=2,000"),
+    (["evaluate", "--out", " "], "--out=' ' is empty; give an output folder"),
+    (["campaign", "run", "SPEC", "--out", ""], "out='' is empty; give a campaign folder"),
+])
+def test_issue_26_cli_mistakes_are_one_line_before_any_work(argv, message, tmp_path, nacl_cif, no_work, capsys,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("checkpoint: mgl_mp20_small\nnum_samples: 1\nevaluate: false\n")
+    if argv[0] == "sample":
+        argv = ["sample", "--checkpoint", "mgl_mp20_small_hhi_score", "--num-samples", "1", "--steps", "1",
+                "--out", "out"] + argv[1:]
+    elif argv[0] == "evaluate":
+        argv = ["evaluate", "--structures", str(nacl_cif), "--out", "out"] + argv[1:]
+    else:
+        argv = [str(spec) if a == "SPEC" else a for a in argv]
+    assert message in one_line_error(capsys, argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nacl.cif", "spec.yaml"]  # nothing written

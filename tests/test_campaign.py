@@ -220,3 +220,115 @@ def test_the_readme_spec_is_valid_and_its_checkpoint_serves_every_arm():
     spec = CampaignSpec.from_dict(yaml.safe_load(block))
     assert [a.label for a in spec.arms()][-1] == "chemical_system=Na-Mn-O, γ=2"
     check_spec(spec)  # the checkpoint loads and conditions on chemical_system
+
+
+# ---------------------------------------------------------------------- issue 26: network, start-up, checks first
+
+
+def test_the_local_ray_listens_on_loopback_only():
+    """Start the campaign's local Ray as the runner does, run a task (so a worker starts too), and list the listening
+    sockets of every Ray process (descendants of this one) and of this driver: all must be loopback."""
+    import os
+
+    import psutil
+    import ray
+
+    from mattergen_lab.campaign.runner import init_ray, is_loopback, ray_listeners
+
+    if ray.is_initialized():
+        ray.shutdown()
+    assert init_ray(None, 1)
+    try:
+        assert ray.get(ray.remote(lambda: os.getpid()).remote()) > 0  # a worker process, with its own listener
+        listeners = ray_listeners() + ray_listeners([os.getpid()])
+        names = {name for _, _, _, name in listeners}
+        assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), listeners
+        wide = [x for x in listeners if not is_loopback(x[0])]
+        assert not wide, f"Ray listens beyond this machine: {wide}"
+        assert len({pid for _, _, pid, _ in listeners}) >= 3
+        assert psutil.Process().children(recursive=True)
+    finally:
+        ray.shutdown()
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") is None  # restored after the start
+
+
+def test_loopback_addresses():
+    from mattergen_lab.campaign.runner import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:10.0.0.1", "", "junk"]))
+
+
+def test_a_slow_ray_start_is_retried_then_named_with_the_way_to_wait_longer(monkeypatch):
+    import ray
+
+    from mattergen_lab.campaign import runner
+
+    calls = []
+
+    def slow_init(**kwargs):
+        calls.append(kwargs)
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", slow_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(TimeoutError, match=r"did not start within 5 s \(1 try; last: Exception: The current node "
+                                           r"timed out.*--ray-start-timeout SECONDS"):
+        runner.init_ray(None, 1, start_timeout_s=5)
+    assert calls[0]["_node_ip_address"] == "127.0.0.1"
+    ticks = iter(range(0, 1000, 20))  # each try "takes" 20 s: a 100 s budget allows several
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(ticks))
+    calls.clear()
+    with pytest.raises(TimeoutError, match=r"within 100 s \(4 tries"):
+        runner.init_ray(None, 1, start_timeout_s=100)
+    for bad in (0, -1, float("nan"), "soon"):
+        with pytest.raises(ValueError, match="start_timeout_s=.* must be a positive number of seconds"):
+            runner.init_ray(None, 1, start_timeout_s=bad)
+    monkeypatch.setenv(runner.RAY_START_TIMEOUT_ENV, "x")
+    with pytest.raises(ValueError, match=r"\$MATTERGEN_LAB_RAY_START_TIMEOUT='x'"):
+        runner.init_ray(None, 1)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({"num_steps": 10**9}, ValueError, "num_steps=1000000000 is more than MAX_NUM_STEPS=10,000"),
+    ({"resources": {"threads": 64}}, ValueError, "resources.threads=64 but the local Ray has 2 CPU"),
+    ({"evaluate": {"reference": "/nonexistent/hull.json.gz"}}, FileNotFoundError, "evaluate.reference='/nonexistent"),
+    ({"resources": {"sample_gpus": 0.5}}, ValueError, "resources.sample_gpus=0.5 but this machine has 0 CUDA GPU"),
+    ({"conditions": {"chemical_system": ["Li-O"] * 40}, "guidance_scale": list(range(30))}, ValueError,
+     "1,200 arms, more than MAX_CAMPAIGN_ARMS=1,000"),
+])
+def test_bad_spec_values_are_refused_before_ray_starts(change, error, message, tmp_path, monkeypatch):
+    import ray
+    import torch
+
+    from mattergen_lab.campaign import runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runner, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    with pytest.raises(error) as info:
+        run_campaign({**SPEC, **change}, tmp_path / "c", num_cpus=2, progress=False)
+    assert message in str(info.value)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_second_campaign_run_into_a_busy_folder_is_refused_naming_the_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mattergen_lab.fileio import FolderLock\n"
+                               f"lock = FolderLock({str(tmp_path / 'c')!r}, 'campaign').acquire()\nprint('held', flush=True)\n"
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"is being written by process {holder.pid} "):
+            run_campaign({**SPEC, "evaluate": False}, tmp_path / "c", num_cpus=2, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_campaign_specs_refuse_yaml_aliases(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                    "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\ncheckpoint: mgl_mp20_small\n")
+    with pytest.raises(ValueError, match=r"bomb.yaml is not readable YAML: YAML aliases \(\*a\) are not allowed"):
+        CampaignSpec.load(bomb)

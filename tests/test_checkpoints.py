@@ -273,3 +273,65 @@ def test_no_checkpoint_carrier_runs_pickled_code(tmp_path, carrier):
     assert not marker.exists(), f"the {carrier} carrier executed pickled code"
     if carrier != "raw_pickle":
         assert any("posix.system" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+# ------------------------------------------------------------------- issue 26: no silent substitution
+def test_a_folder_in_the_working_directory_does_not_shadow_a_registry_name(tmp_path, monkeypatch):
+    """A folder called mgl_mp20_small (here a band-gap adapter) must not stand in for the bundled base model."""
+    import shutil
+
+    from mattergen_lab.checkpoints import checkpoint_properties, looks_like_path, registry
+
+    shutil.copytree(registry()["mgl_mp20_small_dft_band_gap"].path, tmp_path / "mgl_mp20_small")
+    monkeypatch.chdir(tmp_path)
+    assert load_checkpoint("mgl_mp20_small").model.conditions == ()  # the registry's, sha256-checked
+    assert checkpoint_properties("mgl_mp20_small") == ()
+    assert load_checkpoint("./mgl_mp20_small").model.conditions == ("dft_band_gap",)  # a path, when it looks like one
+    assert checkpoint_properties(Path("mgl_mp20_small")) == ("dft_band_gap",)
+    with pytest.raises(ValueError, match=r"'best' is not a registry name .*\(for the folder in the working "
+                                         r"directory, write ./best\); known names"):
+        shutil.copytree(tmp_path / "mgl_mp20_small", tmp_path / "best")
+        load_checkpoint("best")
+    with pytest.raises(FileNotFoundError, match="checkpoint path './missing' does not exist"):
+        load_checkpoint("./missing")
+    assert [looks_like_path(x) for x in ("a", "./a", "a/b", "/a", "~/a", Path("a"))] == [False] + [True] * 5
+
+
+def test_bundled_weights_are_checked_on_every_load_and_hashed_once_per_version(tmp_path, monkeypatch):
+    from mattergen_lab.checkpoints import catalog
+
+    folder = save_checkpoint(tmp_path / "ours", ScoreModel.from_preset("tiny"), {"note": "test"})
+    reg = tmp_path / "checkpoints.yaml"
+    reg.write_text("checkpoints:\n  mine:\n    kind: bundled\n    description: x\n    properties: []\n"
+                   f"    training_data: y\n    path: ours\n    sha256: '{sha256_of(folder / 'model.safetensors')}'\n")
+    hashed = []
+    real = catalog.sha256_of
+    monkeypatch.setattr(catalog, "sha256_of", lambda p, *a: hashed.append(p) or real(p, *a))
+    for _ in range(3):
+        load_checkpoint("mine", registry_path=reg)
+    assert len(hashed) == 1  # cached by (path, size, mtime)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # same size, new content and mtime
+    os.utime(weights, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    with pytest.raises(ValueError, match="sha256 .* does not match the registry's"):
+        load_checkpoint("mine", registry_path=reg)
+    assert len(hashed) == 2
+
+
+def test_a_registry_with_yaml_aliases_is_refused(tmp_path):
+    from mattergen_lab.checkpoints import parse_registry
+
+    text = ("x: &a [1, 1, 1, 1, 1, 1, 1, 1]\ny: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "checkpoints:\n  mine: {kind: bundled, description: x, properties: [], training_data: y, path: p}\n")
+    with pytest.raises(ValueError, match=r"checkpoints.yaml is not valid YAML: YAML aliases \(\*a\) are not allowed"):
+        parse_registry(text, base_dir=tmp_path)
+
+
+def test_an_official_condition_on_adapt_string_is_refused_not_read_letter_by_letter():
+    from mattergen_lab.checkpoints import official_gemnet_config
+
+    cfg = {"lightning_module": {"diffusion_module": {"model": {"gemnet": {"condition_on_adapt": "dft_band_gap"}}}}}
+    with pytest.raises(ValueError, match=r"gemnet.condition_on_adapt='dft_band_gap' must be a list, e.g. \['dft_band_gap'\]"):
+        official_gemnet_config(cfg)
+    cfg["lightning_module"]["diffusion_module"]["model"]["gemnet"]["condition_on_adapt"] = ["dft_band_gap"]
+    assert official_gemnet_config(cfg).condition_on_adapt == ("dft_band_gap",)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -89,7 +90,7 @@ def test_checkpoint_options_say_why_unavailable(mag_ckpt, tmp_path, monkeypatch)
     monkeypatch.setenv("MATTERGEN_LAB_CHECKPOINTS", str(tmp_path / "empty-cache"))
     assert design.checkpoint_properties(mag_ckpt) == ("dft_mag_density", "chemical_system")
     assert design.checkpoint_properties("dft_mag_density_hhi_score") == ("dft_mag_density", "hhi_score")
-    with pytest.raises(ValueError, match="neither an existing path nor a registry name"):
+    with pytest.raises(ValueError, match="'no-such-checkpoint' is not a registry name"):
         design.checkpoint_properties("no-such-checkpoint")
 
     opts = {o.value: o for o in design.checkpoint_options(["dft_band_gap"], paths=[mag_ckpt], online=False)}
@@ -322,3 +323,69 @@ def test_request_device_is_validated_and_resolved():
     assert DesignRequest(checkpoint="x").resolved_device() == expected
     with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
         DesignRequest(checkpoint="x", device="gpu0")
+
+
+# ------------------------------------------------------------------- issue 26: the export overwrites nothing
+def _nacl(scale: float = 1.0):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(5.64 * scale), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_export_member_names_are_unique_whatever_the_ids(tmp_path):
+    """Candidate ids x/1 and x_1 became the same member names: one candidate's files replaced the other's."""
+    table = pd.DataFrame({"id": ["x/1", "x_1", "y"], "formula": ["NaCl"] * 3})
+    path = design.export_candidates([_nacl(), _nacl(1.1), _nacl(1.2)], table, tmp_path / "r.zip", report={})
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        p1 = [n for n in names if n.endswith("_P1.cif")]
+        report = json.loads(zf.read("report.json"))
+    assert len(names) == len(set(names)) and len(p1) == 3
+    assert "y_NaCl_P1.cif" in p1  # no collision, no hash
+    assert [c["id"] for c in report["candidates"]] == ["x/1", "x_1", "y"]
+    assert len({c["p1_cif"] for c in report["candidates"]}) == 3
+    with pytest.raises(ValueError, match=r"candidate id 'y' is given twice \(rows 0 and 1\)"):
+        design.export_candidates([_nacl(), _nacl()], pd.DataFrame({"id": ["y", "y"], "formula": ["NaCl"] * 2}),
+                                 tmp_path / "d.zip", report={})
+
+
+def test_export_refuses_disordered_and_oversized_candidates_and_names_the_target_of_a_file_system_error(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    table = pd.DataFrame({"id": ["good", "bad"], "formula": ["NaCl", "NaKCl"]})
+    mixed = Structure(Lattice.cubic(5.64), [{"Na": 0.5, "K": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"candidate 'bad' \(.*Na0.5.*\) is disordered"):
+        design.export_candidates([_nacl(), mixed], table, tmp_path / "r.zip", report={})
+    big = _nacl(8.0).make_supercell([8, 8, 8], in_place=False)  # 1,024 atoms
+    with pytest.raises(ValueError, match=r"candidate 'bad': 1,024 atoms is more than MAX_EXPORT_ATOMS=1,000"):
+        design.export_candidates([_nacl(), big], table, tmp_path / "r.zip", report={})
+    (tmp_path / "folder.zip").mkdir()
+    with pytest.raises(ValueError, match=r"export path '.*folder.zip' is a folder"):
+        design.export_candidates([_nacl()], table[:1], tmp_path / "folder.zip", report={})
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    target = locked / "r.zip" if not os.access(locked, os.W_OK) else Path("/sys/mattergen-lab-test/r.zip")  # root
+    try:
+        with pytest.raises(ValueError, match=rf"cannot write the export to '{target}': "):
+            design.export_candidates([_nacl()], table[:1], target, report={})
+    finally:
+        locked.chmod(0o755)
+    assert not (tmp_path / "r.zip").exists()
+
+
+def test_design_request_targets_must_be_a_mapping():
+    with pytest.raises(ValueError, match=r"targets='dft_band_gap=3' must be a mapping of property to value"):
+        design.DesignRequest(checkpoint="x", targets="dft_band_gap=3")
+
+
+def test_the_checkpoint_chooser_trusts_the_models_config_over_the_registry(tmp_path):
+    """Issue 26: an entry of checkpoints.yaml that claims a property its model does not condition on was offered."""
+    from mattergen_lab.checkpoints import registry
+
+    band_gap = registry()["mgl_mp20_small_dft_band_gap"]
+    reg = tmp_path / "checkpoints.yaml"
+    reg.write_text("checkpoints:\n  liar:\n    kind: bundled\n    description: x\n    properties: [hhi_score]\n"
+                   f"    training_data: y\n    path: {band_gap.path}\n    sha256: '{band_gap.sha256}'\n")
+    (liar,) = design.checkpoint_options(["hhi_score"], registry_path=reg, online=False)
+    assert not liar.available and "the registry entry is wrong" in liar.reason

@@ -491,3 +491,44 @@ def test_many_element_compositions_stay_fast_and_say_why():
     with pytest.raises(ValueError, match="13-element system .* too costly"):
         hull.phase_diagram(many.elements)
     assert hull.e_above_hull(PDEntry(many, -0.5 * many.num_atoms)) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------- issue 26: one writer, a named bad record
+def _flat_relaxer():
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from mattergen_lab.evaluation.relax import Relaxer
+
+    class Flat(Calculator):
+        implemented_properties = ["energy", "forces", "stress"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": -3.4 * len(atoms), "forces": np.zeros((len(atoms), 3)), "stress": np.zeros(6)}
+
+    return Relaxer("stub", Flat(), NO_CORRECTION, "x", config=RelaxConfig())
+
+
+def test_two_evaluations_into_one_folder_are_refused_and_a_corrupt_protocol_is_named(tmp_path):
+    """Two evaluate runs into one folder relaxed everything twice and wrote every row twice."""
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    ref = tmp_path / "ref.csv"
+    ref.write_text("composition,energy_per_atom\nNa,-1.3\nCl,-1.8\nNaCl,-3.4\n")
+    kw = dict(reference=ref, novelty_reference=None, relax_engine="ase", out_dir=tmp_path / "e")
+    code = ("from mattergen_lab.fileio import FolderLock\n"
+            f"lock = FolderLock({str(tmp_path / 'e')!r}, 'evaluate').acquire()\nprint('held', flush=True)\n"
+            "import time\ntime.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"e is being written by process {holder.pid} "):
+            evaluate_structures([nacl], relaxer=_flat_relaxer(), **kw)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "e" / "results.jsonl").exists()
+    evaluate_structures([nacl], relaxer=_flat_relaxer(), **kw)  # the killed holder's lock is taken over
+    assert len((tmp_path / "e" / "results.jsonl").read_text().splitlines()) == 1
+    (tmp_path / "e" / "protocol.json").write_text('{"relaxer": "stub", ')  # corrupted
+    with pytest.raises(ValueError, match=r"protocol.json is unreadable \(.*\); it records the protocol"):
+        evaluate_structures([nacl], relaxer=_flat_relaxer(), **kw)

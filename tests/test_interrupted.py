@@ -109,3 +109,34 @@ def test_evaluate_killed_at_random_moments_resumes_to_the_same_table(tmp_path):
         except json.JSONDecodeError:
             pass  # a torn line from a kill: skipped, never glued to the next
     assert sorted(set(ids)) == sorted(ta["id"].astype(str)) and len(ids) == len(set(ids))
+
+
+# ------------------------------------------------------------------- issue 26: one writer, a named bad file
+def test_a_second_sample_run_into_a_busy_folder_is_refused_and_a_junk_cif_is_named(tmp_path):
+    """Two identical `sample` runs at once both succeeded and the extxyz held every crystal twice; a junk
+    cifs/gen_5.cif on resume was refused without naming the file."""
+    from mattergen_lab.fileio import LOCK_FILE
+    from mattergen_lab.sampling.api import sample_to_dir
+
+    out = tmp_path / "s"
+    code = ("from mattergen_lab.fileio import FolderLock\n"
+            f"lock = FolderLock({str(out)!r}, 'sample').acquire()\nprint('held', flush=True)\n"
+            "import time\ntime.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
+    kw = dict(num_samples=2, batch_size=2, num_steps=1, seed=0)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"s is being written by process {holder.pid} .*another output folder"):
+            sample_to_dir("mgl_mp20_small", out, **kw)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing else touched
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(sample_to_dir("mgl_mp20_small", out, **kw)) == 2  # the killed writer's lock is taken over
+    assert not (out / LOCK_FILE).exists()
+    (out / "cifs" / "gen_5.cif").write_text("data_junk\n_cell_length_a oops\n")
+    with pytest.raises(ValueError, match=r"cifs/gen_5.cif is not a readable CIF .*delete it and rerun"):
+        sample_to_dir("mgl_mp20_small", out, **kw)
+    (out / "cifs" / "gen_5.cif").unlink()
+    (out / "cifs" / "gen_x.cif").write_text("not ours")  # not a gen_<n>.cif: ignored
+    assert len(sample_to_dir("mgl_mp20_small", out, **kw)) == 2

@@ -119,3 +119,66 @@ def test_zero_initialised_adapter_reproduces_base_model():
     labelled = batch.replace(properties={"dft_band_gap": torch.tensor([1.5, 3.0], dtype=torch.float64)})
     a, b = adapted(labelled, t), base(labelled, t)
     assert torch.equal(a.atom_logits, b.atom_logits) and torch.equal(a.lattice, b.lattice)
+
+
+# ------------------------------------------------------------------- issue 26: bounded configs, sound weights
+@pytest.mark.parametrize("change, match", [
+    ({"max_neighbors": 10**9}, "max_neighbors=1000000000 is more than MAX_NEIGHBORS=200"),
+    ({"cutoff": 1e4}, r"cutoff=10000.0 is more than MAX_CUTOFF=20 \(mattergen_lab.limits\); the official cutoff is 7"),
+    ({"cutoff": float("inf")}, "cutoff=inf must be a positive number"),
+    ({"num_blocks": 10**6}, "num_blocks=1000000 is more than MAX_BLOCKS=16"),
+    ({"emb_size_atom": 10**9}, "emb_size_atom=1000000000 is more than MAX_HIDDEN=4,096"),
+    ({"condition_on_adapt": "dft_band_gap"}, "condition_on_adapt='dft_band_gap' must be a list of distinct"),
+    ({"condition_on_adapt": ["hhi_score", "hhi_score"]}, "must be a list of distinct property names"),
+])
+def test_architecture_sizes_are_bounded_before_any_layer_is_allocated(change, match):
+    with pytest.raises(ValueError, match=match):
+        GemNetConfig(**change)
+
+
+def _tiny_folder(tmp_path, *, config=None, state=None, properties=("dft_band_gap",)):
+    from safetensors.torch import save_file
+
+    from mattergen_lab.model.io import save_checkpoint
+
+    model = ScoreModel(preset_config("tiny", condition_on_adapt=tuple(properties)))
+    folder = save_checkpoint(tmp_path / "ckpt", model, {"diffusion": {}, **(config or {})})
+    if state is not None:
+        full = {k: v.clone() for k, v in model.state_dict().items()}
+        full.update(state(full))
+        save_file(full, str(folder / "model.safetensors"))
+    if config:
+        cfg = json.loads((folder / "config.json").read_text())
+        for key, value in config.items():
+            cfg[key] = value
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("state, match", [
+    (lambda sd: {k: v.to(torch.int32) for k, v in sd.items() if k.endswith("weight")},
+     r"tensor '.*weight' is int32, not floating point"),
+    (lambda sd: {k: v.bool() for k, v in list(sd.items())[:1]}, "is bool, not floating point"),
+    (lambda sd: {k: torch.full_like(v, float("nan")) for k, v in list(sd.items())[:1]}, r"has \d+ non-finite value"),
+    (lambda sd: {k: torch.full_like(v, float("inf")) for k, v in list(sd.items())[-1:]}, r"non-finite value\(s\)"),
+    (lambda sd: {k: torch.zeros_like(v) for k, v in sd.items() if k.endswith("scaler.stds")},
+     r"property scaler 'property_embeddings_adapt.dft_band_gap.scaler.stds' has std \[0.0\]"),
+])
+def test_weights_that_are_not_finite_floats_are_refused_naming_the_tensor(tmp_path, state, match):
+    from mattergen_lab.model.io import load_local_checkpoint
+
+    folder = _tiny_folder(tmp_path, state=state)
+    with pytest.raises(ValueError, match=match) as info:
+        load_local_checkpoint(folder)
+    assert str(folder / "model.safetensors") in str(info.value)
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"sampling": {"num_steps": 10**9}}, r"config.json: sampling.num_steps=1000000000 is more than MAX_NUM_STEPS"),
+    ({"diffusion": {"lattice": {"beta_max": 1e308}}}, r"config.json: LatticeVPConfig: beta_max=1e\+308 is more than MAX_BETA"),
+])
+def test_config_json_values_are_bounded_on_load_naming_the_file(tmp_path, config, match):
+    from mattergen_lab.model.io import load_local_checkpoint
+
+    with pytest.raises(ValueError, match=match):
+        load_local_checkpoint(_tiny_folder(tmp_path, config=config))

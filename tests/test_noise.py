@@ -339,3 +339,17 @@ def test_config_round_trip():
 def test_bad_config_raises_naming_the_value(bad, match):
     with pytest.raises(ValueError, match=match):
         DiffusionConfig.from_dict(bad)
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"lattice": {"beta_max": 1e308}}, r"beta_max=1e\+308 is more than MAX_BETA=1000 .*the official value is 20"),
+    ({"coords": {"sigma_max": 1e9}}, r"sigma_max=1000000000.0 is more than MAX_SIGMA=1000"),
+    ({"coords": {"num_images": 10**6}}, r"num_images=1000000 is more than MAX_WRAP_IMAGES=10"),
+    ({"atom_types": {"num_steps": 10**8}}, r"MaskedTypeConfig: num_steps=100000000 is more than MAX_NUM_STEPS"),
+])
+def test_schedules_are_finite_and_sane(section, match):
+    """Issue 26: beta_max 1e308 is finite, but alpha(t) underflowed to 0 and sampling ended in a singular matrix."""
+    from mattergen_lab.noise.joint import DiffusionConfig
+
+    with pytest.raises(ValueError, match=match):
+        DiffusionConfig.from_dict(section)

@@ -429,3 +429,23 @@ def test_chgnet_moment_proxy_is_an_upper_bound_of_the_moments_it_predicts():
     assert abs(magnetic_density(bcc_fe, magmoms=[m[0], -m[0]])) < 1e-12 < bound
     nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     assert magnetic_density_upper_bound(nacl) < 0.01 * bound  # no magnetic ions
+
+
+def test_bulk_modulus_refuses_empty_nan_and_overlapping_structures_before_any_force_call():
+    """Issue 26: these failed inside numpy, scipy or pymatgen."""
+    import numpy as np
+    from ase import Atoms
+    from pymatgen.core import Lattice, Structure
+
+    from mattergen_lab.properties.bulk_modulus import bulk_modulus
+
+    cases = {
+        "the structure has no atoms": Atoms(cell=np.eye(3) * 4, pbc=True),
+        r"Na: the cell or the positions are not finite": Atoms("Na", positions=[[np.nan, 0, 0]], cell=np.eye(3) * 4,
+                                                               pbc=True),
+        r"ClNa: two atoms are 0.05 Å apart \(overlapping": Structure(Lattice.cubic(5), ["Na", "Cl"],
+                                                                     [[0, 0, 0], [0.01, 0, 0]]),
+    }
+    for message, structure in cases.items():
+        with pytest.raises(ValueError, match=message):
+            bulk_modulus(structure, calculator="not-a-calculator")  # refused before the calculator is even resolved

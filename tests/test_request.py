@@ -134,3 +134,16 @@ def test_predictors_and_correctors_share_one_step_contract():
         params = inspect.signature(cls.step).parameters
         assert set(steps.STEP_KEYWORDS) <= set(params), (cls.__name__, set(steps.STEP_KEYWORDS) - set(params))
         assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in steps.STEP_KEYWORDS)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_steps": 10**9}, r"num_steps=1000000000 is more than MAX_NUM_STEPS=10,000 .*the official sampler takes 1,000"),
+    ({"seed": 2**63}, r"seed=9223372036854775808 must be an integer from 0 to MAX_SEED=2\*\*63-1"),
+    ({"seed": 2**64 + 5}, r"seed=18446744073709551621 must be an integer"),
+])
+def test_steps_and_seeds_are_bounded_not_reduced(kwargs, match):
+    """Issue 26: 10**9 steps ran out of memory instead of being refused; seeds >= 2**63 were silently reduced modulo
+    2**63 - 1, so two seeds gave the same crystals."""
+    with pytest.raises(ValueError, match=match):
+        SamplingRequest(**kwargs)
+    assert SamplingRequest(seed=2**63 - 1, num_steps=10_000).seed == 2**63 - 1

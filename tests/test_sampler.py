@@ -356,6 +356,9 @@ def test_model_output_shapes_are_checked():
         ({"lattice_snr": float("inf")}, "lattice_snr=inf"),
         ({"max_step_size": 0}, "max_step_size=0"),
         ({"record_every": -2}, "record_every=-2"),
+        # issue 26: bounded before anything is allocated (10**9 steps grew past 6 GB; 10**9 correctors hung)
+        ({"num_steps": 10**9}, r"num_steps=1000000000 is more than MAX_NUM_STEPS=10,000 \(mattergen_lab.limits\)"),
+        ({"n_corrector_steps": 10**9}, "n_corrector_steps=1000000000 is more than MAX_CORRECTOR_STEPS=10"),
     ],
 )
 def test_sampler_config_validation(kwargs, match):
@@ -452,3 +455,11 @@ def test_sample_to_dir_writes_resumes_and_matches_sample(tmp_path):
     assert Structure.from_file(tmp_path / "cifs" / "gen_5.cif").lattice.abc == pytest.approx(
         structures[5].lattice.abc, abs=1e-5
     )
+
+
+def test_the_cli_sampler_text_is_bounded_too():
+    from mattergen_lab.sampling.frames import parse_sampler_text
+
+    with pytest.raises(ValueError, match=r"sampler.n_corrector_steps=1000000000 is more than MAX_CORRECTOR_STEPS=10"):
+        parse_sampler_text("n_corrector_steps=1000000000")
+    assert parse_sampler_text("n_corrector_steps=10") == {"n_corrector_steps": 10}

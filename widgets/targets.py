@@ -96,7 +96,11 @@ class TargetPanel(w.VBox):
         self.unavailable = w.HTML()
         self.unavailable.add_class("mgl-checkpoint-unavailable")
 
-        if checkpoint is not None and os.path.exists(str(checkpoint)):
+        from mattergen_lab.checkpoints import looks_like_path
+
+        if checkpoint is not None and looks_like_path(checkpoint):  # a bare word is a registry name, never a folder
+            if not os.path.exists(os.path.expanduser(str(checkpoint))):
+                raise ValueError(f"checkpoint={str(checkpoint)!r}: no such folder or file")
             self._paths.append(str(checkpoint))
         elif checkpoint is not None:
             from mattergen_lab.checkpoints import registry
@@ -178,6 +182,10 @@ class TargetPanel(w.VBox):
         if not os.path.exists(path):
             self.unavailable.value = _error_html(f"{path}: no such file or folder") + self.unavailable.value
             return
+        from mattergen_lab.checkpoints import looks_like_path
+
+        if not looks_like_path(path):  # typed as a path: keep it one, so a registry name never shadows it
+            path = os.path.join(".", path)
         if path not in self._paths:
             self._paths.append(path)
         self.refresh_checkpoints(select=path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--address", default=None, help="an existing Ray cluster ('auto', 'ray://head:10001'); default: a local Ray")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
     r.add_argument("--max-retries", type=int, default=3, help="retries of a task whose worker died")
+    r.add_argument("--ray-start-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long a local Ray may take to start (default 180, or $MATTERGEN_LAB_RAY_START_TIMEOUT)")
     s = csub.add_parser("status", help="what a campaign folder holds (also while it runs)")
     s.add_argument("folder")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -48,7 +51,12 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         table = folder.table()
         _print_status(st, compute_metrics(table) if len(table) else None)
         return 0
-    result = run_campaign(args.spec, args.out, address=args.address, num_cpus=args.num_cpus, max_retries=args.max_retries)
+    try:
+        result = run_campaign(args.spec, args.out, address=args.address, num_cpus=args.num_cpus,
+                              max_retries=args.max_retries, start_timeout_s=args.ray_start_timeout)
+    except TimeoutError as exc:  # Ray too slow to start on a busy machine: not a bug, and the message says what to do
+        print(f"mattergen-lab campaign: error: {exc}", file=sys.stderr)
+        return 2
     table = result.table
     _print_status(result.status, compute_metrics(table) if len(table) else None)
     print(f"{result.tasks_run} task(s) run in {result.seconds:.0f} s; table: {result.folder / 'per_structure.csv'}")

@@ -45,8 +45,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mattergen_lab.config import load_yaml_without_aliases
 from mattergen_lab.evaluation.evaluate import MATCHERS, STABILITY_THRESHOLD
 from mattergen_lab.evaluation.relax import RELAXERS, RelaxConfig
+from mattergen_lab.limits import MAX_CAMPAIGN_ARMS
 from mattergen_lab.sampling.frames import sampler_variant
 from mattergen_lab.sampling.request import SamplingRequest
 
@@ -154,6 +156,10 @@ class CampaignSpec:
         gpus = self.sample_gpus
         if gpus != "auto" and not (_is_num(gpus) and gpus >= 0):
             raise ValueError(f"resources.sample_gpus={gpus!r} must be 'auto' or a number >= 0")
+        num_arms = math.prod(len(v) if isinstance(v, list) else 1 for v in self.conditions.values()) * len(guidance)
+        if num_arms > MAX_CAMPAIGN_ARMS:  # before any arm is built
+            raise ValueError(f"conditions x guidance_scale make a grid of {num_arms:,} arms, more than "
+                             f"MAX_CAMPAIGN_ARMS={MAX_CAMPAIGN_ARMS:,} (mattergen_lab.limits); split it into campaigns")
         for arm in self.arms():  # every arm is a valid request (ValueError names the value)
             self.request(arm)
 
@@ -226,7 +232,7 @@ class CampaignSpec:
         if not p.is_file():
             raise FileNotFoundError(f"campaign spec {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            data = load_yaml_without_aliases(p.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ValueError(f"campaign spec {p} is not readable YAML: {exc}") from None
         try:

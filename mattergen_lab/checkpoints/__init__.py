@@ -57,19 +57,46 @@ from mattergen_lab.checkpoints.safe_load import ForeignObject, safe_torch_load  
 from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint, load_local_checkpoint
 
 
+def looks_like_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether a checkpoint argument names a path rather than a registry entry: a ``Path`` object, or text that is
+    absolute, starts with ``.`` or ``~``, or holds a separator (``./mgl_mp20_small``, ``runs/x/best``).
+
+    A bare word is a registry name even when a folder of that name is in the working directory: a folder called
+    ``mgl_mp20_small`` there must not stand in for the bundled model unchecked.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        return True
+    text = str(name_or_path)
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return text.startswith((".", "~")) or Path(text).is_absolute() or any(sep in text for sep in seps)
+
+
+def _path_or_name(name_or_path: str | os.PathLike, records: dict[str, CheckpointRecord]) -> Path | None:
+    """The path meant by ``name_or_path``, or ``None`` for a registry name (``ValueError`` for neither)."""
+    if looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint path {str(name_or_path)!r} does not exist")
+        return path
+    name = str(name_or_path)
+    if name not in records:
+        hint = f" (for the folder in the working directory, write ./{name})" if Path(name).exists() else ""
+        raise ValueError(f"checkpoint {name!r} is not a registry name and does not look like a path{hint}; "
+                         f"known names: {sorted(records)}")
+    return None
+
+
 def load_checkpoint(name_or_path: str | os.PathLike, *, download: bool = True, registry_path: str | os.PathLike | None = None) -> Checkpoint:
-    """Load a checkpoint by registry name or path (see the module docstring)."""
-    path = Path(name_or_path)
-    if path.exists():
+    """Load a checkpoint by registry name or path (see the module docstring and :func:`looks_like_path`)."""
+    records = registry(registry_path) if not looks_like_path(name_or_path) else {}
+    path = _path_or_name(name_or_path, records)
+    if path is not None:
         if path.is_dir() and (path / CONFIG_FILE).exists():
             return load_local_checkpoint(path)
         if path.is_file() and path.suffix == ".safetensors":
             return load_local_checkpoint(path.parent)
         return load_official(path)
-    records = registry(registry_path)
     name = str(name_or_path)
-    if name not in records:
-        raise ValueError(f"checkpoint {name!r} is neither an existing path nor a registry name; known names: {sorted(records)}")
     record = records[name]
     if record.kind == "bundled":
         assert record.path is not None
@@ -87,19 +114,21 @@ def checkpoint_properties(name_or_path: str | os.PathLike, *, registry_path: str
     Works for registry names, our folders (``config.json``) and official folders/``.ckpt`` files
     (``config.yaml``). Raises ``ValueError`` for something that is neither.
     """
+    from mattergen_lab.model.gemnet import GemNetConfig
     from mattergen_lab.model.io import CONFIG_FILE, read_config
 
-    path = Path(name_or_path)
-    if path.exists():
+    records = registry(registry_path) if not looks_like_path(name_or_path) else {}
+    path = _path_or_name(name_or_path, records)
+    if path is not None:
         if path.is_file() and path.suffix == ".safetensors":
             path = path.parent
         if path.is_dir() and (path / CONFIG_FILE).exists():
-            return tuple(read_config(path)["model"].get("condition_on_adapt") or ())
+            try:
+                return GemNetConfig.from_dict(read_config(path)["model"]).condition_on_adapt
+            except ValueError as exc:
+                raise ValueError(f"{path / CONFIG_FILE}: {exc}") from None
         _, cfg = find_official_files(path)
         return tuple(official_gemnet_config(read_official_config(cfg)).condition_on_adapt)
-    records = registry(registry_path)
-    if str(name_or_path) not in records:
-        raise ValueError(f"checkpoint {str(name_or_path)!r} is neither an existing path nor a registry name; known: {sorted(records)}")
     record = records[str(name_or_path)]
     local = record.path if record.kind == "bundled" else cache_root() / record.name if official_files_cached(record.name) else None
     if local is None or not (local / CONFIG_FILE).exists() and not (local / "config.yaml").exists():

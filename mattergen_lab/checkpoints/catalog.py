@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from mattergen_lab.config import load_yaml_without_aliases
+
 REGISTRY_FILE = Path(__file__).resolve().parents[2] / "checkpoints.yaml"
 _KINDS = ("official", "bundled")
 
@@ -65,7 +67,7 @@ def _field(name: str, entry: dict, key: str, types: type | tuple[type, ...], req
 def parse_registry(text: str, *, base_dir: Path) -> dict[str, CheckpointRecord]:
     """Parse registry YAML into typed records; a malformed entry names the entry and the field."""
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml_without_aliases(text)  # no alias bombs
     except yaml.YAMLError as exc:
         raise ValueError(f"checkpoints.yaml is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("checkpoints"), dict):
@@ -129,10 +131,24 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_SHA256_SEEN: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_cached(path: str | os.PathLike) -> str:
+    """:func:`sha256_of`, remembered per (path, size, modification time): a bundled model is checked on every load
+    at the cost of a ``stat`` once its file has been hashed, and any change to the file is hashed again."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_SEEN:
+        _SHA256_SEEN[key] = sha256_of(p)
+    return _SHA256_SEEN[key]
+
+
 def verify_sha256(path: Path, expected: str | None) -> None:
     if expected is None:
         return
-    actual = sha256_of(path)
+    actual = sha256_cached(path)
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} does not match the registry's {expected}; the file is corrupt or a different version")
 

@@ -18,7 +18,7 @@ from mattergen_lab.checkpoints.catalog import verify_sha256
 from mattergen_lab.checkpoints.safe_load import safe_torch_load
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
 from mattergen_lab.model.gemnet import OFFICIAL_UNUSED_KEY_PATTERNS, GemNetConfig
-from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint
+from mattergen_lab.model.io import CONFIG_FILE, WEIGHTS_FILE, Checkpoint, check_weights
 from mattergen_lab.model.score_model import ScoreModel
 
 OFFICIAL_PREFIX = "diffusion_module.model."
@@ -37,7 +37,10 @@ def official_gemnet_config(cfg_yaml: dict[str, Any]) -> GemNetConfig:
             raise ValueError(f"config.yaml: gemnet.{key}={g[key]!r} is not a positive integer")
     if "cutoff" in g and (isinstance(g["cutoff"], bool) or not isinstance(g["cutoff"], (int, float)) or not 0 < g["cutoff"] < 100):
         raise ValueError(f"config.yaml: gemnet.cutoff={g['cutoff']!r} is not a distance in Å between 0 and 100")
-    adapt = tuple(model.get("property_embeddings_adapt") or {}) or tuple(g.get("condition_on_adapt") or ())
+    listed = g.get("condition_on_adapt") or ()
+    if isinstance(listed, str):  # tuple("dft_band_gap") would be 12 one-letter properties
+        raise ValueError(f"config.yaml: gemnet.condition_on_adapt={listed!r} must be a list, e.g. [{listed!r}]")
+    adapt = tuple(model.get("property_embeddings_adapt") or {}) or tuple(listed)
     if model.get("property_embeddings"):
         raise ValueError("base-level property_embeddings are not supported (no released checkpoint uses them)")
     kw = {k: g[k] for k in ("emb_size_atom", "emb_size_edge", "latent_dim", "num_blocks", "cutoff", "max_neighbors", "max_cell_images_per_dim") if k in g}
@@ -113,7 +116,9 @@ def load_official(path: str | os.PathLike, *, expected_sha256: str | None = None
     if bad:
         raise ValueError(f"{ckpt_path}: state_dict entries are not tensors: {bad[:5]}")
     model = ScoreModel(gemnet_config)
-    model.load_state_dict(map_official_state_dict(state, model), strict=True)
+    mapped = map_official_state_dict(state, model)
+    check_weights(mapped, str(ckpt_path))
+    model.load_state_dict(mapped, strict=True)
     config = {
         "source": "official",
         "path": str(ckpt_path),

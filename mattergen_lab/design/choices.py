@@ -78,7 +78,12 @@ def checkpoint_options(
         reason = _missing_targets(targets, props)
         out.append(CheckpointOption(value, f"{Path(value).name} (local)", props, not reason, reason))
     for name, rec in registry(registry_path).items():
-        reason = _missing_targets(targets, rec.properties)
+        try:  # the model's own config where its files are here (a wrong registry entry is named), else the registry's
+            props = checkpoint_properties(name, registry_path=registry_path)
+        except (ValueError, OSError) as exc:
+            out.append(CheckpointOption(name, name, rec.properties, False, f"cannot read checkpoint: {exc}"))
+            continue
+        reason = _missing_targets(targets, props)
         note = ""
         if not reason and rec.kind == "bundled":
             if rec.path is None or not (rec.path / WEIGHTS_FILE).exists():
@@ -92,5 +97,5 @@ def checkpoint_options(
                 else:
                     size = f"{rec.size_bytes / 1e6:.0f} MB" if rec.size_bytes else "the weights"
                     note = f"downloads {size} on first use"
-        out.append(CheckpointOption(name, name, rec.properties, not reason, reason, note))
+        out.append(CheckpointOption(name, name, props, not reason, reason, note))
     return out

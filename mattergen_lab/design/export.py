@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import html
 import io
 import json
@@ -60,6 +61,21 @@ def design_report(candidates: Sequence[Candidate], *, evaluation_protocol: Mappi
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "candidate"
+
+
+def _member_stems(ids: Sequence[str], formulas: Sequence[str]) -> list[str]:
+    """One file-name stem per candidate, distinct whatever the ids: ``{id}_{formula}`` made safe, and where two
+    candidates' stems would collide (``x/1`` and ``x_1``) each gets a short hash of its own id, so no candidate's files
+    replace another's in the zip. The same id twice is refused, naming it."""
+    seen: dict[str, int] = {}
+    for k, sid in enumerate(ids):
+        if sid in seen:
+            raise ValueError(f"candidate id {sid!r} is given twice (rows {seen[sid]} and {k}); ids must be distinct")
+        seen[sid] = k
+    stems = [_safe_name(f"{sid}_{formula}") for sid, formula in zip(ids, formulas)]
+    counts = {stem: stems.count(stem) for stem in stems}
+    return [f"{stem}_{hashlib.sha1(sid.encode()).hexdigest()[:8]}" if counts[stem] > 1 else stem
+            for stem, sid in zip(stems, ids)]
 
 
 def _symmetrized_cif(structure: Structure, symprec: float) -> tuple[str, int | None]:
@@ -134,10 +150,14 @@ def export_candidates(
     ``pareto`` columns add ``hull.png`` and ``pareto.png``. ``report.html`` shows all of it with the images
     inline, so it reads without Python.
 
+    Member names are unique whatever the ids: where two candidates' ``{id}_{formula}`` stems collide (``x/1`` and
+    ``x_1``), each gets a short hash of its id.
+
     Raises:
-        ValueError: bad arguments, or a structure :func:`~mattergen_lab.structure_io.check_structure_input` refuses
-            (no atoms, NaN or infinite values, a zero volume, a dummy element; any volume per atom is exported),
-            naming the candidate's id; nothing is written then.
+        ValueError: bad arguments, the same id twice, or a structure :func:`~mattergen_lab.structure_io.check_structure_input`
+            refuses (no atoms, NaN or infinite values, a zero volume, a dummy element; any volume per atom is
+            exported), a disordered one or one of more than ``MAX_EXPORT_ATOMS`` atoms, naming the candidate's id;
+            a file system error, naming ``path``. Nothing is written then.
     """
     if len(structures) != len(table):
         raise ValueError(f"{len(structures)} structures for {len(table)} table rows")
@@ -152,20 +172,22 @@ def export_candidates(
     table = table.reset_index(drop=True).copy()
     for i, structure in enumerate(structures):  # before spglib sees any of them (NaN crashes it); any density is
         # written: the user chose the candidate, and report.csv carries its plausible_density flag
-        check_structure_input(structure, name=f"candidate {str(table.iloc[i]['id'])!r}", volume_per_atom=None)
+        _check_candidate(structure, f"candidate {str(table.iloc[i]['id'])!r}")
+    stems = _member_stems([str(v) for v in table["id"]], [str(v) for v in table["formula"]])
     for name, extra in (("relaxed", relaxed), ("reviews", reviews)):
         if extra is not None and len(extra) != len(structures):
             raise ValueError(f"{len(extra)} {name} for {len(structures)} structures")
     for i, r in enumerate(relaxed or ()):
         if r is not None:
-            check_structure_input(r, name=f"relaxed candidate {str(table.iloc[i]['id'])!r}", volume_per_atom=None)
-    path.parent.mkdir(parents=True, exist_ok=True)
+            _check_candidate(r, f"relaxed candidate {str(table.iloc[i]['id'])!r}")
+    if path.is_dir():
+        raise ValueError(f"export path {str(path)!r} is a folder; give a .zip file name")
     files: list[dict[str, Any]] = []
     def write(fh: Any) -> None:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for i, structure in enumerate(structures):
                 row = table.iloc[i]
-                stem = _safe_name(f"{row['id']}_{row['formula']}")
+                stem = stems[i]
                 sym_name = f"{stem}_sym_symprec{symprec:g}.cif"
                 try:
                     sym_text, sg = _symmetrized_cif(structure, symprec)
@@ -197,8 +219,27 @@ def export_candidates(
             zf.writestr("report.csv", csv.getvalue())
             zf.writestr("report.json", json.dumps(full, indent=2, default=_json_default))
             zf.writestr("report.html", _report_html(full, table, extra=figures))
-    atomic_write(path, write)  # a temp file beside path, then a rename: never a half-written zip
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)  # a temp file beside path, then a rename: never a half-written zip
+    except OSError as exc:  # PermissionError, IsADirectoryError, a full disk: name the target, not a temp file
+        raise ValueError(f"cannot write the export to {str(path)!r}: {exc.strerror or exc}") from None
     return path
+
+
+def _check_candidate(structure: Structure, name: str) -> None:
+    """What the writers cannot take: a bad structure (:func:`check_structure_input`), more than
+    :data:`~mattergen_lab.limits.MAX_EXPORT_ATOMS` atoms (a 31,250-atom cell hung the export), a disordered one (the
+    POSCAR writer fails on it)."""
+    from mattergen_lab.limits import MAX_EXPORT_ATOMS
+
+    check_structure_input(structure, name=name, volume_per_atom=None)
+    if len(structure) > MAX_EXPORT_ATOMS:
+        raise ValueError(f"{name}: {len(structure):,} atoms is more than MAX_EXPORT_ATOMS={MAX_EXPORT_ATOMS:,} "
+                         "(mattergen_lab.limits); generated crystals have at most 200")
+    if not structure.is_ordered:
+        raise ValueError(f"{name} ({structure.composition.formula}) is disordered (partial occupancies); export "
+                         "ordered crystals only")
 
 
 def _json_default(obj: Any) -> Any:

@@ -193,6 +193,9 @@ class DesignRequest:
         if self.chemical_system is not None:
             cs = self.chemical_system.strip() if isinstance(self.chemical_system, str) else self.chemical_system
             object.__setattr__(self, "chemical_system", "-".join(validate_chemical_system(cs)) if cs else None)
+        if self.targets and not isinstance(self.targets, Mapping):  # 'dft_band_gap=3' failed with a dict error
+            raise ValueError(f"targets={self.targets!r} must be a mapping of property to value, e.g. "
+                             "{'dft_band_gap': 3.0}")
         targets = {}
         for name, value in dict(self.targets or {}).items():
             if name in ("chemical_system", "space_group"):

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seconds", type=float, default=120.0, help="relaxation time cap per structure")
     p.add_argument("--max-atoms", type=int, default=None,
                    help="cells with more atoms are not relaxed (status failed, with the reason); default 200, "
-                   "raise it on a machine with the memory (CHGNet needed 9.6 GB for a 500-atom cell)")
+                   "raise it (up to 2,000) on a machine with the memory (CHGNet needed 9.6 GB for a 500-atom cell)")
     p.add_argument("--stability-threshold", type=float, default=0.1, help="stable if E_hull <= this (eV/atom)")
     p.add_argument("--allow-missing-reference", action="store_true",
                    help="evaluate structures with elements absent from the hull (their E_hull stays empty)")
@@ -52,9 +52,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mattergen_lab.evaluation.evaluate import evaluate_structures, read_structures
     from mattergen_lab.evaluation.relax import RelaxConfig, get_relaxer
     from mattergen_lab.fileio import check_writable_dir
+    from mattergen_lab.limits import MAX_RELAX_ATOMS, check_at_most
     from mattergen_lab.sampling.request import validate_device
 
     validate_device(args.device)  # the mistakes that cost nothing to find, before any structure or model is read
+    check_at_most("--max-atoms", args.max_atoms, MAX_RELAX_ATOMS, "MAX_RELAX_ATOMS",
+                  "a relaxation's memory grows with the atoms (CHGNet took 9.6 GB for 500)")
     check_writable_dir(args.out, "--out")
     if not math.isfinite(args.stability_threshold):
         raise ValueError(f"--stability-threshold {args.stability_threshold} must be a finite number (eV/atom), e.g. 0.1")

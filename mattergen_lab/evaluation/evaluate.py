@@ -19,6 +19,7 @@ resume bookkeeping of ``out_dir``. The rest moved, and is re-exported here under
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
@@ -66,7 +67,7 @@ from mattergen_lab.evaluation.results import (  # noqa: F401 - re-exported: the 
     finalize_table,
     write_result,
 )
-from mattergen_lab.fileio import append_jsonl, atomic_write_text, check_writable_dir, read_jsonl
+from mattergen_lab.fileio import FolderLock, append_jsonl, atomic_write_text, check_writable_dir, read_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -157,110 +158,114 @@ def evaluate_structures(
         device = validate_device(device if device is not None else "cpu")
     if out_dir is not None:
         check_writable_dir(out_dir, "out_dir")
-    hull = load_reference(reference, data_dir=data_dir)
-    if not allow_missing_reference:
-        from mattergen_lab.evaluation.reference import check_elements
+    # one writer per folder (two runs relaxed everything twice and wrote every row twice), before the hull is loaded
+    with FolderLock(out_dir, "evaluate") if out_dir is not None else contextlib.nullcontext():
+        hull = load_reference(reference, data_dir=data_dir)
+        if not allow_missing_reference:
+            from mattergen_lab.evaluation.reference import check_elements
 
-        check_elements(hull, [(f"structure {sid!r}", s.composition.elements) for sid, s in zip(ids, structures)])
-    novelty = load_novelty_reference(novelty_reference, data_dir=data_dir)
-    from mattergen_lab.evaluation.batched_relax import BatchedRelaxer, get_batched_relaxer, resolve_engine
+            check_elements(hull, [(f"structure {sid!r}", s.composition.elements) for sid, s in zip(ids, structures)])
+        novelty = load_novelty_reference(novelty_reference, data_dir=data_dir)
+        from mattergen_lab.evaluation.batched_relax import BatchedRelaxer, get_batched_relaxer, resolve_engine
 
-    engine = resolve_engine(relax_engine, relaxer)
-    if not isinstance(relaxer, Relaxer):
-        relaxer = get_relaxer(relaxer, device=device, config=relax_config)
-    if engine == "torchsim":
-        relaxer = get_batched_relaxer(relaxer, device=device)
-    protocol: dict[str, Any] = {
-        "relax_engine": "ASE FIRE, one structure at a time",
-        **relaxer.protocol(),
-        **hull.protocol(),
-        **(novelty.protocol() if novelty else {"novelty_reference": None}),
-        "stability_threshold": float(stability_threshold),
-        "structure_matcher": matcher,
-        "uniqueness_and_novelty_on": "relaxed structures",
-        "space_group_tolerance": "spglib symprec 0.1 Å, angle 5°",
-        "structure_validity": "all distances >= 0.5 Å and volume >= 0.1 Å³ (generated structure)",
-        "composition_validity": "smact_validity (charge neutrality + Pauling test; alloys and elements valid)",
-        "rmsd": "refined+primitive+LLL generated vs relaxed; StructureMatcher ltol 0.5 stol 0.5 10°; Å",
-        "num_structures": len(structures),
-        "versions": _versions(),
-    }
+        engine = resolve_engine(relax_engine, relaxer)
+        if not isinstance(relaxer, Relaxer):
+            relaxer = get_relaxer(relaxer, device=device, config=relax_config)
+        if engine == "torchsim":
+            relaxer = get_batched_relaxer(relaxer, device=device)
+        protocol: dict[str, Any] = {
+            "relax_engine": "ASE FIRE, one structure at a time",
+            **relaxer.protocol(),
+            **hull.protocol(),
+            **(novelty.protocol() if novelty else {"novelty_reference": None}),
+            "stability_threshold": float(stability_threshold),
+            "structure_matcher": matcher,
+            "uniqueness_and_novelty_on": "relaxed structures",
+            "space_group_tolerance": "spglib symprec 0.1 Å, angle 5°",
+            "structure_validity": "all distances >= 0.5 Å and volume >= 0.1 Å³ (generated structure)",
+            "composition_validity": "smact_validity (charge neutrality + Pauling test; alloys and elements valid)",
+            "rmsd": "refined+primitive+LLL generated vs relaxed; StructureMatcher ltol 0.5 stol 0.5 10°; Å",
+            "num_structures": len(structures),
+            "versions": _versions(),
+        }
 
-    done: dict[str, dict[str, Any]] = {}
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        done = _prepare_out_dir(out, protocol)
-    rows: list[dict[str, Any]] = []
-    relaxed_list: list[Structure | None] = []
-    score = functools.partial(_evaluate_one, relaxer=relaxer, hull=hull, novelty=novelty, matcher=matcher,
-                              threshold=float(stability_threshold))
-
-    def keep(sid: str, row: dict[str, Any], relaxed: Structure | None) -> None:
+        done: dict[str, dict[str, Any]] = {}
+        out = Path(out_dir) if out_dir is not None else None
         if out is not None:
-            if relaxed is not None:
-                atomic_write_text(out / "relaxed" / f"{_SAFE_ID.sub('_', sid)}.cif", structure_to_cif(relaxed))
-            append_jsonl(out / "results.jsonl", row)
+            done = _prepare_out_dir(out, protocol)
+        rows: list[dict[str, Any]] = []
+        relaxed_list: list[Structure | None] = []
+        score = functools.partial(_evaluate_one, relaxer=relaxer, hull=hull, novelty=novelty, matcher=matcher,
+                                  threshold=float(stability_threshold))
 
-    def check_done(sid: str, structure: Structure) -> None:
-        stored = str(done[sid].get("input_fingerprint"))
-        legacy = len(stored) == 12  # folders written before the whole-structure key: formula + lengths
-        if stored != (_legacy_fingerprint(structure) if legacy else _fingerprint(structure)):
-            raise ValueError(f"{out}: the finished result for {sid!r} belongs to a different structure; use a new --out")
+        def keep(sid: str, row: dict[str, Any], relaxed: Structure | None) -> None:
+            if out is not None:
+                if relaxed is not None:
+                    atomic_write_text(out / "relaxed" / f"{_SAFE_ID.sub('_', sid)}.cif", structure_to_cif(relaxed))
+                append_jsonl(out / "results.jsonl", row)
 
-    batched = isinstance(relaxer, BatchedRelaxer)
-    fresh: dict[str, tuple[dict[str, Any], Structure | None]] = {}
-    if batched:  # relax all that are not done in one batched run, and keep each as it finishes
-        for sid, structure in zip(ids, structures):
+        def check_done(sid: str, structure: Structure) -> None:
+            stored = str(done[sid].get("input_fingerprint"))
+            legacy = len(stored) == 12  # folders written before the whole-structure key: formula + lengths
+            if stored != (_legacy_fingerprint(structure) if legacy else _fingerprint(structure)):
+                raise ValueError(f"{out}: the finished result for {sid!r} belongs to a different structure; "
+                                 "use a new --out")
+
+        batched = isinstance(relaxer, BatchedRelaxer)
+        fresh: dict[str, tuple[dict[str, Any], Structure | None]] = {}
+        if batched:  # relax all that are not done in one batched run, and keep each as it finishes
+            for sid, structure in zip(ids, structures):
+                if sid in done:
+                    check_done(sid, structure)
+            todo = [k for k, sid in enumerate(ids) if sid not in done]
+
+            def finished(j: int, result: RelaxResult) -> None:
+                k = todo[j]
+                fresh[ids[k]] = score(ids[k], structures[k], result=result)
+                keep(ids[k], *fresh[ids[k]])
+                if progress is not None:
+                    progress(len(done) + len(fresh), len(structures))
+
+            relaxer.relax_many([structures[k] for k in todo], on_result=finished, cancel=cancel)
+            if cancel is not None and cancel.is_set():
+                log.info("evaluation cancelled: %d of %d structures finished", len(done) + len(fresh), len(structures))
+        for k, (sid, structure) in enumerate(zip(ids, structures)):
+            if batched:
+                if sid in fresh:
+                    row, relaxed = fresh[sid]
+                elif sid in done:
+                    row, relaxed = done[sid], _read_relaxed(out, sid)
+                else:
+                    continue  # cancelled before it finished
+                rows.append(row)
+                relaxed_list.append(relaxed)
+                continue
+            if cancel is not None and cancel.is_set():
+                log.info("evaluation cancelled after %d of %d structures", k, len(structures))
+                break
             if sid in done:
                 check_done(sid, structure)
-        todo = [k for k, sid in enumerate(ids) if sid not in done]
-
-        def finished(j: int, result: RelaxResult) -> None:
-            k = todo[j]
-            fresh[ids[k]] = score(ids[k], structures[k], result=result)
-            keep(ids[k], *fresh[ids[k]])
-            if progress is not None:
-                progress(len(done) + len(fresh), len(structures))
-
-        relaxer.relax_many([structures[k] for k in todo], on_result=finished, cancel=cancel)
-        if cancel is not None and cancel.is_set():
-            log.info("evaluation cancelled: %d of %d structures finished", len(done) + len(fresh), len(structures))
-    for k, (sid, structure) in enumerate(zip(ids, structures)):
-        if batched:
-            if sid in fresh:
-                row, relaxed = fresh[sid]
-            elif sid in done:
                 row, relaxed = done[sid], _read_relaxed(out, sid)
             else:
-                continue  # cancelled before it finished
+                row, relaxed = score(sid, structure)
+                keep(sid, row, relaxed)
             rows.append(row)
             relaxed_list.append(relaxed)
-            continue
-        if cancel is not None and cancel.is_set():
-            log.info("evaluation cancelled after %d of %d structures", k, len(structures))
-            break
-        if sid in done:
-            check_done(sid, structure)
-            row, relaxed = done[sid], _read_relaxed(out, sid)
-        else:
-            row, relaxed = score(sid, structure)
-            keep(sid, row, relaxed)
-        rows.append(row)
-        relaxed_list.append(relaxed)
-        if progress is not None:
-            progress(k + 1, len(structures))
-    protocol["num_evaluated"] = len(rows)
-    protocol["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    if not rows:
-        import pandas as pd
+            if progress is not None:
+                progress(k + 1, len(structures))
+        protocol["num_evaluated"] = len(rows)
+        protocol["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        if not rows:
+            import pandas as pd
 
-        return EvaluationResult(pd.DataFrame(columns=list(COLUMNS)), {}, protocol, [])
-    table = finalize_table(rows, relaxed_list, matcher)
-    metrics = compute_metrics(table)
-    result = EvaluationResult(table.drop(columns=["input_fingerprint"], errors="ignore"), metrics, protocol, relaxed_list)
-    if out is not None:
-        write_result(result, out)
-    return result
+            return EvaluationResult(pd.DataFrame(columns=list(COLUMNS)), {}, protocol, [])
+        table = finalize_table(rows, relaxed_list, matcher)
+        metrics = compute_metrics(table)
+        result = EvaluationResult(table.drop(columns=["input_fingerprint"], errors="ignore"), metrics, protocol,
+                                  relaxed_list)
+        if out is not None:
+            write_result(result, out)
+        return result
 
 
 _PROTOCOL_KEYS = ("relaxer", "weights", "correction_scheme", "fmax", "max_steps", "reference_hull",
@@ -272,7 +277,13 @@ def _prepare_out_dir(out: Path, protocol: dict[str, Any]) -> dict[str, dict[str,
     (out / "relaxed").mkdir(exist_ok=True)
     marker = out / "protocol.json"
     if marker.is_file():
-        previous = json.loads(marker.read_text())
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+            if not isinstance(previous, dict):
+                raise ValueError(f"a JSON {type(previous).__name__}, not an object")
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{marker} is unreadable ({exc}); it records the protocol of the results in {out}: "
+                             "restore it or use a new --out folder") from None
         changed = {k: (previous.get(k), protocol.get(k)) for k in _PROTOCOL_KEYS if previous.get(k) != protocol.get(k)}
         if changed:
             details = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changed.items())

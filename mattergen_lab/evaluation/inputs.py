@@ -13,7 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mattergen_lab.structure_io import check_cif_cell, check_structure_input
+from mattergen_lab.limits import MAX_STRUCTURE_FILE_BYTES
+from mattergen_lab.structure_io import check_cif_cell, check_cif_occupancies, check_cif_size, check_structure_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -33,8 +34,10 @@ def _structure_from_text(text: str, fmt: str, label: str) -> Structure:
     :func:`~mattergen_lab.structure_io.check_structure_input` (or, for a CIF, ``check_cif_cell``) refuses."""
     from pymatgen.core import Structure
 
+    check_cif_size(len(text), name=label)  # POSCARs too: a few kB for any cell this program handles
     if fmt == "cif":
         check_cif_cell(text, name=label)
+        check_cif_occupancies(text, name=label)
     try:
         structure = Structure.from_str(text, fmt=fmt)
     except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
@@ -47,6 +50,10 @@ def _read_ase_file(path: Path) -> list[tuple[str, Structure]]:
     from ase.io import read
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    size = path.stat().st_size
+    if size > MAX_STRUCTURE_FILE_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes is more than MAX_STRUCTURE_FILE_BYTES={MAX_STRUCTURE_FILE_BYTES:,} "
+                         "(mattergen_lab.limits); split it into several files")
     try:
         frames = read(str(path), index=":")
     except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
@@ -93,8 +100,10 @@ def read_structures(path: str | os.PathLike) -> list[tuple[str, Structure]]:
         except (zipfile.BadZipFile, OSError) as exc:
             raise ValueError(f"{path} is not a readable zip archive ({exc}); expected a .zip of CIFs") from None
         with zf:
-            for name in sorted(zf.namelist()):
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                name = info.filename
                 if name.lower().endswith(".cif") and not name.startswith("__MACOSX"):
+                    check_cif_size(info.file_size, name=f"{path}:{name}")  # before it is decompressed
                     text = zf.read(name).decode("utf-8", errors="replace")
                     items.append((Path(name).stem, _structure_from_text(text, "cif", f"{path}:{name}")))
     elif path.suffix.lower() in STRUCTURE_SUFFIXES:
@@ -112,6 +121,8 @@ def read_structures(path: str | os.PathLike) -> list[tuple[str, Structure]]:
 
 def _read_file(path: Path) -> list[tuple[str, Structure]]:
     suffix = path.suffix.lower()
+    if suffix in (".cif", ".vasp", ".poscar"):
+        check_cif_size(path.stat().st_size, name=str(path))  # before it is read
     if suffix == ".cif":
         return [(path.stem, _structure_from_text(path.read_text(errors="replace"), "cif", str(path)))]
     if suffix in (".vasp", ".poscar"):

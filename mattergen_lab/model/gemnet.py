@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mattergen_lab.limits import ARCHITECTURE_BOUNDS, MAX_CUTOFF, check_at_most
 from mattergen_lab.model.graph import Graph, build_graph
 from mattergen_lab.model.layers import (
     CircularBasisLayer,
@@ -86,11 +87,24 @@ class GemNetConfig:
             value = getattr(self, f.name)
             if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"GemNetConfig: {f.name}={value!r} must be a positive integer")
-        if not (isinstance(self.cutoff, (int, float)) and self.cutoff > 0):
-            raise ValueError(f"GemNetConfig: cutoff={self.cutoff!r} must be a positive number")
+            if f.name in ARCHITECTURE_BOUNDS:  # before any layer is allocated (a 10**9 embedding asked for 4 TB)
+                check_at_most(f"GemNetConfig: {f.name}", value, *ARCHITECTURE_BOUNDS[f.name])
+        cutoff = self.cutoff
+        if isinstance(cutoff, bool) or not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
+            raise ValueError(f"GemNetConfig: cutoff={cutoff!r} must be a positive number (Å)")
+        check_at_most("GemNetConfig: cutoff", cutoff, MAX_CUTOFF, "MAX_CUTOFF", "the official cutoff is 7 Å")
         if self.num_spherical < 2:
             raise ValueError(f"GemNetConfig: num_spherical={self.num_spherical} must be >= 2")
-        object.__setattr__(self, "condition_on_adapt", tuple(self.condition_on_adapt))
+        for name in ("lattice_cosine_features",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GemNetConfig: {name}={getattr(self, name)!r} must be true or false")
+        adapt = self.condition_on_adapt
+        # a string is not a list of properties ("dft_band_gap" was read as 12 one-letter properties)
+        if isinstance(adapt, (str, bytes)) or not isinstance(adapt, (list, tuple)) or not all(
+                isinstance(p, str) and p for p in adapt) or len(set(adapt)) != len(adapt):
+            raise ValueError(f"GemNetConfig: condition_on_adapt={adapt!r} must be a list of distinct property names, "
+                             "e.g. ['dft_band_gap']")
+        object.__setattr__(self, "condition_on_adapt", tuple(adapt))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

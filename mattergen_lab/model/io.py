@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mattergen_lab.limits import MAX_NUM_STEPS, check_at_most
 from mattergen_lab.model.gemnet import GemNetConfig
 from mattergen_lab.model.score_model import ScoreModel
+from mattergen_lab.noise.joint import DiffusionConfig
 
 FORMAT = "mattergen-lab/1"
 CONFIG_FILE = "config.json"
@@ -87,13 +89,41 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
+#: Smallest standard deviation of a property scaler: a fitted one is at least 1e-5 (the official scaler adds it).
+MIN_SCALER_STD = 1e-6
+
+
+def check_weights(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that are not finite floating-point numbers, and a degenerate property scaler (std ~ 0),
+    naming the tensor: int32 weights sampled a 624,434 Å cell, NaN ones ended deep in a linear-algebra error."""
+    for key, tensor in state.items():
+        if not tensor.dtype.is_floating_point:
+            raise ValueError(f"{where}: tensor {key!r} is {str(tensor.dtype).replace('torch.', '')}, not floating "
+                             "point; the weights are corrupt or not a mattergen-lab model")
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(f"{where}: tensor {key!r} has {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}")
+        if key.endswith("scaler.stds") and not bool((tensor.abs() >= MIN_SCALER_STD).all()):
+            raise ValueError(f"{where}: property scaler {key!r} has std {tensor.tolist()}: a degenerate scaler (a "
+                             f"fitted one is at least 1e-5) would divide the target by zero")
+
+
 def load_local_checkpoint(
     directory: str | os.PathLike, *, map_location: str | torch.device = "cpu", with_trainer_state: bool = False
 ) -> Checkpoint:
     """Load one of our checkpoint folders (strict: every key must match)."""
     directory = Path(directory)
     cfg = read_config(directory)
-    model = ScoreModel(GemNetConfig.from_dict(cfg["model"]))
+    try:  # every size and schedule bounded before any layer is allocated (mattergen_lab.limits)
+        gemnet = GemNetConfig.from_dict(cfg["model"])
+        DiffusionConfig.from_dict(cfg.get("diffusion") or {})
+        steps = (cfg.get("sampling") or {}).get("num_steps")
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise ValueError(f"sampling.num_steps={steps!r} must be a positive integer")
+        check_at_most("sampling.num_steps", steps, MAX_NUM_STEPS, "MAX_NUM_STEPS", "the official sampler takes 1,000")
+    except ValueError as exc:
+        raise ValueError(f"{directory / CONFIG_FILE}: {exc}") from None
+    model = ScoreModel(gemnet)
     weights = directory / WEIGHTS_FILE
     try:
         state = load_file(str(weights), device=str(map_location))
@@ -109,6 +139,7 @@ def load_local_checkpoint(
         raise ValueError(
             f"{weights} does not match its config: missing={missing}, unexpected={unexpected}, wrong shape={wrong}"
         )
+    check_weights(state, str(weights))
     model.load_state_dict(state, strict=True)
     trainer_state = None
     if with_trainer_state and (directory / TRAINER_STATE_FILE).exists():

@@ -21,6 +21,7 @@ import torch
 
 from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import AVERAGE_DENSITY
+from mattergen_lab.limits import MAX_BETA, check_at_most
 
 
 def make_noise_symmetric_preserve_variance(z: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,8 @@ class LatticeVPConfig(PlainConfig):
                 raise ValueError(f"LatticeVPConfig: {name}={value!r} must be a positive finite number")
         if self.beta_max < self.beta_min:
             raise ValueError(f"LatticeVPConfig: beta_max={self.beta_max!r} must be >= beta_min={self.beta_min!r}")
+        # beta_max=1e308 passed as finite, then alpha(t) underflowed to 0 and the sampler hit a singular matrix
+        check_at_most("LatticeVPConfig: beta_max", self.beta_max, MAX_BETA, "MAX_BETA", "the official value is 20")
 
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from mattergen_lab.config import PlainConfig
 from mattergen_lab.constants import MASK_CLASS, MASK_Z, NUM_CLASSES
+from mattergen_lab.limits import MAX_NUM_STEPS, check_at_most
 
 #: Finite stand-in for log(0).
 NEG_INF = -1e10
@@ -68,6 +69,8 @@ class MaskedTypeConfig(PlainConfig):
     def __post_init__(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 2:
             raise ValueError(f"MaskedTypeConfig: num_steps={self.num_steps!r} must be an integer >= 2")
+        check_at_most("MaskedTypeConfig: num_steps", self.num_steps, MAX_NUM_STEPS, "MAX_NUM_STEPS",
+                      "the official value is 1,000")
         if self.num_classes != NUM_CLASSES:
             raise ValueError(
                 f"MaskedTypeConfig: num_classes={self.num_classes!r} must be {NUM_CLASSES} (100 elements + MASK)"

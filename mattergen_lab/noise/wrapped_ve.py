@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from mattergen_lab.config import PlainConfig
+from mattergen_lab.limits import MAX_SIGMA, MAX_WRAP_IMAGES, check_at_most
 
 
 def wrap(x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +88,9 @@ class WrappedVEConfig(PlainConfig):
             raise ValueError(f"WrappedVEConfig: sigma_max={self.sigma_max!r} must exceed sigma_min={self.sigma_min!r}")
         if isinstance(self.num_images, bool) or not isinstance(self.num_images, int) or self.num_images < 0:
             raise ValueError(f"WrappedVEConfig: num_images={self.num_images!r} must be a non-negative integer")
+        check_at_most("WrappedVEConfig: sigma_max", self.sigma_max, MAX_SIGMA, "MAX_SIGMA", "the official value is 5")
+        check_at_most("WrappedVEConfig: num_images", self.num_images, MAX_WRAP_IMAGES, "MAX_WRAP_IMAGES",
+                      "the official value is 3")
 
 
 

@@ -196,9 +196,23 @@ def _to_atoms(structure: Structure | Atoms) -> Atoms:
         raise ValueError(f"expected a pymatgen Structure or an ASE Atoms, got {type(structure).__name__}")
     atoms.calc = None
     atoms.set_constraint()
+    formula = atoms.get_chemical_formula() or "structure"
+    if len(atoms) == 0:  # these ended inside numpy, scipy or pymatgen (issue 26)
+        raise ValueError("the structure has no atoms")
+    if not (np.isfinite(atoms.cell.array).all() and np.isfinite(atoms.positions).all()):
+        raise ValueError(f"{formula}: the cell or the positions are not finite (NaN or inf)")
     if not all(atoms.pbc) or atoms.cell.rank != 3:
         raise ValueError("the structure must be periodic in three dimensions")
+    if len(atoms) > 1:
+        d = atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), k=1)]
+        if d.min() < MIN_DISTANCE:
+            raise ValueError(f"{formula}: two atoms are {d.min():.3g} Å apart (overlapping; at least {MIN_DISTANCE} Å "
+                             "is needed for a force field)")
     return atoms
+
+
+#: Closest two atoms may be for the oracle (Å): the structural-validity threshold of the evaluation.
+MIN_DISTANCE = 0.5
 
 
 def check_arguments(strain: float, n_points: int, fmax: float, max_steps: int, eos: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from mattergen_lab.config import PlainConfig
 from mattergen_lab.crystal import CrystalBatch
+from mattergen_lab.limits import MAX_CORRECTOR_STEPS, MAX_NUM_STEPS, check_at_most
 
 
 #: Predictors of the coordinates and the lattice: the official ancestral step, or a deterministic probability-flow one.
@@ -54,12 +55,16 @@ class SamplerConfig(PlainConfig):
 
         if not is_int(self.num_steps) or self.num_steps < 1:
             raise ValueError(f"SamplerConfig: num_steps={self.num_steps!r} must be a positive integer")
+        check_at_most("SamplerConfig: num_steps", self.num_steps, MAX_NUM_STEPS, "MAX_NUM_STEPS",
+                      "the official sampler takes 1,000")
         if self.eps_t is not None:
             upper_ok = self.eps_t < 1 or (self.num_steps == 1 and self.eps_t == 1)
             if not is_num(self.eps_t) or not self.eps_t > 0 or not upper_ok:
                 raise ValueError(f"SamplerConfig: eps_t={self.eps_t!r} must be None or a number in (0, 1)")
         if not is_int(self.n_corrector_steps) or self.n_corrector_steps < 0:
             raise ValueError(f"SamplerConfig: n_corrector_steps={self.n_corrector_steps!r} must be an integer >= 0")
+        check_at_most("SamplerConfig: n_corrector_steps", self.n_corrector_steps, MAX_CORRECTOR_STEPS,
+                      "MAX_CORRECTOR_STEPS", "the official sampler takes 1")
         for name in ("coord_snr", "lattice_snr"):
             value = getattr(self, name)
             if not is_num(value) or value < 0:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mattergen_lab.chemistry import ChemicalSystem
+from mattergen_lab.limits import MAX_NUM_STEPS, MAX_SEED, check_at_most
 from mattergen_lab.sampling.composition import FixedComposition
 from mattergen_lab.sampling.frames import sampler_variant
 
@@ -144,8 +145,9 @@ class SamplingRequest:
                                  "run a campaign (mattergen-lab campaign) to make more")
         if self.num_steps is not None and (not _is_int(self.num_steps) or self.num_steps < 1):
             raise ValueError(f"num_steps={self.num_steps!r} must be None or a positive integer")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
+        check_at_most("num_steps", self.num_steps, MAX_NUM_STEPS, "MAX_NUM_STEPS", "the official sampler takes 1,000")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed={self.seed!r} must be an integer from 0 to MAX_SEED=2**63-1")
         g = self.guidance_scale
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
             raise ValueError(f"guidance_scale={g!r} must be a number >= 0")

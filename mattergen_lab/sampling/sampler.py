@@ -371,14 +371,14 @@ class PredictorCorrectorSampler:
         if request.composition is not None:  # recorded only when set, so older folders' records still match
             record["composition"] = request.composition.to_dict()
             record["num_atoms"] = request.composition.num_atoms
-        writer = SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every, settings=record)
-        for item in self.iter_chunks(
-            request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
-            progress=progress, skip=writer.skip, every=writer.record_every,
-        ):
-            written = writer.on_frame(list(item.indices), item.frame)
-            if item.frame.final and on_batch is not None:
-                on_batch(written)
+        with SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every, settings=record) as writer:
+            for item in self.iter_chunks(
+                request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
+                progress=progress, skip=writer.skip, every=writer.record_every,
+            ):
+                written = writer.on_frame(list(item.indices), item.frame)
+                if item.frame.final and on_batch is not None:
+                    on_batch(written)
         return writer.paths
 
     def _request(self, num_samples: Any, batch_size: Any, seed: int | None, generator: torch.Generator | None,

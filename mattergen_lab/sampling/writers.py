@@ -6,7 +6,9 @@ files). Layout of ``out_dir``:
 * ``cifs/gen_{i}.cif``: one CIF per crystal (its Niggli-reduced cell), each written atomically as soon as its
   chunk is done;
 * ``generated_crystals.extxyz``: one frame per crystal (``info["gen_index"] = i``), appended after each chunk;
-* ``trajectories/gen_{i}.extxyz`` when ``record_every > 0``: every ``record_every``-th denoising step.
+* ``trajectories/gen_{i}.extxyz`` when ``record_every > 0``: every ``record_every``-th denoising step;
+* ``.mattergen-lab.lock`` while a run writes (:class:`~mattergen_lab.fileio.FolderLock`): a second run into the
+  folder is refused, naming the process that writes it.
 
 On restart, crystals whose CIF exists are in :attr:`SampleDirWriter.skip`; the extxyz is first repaired from the
 CIFs if an earlier run stopped while appending to it. ``sampling.json`` records the settings that decide the
@@ -20,11 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mattergen_lab.fileio import atomic_write_text
+from mattergen_lab.fileio import FolderLock, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -40,8 +43,19 @@ class SampleDirWriter:
     def __init__(self, out_dir: str | os.PathLike, num_samples: int, *, record_every: int = 0,
                  settings: dict[str, Any] | None = None) -> None:
         self.out = Path(out_dir)
+        if not str(out_dir).strip():  # '' is the working directory: never meant as an output folder
+            raise ValueError(f"out_dir={str(out_dir)!r} is empty; give an output folder")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"out_dir={str(self.out)!r} exists and is not a folder")
+        # one writer per folder (two runs at once wrote every crystal twice); released by close() or at exit
+        self._lock = FolderLock(self.out, "sample").acquire()
+        try:
+            self._open(num_samples, record_every, settings)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, num_samples: int, record_every: int, settings: dict[str, Any] | None) -> None:
         if settings is not None:
             check_settings(self.out, settings)
         self.cif_dir = self.out / "cifs"
@@ -62,6 +76,16 @@ class SampleDirWriter:
         if len(self.skip) == len(self.paths):
             log.info("all %d crystals already in %s", len(self.paths), self.cif_dir)
         self._traj_tmp: dict[int, str] = {}
+
+    def close(self) -> None:
+        """Release the folder (another run may write into it)."""
+        self._lock.release()
+
+    def __enter__(self) -> "SampleDirWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def on_frame(self, indices: list[int], frame: "SamplerFrame") -> int:
         """Record one frame of the chunk holding ``indices``; returns how many crystals it wrote (0 until final)."""
@@ -133,9 +157,18 @@ def to_atoms(index: int, structure: "Structure") -> Any:
 
 
 def read_cif(path: Path) -> "Structure":
+    """One of our CIFs, read back on resume; ``ValueError`` naming it when it is not one (a junk ``gen_5.cif``)."""
+    import warnings
+
     from pymatgen.core import Structure
 
-    return Structure.from_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_file(path)
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for a bad CIF
+        raise ValueError(f"{path} is not a readable CIF ({type(exc).__name__}: {exc}); delete it and rerun to sample "
+                         "that crystal again") from None
 
 
 def write_cif(path: Path, structure: "Structure") -> None:
@@ -170,7 +203,7 @@ def repair_extxyz(extxyz: Path, cif_dir: Path) -> None:
     """Make ``extxyz`` hold exactly one frame per existing CIF (after an interrupted run)."""
     from ase.io import read, write
 
-    done = {int(p.stem.split("_")[1]): p for p in cif_dir.glob("gen_*.cif")}
+    done = {int(m.group(1)): p for p in cif_dir.glob("gen_*.cif") if (m := re.fullmatch(r"gen_(\d+)", p.stem))}
     try:
         frames = read(extxyz, index=":", format="extxyz") if extxyz.exists() else []
         readable = True
