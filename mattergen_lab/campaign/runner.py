@@ -51,18 +51,17 @@ def check_spec(spec: CampaignSpec) -> None:
     """Fail at the boundary, before any task: the checkpoint loads, builds the spec's sampler and can condition on
     every arm's targets."""
     from mattergen_lab.checkpoints import load_checkpoint
-    from mattergen_lab.sampling.api import (
-        build_sampler,
-        recommended_num_steps,
-        validated_conditions,
-    )
+    from mattergen_lab.sampling.build import recommended_num_steps
+    from mattergen_lab.sampling.pipeline import SamplingPipeline
 
     ckpt = load_checkpoint(spec.checkpoint)
     steps = spec.num_steps or recommended_num_steps(ckpt)
     for arm in spec.arms():
-        _, info = build_sampler(ckpt, num_steps=steps, guidance_scale=arm.guidance_scale, sampler_settings=spec.sampler)
+        pipe = SamplingPipeline.from_checkpoint(ckpt, num_steps=steps, guidance_scale=arm.guidance_scale,
+                                                sampler_settings=spec.sampler)
+        request = spec.request(arm)  # (its ValueError names the arm)
         try:
-            validated_conditions(arm.conditions, info)
+            pipe.check(request)  # the check every sampling task makes: conditions, composition
         except ValueError as exc:
             raise ValueError(f"arm {arm.name} ({arm.label}): {exc}") from None
 
