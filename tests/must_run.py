@@ -32,4 +32,5 @@ def importorskip(modname: str, minversion: str | None = None) -> Any:
     try:
         return pytest.importorskip(modname, minversion=minversion)
     except pytest.skip.Exception as exc:
-        skip_or_fail(str(exc.msg))
+        reason = str(exc.msg)
+    skip_or_fail(reason)  # outside the except: the report shows the reason, not a chained traceback
