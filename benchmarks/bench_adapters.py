@@ -7,7 +7,7 @@ an oracle for the adapter's property:
 
 * ``chemical_system`` (target ``--chemical-system``, default Li-Mn-O): **exact**. The library's sampling
   API turns a chemical-system condition into a hard element mask at every step
-  (``mattergen_lab.sampling.api.sampling_kwargs``); here the mask is switched off (``allowed_elements=None``)
+  (``SamplingRequest.mask``); here the mask is switched off (``SamplingRequest(use_element_mask=False)``)
   so that the numbers show what the guidance alone does. Li-Mn-O: 76 MP-20 structures (the most common
   ternary oxide system without F), and its sub-systems Li-O, Mn-O and Li-Mn are well represented too.
   Metrics: element set equal to the target, element set a subset of it, share of sites on target elements.
@@ -233,20 +233,24 @@ def targets_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def sample_batch(ckpt: Any, weights: str | None, gamma: float, conditions: dict[str, Any], args: argparse.Namespace,
                  out_dir: Path) -> tuple[list[Any], dict[str, Any]]:
     """Sample ``args.num_samples`` crystals at guidance γ into ``out_dir`` (resumable), **without** element mask."""
-    from mattergen_lab.sampling.api import build_sampler, sampling_kwargs
+    from mattergen_lab.sampling.pipeline import SamplingPipeline
+    from mattergen_lab.sampling.request import SamplingRequest
 
-    sampler, info = build_sampler(ckpt, num_steps=args.steps, guidance_scale=gamma, device="cpu")
-    kwargs = sampling_kwargs(info, num_atoms=None, seed=args.seed, conditions=conditions, elements=None, device="cpu")
-    kwargs["allowed_elements"] = None  # measure the guidance alone: no hard chemical-system mask
+    pipe = SamplingPipeline.from_checkpoint(ckpt, num_steps=args.steps, guidance_scale=gamma, device="cpu")
+    info = pipe.info
+    sampling = pipe.check(SamplingRequest(  # measure the guidance alone: no hard chemical-system mask
+        checkpoint=info.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+        conditions=conditions, guidance_scale=gamma, device="cpu", use_element_mask=False,
+    ))
     request = {"checkpoint": info.checkpoint, "weights_sha256": weights, "guidance_scale": gamma,
-               "conditions": kwargs["properties"], "num_steps": info.sampler_config.num_steps, "seed": args.seed,
-               "batch_size": args.batch_size, "element_mask": None}
+               "conditions": dict(sampling.conditions) or None, "num_steps": info.sampler_config.num_steps,
+               "seed": args.seed, "batch_size": args.batch_size, "element_mask": None}
     previous = _read_json(out_dir / "request.json")
     if previous and previous != json.loads(json.dumps(request, default=_json_default)):
         raise SystemExit(f"{out_dir} holds samples made with other settings ({previous}); use a new --out")
     _write_json(out_dir / "request.json", request)
     t0 = time.perf_counter()
-    paths = sampler.sample_to_dir(out_dir, args.num_samples, batch_size=args.batch_size, **kwargs)
+    paths = pipe.to_dir(sampling, out_dir)
     timings = _read_json(out_dir / "timings.json")
     timings["sampling_wall_s"] = round(float(timings.get("sampling_wall_s", 0.0)) + time.perf_counter() - t0, 1)
     _write_json(out_dir / "timings.json", timings)
@@ -471,7 +475,7 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items()},
         "targets": targets_from_args(args),
         "bulk_modulus_engine": bulk_modulus_engine(args),
-        "element_mask": "off for chemical_system (allowed_elements=None): guidance only",
+        "element_mask": "off for chemical_system (use_element_mask=False): guidance only",
         "oracles": {
             "chemical_system": "exact: element set of the generated structure",
             "hhi_score": "exact: mattergen_lab.properties.hhi_score (pymatgen production HHI, mass-weighted)",

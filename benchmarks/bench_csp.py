@@ -5,7 +5,10 @@ Targets: the validation slice the bundled models never trained on, rebuilt exact
 crystals whose reduced composition does not occur in the 22,927 training crystals either, then a seeded shuffle.
 
 For each target the CSP model samples ``k`` structures with the target's cell composition (its atom types and
-count). DiffCSP's metric (``scripts/compute_metrics.py``): a sample counts only if it is structurally valid (all
+count): one :class:`~mattergen_lab.sampling.request.SamplingRequest` whose ``compositions`` give every sample its
+target's cell, sampled through the :class:`~mattergen_lab.sampling.pipeline.SamplingPipeline` in chunks of
+``--batch-size`` (chunk ``j`` seeded with ``chunk_seed(seed, j)`` as in every request; earlier versions of this script
+seeded the batch starting at job ``b`` with ``chunk_seed(seed, b)``, so their samples differ, not the protocol). DiffCSP's metric (``scripts/compute_metrics.py``): a sample counts only if it is structurally valid (all
 interatomic distances >= 0.5 Å, volume >= 0.1 Å³); ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``
 ``get_rms_dist`` against the target; **match rate** = fraction of targets with a matching sample, **RMSE** = mean
 over matched targets of the (smallest, for k > 1) normalised RMS distance. Composition validity is not applied:
@@ -58,6 +61,18 @@ def held_out_targets(data_dir: str | None, seed: int) -> tuple[object, list[int]
     return val, [keep[i] for i in order], info
 
 
+def cell_composition(structure):
+    """The target's cell as the request's composition, built from its atoms directly: MP-20 holds a few cells with
+    elements (U, Th, Pu...) that ``FixedComposition.parse`` refuses in a user's formula (MatterGen never generates
+    Z >= 84) but that the CSP model takes as given types, as DiffCSP's protocol asks."""
+    from collections import Counter
+
+    from mattergen_lab.sampling.composition import FixedComposition
+
+    counts = sorted(Counter(structure.atomic_numbers).items())
+    return FixedComposition(formula=structure.composition.formula.replace(" ", ""), amounts=tuple(counts))
+
+
 def is_valid(s) -> bool:
     """DiffCSP's structural validity: every distance >= 0.5 Å and volume >= 0.1 Å³."""
     if s.volume < 0.1:
@@ -83,18 +98,22 @@ def main() -> None:
 
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from mattergen_lab.sampling.api import load_sampler
-    from mattergen_lab.sampling.request import chunk_seed
+    from mattergen_lab.sampling.pipeline import SamplingPipeline
+    from mattergen_lab.sampling.request import SamplingRequest
 
     val, order, info = held_out_targets(args.data_dir, args.seed)
     targets = order[: args.num_targets]
     if len(targets) < args.num_targets:
         raise SystemExit(f"only {len(targets)} held-out targets with unseen compositions")
-    sampler, sinfo = load_sampler(args.checkpoint, num_steps=args.steps)
-    if not sinfo.csp:
+    pipe = SamplingPipeline.from_checkpoint(args.checkpoint, num_steps=args.steps)
+    if not pipe.info.csp:
         raise SystemExit(f"{args.checkpoint} is not a CSP checkpoint")
     gts = val.get_batch(torch.as_tensor(targets), dtype=torch.float64).to_structures()
     jobs = [(t, j) for t in range(len(targets)) for j in range(args.k)]  # (target position, sample index)
+    cells = [cell_composition(s) for s in gts]
+    request = SamplingRequest(checkpoint=args.checkpoint, num_samples=len(jobs), batch_size=args.batch_size,
+                              num_steps=args.steps, seed=args.seed,
+                              compositions=[cells[t] for t, _ in jobs])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "samples.jsonl"
@@ -108,18 +127,13 @@ def main() -> None:
             done[(r["target"], r["k"])] = r
     matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
     t_sampling = 0.0
-    for b in range(0, len(jobs), args.batch_size):
-        batch = jobs[b : b + args.batch_size]
-        if all((val.ids[targets[t]].item(), j) in done for t, j in batch):
-            continue
-        sub = val.get_batch(torch.as_tensor([targets[t] for t, _ in batch]))
-        t0 = time.perf_counter()
-        *_, final = sampler.iter_steps(sub.num_atoms, generator=torch.Generator().manual_seed(chunk_seed(args.seed, b)),
-                                       every=0, atom_types=sub.atom_types)
+    skip = {i for i, (t, j) in enumerate(jobs) if (val.ids[targets[t]].item(), j) in done}  # resuming: whole chunks
+    t0 = time.perf_counter()
+    for item in pipe.frames(request, every=0, skip=skip):
         t_sampling += time.perf_counter() - t0
-        preds = final.batch.to_structures(standard_orientation=True)
+        preds = item.frame.batch.to_structures(standard_orientation=True)
         lines = []
-        for (t, j), pred in zip(batch, preds):
+        for (t, j), pred in zip((jobs[i] for i in item.indices), preds):
             valid = is_valid(pred)
             rms = None
             if valid:
@@ -133,8 +147,9 @@ def main() -> None:
             lines.append(json.dumps(row))
         with rows_path.open("a") as fh:
             fh.write("\n".join(lines) + "\n")
-        print(f"batch {b // args.batch_size + 1}/{-(-len(jobs) // args.batch_size)}: "
+        print(f"batch {item.chunk + 1}/{request.num_chunks}: "
               f"{sum(r['rms'] is not None for r in done.values())}/{len(done)} samples matched", flush=True)
+        t0 = time.perf_counter()
 
     per_target: dict[str, list] = {}
     for r in done.values():
@@ -142,7 +157,7 @@ def main() -> None:
     best = [min((r["rms"] for r in rows if r["rms"] is not None), default=None) for rows in per_target.values()]
     matched = [x for x in best if x is not None]
     summary = {
-        "checkpoint": args.checkpoint, "k": args.k, "num_targets": len(per_target), "steps": sampler.config.num_steps,
+        "checkpoint": args.checkpoint, "k": args.k, "num_targets": len(per_target), "steps": pipe.num_steps,
         "match_rate_percent": round(100 * len(matched) / len(best), 2),
         "rmse": round(float(np.mean(matched)), 4) if matched else None,
         "valid_percent": round(100 * float(np.mean([r["valid"] for r in done.values()])), 2),

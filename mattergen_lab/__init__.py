@@ -9,7 +9,7 @@ Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a modu
     8  design, campaign                 (user-facing runs, tables, export; campaigns on Ray)
     7  evaluation                       (relaxation, E_hull, S.U.N., RMSD)
     6  properties                       (oracles: HHI, symmetry, bulk modulus, magnetism; property sweeps)
-    5  sampling                         (SamplingRequest, the predictor-corrector sampler, guidance)
+    5  sampling                         (SamplingRequest → SamplingPipeline; the predictor-corrector sampler, guidance)
     4  checkpoints, training, testing   (registry and loading; the training loop; test helpers)
     3  model, symmetry                  (GemNet-T score network, adapters, scale fitting; Wyckoff templates, constraint)
     2  noise, data, forcefields         (diffusion processes; datasets; CHGNet/MatterSim calculators)
@@ -34,7 +34,8 @@ _EXPORTS = {
     "PredictorCorrectorSampler": "mattergen_lab.sampling.sampler",
     "SamplerConfig": "mattergen_lab.sampling.sampler",
     "ClassifierFreeGuidance": "mattergen_lab.sampling.guidance",
-    "load_sampler": "mattergen_lab.sampling.api",
+    "load_sampler": "mattergen_lab.sampling.build",
+    "SamplingPipeline": "mattergen_lab.sampling.pipeline",
     "sample": "mattergen_lab.sampling.api",
     "sample_to_dir": "mattergen_lab.sampling.api",
     "load_checkpoint": "mattergen_lab.checkpoints",

@@ -4,12 +4,25 @@ Loading a checkpoint, CHGNet, the MP-20 hull or the novelty reference takes seco
 kernel's life. On Binder (1-2 GB) switching checkpoints or finishing an evaluation should give that memory back:
 call :func:`mattergen_lab.clear_caches` (the design app does when its checkpoint changes). Only modules that are
 already imported are touched, so calling it never loads anything.
+
+A cache registers itself where it is defined (:func:`register_cache`, at import: the sampling pipelines do);
+:data:`HEAVY_CACHES` names the older ones.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
+
+#: name -> a function that empties the cache and returns whether it held anything (see :func:`register_cache`).
+_REGISTERED: dict[str, Callable[[], bool]] = {}
+
+
+def register_cache(name: str, clear: Callable[[], bool]) -> None:
+    """Let :func:`clear_caches` empty a cache: ``clear()`` empties it and returns whether it held anything.
+    Called by the module that defines the cache, when it is imported (registering a name again replaces it)."""
+    _REGISTERED[name] = clear
 
 #: (module, function) of every cache that holds a model, a hull, a reference set or a data table.
 HEAVY_CACHES = (
@@ -32,5 +45,8 @@ def clear_caches() -> list[str]:
             if fn.cache_info().currsize:
                 cleared.append(f"{module_name}.{attr}")
             fn.cache_clear()
+    for name, clear in list(_REGISTERED.items()):
+        if clear():
+            cleared.append(name)
     gc.collect()
     return cleared

@@ -179,12 +179,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
-    from mattergen_lab.sampling.api import sample_to_dir
     from mattergen_lab.sampling.frames import parse_sampler_text
-    from mattergen_lab.sampling.request import validate_device
+    from mattergen_lab.sampling.pipeline import SamplingPipeline
+    from mattergen_lab.sampling.request import SamplingRequest
 
     if not args.out.strip():  # '' would write into the working directory
         raise ValueError(f"--out {args.out!r} is empty; give an output folder")
@@ -197,11 +196,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise ValueError(f"--condition {name.strip()} is given twice ({conditions[name.strip()]!r} and "
                              f"{value.strip()!r}); give each property once")
         conditions[name.strip()] = value.strip()
-    sampler_settings = parse_sampler_text(args.sampler)
-    bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)
-    paths = sample_to_dir(
-        args.checkpoint,
-        args.out,
+    request = SamplingRequest(
+        checkpoint=args.checkpoint,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         num_steps=args.steps,
@@ -210,12 +206,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         conditions=conditions,
         guidance_scale=args.guidance,
         elements=args.elements,
-        device=torch.device(validate_device(args.device)),
-        on_batch=lambda n: bar.update(n),
+        device=args.device,
         composition=args.composition,
         formula_units=args.formula_units,
-        sampler_settings=sampler_settings,
+        sampler=parse_sampler_text(args.sampler),
     )
+    pipe = SamplingPipeline.for_request(request)
+    bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)
+    paths = pipe.to_dir(request, args.out, on_batch=lambda n: bar.update(n))
     bar.close()
     print(f"wrote {len(paths)} structures to {Path(args.out) / 'cifs'} and {Path(args.out) / 'generated_crystals.extxyz'}")
     return 0

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from must_run import importorskip
 
-pytest.importorskip("torch_sim")
+importorskip("torch_sim")
 
 from pymatgen.core import Lattice, Structure  # noqa: E402
 

@@ -39,8 +39,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from must_run import must_run, skip_or_fail
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -68,10 +69,8 @@ GENERATE_S = 150
 
 # --------------------------------------------------------------------------------------------- availability
 def _unavailable(reason: str):
-    """Skip locally; fail under ``MATTERGEN_LAB_CI=1``, where the browser test must run."""
-    if os.environ.get("MATTERGEN_LAB_CI") == "1":
-        pytest.fail(f"{reason} (MATTERGEN_LAB_CI=1: the browser test must run in CI)", pytrace=False)
-    pytest.skip(reason)
+    """Skip locally; fail under ``MATTERGEN_LAB_CI=1`` (``tests/must_run.py``), where the browser test must run in CI."""
+    skip_or_fail(reason)
 
 
 def _chromium() -> str:
@@ -582,7 +581,7 @@ def _drive_design_app(page, server: LabServer) -> None:
             plot("mgl-hull-plot"))
         raise AssertionError(f"the hull plot drew no markers; its traces in the browser [name, mode, points]: {traces}") from None
     if "note" in hull:
-        assert os.environ.get("MATTERGEN_LAB_CI") != "1", f"no convex hull in CI: {hull['note']}"
+        assert not must_run(), f"no convex hull in CI: {hull['note']}"
     page.wait_for_timeout(1500)  # let nglview and plotly finish drawing before the screenshot
     _assert_healthy(page)
     _save_screenshot(page, SCREENSHOT, ".mgl-design-app")

@@ -51,7 +51,7 @@ from test_browser import (  # noqa: F401 - chromium and tiny_checkpoint are fixt
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REVIEW_S = 180  # Crystal Toolkit's first import (~10 s idle), XRD and the matcher on 2 shared cores
 SCENE_S = 90

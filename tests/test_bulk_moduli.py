@@ -9,8 +9,9 @@ import pytest
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Lattice, Structure
+from must_run import importorskip
 
-pytest.importorskip("torch_sim")
+importorskip("torch_sim")
 
 from mattergen_lab.evaluation import bulk_moduli  # noqa: E402
 from mattergen_lab.properties import BulkModulusError, BulkModulusResult  # noqa: E402

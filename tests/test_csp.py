@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pytest
 import torch
+from must_run import importorskip
 
 from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.io import save_checkpoint
@@ -228,7 +229,7 @@ def test_cli_finetune_csp_end_to_end(data_dir, tmp_path):
 
 # ------------------------------------------------------------------------------ the design app
 def test_app_formula_switches_to_the_csp_model(csp_checkpoint, monkeypatch):
-    pytest.importorskip("ipywidgets")
+    importorskip("ipywidgets")
     import mattergen_lab.widgets.app as app_module
     from mattergen_lab.widgets import DesignApp
 

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 from pymatgen.core import Structure
 
@@ -11,6 +12,7 @@ from mattergen_lab.evaluation import check_structure
 from mattergen_lab.sampling.api import load_sampler
 
 
+@pytest.mark.slow  # trains a tiny model first (minutes)
 def test_training_lowers_the_validation_loss(trained_tiny):
     _, result, initial = trained_tiny
     final = result.history[-1]["val_loss"]
@@ -20,6 +22,7 @@ def test_training_lowers_the_validation_loss(trained_tiny):
     assert result.history[-1]["val_cell"] < 0.6  # the lattice score is learned (0 = perfect, ~1 = predicting 0)
 
 
+@pytest.mark.slow  # trains a tiny model first (minutes)
 def test_samples_are_valid_crystals(trained_tiny):
     ckpt_dir, _, _ = trained_tiny
     sampler, info = load_sampler(ckpt_dir, num_steps=300)
@@ -35,6 +38,7 @@ def test_samples_are_valid_crystals(trained_tiny):
     assert all(math.isfinite(v) and v < 5000 for v in volumes)
 
 
+@pytest.mark.slow  # trains a tiny model first (minutes)
 def test_cli_sample_writes_cifs_that_pymatgen_parses(trained_tiny, tmp_path, capsys):
     ckpt_dir, _, _ = trained_tiny
     out = tmp_path / "samples"
@@ -57,6 +61,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert "tiny_but_unknown" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains a tiny model first (minutes)
 def test_cli_sample_takes_a_sampler_variant_and_records_it(trained_tiny, tmp_path, capsys):
     ckpt_dir, _, _ = trained_tiny
     out = tmp_path / "predictor_only"

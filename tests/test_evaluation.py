@@ -21,6 +21,7 @@ import pytest
 import torch
 from pymatgen.analysis.phase_diagram import PDEntry
 from pymatgen.core import Composition, Lattice, Structure
+from must_run import importorskip
 
 from mattergen_lab.evaluation import (
     MissingReferenceError,
@@ -378,7 +379,7 @@ def test_bad_inputs_name_the_offender(mp20_test_structures, tmp_path, data_dir, 
 
 
 def test_reference_formats_json_csv_and_mattergen_lmdb(tmp_path):
-    lmdb = pytest.importorskip("lmdb")
+    lmdb = importorskip("lmdb")
     from pymatgen.entries.computed_entries import ComputedEntry
 
     entries = [ComputedEntry("Cu", -4.1, entry_id="cu"), ComputedEntry("Ni", -5.8, entry_id="ni"),

@@ -11,27 +11,25 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from pymatgen.core import Lattice, Structure
+from must_run import skip_or_fail
 
 from mattergen_lab.evaluation.relax import MP2020, NO_CORRECTION, RelaxConfig, get_relaxer, mp2020_corrected_entry
 from mattergen_lab.forcefields import MATTERSIM_DEFAULT_WEIGHTS, get_calculator
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")]
 
 ENERGY_SCALE = 100.0
 
 
 def _unavailable(reason: str):
-    """Skip locally; fail under ``MATTERGEN_LAB_CI=1``, where MatterSim is installed and this test must run."""
-    if os.environ.get("MATTERGEN_LAB_CI") == "1":
-        pytest.fail(f"{reason} (MATTERGEN_LAB_CI=1: the MatterSim test must run in CI)", pytrace=False)
-    pytest.skip(reason)
+    """Skip locally; fail under ``MATTERGEN_LAB_CI=1`` (``tests/must_run.py``), where MatterSim is installed and this test must run."""
+    skip_or_fail(reason)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,10 +13,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from must_run import importorskip
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+nbformat = importorskip("nbformat")
+nbclient = importorskip("nbclient")
+importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -231,7 +232,7 @@ CHECKS = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # executes every notebook (minutes)
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path, executed, request):
     if path.name in NEEDS_DATA:

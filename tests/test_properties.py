@@ -13,6 +13,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.analysis.hhi import HHIModel
 from pymatgen.core import Composition, Lattice, Structure
+from must_run import importorskip
 
 from mattergen_lab.properties import (
     BulkModulusError,
@@ -414,7 +415,7 @@ def test_checkpoint_sample_fn_calls_the_sampling_api(monkeypatch):
 
 
 def test_chgnet_moment_proxy_is_an_upper_bound_of_the_moments_it_predicts():
-    pytest.importorskip("chgnet")
+    importorskip("chgnet")
     from pymatgen.core import Lattice, Structure
 
     from mattergen_lab.properties import chgnet_site_moments, magnetic_density, magnetic_density_upper_bound

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from must_run import importorskip
 
 import mattergen_lab
 from mattergen_lab import design
@@ -90,7 +91,7 @@ def test_same_seed_same_crystals_from_cli_sample_run_design_and_the_app(tmp_path
     run = design.run_design(request)
     _assert_same([c.structure for c in run.candidates], via_api)
 
-    pytest.importorskip("ipywidgets")
+    importorskip("ipywidgets")
     from mattergen_lab.widgets import DesignApp
 
     app = DesignApp(BASE, online=False, ranges=dict(design.FALLBACK_RANGES))

@@ -206,13 +206,13 @@ def test_the_request_s_sampler_runs_that_many_model_evaluations_per_step(setting
     sampler, info = load_sampler("mgl_mp20_small", num_steps=3, sampler_settings=settings)
     assert info.sampler_config.variant() == sampler_variant(settings)
     sampler.model = counting = _Counting(sampler.model)
-    request = SamplingRequest(num_samples=2, batch_size=2, num_steps=3, seed=0, sampler=settings)
-    frames = list(sampler.iter_chunks(request, num_atoms=4))
+    request = SamplingRequest(num_samples=2, batch_size=2, num_steps=3, seed=0, sampler=settings, num_atoms=4)
+    frames = list(sampler.iter_chunks(request))
     assert frames[-1].frame.final and counting.calls == 3 * per_step
     # a request for another variant than the sampler's is refused, as another step count is
     other = {"n_corrector_steps": 5}
     with pytest.raises(ValueError, match=r"request.sampler=\{'n_corrector_steps': 5\} but this sampler runs"):
-        list(sampler.iter_chunks(SamplingRequest(num_samples=2, batch_size=2, sampler=other), num_atoms=4))
+        list(sampler.iter_chunks(SamplingRequest(num_samples=2, batch_size=2, sampler=other, num_atoms=4)))
 
 
 def test_a_campaign_and_a_sample_folder_refuse_another_sampler_on_resume(tmp_path):

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from must_run import importorskip
 
 from mattergen_lab.checkpoints import registry
 import torch
 
-pytest.importorskip("ipywidgets")
-pytest.importorskip("nglview")
-pytest.importorskip("plotly")
+importorskip("ipywidgets")
+importorskip("nglview")
+importorskip("plotly")
 
 from mattergen_lab import design  # noqa: I001 (after the importorskip calls on purpose)
 from mattergen_lab.widgets import DesignApp, snapshot_to_pdb
@@ -568,7 +569,7 @@ def test_crystal_toolkit_server_addressing(tmp_path):
     import subprocess
     import sys
 
-    pytest.importorskip("crystal_toolkit")
+    importorskip("crystal_toolkit")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_"))}
     env.update(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), OMP_NUM_THREADS="1")  # no running Jupyter server
     proc = subprocess.run([sys.executable, "-c", CTK_ADDRESSING], env=env, capture_output=True, text=True, timeout=300)

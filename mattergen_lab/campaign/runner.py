@@ -58,23 +58,21 @@ def check_spec(spec: CampaignSpec, *, local: bool = False, num_cpus: int | None 
     every arm's targets; for a local Ray (``local``, with ``num_cpus``) the resources exist here (``threads`` within
     the cores, no more GPUs than this machine has) and an ``evaluate.reference`` file exists."""
     from mattergen_lab.checkpoints import load_checkpoint
-    from mattergen_lab.sampling.api import (
-        build_sampler,
-        recommended_num_steps,
-        validated_conditions,
-    )
+    from mattergen_lab.sampling.build import recommended_num_steps
+    from mattergen_lab.sampling.pipeline import SamplingPipeline
 
     if local:
         _check_local_resources(spec, num_cpus)
     ckpt = load_checkpoint(spec.checkpoint)
     steps = spec.num_steps or recommended_num_steps(ckpt)
-    infos: dict[float, Any] = {}  # one sampler per guidance value, not one per arm
+    infos: dict[float, Any] = {}  # one pipeline per guidance value, not one per arm
     for arm in spec.arms():
+        if arm.guidance_scale not in infos:
+            infos[arm.guidance_scale] = SamplingPipeline.from_checkpoint(
+                ckpt, num_steps=steps, guidance_scale=arm.guidance_scale, sampler_settings=spec.sampler)
+        request = spec.request(arm)  # (its ValueError names the arm)
         try:
-            if arm.guidance_scale not in infos:
-                infos[arm.guidance_scale] = build_sampler(ckpt, num_steps=steps, guidance_scale=arm.guidance_scale,
-                                                          sampler_settings=spec.sampler)[1]
-            validated_conditions(arm.conditions, infos[arm.guidance_scale])
+            infos[arm.guidance_scale].check(request)  # the check every sampling task makes: conditions, composition
         except ValueError as exc:
             raise ValueError(f"arm {arm.name} ({arm.label}): {exc}") from None
 

@@ -50,6 +50,7 @@ from mattergen_lab.evaluation.evaluate import MATCHERS, STABILITY_THRESHOLD
 from mattergen_lab.evaluation.relax import RELAXERS, RelaxConfig
 from mattergen_lab.limits import MAX_CAMPAIGN_ARMS
 from mattergen_lab.sampling.frames import sampler_variant
+from mattergen_lab.sampling.guidance import check_guidance_scale
 from mattergen_lab.sampling.request import SamplingRequest
 
 _TOP_KEYS = {"checkpoint", "num_samples", "batch_size", "num_steps", "seed", "conditions", "guidance_scale",
@@ -170,10 +171,7 @@ class CampaignSpec:
         out = []
         for values in itertools.product(*axes.values(), guidance):
             conditions = dict(zip(axes, values[:-1]))
-            g = values[-1]
-            if isinstance(g, bool) or not _is_num(g) or g < 0:
-                raise ValueError(f"guidance_scale={g!r} must be a number >= 0")
-            out.append(Arm(len(out), conditions, float(g)))
+            out.append(Arm(len(out), conditions, check_guidance_scale(values[-1])))
         return out
 
     def request(self, arm: Arm, *, device: str | None = None) -> SamplingRequest:

@@ -8,8 +8,8 @@
 Both are deterministic functions of their arguments on a given device and thread count, so a task that is
 retried after its worker died returns what the first attempt would have.
 
-A worker keeps the loaded sampler and relaxer between tasks (``functools.lru_cache``), so only its first task
-pays for loading them.
+A worker keeps the loaded sampling pipeline (the pipeline registry) and relaxer (``functools.lru_cache``) between
+tasks, so only its first task pays for loading them.
 """
 
 from __future__ import annotations
@@ -51,15 +51,6 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@functools.lru_cache(maxsize=4)
-def _sampler(checkpoint: str, num_steps: int | None, guidance_scale: float, device: str,
-             variant: tuple[tuple[str, Any], ...] = ()) -> Any:
-    from mattergen_lab.sampling.api import load_sampler
-
-    return load_sampler(checkpoint, num_steps=num_steps, guidance_scale=guidance_scale, device=device,
-                        sampler_settings=dict(variant))
-
-
 @functools.lru_cache(maxsize=2)
 def _relaxer(name: str, device: str, fmax: float, max_steps: int, max_seconds: float) -> Any:
     from mattergen_lab.evaluation.relax import RelaxConfig, get_relaxer
@@ -75,19 +66,17 @@ def sample_task(spec: dict[str, Any], arm_index: int, chunk: int, device: str = 
     """
     import torch
 
-    from mattergen_lab.sampling.api import validated_conditions
+    from mattergen_lab.sampling.pipeline import SamplingPipeline
 
     start = time.perf_counter()
     cs = CampaignSpec.from_dict(spec)
     torch.set_num_threads(cs.threads)
     arm = cs.arms()[arm_index]
     request = cs.request(arm, device=device)
-    sampler, info = _sampler(cs.checkpoint, cs.num_steps, arm.guidance_scale, device, tuple(sorted(cs.sampler.items())))
-    properties = validated_conditions(request.conditions, info)
     indices = [c[1] for c in request.chunks()][chunk]
     skip = set(range(request.num_samples)) - set(indices)
     structures = []
-    for item in sampler.iter_chunks(request, num_atoms=request.num_atoms or info.num_atoms, properties=properties, skip=skip):
+    for item in SamplingPipeline.for_request(request).frames(request, every=0, skip=skip):
         if item.frame.final:
             structures = item.frame.batch.to_structures(standard_orientation=True)
     key = f"sample/{arm.name}/c{chunk}"

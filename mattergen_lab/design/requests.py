@@ -15,7 +15,7 @@ import numpy as np
 
 from mattergen_lab.chemistry import ChemicalSystem
 from mattergen_lab.model.property_embeddings import check_scalar_target
-from mattergen_lab.sampling.request import SamplingRequest, validate_device
+from mattergen_lab.sampling.request import SamplingRequest
 from mattergen_lab.constants import SELECTED_ATOMIC_NUMBERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,6 +156,10 @@ def _is_int(v: Any) -> bool:
 class DesignRequest:
     """One generation request, validated on construction (``ValueError`` names the bad value).
 
+    It is a :class:`~mattergen_lab.sampling.request.SamplingRequest` plus design targets: the sampling fields are
+    checked by the one it composes (:attr:`sampling`, built on construction), and :meth:`sampling_request` is that
+    request with the conditions of a checkpoint. The fields stay flat so a widget can fill them in one call.
+
     Attributes:
         checkpoint: registry name or checkpoint path.
         chemical_system: e.g. ``"Li-Fe-O"`` (normalised to sorted symbols) or ``None``; a hard element
@@ -202,27 +206,33 @@ class DesignRequest:
                 raise ValueError(f"targets: {name!r} is not a scalar target; use chemical_system= for chemistry")
             targets[str(name)] = check_scalar_target(str(name), value)  # finite, and in its physical range
         object.__setattr__(self, "targets", targets)
-        g = self.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-            raise ValueError(f"guidance_scale={g!r} must be a number >= 0")
-        object.__setattr__(self, "guidance_scale", float(g))
-        for name in ("num_samples", "num_steps", "every", "batch_size"):
-            v = getattr(self, name)
-            if name == "num_steps" and v is None:  # the checkpoint's recommended count
-                continue
-            if not _is_int(v) or v < 1:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
+        if not _is_int(self.every) or self.every < 1:
+            raise ValueError(f"every={self.every!r} must be a positive integer")
         if self.num_atoms is not None and (not _is_int(self.num_atoms) or self.num_atoms < 1):
             raise ValueError(f"num_atoms={self.num_atoms!r} must be None or a positive integer")
-        if self.device is not None:
-            validate_device(self.device)
-        if self.composition is not None or self.formula_units != 1:  # FixedComposition names a bad formula or count
-            comp = SamplingRequest(composition=self.composition, formula_units=self.formula_units, num_atoms=self.num_atoms).composition
-            if self.targets or self.chemical_system:
-                raise ValueError(f"composition={comp.formula!r} fixes the atoms: drop the targets and chemical system")
-            object.__setattr__(self, "composition", comp.formula)
+        for name in ("num_samples", "num_steps", "seed", "every", "batch_size", "num_atoms"):
+            if isinstance(getattr(self, name), np.integer):  # a widget's value
+                object.__setattr__(self, name, int(getattr(self, name)))
+        if self.composition is not None and (self.targets or self.chemical_system):  # a bad formula is named first
+            comp = SamplingRequest(composition=self.composition, formula_units=self.formula_units).composition
+            raise ValueError(f"composition={comp.formula!r} fixes the atoms: drop the targets and chemical system")
+        # everything the sampler reads is checked once, by the request this one composes
+        sampling = SamplingRequest(
+            checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
+            num_steps=self.num_steps, guidance_scale=self.guidance_scale,
+            elements=ChemicalSystem.parse(self.chemical_system) if self.chemical_system else None,
+            num_atoms=self.num_atoms, seed=self.seed, device=self.device, composition=self.composition,
+            formula_units=self.formula_units,
+        )
+        object.__setattr__(self, "_sampling", sampling)  # not a field: to_dict() and == are the flat fields
+        object.__setattr__(self, "guidance_scale", sampling.guidance_scale)
+        if sampling.composition is not None:
+            object.__setattr__(self, "composition", sampling.composition.formula)
+
+    @property
+    def sampling(self) -> SamplingRequest:
+        """The sampling part of this request (no conditions: they depend on the checkpoint, see :meth:`conditions`)."""
+        return self._sampling  # type: ignore[attr-defined]
 
     def resolved_device(self) -> str:
         """The device to sample on: ``device``, or CUDA when available, else CPU."""
@@ -233,15 +243,9 @@ class DesignRequest:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def sampling_request(self, supported: Sequence[str]) -> SamplingRequest:
-        """The library's :class:`~mattergen_lab.sampling.request.SamplingRequest` for this design request, for a
-        checkpoint conditioning on ``supported``: the same seed gives the same crystals as ``sample()`` and the CLI."""
-        return SamplingRequest(
-            checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
-            conditions=self.conditions(supported), guidance_scale=self.guidance_scale,
-            elements=ChemicalSystem.parse(self.chemical_system) if self.chemical_system else None,
-            num_atoms=self.num_atoms, seed=self.seed, device=self.resolved_device(),
-            composition=self.composition, formula_units=self.formula_units,
-        )
+        """:attr:`sampling` for a checkpoint conditioning on ``supported`` (:meth:`conditions`), on
+        :meth:`resolved_device`: the same seed gives the same crystals as ``sample()`` and the CLI."""
+        return dataclasses.replace(self.sampling, conditions=self.conditions(supported), device=self.resolved_device())
 
     def conditions(self, supported: Sequence[str]) -> dict[str, Any]:
         """Conditioning values for a checkpoint conditioning on ``supported``: every target, plus the

@@ -1,27 +1,24 @@
-"""Design runs: streamed frames and candidates, read from the sampler's one chunk loop."""
+"""Design runs: streamed frames and candidates, read from the sampling pipeline's frames (the one chunk loop)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mattergen_lab.constants import MASK_Z
-
 from mattergen_lab.design.choices import checkpoint_properties
 from mattergen_lab.design.requests import MASK_PLACEHOLDER, DesignRequest
+from mattergen_lab.sampling.pipeline import SamplingPipeline
+from mattergen_lab.sampling.pipeline import cached_checkpoint as _cached_checkpoint  # noqa: F401 (clear_caches' old name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
-
-    from mattergen_lab.sampling.api import SamplerInfo
 
 log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------- runs and frames
@@ -104,21 +101,11 @@ class DesignRun:
     seconds: float
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_checkpoint(checkpoint: str, stamp: float) -> Any:
-    from mattergen_lab.checkpoints import load_checkpoint
-
-    return load_checkpoint(checkpoint)
-
-
-def _load(request: DesignRequest) -> tuple[Any, SamplerInfo]:
-    from mattergen_lab.sampling.api import build_sampler
-
-    p = Path(request.checkpoint)
-    stamp = max((f.stat().st_mtime for f in p.iterdir()), default=0.0) if p.is_dir() else (p.stat().st_mtime if p.exists() else 0.0)
-    ckpt = _cached_checkpoint(request.checkpoint, stamp)
-    return build_sampler(ckpt, num_steps=request.num_steps, guidance_scale=request.guidance_scale,
-                         device=request.resolved_device())
+def pipeline_for(request: DesignRequest) -> SamplingPipeline:
+    """The cached :class:`~mattergen_lab.sampling.pipeline.SamplingPipeline` of ``request``'s checkpoint, steps, γ and
+    device (a retrained checkpoint folder is loaded again)."""
+    return SamplingPipeline.from_checkpoint(request.checkpoint, num_steps=request.num_steps,
+                                            guidance_scale=request.guidance_scale, device=request.resolved_device())
 
 
 def candidate_oracles(structure: Structure) -> dict[str, Any]:
@@ -157,15 +144,13 @@ def iter_design(
     a chemical system is a hard element mask at every step. When ``cancel`` is set, the stream stops at the
     next step and the unfinished batch is dropped; finished batches were already yielded.
     """
-    from mattergen_lab.sampling.api import validated_conditions
-
-    sampler, info = _load(request)
-    sreq = request.sampling_request(info.properties)
-    validated_conditions(sreq.conditions, info)  # ValueError names a target this checkpoint cannot condition on
-    steps = info.sampler_config.num_steps
+    pipe = pipeline_for(request)
+    sreq = request.sampling_request(pipe.properties)
+    steps = pipe.num_steps
     total = sreq.num_chunks * steps
     trajectories: list[list[CrystalSnapshot]] = []
-    for item in sampler.iter_chunks(sreq, every=request.every, num_atoms=request.num_atoms or info.num_atoms):
+    # the pipeline checks the request first: ValueError names a target this checkpoint cannot condition on
+    for item in pipe.frames(sreq, every=request.every):
         if cancel is not None and cancel.is_set():
             return
         j, indices, frame = item.chunk, item.indices, item.frame

@@ -15,6 +15,7 @@ with the same ``std`` for both branches, so interpolating the outputs equals int
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -22,14 +23,21 @@ from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.output import ScoreOutput
 
 
+def check_guidance_scale(guidance_scale: Any) -> float:
+    """γ as a float when it is a finite number >= 0; ``ValueError`` naming it otherwise (the one rule for γ, applied
+    where a request is built: :class:`~mattergen_lab.sampling.request.SamplingRequest`, ``build_sampler``, this class)."""
+    g = guidance_scale
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+        raise ValueError(f"guidance_scale={g!r} must be a finite number >= 0")
+    return float(g)
+
+
 class ClassifierFreeGuidance:
     """Wrap a conditional model into a ``score_fn(batch, t) -> ScoreOutput`` with guidance factor γ."""
 
     def __init__(self, model: torch.nn.Module, guidance_scale: float) -> None:
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"{guidance_scale=} must be a finite number >= 0")
         self.model = model
-        self.guidance_scale = float(guidance_scale)
+        self.guidance_scale = check_guidance_scale(guidance_scale)
 
     def _flags(self, batch: CrystalBatch, keep: bool) -> dict[str, torch.Tensor]:
         names = getattr(self.model, "conditions", ())

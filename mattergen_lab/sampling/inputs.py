@@ -1,21 +1,78 @@
 """The sampler's input normalisers: atom counts, per-crystal element masks and conditioning values.
 
 Each validates its argument once, at the start of a run, and names the bad value in its ``ValueError``.
+:class:`ChunkInputs` holds them for a whole run and hands each chunk its arguments of
+:meth:`~mattergen_lab.sampling.sampler.PredictorCorrectorSampler.iter_steps`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mattergen_lab.constants import MAX_ATOMIC_NUM, NUM_CLASSES
 from mattergen_lab.data.num_atoms import NumAtomsDistribution
 
+if TYPE_CHECKING:  # pragma: no cover
+    from mattergen_lab.sampling.composition import FixedComposition
+    from mattergen_lab.sampling.request import SamplingRequest
+
 #: Elements allowed per sample: ``None`` (all of ``SELECTED_ATOMIC_NUMBERS``), one list of elements for
 #: every crystal, a list with one entry (list or None) per crystal, or a bool tensor ``(101,)`` / ``(B, 101)``.
 AllowedElements = Any
+
+
+@dataclass(frozen=True)
+class ChunkInputs:
+    """What every chunk of a run hands :meth:`iter_steps`, validated once for the run (``ValueError`` names a bad one).
+
+    Built from a :class:`~mattergen_lab.sampling.request.SamplingRequest` (:meth:`from_request`, what
+    ``iter_chunks`` does) or from the sampler-level arguments of ``PredictorCorrectorSampler.sample`` (:meth:`build`).
+    A new per-chunk argument of ``iter_steps`` is one field here and one entry in :meth:`for_chunk`.
+    """
+
+    draw: Callable[[list[int], torch.Generator], torch.Tensor]  # (sample indices, CPU generator) -> (k,) atom counts
+    allowed: AllowedElements = None  # one mask for every crystal...
+    allowed_per_sample: list[Any] | None = None  # ...or one per crystal
+    properties: Mapping[str, Any] | None = None
+    composition_of: Callable[[int], FixedComposition | None] | None = None  # CSP: crystal i's fixed atoms
+
+    @classmethod
+    def build(cls, num_samples: int, *, num_atoms: Any = None, allowed_elements: AllowedElements = None,
+              properties: Mapping[str, Any] | None = None,
+              composition_of: Callable[[int], FixedComposition | None] | None = None) -> ChunkInputs:
+        """``num_atoms``: see :func:`num_atoms_drawer` (not used with ``composition_of``, whose cells give the counts);
+        ``allowed_elements``: see :data:`AllowedElements`; ``properties``: conditioning values."""
+        if composition_of is not None:
+            def draw(idx: list[int], g: torch.Generator) -> torch.Tensor:
+                return torch.tensor([composition_of(i).num_atoms for i in idx], dtype=torch.long)  # type: ignore[union-attr]
+        else:
+            draw = num_atoms_drawer(num_atoms, num_samples)
+        return cls(draw, allowed_elements, per_sample_allowed(allowed_elements, num_samples),
+                   dict(properties) if properties else None, composition_of)
+
+    @classmethod
+    def from_request(cls, request: SamplingRequest, num_atoms: Any = None) -> ChunkInputs:
+        """Everything from ``request``; ``num_atoms`` is the atom-count table when the request sets none (a checkpoint's)."""
+        mask = request.mask
+        return cls.build(
+            request.num_samples, num_atoms=request.num_atoms if request.num_atoms is not None else num_atoms,
+            allowed_elements=list(mask.atomic_numbers) if mask is not None else None,
+            properties=request.conditions or None, composition_of=request.composition_of if request.fixes_atoms else None,
+        )
+
+    def for_chunk(self, indices: Sequence[int], seed: int) -> dict[str, Any]:
+        """Keyword arguments of ``iter_steps`` for the chunk holding ``indices`` (its atom counts drawn from ``seed``
+        on the CPU), all but the generator."""
+        counts = self.draw(list(indices), torch.Generator().manual_seed(seed))
+        allowed = self.allowed if self.allowed_per_sample is None else [self.allowed_per_sample[i] for i in indices]
+        types = None
+        if self.composition_of is not None:
+            types = torch.tensor([z for i in indices for z in self.composition_of(i).atomic_numbers], dtype=torch.long)  # type: ignore[union-attr]
+        return {"num_atoms": counts, "allowed_elements": allowed, "properties": self.properties, "atom_types": types}
 
 
 def num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:

@@ -1,7 +1,8 @@
 """``SamplingRequest``: everything one sampling run needs, validated once at the boundary.
 
-The CLI, :func:`~mattergen_lab.sampling.api.sample`, the design runs and the app all build one, and the sampler's
-single chunk loop (:meth:`PredictorCorrectorSampler.iter_chunks`) reads it. It owns the only seed-to-chunk
+The CLI, :func:`~mattergen_lab.sampling.api.sample`, the design runs, campaign tasks, the benchmarks and the app
+all build one and hand it to a :class:`~mattergen_lab.sampling.pipeline.SamplingPipeline`, which checks it against
+its checkpoint; the sampler's single chunk loop (:meth:`PredictorCorrectorSampler.iter_chunks`) reads nothing else. It owns the only seed-to-chunk
 formula (:func:`chunk_seed`), so the same seed gives the same crystals, atom for atom, from every entry point:
 crystal ``i`` belongs to chunk ``i // batch_size``, and chunk ``j`` draws its atom counts (on the CPU) and its
 sampling noise (on the sampling device) from generators seeded with ``chunk_seed(seed, j)``.
@@ -14,7 +15,7 @@ the last bits of the matrix products, and the stochastic sampler can amplify the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from mattergen_lab.chemistry import ChemicalSystem
 from mattergen_lab.limits import MAX_NUM_STEPS, MAX_SEED, check_at_most
 from mattergen_lab.sampling.composition import FixedComposition
 from mattergen_lab.sampling.frames import sampler_variant
+from mattergen_lab.sampling.guidance import check_guidance_scale
 
 
 #: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
@@ -110,11 +112,16 @@ class SamplingRequest:
         conditions: adapter targets, e.g. ``{"dft_band_gap": 2.0}`` or ``{"chemical_system": "Li-Fe-O"}``.
         guidance_scale: classifier-free guidance γ (0 = unconditional; the library's and the CLI's default).
         elements: a hard element mask at every step (any checkpoint); a ``chemical_system`` condition implies it.
+        use_element_mask: ``False``: a ``chemical_system`` condition only guides, no element is masked out (what a
+            benchmark of the guidance alone measures); not together with ``elements``.
         num_atoms: atoms per crystal (one int for all, or one per crystal); ``None`` draws from the checkpoint's table.
         composition: crystal-structure prediction (a CSP checkpoint only): a formula such as ``"Li2MnO3"``, parsed
             into a :class:`~mattergen_lab.sampling.composition.FixedComposition`. Every crystal gets exactly
             ``formula × formula_units`` atoms, whose types are fixed at every step; ``num_atoms`` follows from it.
         formula_units: formula units per cell with ``composition`` (default 1).
+        compositions: CSP with one composition per crystal (``num_samples`` cell formulas, e.g. a benchmark's
+            targets, crystals of a chunk side by side); not together with ``composition``. :meth:`composition_of`
+            gives crystal ``i``'s.
         seed: the run's seed; chunk ``j`` uses :func:`chunk_seed(seed, j) <chunk_seed>`.
         device: ``"cpu"``, ``"cuda"``...; ``None`` is the model's device.
     """
@@ -132,6 +139,8 @@ class SamplingRequest:
     composition: FixedComposition | str | None = None
     formula_units: int = 1
     sampler: Mapping[str, Any] = field(default_factory=dict)
+    use_element_mask: bool = True
+    compositions: Sequence[FixedComposition | str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
@@ -148,10 +157,9 @@ class SamplingRequest:
         check_at_most("num_steps", self.num_steps, MAX_NUM_STEPS, "MAX_NUM_STEPS", "the official sampler takes 1,000")
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed={self.seed!r} must be an integer from 0 to MAX_SEED=2**63-1")
-        g = self.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-            raise ValueError(f"guidance_scale={g!r} must be a number >= 0")
-        object.__setattr__(self, "guidance_scale", float(g))
+        object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale))
+        if not isinstance(self.use_element_mask, bool):
+            raise ValueError(f"use_element_mask={self.use_element_mask!r} must be True or False")
         conditions = dict(self.conditions or {})
         if "chemical_system" in conditions:
             system = ChemicalSystem.parse(conditions["chemical_system"]).require_generatable()
@@ -159,6 +167,9 @@ class SamplingRequest:
         object.__setattr__(self, "conditions", conditions)
         if self.elements is not None:
             object.__setattr__(self, "elements", ChemicalSystem.parse(self.elements).require_generatable())
+            if not self.use_element_mask:
+                raise ValueError(f"elements={str(self.elements)!r} is an element mask and use_element_mask=False "
+                                 "switches the mask off; pass one of them")
             target = conditions.get("chemical_system")
             if target is not None:
                 outside = set(ChemicalSystem.parse(target).symbols) - set(self.elements.symbols)
@@ -188,6 +199,9 @@ class SamplingRequest:
 
     def _check_composition(self) -> None:
         c, units = self.composition, self.formula_units
+        if self.compositions is not None:
+            self._check_compositions()
+            return
         if c is None:
             if units != 1:
                 raise ValueError(f"formula_units={units!r} needs a composition (e.g. composition='Li2MnO3')")
@@ -201,13 +215,50 @@ class SamplingRequest:
         if n is not None and any(v != comp.num_atoms for v in ((n,) if _is_int(n) else n)):
             raise ValueError(f"num_atoms={n!r} conflicts with composition={comp.formula!r} x {comp.formula_units} "
                              f"({comp.num_atoms} atoms); drop num_atoms")
-        if self.mask is not None:
-            raise ValueError(f"composition={comp.formula!r} fixes every atom; drop the element mask / chemical_system "
-                             f"({str(self.mask)!r})")
+        self._refuse_a_mask(comp.formula)
+
+    def _check_compositions(self) -> None:
+        given = self.compositions
+        if self.composition is not None or self.formula_units != 1:
+            raise ValueError("compositions= (one cell formula per crystal) is not used with composition= or formula_units=; "
+                             "pass one of them")
+        if isinstance(given, (str, FixedComposition)) or not isinstance(given, Sequence) or len(given) != self.num_samples:
+            raise ValueError(f"compositions={given!r:.120} must be one cell formula per sample ({self.num_samples})")
+        parsed: dict[str, FixedComposition] = {}  # a benchmark repeats each target k times: parse each formula once
+        comps = []
+        for c in given:
+            if isinstance(c, str):
+                c = parsed[c] if c in parsed else parsed.setdefault(c, FixedComposition.parse(c))
+            elif not isinstance(c, FixedComposition):
+                c = FixedComposition.parse(c)  # ValueError naming it
+            comps.append(c)
+        object.__setattr__(self, "compositions", tuple(comps))
+        n = self.num_atoms
+        if n is not None and any(v != c.num_atoms for v, c in zip((n,) * len(comps) if _is_int(n) else n, comps)):
+            raise ValueError(f"num_atoms={n!r} conflicts with the atoms of compositions=; drop num_atoms")
+        self._refuse_a_mask(comps[0].formula)
+
+    def _refuse_a_mask(self, formula: str) -> None:
+        system = self.elements if self.elements is not None else self.conditions.get("chemical_system")
+        if system is not None:
+            raise ValueError(f"composition={formula!r} fixes every atom; drop the element mask / chemical_system "
+                             f"({str(system)!r})")
+
+    @property
+    def fixes_atoms(self) -> bool:
+        """Crystal-structure prediction: ``composition`` or ``compositions`` gives every crystal's atoms."""
+        return self.composition is not None or self.compositions is not None
+
+    def composition_of(self, i: int) -> FixedComposition | None:
+        """The atoms of crystal ``i`` (``compositions[i]``, else ``composition``); ``None`` when the model draws them."""
+        return self.compositions[i] if self.compositions is not None else self.composition  # type: ignore[return-value]
 
     @property
     def mask(self) -> ChemicalSystem | None:
-        """The element mask: ``elements``, else the ``chemical_system`` condition, else ``None`` (all elements)."""
+        """The element mask: ``elements``, else the ``chemical_system`` condition (unless ``use_element_mask`` is
+        ``False``), else ``None`` (all elements)."""
+        if not self.use_element_mask:
+            return None
         if self.elements is not None:
             return self.elements
         system = self.conditions.get("chemical_system")

@@ -15,6 +15,11 @@ crystal for the lattice). The final crystals are the *mean* of the last predicto
 Model evaluations all go through :meth:`PredictorCorrectorSampler.score_fn`, so guidance can wrap the model
 (pass a guided callable as ``model``) or override that one method.
 
+The chunk loop (:meth:`PredictorCorrectorSampler.iter_chunks`) reads a
+:class:`~mattergen_lab.sampling.request.SamplingRequest` and nothing else; checkpoint users reach it through
+:class:`~mattergen_lab.sampling.pipeline.SamplingPipeline`. ``sample`` / ``sample_to_dir`` here are the
+sampler-level readers (tensors, per-crystal lists and atom-count samplers, for analytic scores in tests).
+
 Length: this file is one class (the sampler: model evaluation, the denoising loop, the chunk loop and its two
 readers); its inputs (``inputs.py``), files (``writers.py``) and request (``request.py``) live beside it.
 """
@@ -39,13 +44,12 @@ from mattergen_lab.sampling.frames import ChunkFrame, SamplerConfig, SamplerFram
 from mattergen_lab.sampling.request import SamplingRequest, check_size, largest_cell
 from mattergen_lab.sampling.inputs import (
     AllowedElements,
+    ChunkInputs,
     allowed_tensor,
     broadcast_properties,
     fixed_types_tensor,
-    num_atoms_drawer,
-    per_sample_allowed,
 )
-from mattergen_lab.sampling.writers import SampleDirWriter, plain
+from mattergen_lab.sampling.writers import SampleDirWriter, sampling_record
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
 from mattergen_lab.symmetry.templates import WyckoffTemplate
 from mattergen_lab.sampling.steps import (
@@ -99,14 +103,19 @@ class PredictorCorrectorSampler:
             modules in eval mode yourself.
         diffusion: the corruption processes the model was trained with.
         config: sampler settings.
+        num_atoms: where atom counts are drawn from when a request gives none: a checkpoint's table (a
+            ``NumAtomsDistribution``, set by ``build_sampler``) or anything with ``.sample(k, *, generator=)``;
+            ``None``: the ALEX_MP_20 table.
     """
 
     def __init__(
-        self, model: ScoreFn, diffusion: JointDiffusion | None = None, config: SamplerConfig | None = None
+        self, model: ScoreFn, diffusion: JointDiffusion | None = None, config: SamplerConfig | None = None, *,
+        num_atoms: NumAtomsSampler | None = None,
     ) -> None:
         if not callable(model):
             raise ValueError(f"model={model!r} must be callable as model(batch, t) -> ScoreOutput")
         self.model = model
+        self.num_atoms = num_atoms
         self.diffusion = diffusion or JointDiffusion()
         self.config = config or SamplerConfig()
         c, d = self.config, self.diffusion
@@ -315,11 +324,9 @@ class PredictorCorrectorSampler:
                 every step (see :class:`~mattergen_lab.sampling.request.SamplingRequest`).
         """
         request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units, num_atoms)
+        inputs = self._inputs(request, num_atoms, allowed_elements, properties)
         out: list[Structure] = []
-        for item in self.iter_chunks(
-            request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
-            progress=progress,
-        ):
+        for item in self._chunks(request, inputs, dtype=dtype, progress=progress):
             if item.frame.final:
                 structures = item.frame.batch.to_structures(standard_orientation=True)
                 out += structures
@@ -362,20 +369,12 @@ class PredictorCorrectorSampler:
         if an earlier run stopped while appending to it.
         """
         request = self._request(num_samples, batch_size, seed, generator, device, composition, formula_units, num_atoms)  # validated before any file is made
-        config = {k: v for k, v in self.config.to_dict().items() if k != "record_every"}
-        if config["predictor"] == "ancestral":  # recorded only when not the official one, so older folders still match
-            del config["predictor"]
-        record = {"seed": request.seed, "batch_size": request.batch_size, "sampler": config, "dtype": str(dtype),
-                  "num_atoms": plain(num_atoms), "allowed_elements": plain(allowed_elements),
-                  "properties": plain(dict(properties) if properties else None), **plain(dict(settings or {}))}
-        if request.composition is not None:  # recorded only when set, so older folders' records still match
-            record["composition"] = request.composition.to_dict()
-            record["num_atoms"] = request.composition.num_atoms
+        inputs = self._inputs(request, num_atoms, allowed_elements, properties)
+        record = sampling_record(self.config, request, dtype=dtype, num_atoms=num_atoms, allowed_elements=allowed_elements,
+                                 properties=properties, settings=settings)
         with SampleDirWriter(out_dir, num_samples, record_every=self.config.record_every, settings=record) as writer:
-            for item in self.iter_chunks(
-                request, num_atoms=num_atoms, dtype=dtype, allowed_elements=allowed_elements, properties=properties,
-                progress=progress, skip=writer.skip, every=writer.record_every,
-            ):
+            for item in self._chunks(request, inputs, dtype=dtype, progress=progress, skip=writer.skip,
+                                     every=writer.record_every):
                 written = writer.on_frame(list(item.indices), item.frame)
                 if item.frame.final and on_batch is not None:
                     on_batch(written)
@@ -391,15 +390,25 @@ class PredictorCorrectorSampler:
             check_size(request.num_samples, request.batch_size, largest_cell(num_atoms))
         return request
 
+    def _inputs(self, request: SamplingRequest, num_atoms: Any, allowed_elements: AllowedElements,
+                properties: Mapping[str, Any] | None) -> ChunkInputs:
+        """The sampler-level arguments of ``sample`` / ``sample_to_dir`` as the chunk loop's inputs. With a composition
+        (CSP) the atom count is the composition's: a distribution is not drawn from, and an explicit count must equal it."""
+        comp = request.composition
+        if comp is not None and num_atoms is not None and not hasattr(num_atoms, "sample"):
+            dataclasses.replace(request, num_atoms=num_atoms)  # ValueError when it conflicts with the composition
+        return ChunkInputs.build(
+            request.num_samples, num_atoms=num_atoms if num_atoms is not None else self.num_atoms,
+            allowed_elements=allowed_elements, properties=properties,
+            composition_of=request.composition_of if comp is not None else None,
+        )
+
     def iter_chunks(
         self,
         request: SamplingRequest,
         *,
         every: int = 0,
         dtype: torch.dtype = torch.float32,
-        num_atoms: int | Sequence[int] | NumAtomsSampler | None = None,
-        allowed_elements: AllowedElements = None,
-        properties: Mapping[str, Any] | None = None,
         progress: bool = False,
         skip: set[int] | None = None,
     ) -> Iterator[ChunkFrame]:
@@ -410,43 +419,33 @@ class PredictorCorrectorSampler:
         :meth:`iter_steps` (every ``every`` steps; ``every=0``: only the final frame). Chunks whose samples are
         all in ``skip`` are not run (resuming).
 
-        Args:
-            request: samples, batch size, seed, device (``None``: the model's), atom counts, element mask and
-                conditions. ``request.num_steps`` must be ``None`` or this sampler's step count, and
-                ``request.sampler`` empty or this sampler's :meth:`SamplerConfig.variant`.
-            num_atoms, allowed_elements, properties: override the request's (a ``NumAtomsDistribution``, one
-                element list per crystal, conditioning values); ``num_atoms=None`` with no request value is the
-                ALEX_MP_20 table. With ``request.composition`` (CSP) the atom count is the composition's: a
-                distribution is not drawn from, and an explicit count must equal it.
+        Everything comes from ``request`` (:meth:`ChunkInputs.from_request
+        <mattergen_lab.sampling.inputs.ChunkInputs.from_request>`): samples, batch size, seed, device (``None``: the
+        model's), atom counts (``None``: this sampler's ``num_atoms`` table), the element mask, the conditions as
+        given (a :class:`~mattergen_lab.sampling.pipeline.SamplingPipeline` hands it a request whose conditions are
+        checked against the checkpoint) and the compositions (CSP). ``request.num_steps`` must be ``None`` or this
+        sampler's step count, and ``request.sampler`` empty or this sampler's :meth:`SamplerConfig.variant`.
         """
         if request.num_steps is not None and request.num_steps != self.config.num_steps:
             raise ValueError(f"request.num_steps={request.num_steps} but this sampler runs {self.config.num_steps} steps")
         if request.sampler and request.sampler != self.config.variant():
             raise ValueError(f"request.sampler={request.sampler} but this sampler runs {self.config.variant() or 'the defaults'}; "
                              "build it with load_sampler(..., sampler_settings=request.sampler)")
-        n = request.num_samples
-        comp = request.composition
-        if comp is not None:
-            if num_atoms is not None and not hasattr(num_atoms, "sample"):
-                dataclasses.replace(request, num_atoms=num_atoms)  # ValueError when it conflicts with the composition
-            num_atoms = comp.num_atoms
-        draw = num_atoms_drawer(num_atoms if num_atoms is not None else request.num_atoms, n)
-        if allowed_elements is None and request.mask is not None:
-            allowed_elements = list(request.mask.atomic_numbers)
-        allowed_per_sample = per_sample_allowed(allowed_elements, n)
-        if properties is None and request.conditions:
-            properties = request.conditions
+        yield from self._chunks(request, ChunkInputs.from_request(request, self.num_atoms), every=every, dtype=dtype,
+                                progress=progress, skip=skip)
+
+    def _chunks(self, request: SamplingRequest, inputs: ChunkInputs, *, every: int = 0,
+                dtype: torch.dtype = torch.float32, progress: bool = False,
+                skip: set[int] | None = None) -> Iterator[ChunkFrame]:
+        """The loop of :meth:`iter_chunks`, over ``request``'s chunks with ``inputs`` (for ``sample`` too)."""
         device = torch.device(request.device) if request.device is not None else self._model_device()
         skip = skip or set()
         for j, indices, seed in request.chunks():
             if all(i in skip for i in indices):
                 continue
-            counts = draw(list(indices), torch.Generator().manual_seed(seed))
-            allowed = allowed_elements if allowed_per_sample is None else [allowed_per_sample[i] for i in indices]
-            types = None if comp is None else torch.tensor(comp.atomic_numbers * len(indices), dtype=torch.long)
             frames = self.iter_steps(  # iter_steps broadcasts the properties to the chunk
-                counts, generator=torch.Generator(device=device).manual_seed(seed), every=every, dtype=dtype,
-                device=device, allowed_elements=allowed, properties=properties, atom_types=types,
+                generator=torch.Generator(device=device).manual_seed(seed), every=every, dtype=dtype, device=device,
+                **inputs.for_chunk(indices, seed),
             )
             if progress:
                 from tqdm.auto import tqdm

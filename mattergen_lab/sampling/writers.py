@@ -32,7 +32,8 @@ from mattergen_lab.fileio import FolderLock, atomic_write_text
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
 
-    from mattergen_lab.sampling.sampler import SamplerFrame
+    from mattergen_lab.sampling.frames import SamplerConfig, SamplerFrame
+    from mattergen_lab.sampling.request import SamplingRequest
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,27 @@ def plain(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         obj = obj.tolist()
     return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+def sampling_record(config: "SamplerConfig", request: "SamplingRequest", *, dtype: Any, num_atoms: Any,
+                    allowed_elements: Any, properties: Any, settings: Any = None) -> dict[str, Any]:
+    """What ``sampling.json`` records of a run: the settings that decide its crystals (see the module docstring).
+
+    The official predictor and a run without a composition record no key of their own, so folders made before those
+    settings existed still match."""
+    sampler = {k: v for k, v in config.to_dict().items() if k != "record_every"}
+    if sampler["predictor"] == "ancestral":
+        del sampler["predictor"]
+    record = {"seed": request.seed, "batch_size": request.batch_size, "sampler": sampler, "dtype": str(dtype),
+              "num_atoms": plain(num_atoms), "allowed_elements": plain(allowed_elements),
+              "properties": plain(dict(properties) if properties else None), **plain(dict(settings or {}))}
+    if request.composition is not None:
+        record["composition"] = request.composition.to_dict()  # type: ignore[union-attr]
+        record["num_atoms"] = request.composition.num_atoms  # type: ignore[union-attr]
+    if request.compositions is not None:
+        record["compositions"] = [c.to_dict() for c in request.compositions]  # type: ignore[union-attr]
+        record["num_atoms"] = [c.num_atoms for c in request.compositions]  # type: ignore[union-attr]
+    return record
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
