@@ -49,6 +49,7 @@ from mattergen_lab.sampling.inputs import (
     broadcast_properties,
     fixed_types_tensor,
 )
+from mattergen_lab.sampling.start import StartFrom, check_start
 from mattergen_lab.sampling.writers import SampleDirWriter, sampling_record
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
 from mattergen_lab.symmetry.templates import WyckoffTemplate
@@ -163,6 +164,7 @@ class PredictorCorrectorSampler:
         properties: dict[str, Any] | None = None,
         atom_types: torch.Tensor | Sequence[int] | None = None,
         symmetry: Sequence[WyckoffTemplate] | None = None,
+        start: StartFrom | None = None,
     ) -> Iterator[SamplerFrame]:
         """Denoise one batch, yielding frames as it goes (nothing is kept in memory).
 
@@ -182,6 +184,10 @@ class PredictorCorrectorSampler:
             symmetry: the symmetric mode: one Wyckoff template per crystal (``num_atoms`` must be their
                 conventional-cell counts); the prior and every step are projected so each crystal keeps its
                 template exactly (:class:`~mattergen_lab.symmetry.constraint.SymmetryConstraint`).
+            start: known crystals to start from instead of the prior (variations, inpainting, substitutions; see
+                :class:`~mattergen_lab.sampling.start.StartFrom`): the loop runs from the grid step at its strength
+                t0 (the prior frame is then that step's, at t <= t0), with its per-atom element sets, and re-imposes
+                its known sites after every step. ``num_atoms`` must be its crystals'.
         """
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"every={every!r} must be an integer >= 0")
@@ -211,9 +217,12 @@ class PredictorCorrectorSampler:
                                  f"{constraint.num_atoms.tolist()} atoms")
             if fixed is not None and not torch.equal(constraint.share_types(fixed), fixed):
                 raise ValueError("atom_types must give every atom of a Wyckoff orbit the same element")
+        if start is not None:
+            start, allowed = check_start(start, num_atoms, fixed, constraint, allowed, device, dtype)
         # Validation above runs eagerly; the loop below runs as the caller iterates.
         return self._denoise(num_atoms, generator=generator, every=every, dtype=dtype, device=device,
-                             allowed=allowed, properties=properties, fixed_types=fixed, constraint=constraint)
+                             allowed=allowed, properties=properties, fixed_types=fixed, constraint=constraint,
+                             start=start)
 
     def _denoise(
         self,
@@ -227,6 +236,7 @@ class PredictorCorrectorSampler:
         properties: dict[str, Any] | None,
         fixed_types: torch.Tensor | None = None,
         constraint: SymmetryConstraint | None = None,
+        start: StartFrom | None = None,
     ) -> Iterator[SamplerFrame]:
         b = len(num_atoms)
         properties = broadcast_properties(properties, b, dtype=dtype, device=device)
@@ -241,10 +251,15 @@ class PredictorCorrectorSampler:
         ts = self.timesteps()
         n = len(ts)
         dt = (ts[-1] - 1.0) / (n - 1) if n > 1 else -1.0
+        first = 0 if start is None else start.first_step(ts)  # SDEdit: the grid steps at or below t0 only
+        if start is not None:
+            x = start.initial(x, ts[first], allowed, self.diffusion, generator=generator)
         if every:
-            yield SamplerFrame(step=0, t=1.0, batch=x, mean=None)
+            yield SamplerFrame(step=first, t=ts[first], batch=x, mean=None)
         mean = x
         for i, t_now in enumerate(ts):
+            if i < first:
+                continue
             last = i == n - 1
             s_now = 0.0 if last else ts[i + 1]
             if constraint is not None and not active and t_now <= constraint.start:  # the constraint starts here
@@ -283,6 +298,8 @@ class PredictorCorrectorSampler:
                 type_sample = type_mean = fixed_types
             x = x.replace(frac_coords=pos.sample, lattice=cell.sample, atom_types=type_sample)
             mean = x.replace(frac_coords=pos.mean, lattice=cell.mean, atom_types=type_mean)
+            if start is not None:  # RePaint: the known sites from the forward process at s
+                x, mean = start.impose(x, mean, s_now, last=last, diffusion=self.diffusion, generator=generator)
             if every and (i + 1) % every == 0:
                 yield SamplerFrame(step=i + 1, t=s_now, batch=x, mean=mean)
         yield SamplerFrame(step=n, t=0.0, batch=mean, mean=None, final=True)
