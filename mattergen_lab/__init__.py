@@ -38,6 +38,7 @@ _EXPORTS = {
     "SamplingPipeline": "mattergen_lab.sampling.pipeline",
     "sample": "mattergen_lab.sampling.api",
     "sample_to_dir": "mattergen_lab.sampling.api",
+    "vary": "mattergen_lab.sampling.api",
     "load_checkpoint": "mattergen_lab.checkpoints",
     "registry": "mattergen_lab.checkpoints",
     "TrainConfig": "mattergen_lab.training.trainer",

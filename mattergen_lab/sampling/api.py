@@ -1,4 +1,4 @@
-"""High-level sampling: ``sample()``, ``sample_to_dir()`` and ``read_samples()``.
+"""High-level sampling: ``sample()``, ``sample_to_dir()``, ``vary()`` (from a known crystal) and ``read_samples()``.
 
 ``sample`` and ``sample_to_dir`` build a :class:`~mattergen_lab.sampling.request.SamplingRequest` from their keyword
 arguments and call the cached :class:`~mattergen_lab.sampling.pipeline.SamplingPipeline` for it, so two calls with
@@ -108,6 +108,44 @@ def sample_to_dir(
                        device=device, composition=composition, formula_units=formula_units,
                        sampler_settings=sampler_settings)
     return SamplingPipeline.for_request(request).to_dir(request, out_dir, on_batch=on_batch)
+
+
+def vary(
+    parent: Any,
+    num_samples: int = 16,
+    *,
+    strength: float | None = None,
+    fix_sites: Any = None,
+    substitute: Any = None,
+    checkpoint: str | os.PathLike = "mgl_mp20_small",
+    batch_size: int = 16,
+    num_steps: int | None = None,
+    seed: int = 0,
+    conditions: Mapping[str, Any] | None = None,
+    guidance_scale: float = 0.0,
+    elements: str | None = None,
+    device: torch.device | str = "cpu",
+    sampler_settings: Mapping[str, Any] | None = None,
+) -> list:
+    """Crystals sampled from ``parent`` (a pymatgen ``Structure`` or a CIF/POSCAR/extxyz path) instead of from noise.
+
+    ``strength`` t0 in (0, 1] noises the parent to t0 and denoises from there (SDEdit); ``fix_sites`` keeps those
+    sites and the cell and generates the rest (RePaint-style inpainting); ``substitute="Fe=Mn,Co"`` re-samples the
+    Fe sites among Mn and Co and keeps the others. See :mod:`~mattergen_lab.sampling.variation`::
+
+        from mattergen_lab import vary
+        neighbours = vary("LiFePO4.cif", 16, strength=0.3, seed=0)
+
+    The same as ``SamplingPipeline.for_request(r)(r)`` with ``r = SamplingRequest(checkpoint, parent=parent, ...)``
+    (``pipe.to_dir(r, out)`` writes them, recording the parent's sha256 in ``sampling.json``).
+    """
+    request = SamplingRequest(
+        checkpoint=str(checkpoint), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps, seed=seed,
+        conditions=dict(conditions or {}), guidance_scale=guidance_scale, elements=elements, device=str(device),
+        sampler=dict(sampler_settings or {}), parent=parent, strength=strength, fix_sites=fix_sites,
+        substitute=substitute,
+    )
+    return SamplingPipeline.for_request(request)(request)
 
 
 def read_samples(out_dir: str | os.PathLike, num_samples: int | None = None) -> list:

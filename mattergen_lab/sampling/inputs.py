@@ -8,7 +8,7 @@ Each validates its argument once, at the start of a run, and names the bad value
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,6 +19,7 @@ from mattergen_lab.data.num_atoms import NumAtomsDistribution
 if TYPE_CHECKING:  # pragma: no cover
     from mattergen_lab.sampling.composition import FixedComposition
     from mattergen_lab.sampling.request import SamplingRequest
+    from mattergen_lab.sampling.start import StartFrom
 
 #: Elements allowed per sample: ``None`` (all of ``SELECTED_ATOMIC_NUMBERS``), one list of elements for
 #: every crystal, a list with one entry (list or None) per crystal, or a bool tensor ``(101,)`` / ``(B, 101)``.
@@ -39,6 +40,7 @@ class ChunkInputs:
     allowed_per_sample: list[Any] | None = None  # ...or one per crystal
     properties: Mapping[str, Any] | None = None
     composition_of: Callable[[int], FixedComposition | None] | None = None  # CSP: crystal i's fixed atoms
+    start: StartFrom | None = None  # a request with a parent: the one crystal every chunk starts from
 
     @classmethod
     def build(cls, num_samples: int, *, num_atoms: Any = None, allowed_elements: AllowedElements = None,
@@ -58,11 +60,12 @@ class ChunkInputs:
     def from_request(cls, request: SamplingRequest, num_atoms: Any = None) -> ChunkInputs:
         """Everything from ``request``; ``num_atoms`` is the atom-count table when the request sets none (a checkpoint's)."""
         mask = request.mask
-        return cls.build(
+        inputs = cls.build(
             request.num_samples, num_atoms=request.num_atoms if request.num_atoms is not None else num_atoms,
             allowed_elements=list(mask.atomic_numbers) if mask is not None else None,
             properties=request.conditions or None, composition_of=request.composition_of if request.fixes_atoms else None,
         )
+        return inputs if request.parent is None else replace(inputs, start=request.variation.start())
 
     def for_chunk(self, indices: Sequence[int], seed: int) -> dict[str, Any]:
         """Keyword arguments of ``iter_steps`` for the chunk holding ``indices`` (its atom counts drawn from ``seed``
@@ -72,7 +75,9 @@ class ChunkInputs:
         types = None
         if self.composition_of is not None:
             types = torch.tensor([z for i in indices for z in self.composition_of(i).atomic_numbers], dtype=torch.long)  # type: ignore[union-attr]
-        return {"num_atoms": counts, "allowed_elements": allowed, "properties": self.properties, "atom_types": types}
+        start = None if self.start is None else self.start.repeat(len(indices))
+        return {"num_atoms": counts, "allowed_elements": allowed, "properties": self.properties, "atom_types": types,
+                "start": start}
 
 
 def num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:

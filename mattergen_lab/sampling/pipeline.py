@@ -193,6 +193,9 @@ class SamplingPipeline:
                 f"composition={formula!r} needs a crystal-structure-prediction checkpoint (one trained with the atom "
                 f"types given, e.g. mgl_mp20_small_csp); {name} generates its own atom types"
             )
+        if self.info.csp and request.parent is not None:
+            raise ValueError(f"{name} is a crystal-structure-prediction (CSP) model; starting from a parent "
+                             f"({request.parent.name}) needs one that generates atom types, e.g. mgl_mp20_small")
         if self.info.csp and not request.fixes_atoms:
             raise ValueError(f"{name} is a crystal-structure-prediction (CSP) model: it samples structures for a given "
                              "composition only; pass composition= (CLI: --composition Li2MnO3)")

@@ -124,6 +124,15 @@ class SamplingRequest:
             gives crystal ``i``'s.
         seed: the run's seed; chunk ``j`` uses :func:`chunk_seed(seed, j) <chunk_seed>`.
         device: ``"cpu"``, ``"cuda"``...; ``None`` is the model's device.
+        parent: start from this crystal (a pymatgen ``Structure`` or a CIF/POSCAR/extxyz path, kept as a
+            :class:`~mattergen_lab.sampling.variation.ParentCrystal`) instead of the prior; every crystal has its atom
+            count. ``sampling.json`` records its sha256 and formula. See :mod:`~mattergen_lab.sampling.variation`.
+        strength: with ``parent``: the start time t0 in (0, 1] (``None``: 0.3; 1.0 with ``fix_sites``; 0.2 with
+            ``substitute``), stored resolved.
+        fix_sites: with ``parent``: sites whose types and coordinates are kept (inpainting): indices, elements or
+            ``"anions"``; stored as sorted indices.
+        substitute: with ``parent``: ``"Fe=Mn,Co"`` or ``{"Fe": ["Mn", "Co"]}``: those sites re-sampled among those
+            elements, all others keep theirs; stored as ``{"Fe": ("Co", "Mn")}``.
     """
 
     checkpoint: str = ""
@@ -141,6 +150,10 @@ class SamplingRequest:
     sampler: Mapping[str, Any] = field(default_factory=dict)
     use_element_mask: bool = True
     compositions: Sequence[FixedComposition | str] | None = None
+    parent: Any = None
+    strength: float | None = None
+    fix_sites: Any = None
+    substitute: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
@@ -190,12 +203,42 @@ class SamplingRequest:
         if self.device is not None:
             object.__setattr__(self, "device", validate_device(self.device))
         self._check_composition()
+        self._check_parent()
         self._check_size()
 
     def _check_size(self) -> None:
         n = self.num_atoms
         check_size(self.num_samples, self.batch_size, None if n is None else max((n,) if _is_int(n) else n))
 
+
+    def _check_parent(self) -> None:
+        if self.parent is None:
+            given = {k: getattr(self, k) for k in ("strength", "fix_sites", "substitute") if getattr(self, k) is not None}
+            if given:
+                name, value = next(iter(given.items()))
+                raise ValueError(f"{name}={value!r} needs a crystal to start from (parent=..., CLI: mattergen-lab vary)")
+            return
+        from mattergen_lab.sampling.variation import Variation
+
+        if self.fixes_atoms:
+            raise ValueError("parent= starts from a crystal with its own atoms; composition= is not used with it")
+        v = Variation.build(self.parent, self.strength, self.fix_sites, self.substitute, self.mask)
+        n = self.num_atoms
+        if n is not None and any(k != v.parent.num_atoms for k in ((n,) if _is_int(n) else n)):
+            raise ValueError(f"num_atoms={n!r} conflicts with the parent {v.parent.formula} ({v.parent.num_atoms} "
+                             "atoms); drop num_atoms")
+        for name, value in (("parent", v.parent), ("strength", v.strength), ("fix_sites", v.fix_sites or None),
+                            ("substitute", dict(v.substitute) or None), ("num_atoms", v.parent.num_atoms)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def variation(self) -> Any:
+        """The :class:`~mattergen_lab.sampling.variation.Variation` of a request with ``parent``, else ``None``."""
+        if self.parent is None:
+            return None
+        from mattergen_lab.sampling.variation import Variation
+
+        return Variation(self.parent, self.strength, self.fix_sites or (), self.substitute or {})  # type: ignore[arg-type]
 
     def _check_composition(self) -> None:
         c, units = self.composition, self.formula_units

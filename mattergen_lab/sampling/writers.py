@@ -139,6 +139,8 @@ def sampling_record(config: "SamplerConfig", request: "SamplingRequest", *, dtyp
     if request.compositions is not None:
         record["compositions"] = [c.to_dict() for c in request.compositions]  # type: ignore[union-attr]
         record["num_atoms"] = [c.num_atoms for c in request.compositions]  # type: ignore[union-attr]
+    if request.parent is not None:  # what the run started from: its hash, formula, strength, fixed sites, substitution
+        record["parent"] = request.variation.record()
     return record
 
 

@@ -1,0 +1,328 @@
+"""Sampling from a crystal you know: the parent, the sites to keep and the elements to substitute, checked once.
+
+A :class:`~mattergen_lab.sampling.request.SamplingRequest` with ``parent=`` (a pymatgen ``Structure`` or a CIF,
+POSCAR or extxyz path) is one of three runs, or a mix of them, each built from :class:`Variation`:
+
+* **variations** (``strength`` t₀, default :data:`DEFAULT_STRENGTH`): the parent noised to t₀ with the model's
+  forward processes, then denoised from t₀ (SDEdit, Meng et al. 2022). Small t₀ gives the parent back, t₀ = 1 is
+  sampling from scratch with the parent's atom count;
+* **inpainting** (``fix_sites``: indices, elements or ``"anions"``; default strength 1): the fixed sites' types and
+  fractional coordinates are re-imposed after every step from the forward process of their known values (RePaint,
+  Lugmayr et al. 2022) and the rest is generated. The lattice is the parent's, re-imposed the same way (so the
+  fixed sites keep their Cartesian positions too, and the final cell is exactly the parent's);
+* **guided substitution** (``substitute``: ``"Fe=Mn,Co"``; default strength :data:`DEFAULT_SUBSTITUTION_STRENGTH`):
+  every site of a substituted element starts masked and may only become one of its listed elements (the model picks
+  which, site by site); every other site may only be its own element (re-drawn when the forward process masks it);
+  the coordinates and the lattice are noised lightly (t₀) and denoised with the new types.
+
+The parent keeps its own cell and site order (Niggli-reduced, which keeps the order; not made primitive), so site
+indices are those of the file as pymatgen reads it (a CIF's symmetry operations applied, sites in its order). The
+lattice the model sees is its symmetric polar factor, as in training. An element mask (``elements=`` or a
+``chemical_system`` condition) applies to every site that is re-sampled; a parent element outside it is re-sampled
+within it. Refused before any work, each in one line naming the value: an unreadable or disordered (partially
+occupied) parent, one over :data:`~mattergen_lab.sampling.request.MAX_ATOMS_PER_CRYSTAL` atoms, a strength outside
+(0, 1], a site selection that matches nothing, a substitution the parent or the model cannot do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mattergen_lab.chemistry import ChemicalSystem, atomic_number_of, symbol_of
+from mattergen_lab.constants import NUM_CLASSES
+from mattergen_lab.crystal import CrystalBatch
+from mattergen_lab.sampling.start import StartFrom
+from mattergen_lab.structure_io import check_cif_size, check_structure_input, structure_from_cif
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+#: Strength of a plain variation when none is given: clearly related to the parent, not a copy of it.
+DEFAULT_STRENGTH = 0.3
+#: Strength of a substitution (coordinates and lattice lightly noised, so they follow the new elements).
+DEFAULT_SUBSTITUTION_STRENGTH = 0.2
+#: What a parent may be read from.
+PARENT_SUFFIXES = (".cif", ".vasp", ".poscar", ".extxyz", ".xyz")
+
+
+# ---------------------------------------------------------------------------------------------------- the parent
+@dataclass(frozen=True)
+class ParentCrystal:
+    """An ordered crystal to start from, Niggli-reduced in its own site order. Equal when their ``sha256`` is.
+
+    Attributes:
+        structure: the pymatgen structure sampled from.
+        sha256: hash of its lattice, species and fractional coordinates (rounded to 1e-6), for run records.
+        name: where it came from (a file name, or its formula), for messages.
+    """
+
+    structure: Structure = field(compare=False, repr=False)
+    sha256: str
+    name: str = field(compare=False, default="")
+
+    @classmethod
+    def parse(cls, source: Any) -> ParentCrystal:
+        """From a ``ParentCrystal``, a pymatgen ``Structure`` or a path (see :func:`read_parent`)."""
+        if isinstance(source, ParentCrystal):
+            return source
+        from pymatgen.core import Structure
+
+        if isinstance(source, Structure):
+            structure, name = source, source.composition.reduced_formula if source.is_ordered else "parent"
+        elif isinstance(source, (str, os.PathLike)):
+            structure, name = read_parent(source), str(source)
+        else:
+            raise ValueError(f"parent={source!r:.80} must be a pymatgen Structure or a CIF/POSCAR/extxyz path")
+        check_parent(structure, name)
+        reduced = structure.get_reduced_structure()  # Niggli; keeps the site order
+        return cls(structure=reduced, sha256=structure_hash(reduced), name=name)
+
+    @property
+    def formula(self) -> str:
+        return self.structure.composition.formula.replace(" ", "")
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.structure)
+
+    @property
+    def atomic_numbers(self) -> tuple[int, ...]:
+        return tuple(int(z) for z in self.structure.atomic_numbers)
+
+    def batch(self) -> CrystalBatch:
+        """The parent as the model sees it: one crystal, float64, its lattice's symmetric polar factor."""
+        return CrystalBatch.from_structures([self.structure], dtype=torch.float64).symmetrize_lattice()
+
+    def record(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "formula": self.formula, "num_atoms": self.num_atoms}
+
+
+def structure_hash(structure: Structure) -> str:
+    """sha256 of a structure's lattice (Å), species and fractional coordinates, all rounded to 1e-6."""
+    frac = [[round(v % 1.0, 6) % 1.0 for v in row] for row in structure.frac_coords.tolist()]
+    text = json.dumps({"lattice": [[round(v, 6) for v in row] for row in structure.lattice.matrix.tolist()],
+                       "species": [site.specie.symbol for site in structure], "frac_coords": frac}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_parent(structure: Structure, name: str) -> None:
+    """``ValueError`` naming ``name`` for a parent no run can start from: disordered or partially occupied, over the
+    atom cap, or one :func:`~mattergen_lab.structure_io.check_structure_input` refuses."""
+    from mattergen_lab.sampling.request import MAX_ATOMS_PER_CRYSTAL
+
+    if not structure.is_ordered:
+        site = next(i for i, s in enumerate(structure) if not s.is_ordered)
+        raise ValueError(f"parent {name}: site {site} is disordered or partially occupied "
+                         f"({structure[site].species.formula.replace(' ', ' + ')}); start from an ordered crystal")
+    if len(structure) > MAX_ATOMS_PER_CRYSTAL:
+        raise ValueError(f"parent {name}: {len(structure)} atoms is more than MAX_ATOMS_PER_CRYSTAL="
+                         f"{MAX_ATOMS_PER_CRYSTAL} (the models were trained on at most 20); use its primitive cell")
+    check_structure_input(structure, name=f"parent {name}")
+
+
+def read_parent(path: str | os.PathLike) -> Structure:
+    """The one structure in a CIF, POSCAR/CONTCAR (``.vasp``, ``.poscar`` or so named) or extxyz file, as written
+    (a CIF's symmetry operations applied, no primitive cell); ``ValueError`` naming the file otherwise."""
+    from pymatgen.core import Structure
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"parent {str(path)!r} does not exist")
+    suffix, stem = p.suffix.lower(), p.name.upper()
+    check_cif_size(p.stat().st_size, name=f"parent {p}")  # any one-crystal file is a few kB
+    text = p.read_text(errors="replace")
+    if suffix == ".cif":
+        return structure_from_cif(text, name=str(p), primitive=False)
+    if suffix in (".vasp", ".poscar") or stem.startswith(("POSCAR", "CONTCAR")):
+        try:
+            return Structure.from_str(text, fmt="poscar")
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types
+            raise ValueError(f"parent {p}: not a readable POSCAR ({type(exc).__name__}: {exc})") from None
+    if suffix in (".extxyz", ".xyz"):
+        from ase.io import read
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        try:
+            frames = read(str(p), index=":")
+            if len(frames) != 1:
+                raise ValueError(f"parent {p} holds {len(frames)} structures; pass a file with one")
+            return AseAtomsAdaptor.get_structure(frames[0])
+        except ValueError as exc:
+            if str(exc).startswith("parent "):
+                raise
+            raise ValueError(f"parent {p}: not a readable periodic extxyz ({exc})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"parent {p}: not a readable periodic extxyz ({type(exc).__name__}: {exc})") from None
+    raise ValueError(f"parent {p}: expected a {'/'.join(PARENT_SUFFIXES)} file or a POSCAR/CONTCAR")
+
+
+# ------------------------------------------------------------------------------------------------ site selection
+def select_sites(parent: ParentCrystal, selection: Any) -> tuple[int, ...]:
+    """Indices of the parent's sites named by ``selection``: indices (``[0, 3]``, ``"0,3"``, ``"0-3"``), element
+    symbols (``"O"``, ``"Fe,O"``), or ``"anions"`` (the elements with a negative oxidation state in pymatgen's first
+    guess). ``ValueError`` names a selection that matches nothing, an index out of range or an unknown word."""
+    n, shown = parent.num_atoms, f"{parent.formula} (sites 0-{parent.num_atoms - 1})"
+    if isinstance(selection, str):
+        tokens = [t for t in re.split(r"[\s,;]+", selection.strip()) if t]
+    elif isinstance(selection, Sequence) and not isinstance(selection, bytes):
+        tokens = list(selection)
+    else:
+        raise ValueError(f"fix_sites={selection!r} must be site indices, element symbols or 'anions'")
+    if not tokens:
+        raise ValueError(f"fix_sites={selection!r} names no site of {shown}")
+    out: set[int] = set()
+    for tok in tokens:
+        if isinstance(tok, numbers.Integral) and not isinstance(tok, bool) or isinstance(tok, str) and re.fullmatch(r"\d+", tok):
+            out.add(int(tok))
+        elif isinstance(tok, str) and re.fullmatch(r"\d+-\d+", tok):
+            lo, hi = map(int, tok.split("-"))
+            out.update(range(lo, hi + 1))
+        elif isinstance(tok, str) and tok.lower() == "anions":
+            out.update(i for i, z in enumerate(parent.atomic_numbers) if z in anion_elements(parent))
+        elif isinstance(tok, str):
+            z = atomic_number_of(tok)  # ValueError names an unknown symbol
+            found = [i for i, zi in enumerate(parent.atomic_numbers) if zi == z]
+            if not found:
+                raise ValueError(f"fix_sites={selection!r}: {tok} matches no site of {shown}")
+            out.update(found)
+        else:
+            raise ValueError(f"fix_sites={selection!r}: {tok!r} is not a site index, an element or 'anions'")
+    bad = sorted(i for i in out if not 0 <= i < n)
+    if bad:
+        raise ValueError(f"fix_sites={selection!r}: site {bad[0]} is not a site of {shown}")
+    if not out:
+        raise ValueError(f"fix_sites={selection!r} matches no site of {shown}")
+    if len(out) == n:
+        raise ValueError(f"fix_sites={selection!r} fixes every site of {shown}; nothing would be generated")
+    return tuple(sorted(out))
+
+
+def anion_elements(parent: ParentCrystal) -> set[int]:
+    """Atomic numbers of the parent's elements with a negative oxidation state (pymatgen's most likely guess)."""
+    guesses = parent.structure.composition.oxi_state_guesses(max_sites=-1)
+    if not guesses:
+        raise ValueError(f"fix_sites='anions': pymatgen finds no charge-balanced oxidation states for "
+                         f"{parent.formula}; name the elements instead (e.g. fix_sites='O')")
+    return {atomic_number_of(el) for el, ox in guesses[0].items() if ox < 0}
+
+
+# -------------------------------------------------------------------------------------------------- substitution
+def parse_substitution(spec: Any, parent: ParentCrystal) -> dict[str, tuple[str, ...]]:
+    """``"Fe=Mn,Co"`` (several joined by ``;``), a list of such, or ``{"Fe": ["Mn", "Co"]}`` as ``{"Fe": ("Co",
+    "Mn")}``. ``ValueError`` names an element the parent lacks, one the model cannot make, or a malformed rule."""
+    rules: dict[str, Any] = {}
+    if isinstance(spec, Mapping):
+        rules = dict(spec)
+    else:
+        parts = spec.split(";") if isinstance(spec, str) else list(spec) if isinstance(spec, Sequence) else None
+        if parts is None:
+            raise ValueError(f"substitute={spec!r} must look like 'Fe=Mn,Co'")
+        for part in (p.strip() for p in parts if isinstance(p, str) and p.strip()):
+            old, eq, new = part.partition("=")
+            if not eq or not old.strip() or not new.strip():
+                raise ValueError(f"substitute {part!r} must look like 'Fe=Mn,Co' (an element of the parent = the "
+                                 "elements its sites may become)")
+            if old.strip() in rules:
+                raise ValueError(f"substitute names {old.strip()} twice; give one rule per element")
+            rules[old.strip()] = new
+    if not rules:
+        raise ValueError(f"substitute={spec!r} names no substitution; write it like 'Fe=Mn,Co'")
+    out: dict[str, tuple[str, ...]] = {}
+    for old, new in rules.items():
+        z = atomic_number_of(str(old))
+        if z not in parent.atomic_numbers:
+            raise ValueError(f"substitute {old}=...: the parent {parent.formula} has no {symbol_of(z)}")
+        try:
+            targets = ChemicalSystem.parse(new)
+        except ValueError as exc:
+            raise ValueError(f"substitute {old}={new}: {exc}") from None
+        try:
+            targets.require_generatable()
+        except ValueError:
+            bad = [s for s in targets.symbols if atomic_number_of(s) not in _generatable()]
+            raise ValueError(f"substitute {symbol_of(z)}={new}: the model cannot make {', '.join(bad)} (noble gases, "
+                             "Tc, Pm and Z >= 84 are outside its 76 elements)") from None
+        out[symbol_of(z)] = tuple(sorted(targets.symbols))
+    return dict(sorted(out.items()))
+
+
+def _generatable() -> set[int]:
+    from mattergen_lab.constants import SELECTED_ATOMIC_NUMBERS
+
+    return set(SELECTED_ATOMIC_NUMBERS)
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+@dataclass(frozen=True)
+class Variation:
+    """A parent and what to do with it (see the module docstring); :meth:`build` checks it, :meth:`start` makes
+    the sampler's :class:`~mattergen_lab.sampling.start.StartFrom`."""
+
+    parent: ParentCrystal
+    strength: float
+    fix_sites: tuple[int, ...] = ()
+    substitute: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, parent: Any, strength: Any = None, fix_sites: Any = None, substitute: Any = None,
+              mask: ChemicalSystem | None = None) -> Variation:
+        """Everything checked (``ValueError`` naming the value); ``strength=None`` takes the kind's default."""
+        parent = ParentCrystal.parse(parent)
+        fixed = select_sites(parent, fix_sites) if fix_sites is not None else ()
+        subst = parse_substitution(substitute, parent) if substitute is not None else {}
+        if strength is None:
+            strength = 1.0 if fixed else DEFAULT_SUBSTITUTION_STRENGTH if subst else DEFAULT_STRENGTH
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+                or not 0 < strength <= 1:
+            raise ValueError(f"strength={strength!r} must be a number in (0, 1] (the start time t0: near 0 keeps "
+                             "the parent, 1 samples from scratch)")
+        both = sorted(i for i in fixed if symbol_of(parent.atomic_numbers[i]) in subst)
+        if both:
+            raise ValueError(f"site {both[0]} ({symbol_of(parent.atomic_numbers[both[0]])}) is both fixed "
+                             "(fix_sites) and substituted (substitute); pass it to one of them")
+        if mask is not None:
+            for old, new in subst.items():
+                if not set(new) & set(mask.symbols):
+                    raise ValueError(f"substitute {old}={','.join(new)}: none of them is in the element mask {mask}")
+        return cls(parent, float(strength), fixed, subst)
+
+    def start(self) -> StartFrom:
+        """The single-crystal start (repeat it per chunk): substituted sites allowed their targets only, other sites
+        of a substitution their own element only, fixed sites (and the lattice) known."""
+        batch = self.parent.batch()
+        z = batch.atom_types
+        allowed = None
+        if self.substitute:
+            allowed = torch.zeros(len(z), NUM_CLASSES, dtype=torch.bool)
+            allowed[torch.arange(len(z)), z - 1] = True
+            for old, new in self.substitute.items():
+                rows = z == atomic_number_of(old)
+                allowed[rows] = False
+                for target in new:
+                    allowed[rows, atomic_number_of(target) - 1] = True
+        known = None
+        if self.fix_sites:
+            known = torch.zeros(len(z), dtype=torch.bool)
+            known[list(self.fix_sites)] = True
+        return StartFrom(batch=batch, strength=self.strength, allowed=allowed, known_sites=known,
+                         known_lattice=bool(self.fix_sites))
+
+    def record(self) -> dict[str, Any]:
+        """What ``sampling.json`` records (a folder refuses crystals of another parent or settings)."""
+        out: dict[str, Any] = {**self.parent.record(), "strength": self.strength}
+        if self.fix_sites:
+            out["fix_sites"] = list(self.fix_sites)
+        if self.substitute:
+            out["substitute"] = {k: list(v) for k, v in self.substitute.items()}
+        return out
