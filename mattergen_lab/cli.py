@@ -1,10 +1,11 @@
-"""``mattergen-lab`` command line: ``train``, ``sample``, ``finetune``, ``quickstart``, ``checkpoints``, ``bundle``;
+"""``mattergen-lab`` command line: ``train``, ``sample``, ``vary``, ``finetune``, ``quickstart``, ``checkpoints``, ``bundle``;
 ``evaluate`` is in :mod:`mattergen_lab.evaluation.cli`, ``campaign`` in :mod:`mattergen_lab.campaign.cli`.
 
 Examples::
 
     mattergen-lab train --preset tiny --max-steps 300 --out runs/tiny
     mattergen-lab sample --checkpoint runs/tiny/best --num-samples 16 --steps 200 --out runs/tiny/samples
+    mattergen-lab vary --structure LiFePO4.cif --strength 0.3 --num-samples 16 --out runs/lfp_variations
     torchrun --nproc_per_node 2 -m mattergen_lab.cli train --preset small --out runs/small   # DDP
 """
 
@@ -181,21 +182,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from mattergen_lab.sampling.cli import parse_conditions
     from mattergen_lab.sampling.frames import parse_sampler_text
     from mattergen_lab.sampling.pipeline import SamplingPipeline
     from mattergen_lab.sampling.request import SamplingRequest
 
     if not args.out.strip():  # '' would write into the working directory
         raise ValueError(f"--out {args.out!r} is empty; give an output folder")
-    conditions = {}
-    for item in args.condition:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"--condition {item!r} must look like NAME=VALUE")
-        if name.strip() in conditions:  # one used to win silently
-            raise ValueError(f"--condition {name.strip()} is given twice ({conditions[name.strip()]!r} and "
-                             f"{value.strip()!r}); give each property once")
-        conditions[name.strip()] = value.strip()
+    conditions = parse_conditions(args.condition)
     request = SamplingRequest(
         checkpoint=args.checkpoint,
         num_samples=args.num_samples,
@@ -335,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
+    from mattergen_lab.sampling.cli import add_vary_parser
+
+    add_vary_parser(sub)
     _add_finetune(sub)
     _add_checkpoints(sub)
     _add_quickstart(sub)
@@ -350,10 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from mattergen_lab.campaign.cli import cmd_campaign
     from mattergen_lab.evaluation.cli import cmd_evaluate
+    from mattergen_lab.sampling.cli import cmd_vary
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"train": cmd_train, "sample": cmd_sample, "quickstart": cmd_quickstart, "bundle": cmd_bundle, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints,
+    commands = {"train": cmd_train, "sample": cmd_sample, "vary": cmd_vary, "quickstart": cmd_quickstart, "bundle": cmd_bundle, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints,
                 "evaluate": cmd_evaluate, "campaign": cmd_campaign}
     try:
         return commands[args.command](args)

@@ -1,0 +1,220 @@
+"""Sampling from a known crystal (#28): variations (SDEdit), inpainting (RePaint) and guided substitution.
+
+All runs use the bundled ``mgl_mp20_small`` on a CPU with few steps (a variation runs only the steps of the
+schedule at or below its strength, so ``strength=0.01`` of 200 steps is 2 steps).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+import mattergen_lab
+from mattergen_lab import SamplingPipeline, SamplingRequest
+from mattergen_lab.constants import MASK_Z
+from mattergen_lab.sampling.api import read_samples
+from mattergen_lab.sampling.variation import ParentCrystal
+
+BASE = "mgl_mp20_small"
+pytestmark = pytest.mark.usefixtures("single_thread")  # bitwise equality needs one thread count everywhere
+
+
+@pytest.fixture(scope="module")
+def srtio3() -> Structure:
+    """Cubic perovskite SrTiO3 (a = 3.905 Å, 5 atoms)."""
+    return Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def srtio3_x2(srtio3) -> Structure:
+    """Its 2x1x1 supercell (10 atoms, site order Sr Sr Ti Ti O x6)."""
+    s = srtio3.copy()
+    s.make_supercell([2, 1, 1])
+    return s.get_sorted_structure(key=lambda site: ["Sr", "Ti", "O"].index(site.specie.symbol))
+
+
+def _run(**kwargs):
+    request = SamplingRequest(checkpoint=BASE, **kwargs)
+    return request, SamplingPipeline.for_request(request)(request)
+
+
+def _displacements(out: Structure, parent: Structure) -> np.ndarray:
+    """Å each site moved, site by site (the order is kept), measured in the parent's cell."""
+    d = (np.asarray(out.frac_coords) - np.asarray(parent.frac_coords) + 0.5) % 1.0 - 0.5
+    return np.linalg.norm(d @ parent.lattice.matrix, axis=1)
+
+
+def test_a_small_strength_gives_the_parent_back_and_a_large_one_does_not(srtio3):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    request, near = _run(num_samples=6, batch_size=6, seed=0, parent=srtio3, strength=0.01)
+    assert request.num_atoms == 5 and request.parent.formula == "Sr1Ti1O3"
+    for s in near:
+        assert s.composition.reduced_formula == "SrTiO3" and matcher.fit(s, srtio3)
+        assert _displacements(s, srtio3).max() < 0.15  # Å (the noise at t0 = 0.01 is ~0.01 Å; measured ≤ 0.1)
+        assert np.allclose(s.lattice.abc, srtio3.lattice.abc, rtol=0.03)
+        assert np.allclose(s.lattice.angles, 90, atol=2)
+    _, far = _run(num_samples=6, batch_size=6, seed=0, parent=srtio3, strength=0.6)
+    # at t0 = 0.6 the crystals are new ones (measured: none is SrTiO3 and the atoms moved by Å)
+    assert sum(matcher.fit(s, srtio3) for s in far) <= 2
+    assert np.mean([_displacements(s, srtio3).max() for s in far]) > 0.5
+
+
+def test_the_loop_starts_at_the_grid_step_of_the_strength(srtio3):
+    request = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=11, seed=1, parent=srtio3,
+                              strength=0.35)
+    pipe = SamplingPipeline.for_request(request)
+    frames = [item.frame for item in pipe.frames(request, every=1)]
+    ts = pipe.sampler.timesteps()  # 1, 0.91, ..., 1/11
+    first = next(i for i, t in enumerate(ts) if t <= 0.35)
+    assert frames[0].step == first and frames[0].t == pytest.approx(ts[first]) and frames[0].t <= 0.35
+    assert [f.step for f in frames[1:]] == list(range(first + 1, 12)) + [11] and frames[-1].final
+    # at t0 = 1 the start is the prior: every type masked, the steps those of sampling from scratch
+    request = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=4, seed=1, parent=srtio3,
+                              strength=1.0)
+    prior = next(iter(SamplingPipeline.for_request(request).frames(request, every=1))).frame
+    assert prior.step == 0 and prior.t == 1.0 and bool((prior.batch.atom_types == MASK_Z).all())
+
+
+def test_fixed_sites_stay_fixed_in_every_frame_and_the_rest_is_generated(srtio3_x2, tmp_path):
+    cif = tmp_path / "sto_x2.cif"
+    srtio3_x2.to(filename=str(cif))
+    request = SamplingRequest(checkpoint=BASE, num_samples=3, batch_size=3, num_steps=8, seed=2, parent=str(cif),
+                              fix_sites="O")
+    assert request.fix_sites == (4, 5, 6, 7, 8, 9) and request.strength == 1.0  # inpainting starts from scratch
+    pipe = SamplingPipeline.for_request(request)
+    parent = request.parent.batch()
+    fixed = torch.tensor(request.fix_sites)
+    f0, z0, lattice0 = parent.frac_coords[fixed], parent.atom_types[fixed], parent.lattice[0]
+    checked = 0
+    for item in pipe.frames(request, every=1):
+        frame = item.frame
+        exact = [frame.batch] if frame.final else [frame.mean] if frame.mean is not None else []
+        for batch in exact:  # the denoised state of every step, and the final crystals
+            for c in batch.split():
+                d = (c.frac_coords[fixed].double() - f0 + 0.5) % 1.0 - 0.5
+                assert d.abs().max() < 1e-6 and torch.equal(c.atom_types[fixed], z0)
+                assert (c.lattice[0].double() - lattice0).abs().max() < 1e-5  # the parent's cell, in float32
+                checked += 1
+        for c in frame.batch.split():  # the noisy state: each known type either itself or masked (forward process)
+            z = c.atom_types[fixed]
+            assert bool(((z == z0) | (z == MASK_Z)).all())
+    assert checked == 3 * 9  # 8 steps + the final frame, 3 crystals
+    out = pipe(request)
+    known = request.parent.structure
+    for s in out:
+        assert [str(s[i].specie) for i in request.fix_sites] == ["O"] * 6
+        assert _displacements(s, known)[list(request.fix_sites)].max() < 1e-5
+        assert np.allclose(s.lattice.abc, known.lattice.abc, atol=1e-4)
+    assert len({tuple(s.atomic_numbers[:4]) for s in out}) > 1  # the free sites are generated, not copied
+
+
+def test_a_substitution_keeps_the_framework_and_re_samples_the_chosen_sites(srtio3_x2):
+    request, out = _run(num_samples=4, batch_size=4, num_steps=20, seed=3, parent=srtio3_x2, substitute="Ti=Mn,Fe")
+    assert request.substitute == {"Ti": ("Fe", "Mn")} and request.strength == 0.2
+    for s in out:
+        species = [str(site.specie) for site in s]
+        assert species[:2] == ["Sr", "Sr"] and species[4:] == ["O"] * 6
+        assert set(species[2:4]) <= {"Mn", "Fe"}
+        parent = request.parent.structure  # Niggli-reduced: the same sites in the same order, the cell's axes sorted
+        assert _displacements(s, parent).max() < 1.0 and np.allclose(s.lattice.abc, parent.lattice.abc, rtol=0.1)
+    # an element mask re-samples the parent's elements outside it: Ti has to become Zr here
+    _, masked = _run(num_samples=2, batch_size=2, num_steps=20, seed=3, parent=srtio3_x2, strength=0.2,
+                     elements="Sr-Zr-O")
+    assert all({str(e) for e in s.composition} <= {"Sr", "Zr", "O"} for s in masked)
+
+
+def test_same_seed_same_crystals_from_vary_the_pipeline_and_the_cli(srtio3, tmp_path):
+    from mattergen_lab.cli import main
+
+    kwargs = dict(num_samples=3, batch_size=2, num_steps=10, seed=4, parent=srtio3, strength=0.5)
+    _, a = _run(**kwargs)
+    _, b = _run(**kwargs)
+    c = mattergen_lab.vary(srtio3, 3, strength=0.5, batch_size=2, num_steps=10, seed=4)
+    _, other = _run(**{**kwargs, "seed": 5})
+    key = [(tuple(s.atomic_numbers), np.asarray(s.frac_coords).round(7).tolist(), s.lattice.abc) for s in a]
+    assert key == [(tuple(s.atomic_numbers), np.asarray(s.frac_coords).round(7).tolist(), s.lattice.abc) for s in b]
+    assert key == [(tuple(s.atomic_numbers), np.asarray(s.frac_coords).round(7).tolist(), s.lattice.abc) for s in c]
+    assert key != [(tuple(s.atomic_numbers), np.asarray(s.frac_coords).round(7).tolist(), s.lattice.abc) for s in other]
+
+    poscar = tmp_path / "POSCAR"
+    srtio3.to(filename=str(poscar), fmt="poscar")
+    out = tmp_path / "vary"
+    argv = ["vary", "--structure", str(poscar), "--strength", "0.5", "--num-samples", "3", "--batch-size", "2",
+            "--steps", "10", "--seed", "4", "--out", str(out)]
+    assert main(argv) == 0
+    for x, y in zip(read_samples(out, 3), a):
+        assert list(x.atomic_numbers) == list(y.atomic_numbers)
+        assert np.abs((np.asarray(x.frac_coords) - np.asarray(y.frac_coords) + 0.5) % 1 - 0.5).max() < 1e-6
+    record = json.loads((out / "sampling.json").read_text())["parent"]
+    assert record == {"sha256": ParentCrystal.parse(srtio3).sha256, "formula": "Sr1Ti1O3", "num_atoms": 5,
+                      "strength": 0.5}
+    # the folder refuses variations of another parent, naming what differs
+    other_parent = srtio3.copy()
+    other_parent.replace_species({"Sr": "Ba"})
+    other_poscar = tmp_path / "other.vasp"
+    other_parent.to(filename=str(other_poscar), fmt="poscar")
+    assert main([*argv[:2], str(other_poscar), *argv[3:]]) == 2
+
+
+def _disordered() -> Structure:
+    return Structure(Lattice.cubic(3.9), [{"Sr": 0.5, "Ba": 0.5}, "Ti", "O", "O", "O"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"parent": "DISORDERED"}, r"site 0 is disordered or partially occupied \(Sr0.5 \+ Ba0.5|Ba0.5 \+ Sr0.5\)"),
+    ({"parent": "HUGE"}, "250 atoms is more than MAX_ATOMS_PER_CRYSTAL=200"),
+    ({"strength": 0}, r"strength=0 must be a number in \(0, 1\]"),
+    ({"strength": 1.5}, r"strength=1.5 must be"),
+    ({"strength": float("nan")}, r"strength=nan must be"),
+    ({"strength": -0.1}, r"strength=-0.1 must be"),
+    ({"fix_sites": "Ca"}, "fix_sites='Ca': Ca matches no site of Sr1Ti1O3"),
+    ({"fix_sites": [7]}, r"fix_sites=\[7\]: site 7 is not a site of Sr1Ti1O3 \(sites 0-4\)"),
+    ({"fix_sites": "Sr,Ti,O"}, "fixes every site"),
+    ({"fix_sites": " "}, "names no site"),
+    ({"substitute": "Ti=Xe"}, "substitute Ti=Xe: the model cannot make Xe"),
+    ({"substitute": "Ti=Mn,U"}, "the model cannot make U"),
+    ({"substitute": "Fe=Mn"}, "the parent Sr1Ti1O3 has no Fe"),
+    ({"substitute": "Ti"}, "substitute 'Ti' must look like 'Fe=Mn,Co'"),
+    ({"substitute": "Ti=Qq"}, "'Qq' is not an element symbol"),
+    ({"substitute": "Ti=Mn", "elements": "Sr-Ti-O"}, "substitute Ti=Mn: none of them is in the element mask O-Sr-Ti"),
+    ({"substitute": "Ti=Mn", "fix_sites": [1]}, r"site 1 \(Ti\) is both fixed"),
+    ({"num_atoms": 8}, "num_atoms=8 conflicts with the parent Sr1Ti1O3"),
+    ({"composition": "SrTiO3"}, "composition= is not used with it"),
+])
+def test_refusals_name_the_value_before_any_work(srtio3, kwargs, message, monkeypatch):
+    calls = []
+    monkeypatch.setattr(SamplingPipeline, "from_checkpoint", lambda *a, **k: calls.append(a))
+    kwargs = dict(kwargs)
+    parent = {"DISORDERED": _disordered(), "HUGE": srtio3 * (5, 5, 2)}.get(kwargs.pop("parent", None), srtio3)
+    with pytest.raises(ValueError, match=message):
+        SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, parent=parent, **kwargs)
+    assert not calls
+
+
+def test_refusals_from_files_and_the_cli_are_one_line(srtio3, tmp_path, capsys):
+    from mattergen_lab.cli import main
+
+    with pytest.raises(ValueError, match="strength=0.3 needs a crystal to start from"):
+        SamplingRequest(strength=0.3)
+    with pytest.raises(FileNotFoundError, match="nope.cif"):
+        SamplingRequest(parent=str(tmp_path / "nope.cif"))
+    partial = tmp_path / "partial.cif"
+    text = srtio3.to(fmt="cif")
+    sr_row = next(line for line in text.splitlines() if line.strip().startswith("Sr "))
+    partial.write_text(text.replace(sr_row, sr_row[:-1] + "0.5"))  # the last column is the occupancy
+    out = tmp_path / "never"
+    assert main(["vary", "--structure", str(partial), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "partially occupied (Sr0.5)" in err and "partial.cif" in err
+    assert not out.exists()  # refused before any folder was made
+    with pytest.raises(ValueError, match="is a crystal-structure-prediction"):
+        request = SamplingRequest(checkpoint="mgl_mp20_small_csp", parent=srtio3, num_samples=1, batch_size=1)
+        SamplingPipeline.for_request(request)(request)
