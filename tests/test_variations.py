@@ -14,6 +14,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 import mattergen_lab
+import mattergen_lab.constants
 from mattergen_lab import SamplingPipeline, SamplingRequest
 from mattergen_lab.constants import MASK_Z
 from mattergen_lab.sampling.api import read_samples
@@ -130,6 +131,32 @@ def test_a_substitution_keeps_the_framework_and_re_samples_the_chosen_sites(srti
     assert all({str(e) for e in s.composition} <= {"Sr", "Zr", "O"} for s in masked)
 
 
+def test_each_site_may_stay_itself_unless_an_explicit_mask_or_a_substitution_says_otherwise():
+    # ThO2 (fluorite): Th is outside the 76 elements the model generates from scratch, but MP-20 has it
+    tho2 = Structure(Lattice.cubic(5.6), ["Th", "O", "O"], [[0, 0, 0], [0.25, 0.25, 0.25], [0.75, 0.75, 0.75]])
+    th, o = 90 - 1, 8 - 1  # classes
+    free = SamplingRequest(parent=tho2, strength=0.3, num_samples=1, batch_size=1)
+    start = free.variation.start(keep_own=True)
+    default_mask = torch.zeros(101, dtype=torch.bool)
+    default_mask[torch.tensor(mattergen_lab.constants.SELECTED_ATOMIC_NUMBERS) - 1] = True
+    assert not default_mask[th]
+    rows = start.site_allowed(default_mask)
+    assert rows[0, th] and rows[1, o] and not rows[1, th] and int(rows[0].sum()) == int(default_mask.sum()) + 1
+    # under an explicit mask the parent's Th is re-sampled within it, and starts masked
+    masked = SamplingRequest(parent=tho2, strength=0.3, num_samples=1, batch_size=1, elements="Zr-Hf-O")
+    mask = torch.zeros(101, dtype=torch.bool)
+    mask[[40 - 1, 72 - 1, 8 - 1]] = True
+    rows = masked.variation.start(keep_own=masked.mask is None).site_allowed(mask)
+    assert not rows[0, th] and rows[0].nonzero().flatten().tolist() == [7, 39, 71]
+    # a substituted site may only be one of its targets; fixed sites only themselves
+    sub = SamplingRequest(parent=tho2, substitute="O=S,Se", num_samples=1, batch_size=1)
+    rows = sub.variation.start().site_allowed(default_mask)
+    assert rows[1].nonzero().flatten().tolist() == [16 - 1, 34 - 1] and rows[0].nonzero().flatten().tolist() == [th]
+    fixed = SamplingRequest(parent=tho2, fix_sites=[0], num_samples=1, batch_size=1, elements="Zr-Hf-O")
+    rows = fixed.variation.start(keep_own=False).site_allowed(mask)
+    assert rows[0].nonzero().flatten().tolist() == [th] and rows[1].nonzero().flatten().tolist() == [7, 39, 71]
+
+
 def test_same_seed_same_crystals_from_vary_the_pipeline_and_the_cli(srtio3, tmp_path):
     from mattergen_lab.cli import main
 
@@ -186,6 +213,7 @@ def _disordered() -> Structure:
     ({"substitute": "Ti=Qq"}, "'Qq' is not an element symbol"),
     ({"substitute": "Ti=Mn", "elements": "Sr-Ti-O"}, "substitute Ti=Mn: none of them is in the element mask O-Sr-Ti"),
     ({"substitute": "Ti=Mn", "fix_sites": [1]}, r"site 1 \(Ti\) is both fixed"),
+    ({"substitute": "Ti=Zr", "elements": "Zr-O"}, "substitute keeps the parent's Sr, outside the element mask O-Zr"),
     ({"num_atoms": 8}, "num_atoms=8 conflicts with the parent Sr1Ti1O3"),
     ({"composition": "SrTiO3"}, "composition= is not used with it"),
 ])

@@ -65,7 +65,9 @@ class ChunkInputs:
             allowed_elements=list(mask.atomic_numbers) if mask is not None else None,
             properties=request.conditions or None, composition_of=request.composition_of if request.fixes_atoms else None,
         )
-        return inputs if request.parent is None else replace(inputs, start=request.variation.start())
+        if request.parent is None:
+            return inputs
+        return replace(inputs, start=request.variation.start(keep_own=request.mask is None))
 
     def for_chunk(self, indices: Sequence[int], seed: int) -> dict[str, Any]:
         """Keyword arguments of ``iter_steps`` for the chunk holding ``indices`` (its atom counts drawn from ``seed``

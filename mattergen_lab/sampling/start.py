@@ -12,10 +12,12 @@
    (VP) and each atom type is masked with the D3PM probability of step ``τ(t₀) + 1`` (kept with ``1 − (τ+1)/1000``):
    :meth:`~mattergen_lab.noise.joint.JointDiffusion.corrupt`, the training corruption. At t₀ = 1 this is the prior
    up to α(1) ≈ 0.007 of the parent's lattice: sampling from scratch.
-2. **Which elements each atom may become** (guided substitution): ``allowed`` is one row of 101 classes per atom.
-   An atom whose own element is not allowed at its site (a substituted site, an element outside the element mask
-   or one the model cannot make) starts masked, so the type predictor re-samples it among the allowed ones; an atom
-   allowed only its own element gets it back whenever the forward process masked it.
+2. **Which elements each atom may become** (guided substitution): ``allowed`` is one row of 101 classes per atom,
+   narrowing the run's element mask; ``keep_own`` atoms may also be their own element whatever the mask (a parent's
+   Pa, outside the 76 elements the model generates from scratch, stays Pa). An atom whose own element is not allowed
+   at its site (a substituted site, or an element outside an explicit element mask) starts masked, so the type
+   predictor re-samples it among the allowed ones; an atom allowed only its own element gets it back whenever the
+   forward process masked it.
 3. **Known values re-imposed after every step** (RePaint, Lugmayr et al. 2022, "RePaint: inpainting using
    denoising diffusion probabilistic models"): the types and fractional coordinates of ``known_sites`` (and the
    lattice with ``known_lattice``) are replaced after every predictor step to time s by a fresh draw of the forward
@@ -49,6 +51,7 @@ class StartFrom:
         allowed: ``(N, 101)`` bool: the classes each atom may take (``None``: the run's element mask).
         known_sites: ``(N,)`` bool: atoms whose type and coordinates are re-imposed after every step.
         known_lattice: re-impose the lattice too (inpainting keeps the parent's cell).
+        keep_own: ``(N,)`` bool: atoms that may always be their own element, added to the mask.
     """
 
     batch: CrystalBatch
@@ -56,6 +59,7 @@ class StartFrom:
     allowed: torch.Tensor | None = None
     known_sites: torch.Tensor | None = None
     known_lattice: bool = False
+    keep_own: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         t0 = self.strength
@@ -68,8 +72,10 @@ class StartFrom:
         if self.allowed is not None and (self.allowed.dtype != torch.bool or self.allowed.shape != (n, NUM_CLASSES)):
             raise ValueError(f"allowed must be a bool ({n}, {NUM_CLASSES}) tensor, got {self.allowed.dtype} "
                              f"{tuple(self.allowed.shape)}")
-        if self.known_sites is not None and (self.known_sites.dtype != torch.bool or self.known_sites.shape != (n,)):
-            raise ValueError(f"known_sites must be a bool ({n},) tensor")
+        for name in ("known_sites", "keep_own"):
+            v = getattr(self, name)
+            if v is not None and (v.dtype != torch.bool or v.shape != (n,)):
+                raise ValueError(f"{name} must be a bool ({n},) tensor")
 
     # ------------------------------------------------------------------ building
     def repeat(self, k: int) -> StartFrom:
@@ -81,7 +87,8 @@ class StartFrom:
                            lattice=b.lattice.repeat(k, 1, 1), num_atoms=b.num_atoms.repeat(k))
         return dataclasses.replace(
             self, batch=rep, allowed=None if self.allowed is None else self.allowed.repeat(k, 1),
-            known_sites=None if self.known_sites is None else self.known_sites.repeat(k))
+            known_sites=None if self.known_sites is None else self.known_sites.repeat(k),
+            keep_own=None if self.keep_own is None else self.keep_own.repeat(k))
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> StartFrom:
         b = self.batch
@@ -89,7 +96,8 @@ class StartFrom:
                           lattice=b.lattice.to(device, dtype), num_atoms=b.num_atoms.to(device))
         return dataclasses.replace(
             self, batch=batch, allowed=None if self.allowed is None else self.allowed.to(device),
-            known_sites=None if self.known_sites is None else self.known_sites.to(device))
+            known_sites=None if self.known_sites is None else self.known_sites.to(device),
+            keep_own=None if self.keep_own is None else self.keep_own.to(device))
 
     # ------------------------------------------------------------------ what the loop calls
     def first_step(self, timesteps: Sequence[float]) -> int:
@@ -108,9 +116,11 @@ class StartFrom:
         per_atom = allowed[b.batch_idx] if allowed.dim() == 2 else allowed.expand(b.atom_types.shape[0], -1)
         if self.allowed is not None:
             per_atom = per_atom & self.allowed.to(per_atom.device)
-        if self.known_sites is not None:  # a fixed site may always be what it is, whatever the mask
-            own = torch.zeros_like(per_atom)
-            own[torch.arange(len(own), device=own.device), b.atom_types - 1] = True
+        own = torch.zeros_like(per_atom)
+        own[torch.arange(len(own), device=own.device), b.atom_types - 1] = True
+        if self.keep_own is not None:
+            per_atom = per_atom | (own & self.keep_own.unsqueeze(-1))
+        if self.known_sites is not None:  # a fixed site is what it is, whatever the mask
             per_atom = torch.where(self.known_sites.unsqueeze(-1), own, per_atom)
         per_atom = per_atom.clone()
         per_atom[:, MASK_CLASS] = False

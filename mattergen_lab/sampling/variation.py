@@ -18,10 +18,13 @@ POSCAR or extxyz path) is one of three runs, or a mix of them, each built from :
 The parent keeps its own cell and site order (Niggli-reduced, which keeps the order; not made primitive), so site
 indices are those of the file as pymatgen reads it (a CIF's symmetry operations applied, sites in its order). The
 lattice the model sees is its symmetric polar factor, as in training. An element mask (``elements=`` or a
-``chemical_system`` condition) applies to every site that is re-sampled; a parent element outside it is re-sampled
-within it. Refused before any work, each in one line naming the value: an unreadable or disordered (partially
-occupied) parent, one over :data:`~mattergen_lab.sampling.request.MAX_ATOMS_PER_CRYSTAL` atoms, a strength outside
-(0, 1], a site selection that matches nothing, a substitution the parent or the model cannot do.
+``chemical_system`` condition) applies to every site that is re-sampled, and a parent element outside it is
+re-sampled within it; without an explicit mask every site may stay its own element (a parent's Pa, outside the 76
+elements the model generates from scratch, is kept).
+
+Refused before any work, each in one line naming the value: an unreadable or disordered (partially occupied)
+parent, one over :data:`~mattergen_lab.sampling.request.MAX_ATOMS_PER_CRYSTAL` atoms, a strength outside (0, 1], a
+site selection that matches nothing, a substitution the parent or the model cannot do.
 """
 
 from __future__ import annotations
@@ -295,14 +298,22 @@ class Variation:
             for old, new in subst.items():
                 if not set(new) & set(mask.symbols):
                     raise ValueError(f"substitute {old}={','.join(new)}: none of them is in the element mask {mask}")
+            kept = sorted({symbol_of(z) for z in parent.atomic_numbers} - set(subst) - set(mask.symbols))
+            if subst and kept:
+                raise ValueError(f"substitute keeps the parent's {', '.join(kept)}, outside the element mask {mask}; "
+                                 "add it to the mask or substitute it too")
         return cls(parent, float(strength), fixed, subst)
 
-    def start(self) -> StartFrom:
+    def start(self, *, keep_own: bool = True) -> StartFrom:
         """The single-crystal start (repeat it per chunk): substituted sites allowed their targets only, other sites
-        of a substitution their own element only, fixed sites (and the lattice) known."""
+        of a substitution their own element only, fixed sites (and the lattice) known. ``keep_own``: every site but a
+        substituted one may stay its own element whatever the run's mask (``False`` under an explicit element mask,
+        which then re-samples the parent's elements outside it)."""
         batch = self.parent.batch()
         z = batch.atom_types
-        allowed = None
+        allowed, keep = None, torch.full((len(z),), keep_own)
+        for old in self.substitute:
+            keep &= z != atomic_number_of(old)
         if self.substitute:
             allowed = torch.zeros(len(z), NUM_CLASSES, dtype=torch.bool)
             allowed[torch.arange(len(z)), z - 1] = True
@@ -316,7 +327,7 @@ class Variation:
             known = torch.zeros(len(z), dtype=torch.bool)
             known[list(self.fix_sites)] = True
         return StartFrom(batch=batch, strength=self.strength, allowed=allowed, known_sites=known,
-                         known_lattice=bool(self.fix_sites))
+                         known_lattice=bool(self.fix_sites), keep_own=keep if bool(keep.any()) else None)
 
     def record(self) -> dict[str, Any]:
         """What ``sampling.json`` records (a folder refuses crystals of another parent or settings)."""
