@@ -67,15 +67,20 @@ def test_a_small_strength_gives_the_parent_back_and_a_large_one_does_not(srtio3)
     assert np.mean([_displacements(s, srtio3).max() for s in far]) > 0.5
 
 
-def test_the_loop_starts_at_the_grid_step_of_the_strength(srtio3):
+def test_the_loop_starts_at_the_strength_and_takes_the_schedules_steps_below_it(srtio3):
     request = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=11, seed=1, parent=srtio3,
                               strength=0.35)
     pipe = SamplingPipeline.for_request(request)
     frames = [item.frame for item in pipe.frames(request, every=1)]
-    ts = pipe.sampler.timesteps()  # 1, 0.91, ..., 1/11
-    first = next(i for i, t in enumerate(ts) if t <= 0.35)
-    assert frames[0].step == first and frames[0].t == pytest.approx(ts[first]) and frames[0].t <= 0.35
-    assert [f.step for f in frames[1:]] == list(range(first + 1, 12)) + [11] and frames[-1].final
+    below = [t for t in pipe.sampler.timesteps() if t < 0.35]  # of 1, 0.91, ..., 0.1818, 1/11: 0.2727, 0.1818, 1/11
+    assert len(below) == 3
+    assert frames[0].step == 0 and frames[0].t == 0.35
+    assert [f.t for f in frames[1:-1]] == pytest.approx(below + [0.0])  # after each step: the next time
+    assert [f.step for f in frames] == [0, 1, 2, 3, 4, 4] and frames[-1].final
+    # below the grid's last time (1/11) one step goes from t0 to 0
+    request = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=11, seed=1, parent=srtio3,
+                              strength=0.01)
+    assert [(f.frame.step, f.frame.t) for f in pipe.frames(request, every=1)] == [(0, 0.01), (1, 0.0), (1, 0.0)]
     # at t0 = 1 the start is the prior: every type masked, the steps those of sampling from scratch
     request = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=4, seed=1, parent=srtio3,
                               strength=1.0)

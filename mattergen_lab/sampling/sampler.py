@@ -185,9 +185,10 @@ class PredictorCorrectorSampler:
                 conventional-cell counts); the prior and every step are projected so each crystal keeps its
                 template exactly (:class:`~mattergen_lab.symmetry.constraint.SymmetryConstraint`).
             start: known crystals to start from instead of the prior (variations, inpainting, substitutions; see
-                :class:`~mattergen_lab.sampling.start.StartFrom`): the loop runs from the grid step at its strength
-                t0 (the prior frame is then that step's, at t <= t0), with its per-atom element sets, and re-imposes
-                its known sites after every step. ``num_atoms`` must be its crystals'.
+                :class:`~mattergen_lab.sampling.start.StartFrom`): they are noised to its strength t0 (the first
+                frame, step 0 at t = t0), then the loop steps to each time of the schedule below t0 (so it runs
+                fewer steps), with their per-atom element sets, re-imposing their known sites after every step.
+                ``num_atoms`` must be theirs.
         """
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"every={every!r} must be an integer >= 0")
@@ -251,15 +252,14 @@ class PredictorCorrectorSampler:
         ts = self.timesteps()
         n = len(ts)
         dt = (ts[-1] - 1.0) / (n - 1) if n > 1 else -1.0
-        first = 0 if start is None else start.first_step(ts)  # SDEdit: the grid steps at or below t0 only
-        if start is not None:
-            x = start.initial(x, ts[first], allowed, self.diffusion, generator=generator)
+        if start is not None:  # SDEdit: from the noised crystals at t0, then the grid's times below t0
+            ts = start.timesteps(ts)
+            n = len(ts)
+            x = start.initial(x, ts[0], allowed, self.diffusion, generator=generator)
         if every:
-            yield SamplerFrame(step=first, t=ts[first], batch=x, mean=None)
+            yield SamplerFrame(step=0, t=ts[0], batch=x, mean=None)
         mean = x
         for i, t_now in enumerate(ts):
-            if i < first:
-                continue
             last = i == n - 1
             s_now = 0.0 if last else ts[i + 1]
             if constraint is not None and not active and t_now <= constraint.start:  # the constraint starts here

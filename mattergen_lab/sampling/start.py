@@ -5,10 +5,10 @@
 
 1. **Where it starts** (SDEdit, Meng et al. 2022, "SDEdit: guided image synthesis and editing with stochastic
    differential equations"): the known crystals are noised with the model's own forward processes to the start
-   time t₀ (``strength``) and the sampler runs its usual steps from t₀ down. The steps are those of the sampler's
-   own grid ``linspace(1, eps_t, N)`` whose time is at most t₀ (:meth:`StartFrom.first_step`), so every step keeps
-   the sampler's step size; t₀ is rounded down to the grid (a strength below eps_t runs the last step only). At
-   t₀ the coordinates are ``wrap(f₀ + σ(t₀) n^{-1/3} ε)`` (wrapped VE), the lattice ``α L₀ + (1 − α) μ + std ε_sym``
+   time t₀ (``strength``) and the sampler steps from t₀ to each time of its own grid ``linspace(1, eps_t, N)`` below
+   t₀, then to 0 (:meth:`StartFrom.timesteps`): the steps of sampling from scratch that lie below t₀, the first one
+   shorter when t₀ falls between two grid times (t₀ = 0.3 of 200 steps runs 60 steps; a t₀ below eps_t runs one
+   step, from t₀ to 0). At t₀ the coordinates are ``wrap(f₀ + σ(t₀) n^{-1/3} ε)`` (wrapped VE), the lattice ``α L₀ + (1 − α) μ + std ε_sym``
    (VP) and each atom type is masked with the D3PM probability of step ``τ(t₀) + 1`` (kept with ``1 − (τ+1)/1000``):
    :meth:`~mattergen_lab.noise.joint.JointDiffusion.corrupt`, the training corruption. At t₀ = 1 this is the prior
    up to α(1) ≈ 0.007 of the parent's lattice: sampling from scratch.
@@ -100,13 +100,9 @@ class StartFrom:
             keep_own=None if self.keep_own is None else self.keep_own.to(device))
 
     # ------------------------------------------------------------------ what the loop calls
-    def first_step(self, timesteps: Sequence[float]) -> int:
-        """Index of the first of the sampler's ``timesteps`` (descending) at or below t₀; the last one when t₀ is
-        below them all."""
-        for i, t in enumerate(timesteps):
-            if t <= self.strength + 1e-12:
-                return i
-        return len(timesteps) - 1
+    def timesteps(self, grid: Sequence[float]) -> list[float]:
+        """The times to step from: t₀, then the sampler's ``grid`` (descending) below it."""
+        return [float(self.strength)] + [float(t) for t in grid if t < self.strength - 1e-12]
 
     def site_allowed(self, allowed: torch.Tensor) -> torch.Tensor:
         """The run's mask (``(101,)`` or ``(B, 101)``) as one row per atom, narrowed to :attr:`allowed`."""
