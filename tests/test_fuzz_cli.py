@@ -1,4 +1,4 @@
-"""Issue 12: the CLI fuzzed. Seeded random command lines for ``sample`` and ``evaluate`` (most of them with one to
+"""Issue 12: the CLI fuzzed. Seeded random command lines for ``sample``, ``evaluate`` and ``vary`` (most of them with one to
 three bad values) run in-process through :func:`mattergen_lab.cli.main`. Every outcome is classified:
 
 * refused: exit code 2, and the last line of stderr is ``mattergen-lab <command>: error: ...`` (argparse adds its
@@ -135,3 +135,53 @@ def test_fuzz_evaluate_command_lines(tmp_path, capsys, monkeypatch):
         argv = ["evaluate"] + [x for kv in chosen.items() for x in kv]
         rc, err = _run(argv, capsys)
         assert _assert_refused_or_sane(argv, rc, err, chosen, chosen["--out"]) == "refused", argv
+
+
+def test_fuzz_vary_command_lines(tmp_path, capsys):
+    """``vary`` (#28): a bad parent, strength, site selection or substitution is one line, refused before any work;
+    an accepted line writes crystals with the parent's atom count, inside the element mask."""
+    sto = Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
+                    [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    good_cif, poscar = tmp_path / "sto.cif", tmp_path / "POSCAR"
+    sto.to(filename=str(good_cif))
+    sto.to(filename=str(poscar), fmt="poscar")
+    partial = tmp_path / "partial.cif"
+    text = sto.to(fmt="cif")
+    row = next(line for line in text.splitlines() if line.strip().startswith("Sr "))
+    partial.write_text(text.replace(row, row[:-1] + "0.5"))
+    (tmp_path / "junk.cif").write_text("data_x\n_cell_length_a -3\n")
+    (tmp_path / "two.extxyz").write_text(2 * ('1\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3 '
+                                              'pbc="T T T"\nNa 0 0 0\n'))
+    pools = {
+        "--structure": ([str(good_cif), str(poscar)], [str(partial), str(tmp_path / "junk.cif"), str(tmp_path / "nope"),
+                                                       str(tmp_path / "two.extxyz"), str(tmp_path), ""]),
+        "--strength": (["0.05", "0.5", "1"], ["0", "-1", "1.5", "nan", "inf", "x"]),
+        "--fix-sites": (["O", "0,1", "anions", "2-4"], ["Xe", "99", "", "Sr,Ti,O", "0-99", "x y"]),
+        "--substitute": (["Ti=Zr,Hf", "Sr=Ba"], ["Ti=Xe", "Fe=Mn", "Ti", "=", "Ti=Qq", "Ti=Og"]),
+        "--elements": (["Sr-Ti-O-Zr-Hf-Ba"], ["Xx", "", "Sr-Ti"]),
+        "--steps": (["2", "4"], ["0", "-1", "x"]),
+        "--seed": (["0", "3"], ["-1", "x"]),
+    }
+    rng = random.Random(2028)
+    outcomes = {"refused": 0, "accepted": 0}
+    for i in range(40):
+        out = str(tmp_path / f"vary{i}")
+        chosen = {"--structure": str(good_cif), "--num-samples": "2", "--batch-size": "2", "--steps": "2"}
+        for flag in rng.sample(sorted(pools), rng.randint(0, 3)):
+            good, bad = pools[flag]
+            chosen[flag] = rng.choice(bad if rng.random() < 0.6 else good)
+        argv = ["vary", "--out", out] + [x for kv in chosen.items() for x in kv]
+        rc, err = _run(argv, capsys)
+        outcome = _assert_refused_or_sane(argv, rc, err, chosen, out)
+        if outcome == "refused" and not err.strip().splitlines()[-1].startswith("mattergen-lab vary: error: argument"):
+            from pathlib import Path
+
+            assert not Path(out, "cifs").exists(), (argv, "refused after writing")
+        elif outcome == "accepted":
+            from pathlib import Path
+
+            for path in sorted(Path(out, "cifs").glob("*.cif")):
+                assert len(Structure.from_file(path)) == 5, (argv, path)
+        outcomes[outcome] += 1
+    print("vary command lines:", outcomes)
+    assert outcomes["refused"] >= 15 and outcomes["accepted"] >= 5, outcomes
