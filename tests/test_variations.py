@@ -251,3 +251,28 @@ def test_refusals_from_files_and_the_cli_are_one_line(srtio3, tmp_path, capsys):
     with pytest.raises(ValueError, match="is a crystal-structure-prediction"):
         request = SamplingRequest(checkpoint="mgl_mp20_small_csp", parent=srtio3, num_samples=1, batch_size=1)
         SamplingPipeline.for_request(request)(request)
+
+
+def test_the_benchmark_helpers(srtio3):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_variations as bench
+
+    assert bench.parse_strengths("0.1, 0.3,1") == [0.1, 0.3, 1.0]
+    for bad, message in [("0", "0.0 is outside"), ("x", "'x' is not a number"), ("", "names no strength")]:
+        with pytest.raises(ValueError, match=message):
+            bench.parse_strengths(bad)
+    moved = srtio3.copy()
+    moved.translate_sites([1], [0.1, 0, 0])  # 0.3905 Å along a
+    moved.translate_sites([0], [-0.02, 0, 0])  # across the cell boundary: 0.078 Å, not 3.8
+    assert bench.max_displacement(moved, srtio3) == pytest.approx(0.3905)
+    rows = [{"strength": 0.1, "seconds": 2.0, "variations": [
+        {"same_formula": True, "match": True, "max_displacement": 0.2, "relaxed_match": True},
+        {"same_formula": False, "match": False, "max_displacement": 3.0, "relaxed_match": False}]}]
+    table = bench.summarize(rows, [0.1, 0.3], relax=True)
+    assert table == [{"strength": 0.1, "parents": 1, "variations": 2, "same_formula_pct": 50.0, "match_pct": 50.0,
+                      "median_max_displacement_A": 0.2, "seconds_per_crystal": 1.0, "relaxed_match_pct": 50.0,
+                      "relaxed": 2}]
+    assert "| 0.1 | 1 | 2 | 50 % | 50 % | 50 % (of 2) | 0.20 Å | 1.00 |" in bench.markdown(table, relax=True)
