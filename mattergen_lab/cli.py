@@ -69,6 +69,29 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                         "(predictor only), coord_snr=0.2, predictor=ode; see benchmarks/bench_steps.py")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    _add_symmetry_flags(p)
+
+
+def _add_symmetry_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--space-group", type=int, default=None, metavar="N",
+                   help="symmetric mode: every crystal has space group N (1-230), on a Wyckoff template of it")
+    g.add_argument("--crystal-system", default=None, metavar="NAME",
+                   help="symmetric mode: templates of this crystal system (triclinic ... cubic), as MP-20 has them")
+    g.add_argument("--symmetry", default=None, metavar="SPEC",
+                   help="symmetric mode: mp20 (MP-20's space groups, Wyckoff letters and sizes), a space group, a "
+                        "crystal system or a template such as 225:ab")
+
+
+def symmetry_from_args(args: argparse.Namespace) -> object:
+    """What ``--space-group`` / ``--crystal-system`` / ``--symmetry`` ask for (``SamplingRequest.symmetry``), or None."""
+    if getattr(args, "space_group", None) is not None:
+        return args.space_group
+    if getattr(args, "crystal_system", None) is not None:
+        from mattergen_lab.symmetry.groups import check_crystal_system
+
+        return check_crystal_system(args.crystal_system)
+    return getattr(args, "symmetry", None)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -210,6 +233,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         composition=args.composition,
         formula_units=args.formula_units,
         sampler=parse_sampler_text(args.sampler),
+        symmetry=symmetry_from_args(args),
     )
     pipe = SamplingPipeline.for_request(request)
     bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)

@@ -24,6 +24,7 @@ from mattergen_lab.limits import MAX_NUM_STEPS, MAX_SEED, check_at_most
 from mattergen_lab.sampling.composition import FixedComposition
 from mattergen_lab.sampling.frames import sampler_variant
 from mattergen_lab.sampling.guidance import check_guidance_scale
+from mattergen_lab.symmetry.templates import SymmetrySpec
 
 
 #: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
@@ -124,6 +125,11 @@ class SamplingRequest:
             gives crystal ``i``'s.
         seed: the run's seed; chunk ``j`` uses :func:`chunk_seed(seed, j) <chunk_seed>`.
         device: ``"cpu"``, ``"cuda"``...; ``None`` is the model's device.
+        symmetry: the symmetric mode (:class:`~mattergen_lab.symmetry.templates.SymmetrySpec`, or what
+            :meth:`SymmetrySpec.parse` reads: a space group ``225``, a crystal system ``"cubic"``, ``"mp20"``, a
+            template ``"225:ab"``). Each crystal draws a Wyckoff template (with its chunk's CPU generator) and keeps
+            it exactly; its atom count is the template's conventional cell (``num_atoms``, if given, picks templates
+            of that size).
     """
 
     checkpoint: str = ""
@@ -141,6 +147,7 @@ class SamplingRequest:
     sampler: Mapping[str, Any] = field(default_factory=dict)
     use_element_mask: bool = True
     compositions: Sequence[FixedComposition | str] | None = None
+    symmetry: SymmetrySpec | str | int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
@@ -190,11 +197,30 @@ class SamplingRequest:
         if self.device is not None:
             object.__setattr__(self, "device", validate_device(self.device))
         self._check_composition()
+        self._check_symmetry()
         self._check_size()
 
     def _check_size(self) -> None:
         n = self.num_atoms
+        if n is None and self.symmetry is not None:  # the templates' conventional cells: at most max_atoms
+            n = self.symmetry.max_atoms if not self.symmetry.templates else max(t.num_atoms for t in self.symmetry.templates)
         check_size(self.num_samples, self.batch_size, None if n is None else max((n,) if _is_int(n) else n))
+
+    def _check_symmetry(self) -> None:
+        if self.symmetry is None:
+            return
+        spec = SymmetrySpec.parse(self.symmetry)
+        object.__setattr__(self, "symmetry", spec)
+        if self.fixes_atoms:
+            raise ValueError(f"symmetry={str(spec)!r} with a composition (crystal-structure prediction) is not "
+                             "supported yet; drop one of them")
+        n = self.num_atoms
+        if n is not None:
+            for v in sorted(set((n,) if _is_int(n) else n)):
+                spec.check_num_atoms(v)
+        if spec.templates and len(spec.templates) not in (1, self.num_samples):
+            raise ValueError(f"symmetry gives {len(spec.templates)} templates for num_samples={self.num_samples}: "
+                             "give one, or one per crystal")
 
 
     def _check_composition(self) -> None:

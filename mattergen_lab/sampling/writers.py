@@ -139,6 +139,8 @@ def sampling_record(config: "SamplerConfig", request: "SamplingRequest", *, dtyp
     if request.compositions is not None:
         record["compositions"] = [c.to_dict() for c in request.compositions]  # type: ignore[union-attr]
         record["num_atoms"] = [c.num_atoms for c in request.compositions]  # type: ignore[union-attr]
+    if request.symmetry is not None:  # recorded only when set, as the composition
+        record["symmetry"] = request.symmetry.to_dict()  # type: ignore[union-attr]
     return record
 
 

@@ -39,6 +39,10 @@ TABLE_PATH = Path(__file__).with_name("mp20_templates.json")
 #: centred conventional cell up to four times that; beyond 40 the 2-core sampling cost grows for few crystals).
 DEFAULT_MAX_ATOMS = 40
 MAX_TEMPLATE_ATOMS = 200  # the sampler's atom limit per crystal
+#: Diffusion time from which the constraint holds (see ``SymmetrySpec.start``): measured on the bundled base, 200
+#: steps, MP-20 templates (README, *Symmetric generation*): from t = 1 some layered templates grow a runaway axis
+#: (12 % of cells above 60 Å³/atom), from t = 0.4 4 %, with the group kept at symprec 1e-3 either way.
+DEFAULT_START = 0.4
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,22 @@ def random_template(space_group: int, num_atoms: int, generator: torch.Generator
                      "atoms in the conventional cell); choose another atom count or group")
 
 
+@functools.lru_cache(maxsize=None)
+def reachable_counts(space_group: int, max_atoms: int = MAX_TEMPLATE_ATOMS) -> frozenset[int]:
+    """Every conventional-cell atom count ≤ ``max_atoms`` that some Wyckoff combination of ``space_group`` holds (a
+    position without free parameters at most once, the others any number of times: a knapsack over the orbits)."""
+    sg = check_space_group(space_group)
+    reach = np.zeros(max_atoms + 1, dtype=bool)
+    reach[0] = True
+    for letter, mult in wyckoff_letters(sg).items():
+        if orbit_geometry(sg, letter).dof == 0:  # 0/1 item
+            reach[mult:] |= reach[:-mult].copy() if mult <= max_atoms else False
+        else:  # unbounded item
+            for n in range(mult, max_atoms + 1):
+                reach[n] |= reach[n - mult]
+    return frozenset(int(n) for n in np.flatnonzero(reach) if n > 0)
+
+
 @dataclass(frozen=True)
 class SymmetrySpec:
     """What a request asks for: exactly one of ``space_group``, ``crystal_system``, ``source="mp20"`` or fixed
@@ -152,6 +172,9 @@ class SymmetrySpec:
     source: str | None = None
     templates: tuple[WyckoffTemplate, ...] = ()
     max_atoms: int = DEFAULT_MAX_ATOMS
+    #: the diffusion time from which the constraint holds (1 = the whole run; the crystal is exactly symmetric
+    #: either way, since the last steps are constrained); before it, the types are already pooled per orbit
+    start: float = DEFAULT_START
 
     def __post_init__(self) -> None:
         given = [self.space_group is not None, self.crystal_system is not None, self.source is not None, bool(self.templates)]
@@ -161,6 +184,10 @@ class SymmetrySpec:
         m = self.max_atoms
         if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_TEMPLATE_ATOMS:
             raise ValueError(f"max_atoms={m!r} must be an integer in 1-{MAX_TEMPLATE_ATOMS}")
+        st = self.start
+        if isinstance(st, bool) or not isinstance(st, (int, float)) or not 0.0 < st <= 1.0:
+            raise ValueError(f"start={st!r} must be a diffusion time in (0, 1]")
+        object.__setattr__(self, "start", float(st))
         if self.space_group is not None:
             object.__setattr__(self, "space_group", check_space_group(self.space_group))
         if self.crystal_system is not None:
@@ -194,7 +221,7 @@ class SymmetrySpec:
                          "'mp20', or a template such as '225:ab'")
 
     def to_dict(self) -> dict:
-        out: dict = {"max_atoms": self.max_atoms}
+        out: dict = {"max_atoms": self.max_atoms, "start": self.start}
         for key in ("space_group", "crystal_system", "source"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -221,18 +248,54 @@ class SymmetrySpec:
             return self.templates, np.ones(len(self.templates))
         return tuple(t for t, k in zip(templates, keep) if k), counts[keep]
 
+    def check_num_atoms(self, num_atoms: int) -> None:
+        """``ValueError`` naming ``num_atoms`` when no template of this spec holds that many atoms (before any work)."""
+        templates, _ = self.candidates()
+        if any(t.num_atoms == num_atoms for t in templates):
+            return
+        if self.space_group is not None and num_atoms in reachable_counts(self.space_group):
+            return
+        if self.space_group is not None:
+            sizes = sorted(reachable_counts(self.space_group, min(self.max_atoms, 48)))
+            raise ValueError(f"num_atoms={num_atoms}: no Wyckoff combination of space group {self.space_group} holds "
+                             f"{num_atoms} atoms in its conventional cell (it holds {sizes[:12]}...); choose one of those")
+        counts = sorted({t.num_atoms for t in templates})
+        raise ValueError(f"num_atoms={num_atoms}: no MP-20 template of {self} holds {num_atoms} atoms in its "
+                         f"conventional cell (they hold {counts[:16]}); choose one of those or leave num_atoms out")
+
     def draw(self, k: int, generator: torch.Generator, *, num_atoms: Sequence[int] | None = None) -> list[WyckoffTemplate]:
-        """``k`` templates drawn with ``generator`` (CPU). ``num_atoms``: one conventional-cell atom count per
-        crystal, for a space group that MP-20 lacks (random Wyckoff combinations of exactly that many atoms)."""
+        """``k`` templates drawn with ``generator`` (CPU), from MP-20's for this spec by their frequency, or (a group
+        MP-20 lacks) random Wyckoff combinations of an atom count drawn among those the group can hold.
+        ``num_atoms``: one conventional-cell atom count per crystal that each template must hold."""
+        if num_atoms is not None and len(num_atoms) != k:
+            raise ValueError(f"num_atoms has {len(num_atoms)} entries for {k} crystals")
         if self.templates:
             if len(self.templates) not in (1, k):
                 raise ValueError(f"{len(self.templates)} templates for {k} crystals: give one, or one per crystal")
-            return list(self.templates) * k if len(self.templates) == 1 else list(self.templates)
+            out = list(self.templates) * k if len(self.templates) == 1 else list(self.templates)
+            if num_atoms is not None and [t.num_atoms for t in out] != [int(n) for n in num_atoms]:
+                raise ValueError(f"num_atoms={list(num_atoms)} but the templates hold {[t.num_atoms for t in out]}")
+            return out
         templates, weights = self.candidates()
-        if not templates:
+        if num_atoms is None:
+            if templates:
+                idx = torch.multinomial(torch.as_tensor(weights), k, replacement=True, generator=generator)
+                return [templates[int(i)] for i in idx]
             if self.space_group is None:
                 raise ValueError(f"MP-20 has no template of {self} within max_atoms={self.max_atoms}")
-            counts = num_atoms or [int(n) for n in torch.randint(4, self.max_atoms + 1, (k,), generator=generator)]
-            return [random_template(self.space_group, int(n), generator) for n in counts]
-        idx = torch.multinomial(torch.as_tensor(weights), k, replacement=True, generator=generator)
-        return [templates[int(i)] for i in idx]
+            sizes = sorted(reachable_counts(self.space_group, self.max_atoms))
+            if not sizes:
+                raise ValueError(f"space group {self.space_group} has no Wyckoff combination of at most "
+                                 f"max_atoms={self.max_atoms} atoms")
+            num_atoms = [sizes[int(i)] for i in torch.randint(len(sizes), (k,), generator=generator)]
+        out = []
+        for n in num_atoms:
+            keep = [i for i, t in enumerate(templates) if t.num_atoms == int(n)]
+            if keep:
+                pick = torch.multinomial(torch.as_tensor(weights[keep]), 1, generator=generator)
+                out.append(templates[keep[int(pick)]])
+            elif self.space_group is not None:
+                out.append(random_template(self.space_group, int(n), generator))
+            else:
+                self.check_num_atoms(int(n))
+        return out
