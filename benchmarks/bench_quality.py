@@ -138,7 +138,7 @@ def campaign_spec(args: argparse.Namespace, steps: int) -> dict[str, Any]:
         "checkpoint": args.checkpoint, "num_samples": args.num_samples, "batch_size": args.batch_size,
         "num_steps": steps, "seed": args.seed, "guidance_scale": float(getattr(args, "guidance", 0.0) or 0.0),
         "sampler": dict(getattr(args, "sampler", None) or {}),
-        **({"symmetry": args.symmetry} if getattr(args, "symmetry", None) else {}),
+        **({"symmetry": _symmetry_axis(args.symmetry)} if getattr(args, "symmetry", None) else {}),
         **({"conditions": dict(args.conditions)} if getattr(args, "conditions", None) else {}),
         "evaluate": {"relaxer": args.relaxer, "batch_size": args.eval_batch_size, "fmax": args.fmax,
                      "max_steps": args.relax_max_steps, "max_seconds": args.relax_max_seconds,
@@ -179,6 +179,12 @@ def run_benchmark(args: argparse.Namespace, out: Path) -> tuple[Any, list[Any], 
     return evaluation, generated, timing
 
 
+def _symmetry_axis(text: str) -> Any:
+    """``--symmetry mp20`` is one arm; ``--symmetry 2,14,225`` a grid axis (one arm per value, seeds ``seed + arm``)."""
+    values = [int(v) if v.strip().isdigit() else v.strip() for v in str(text).split(",")]
+    return values if len(values) > 1 else values[0]
+
+
 def symmetry_record(args: argparse.Namespace, out: Path, table: Any, generated: list[Any]) -> dict[str, Any]:
     """P1 before/after relaxation, χ² to MP-20, symmetric S.U.N., splits by elements and MP-20 coverage; with
     ``--symmetry``, the share that keeps its template's group (from the requests' own template draws)."""
@@ -188,14 +194,21 @@ def symmetry_record(args: argparse.Namespace, out: Path, table: Any, generated: 
     from mattergen_lab.symmetry import reference_space_groups
 
     spec = CampaignFolder(out / "campaign").spec()
-    requested = None
-    if args.symmetry:
-        per_arm = {arm.name: request_templates(spec.request(arm)) for arm in spec.arms()}
-        requested = []
-        for sid in table["id"]:
-            arm, _, i = str(sid).partition("-")
-            requested.append(per_arm[arm][int(i)].space_group)
-    return symmetry_summary(table, generated, reference_space_groups(), requested)
+    if not args.symmetry:
+        return symmetry_summary(table, generated, reference_space_groups())
+    per_arm = {arm.name: request_templates(spec.request(arm)) for arm in spec.arms()}
+    arm_of = [str(sid).partition("-")[0] for sid in table["id"]]
+    requested = [per_arm[a][int(str(sid).partition("-")[2])].space_group for a, sid in zip(arm_of, table["id"])]
+    record = symmetry_summary(table, generated, reference_space_groups(), requested)
+    if len(per_arm) > 1:  # a grid of groups: each arm's share that keeps its group
+        record["arms"] = {}
+        for arm in spec.arms():
+            rows = [i for i, a in enumerate(arm_of) if a == arm.name]
+            sub = symmetry_summary(table.iloc[rows].reset_index(drop=True), [generated[i] for i in rows],
+                                   reference_space_groups(), [requested[i] for i in rows])
+            record["arms"][str(arm.symmetry)] = {k: sub[k] for k in ("n", "kept_before_pct", "kept_after_pct",
+                                                                      "p1_after_pct", "sun_pct")}
+    return record
 
 
 # ====================================================================== main
@@ -279,7 +292,8 @@ def main() -> None:
 
     print()
     print(symmetry_markdown({args.checkpoint + (f" symmetry={args.symmetry}" if args.symmetry else ""): record["symmetry"]}))
-    print(json.dumps({k: record["symmetry"][k] for k in ("by_elements", "by_mp20_system")}, indent=1))
+    print(json.dumps({k: record["symmetry"][k] for k in ("by_elements", "by_mp20_system", "arms") if k in record["symmetry"]},
+                     indent=1))
     print(f"\nwrote {out / 'quality.json'}")
 
 
