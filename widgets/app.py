@@ -37,6 +37,10 @@ Evaluator = Callable[..., Any]
 
 #: The checkpoint a formula in the app's "Formula" field switches to (crystal-structure prediction).
 CSP_CHECKPOINT = "mgl_mp20_small_csp"
+#: suggestions of the symmetry control (any space group 1-230 or template such as 225:ab may be typed)
+SYMMETRY_CHOICES = ("off", "mp20 (MP-20's space groups)", "cubic", "hexagonal", "trigonal", "tetragonal",
+                    "orthorhombic", "monoclinic", "triclinic", "225 (Fm-3m)", "221 (Pm-3m)", "194 (P6_3/mmc)",
+                    "62 (Pnma)", "14 (P2_1/c)")
 
 
 def _default_evaluator(
@@ -120,13 +124,17 @@ class DesignApp(w.VBox):
         self.formula.add_class("mgl-formula")
         self.formula_units = w.BoundedIntText(value=1, min=1, max=20, description="× units")
         self.formula_units.add_class("mgl-formula-units")
+        # the symmetric mode: every crystal keeps a Wyckoff template of the chosen space group / system / MP-20's
+        self.symmetry = w.Combobox(value="", placeholder="off · mp20 · cubic · 225", options=SYMMETRY_CHOICES,
+                                   description="Symmetry", ensure_option=False)
+        self.symmetry.add_class("mgl-symmetry")
         self.generate_button.on_click(lambda _: self.generate(wait=False))
         self.cancel_button.on_click(lambda _: self.cancel())
         self.evaluate_button.on_click(lambda _: self.evaluate(wait=False))
 
         super().__init__([
             w.HBox([self.generate_button, self.cancel_button, self.evaluate_button, self.auto_evaluate, self.progress]),
-            w.HBox([self.formula, self.formula_units]),
+            w.HBox([self.formula, self.formula_units, self.symmetry]),
             self.status,
             w.HBox([self.targets, self.trajectory]),
             w.HBox([self.hull, self.pareto]),
@@ -139,7 +147,7 @@ class DesignApp(w.VBox):
     def generate(self, wait: bool = True) -> design.DesignRequest | None:
         """Sample with the current controls on a worker thread; returns the request (None if invalid)."""
         try:
-            request = self._with_composition(self.targets.request())
+            request = self._with_symmetry(self._with_composition(self.targets.request()))
         except ValueError as exc:
             self._set_status(str(exc), error=True)
             return None
@@ -154,6 +162,14 @@ class DesignApp(w.VBox):
             return request
         return dataclasses.replace(request, checkpoint=CSP_CHECKPOINT, composition=formula, formula_units=int(self.formula_units.value),
                                    chemical_system=None, targets={}, guidance_scale=0.0, num_atoms=None)
+
+    def _with_symmetry(self, request: design.DesignRequest) -> design.DesignRequest:
+        """The symmetry control: empty or ``off`` samples as usual; otherwise the symmetric mode (``ValueError``
+        names a bad value before any work, e.g. ``231``)."""
+        text = self.symmetry.value.strip()
+        if not text or text.lower() == "off":
+            return request
+        return dataclasses.replace(request, symmetry=text.split(" ")[0])
 
     def cancel(self) -> None:
         """Stop after the current step; every finished batch is kept."""

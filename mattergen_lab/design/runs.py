@@ -109,9 +109,11 @@ def pipeline_for(request: DesignRequest) -> SamplingPipeline:
 
 
 def candidate_oracles(structure: Structure) -> dict[str, Any]:
-    """Cheap oracle values: formula, chemical system, space group (spglib, symprec 0.1), HHI, density."""
+    """Cheap oracle values: formula, chemical system, space group and occupied Wyckoff positions (spglib, symprec
+    0.1), HHI, density."""
     from mattergen_lab.evaluation.validity import density_plausibility
     from mattergen_lab.properties import hhi_score, space_group
+    from mattergen_lab.properties.symmetry import wyckoff_sites
 
     out: dict[str, Any] = {
         "formula": structure.composition.reduced_formula,
@@ -123,8 +125,9 @@ def candidate_oracles(structure: Structure) -> dict[str, Any]:
     out["plausible_density"], out["density_note"] = density_plausibility(out["volume_per_atom"])
     try:
         out["space_group"] = int(space_group(structure))
+        out["wyckoff"] = wyckoff_sites(structure)
     except ValueError:
-        out["space_group"] = np.nan
+        out["space_group"], out["wyckoff"] = np.nan, ""
     try:
         out["hhi_score"] = float(hhi_score(structure))
     except ValueError:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per candidate: request, oracle values, and evaluation columns (by ``id``) when given.
 
-    Columns: ``id, formula, chemical_system, in_target_system, num_atoms, space_group, hhi_score, density,
+    Columns: ``id, formula, chemical_system, in_target_system, num_atoms, space_group, wyckoff, hhi_score, density,
     volume_per_atom, checkpoint, guidance_scale, targets`` and :data:`EVALUATION_COLUMNS` (NaN/None when not
     evaluated). ``in_target_system`` is None without a target chemical system.
     """
@@ -41,6 +41,7 @@ def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | 
             "in_target_system": (set(o["chemical_system"].split("-")) <= set(target.split("-"))) if target else None,
             "num_atoms": o["num_atoms"],
             "space_group": o["space_group"],
+            "wyckoff": o.get("wyckoff", ""),
             "hhi_score": o["hhi_score"],
             "density": o["density"],
             "volume_per_atom": o["volume_per_atom"],
@@ -49,8 +50,8 @@ def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | 
             "targets": ", ".join(f"{k}={v:g}" for k, v in c.request.targets.items()),
         })
     df = pd.DataFrame(rows, columns=[
-        "id", "formula", "chemical_system", "in_target_system", "num_atoms", "space_group", "hhi_score", "density",
-        "volume_per_atom", "checkpoint", "guidance_scale", "targets",
+        "id", "formula", "chemical_system", "in_target_system", "num_atoms", "space_group", "wyckoff", "hhi_score",
+        "density", "volume_per_atom", "checkpoint", "guidance_scale", "targets",
     ])
     ev = evaluation[[c for c in ("id", *EVALUATION_COLUMNS) if c in evaluation.columns]] if evaluation is not None and len(evaluation) else None
     if ev is not None and "id" in ev.columns:
