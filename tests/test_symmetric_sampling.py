@@ -60,7 +60,7 @@ def test_a_space_group_with_fixed_atom_counts_and_a_crystal_system():
     ({"symmetry": "cubicc"}, "cubicc"),
     ({"symmetry": 225, "num_atoms": 3}, "num_atoms=3"),
     ({"symmetry": "mp20", "num_atoms": 201}, "201"),
-    ({"symmetry": "225:ab", "num_samples": 2, "batch_size": 2, "composition": "NaCl"}, "composition"),
+    ({"symmetry": "225:ab", "num_samples": 2, "batch_size": 2, "composition": "Li2O"}, "composition='Li2O'"),
 ])
 def test_impossible_symmetric_requests_are_refused_naming_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -129,3 +129,31 @@ def test_symmetry_summary_counts_p1_kept_groups_and_splits():
     assert out["five_plus_elements_pct"] == 50.0
     assert out["by_elements"]["1-3"] == {"n": 1, "stable_pct": 100.0, "sun_pct": 100.0, "rmsd_mean": 0.01}
     assert out["by_mp20_system"]["not covered"]["rmsd_mean"] == 0.7
+
+
+def test_compositions_fit_templates_once_per_lattice_point():
+    from mattergen_lab.symmetry.fit import assign_orbits, centring, fitting_templates
+
+    assert [centring(g) for g in (1, 12, 44, 139, 166, 225)] == [1, 2, 2, 2, 3, 4]
+    got = assign_orbits([4, 4, 8], {11: 8, 17: 8})
+    assert {z: sum(m for m, e in zip([4, 4, 8], got) if e == z) for z in (11, 17)} == {11: 8, 17: 8}
+    assert assign_orbits([4, 8], {11: 6, 17: 6}) is None  # 6 = no sum of 4 and 8
+    nacl = ((11, 1), (17, 1))
+    assert [str(t) for t in fitting_templates(SymmetrySpec.parse(225), nacl)[0]] == ["225:ab"]  # 4 lattice points
+    cubic = {str(t) for t in fitting_templates(SymmetrySpec.parse("cubic"), nacl)[0]}
+    assert {"221:ab", "225:ab"} <= cubic and all(t.split(":")[0] in {"221", "225", "216"} for t in cubic)
+
+
+def test_symmetric_csp_keeps_the_composition_in_the_primitive_cell_and_the_template():
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    r = SamplingRequest(checkpoint="mgl_mp20_small_csp", num_samples=4, batch_size=4, num_steps=8, seed=2,
+                        composition="SrTiO3", symmetry="mp20")
+    templates = request_templates(r)
+    for t, s in zip(templates, SamplingPipeline.for_request(r)(r)):
+        assert _kept(t, s), str(t)
+        assert s.composition.reduced_formula == "SrTiO3" and len(s) == t.num_atoms
+        primitive = SpacegroupAnalyzer(s, symprec=1e-3).find_primitive()
+        assert len(primitive) == 5, (str(t), len(primitive))  # the composition once per lattice point
+    with pytest.raises(ValueError, match=r"composition='Li2MnO3' \(6 atoms\) fits no Wyckoff template of symmetry='221'"):
+        SamplingRequest(checkpoint="mgl_mp20_small_csp", composition="Li2MnO3", symmetry=221)

@@ -76,6 +76,8 @@ class ChunkInputs:
         on the CPU), all but the generator."""
         g = torch.Generator().manual_seed(seed)
         templates = None
+        if self.symmetry is not None and self.composition_of is not None:  # CSP on templates each composition fits
+            return self._fitted_chunk(indices, g)
         if self.symmetry is not None and not self.counts_given:  # the drawn templates give the counts
             templates = self._templates(indices, g, None)
             counts = torch.tensor([t.num_atoms for t in templates], dtype=torch.long)
@@ -91,6 +93,19 @@ class ChunkInputs:
         if templates is not None:
             out.update(symmetry=templates, symmetry_start=self.symmetry.start)  # type: ignore[union-attr]
         return out
+
+    def _fitted_chunk(self, indices: Sequence[int], g: torch.Generator) -> dict[str, Any]:
+        from mattergen_lab.symmetry.fit import draw_fit
+
+        templates, types = [], []
+        for i in indices:
+            c = self.composition_of(i)  # type: ignore[misc]
+            t, z = draw_fit(self.symmetry, tuple((e, n * c.formula_units) for e, n in c.amounts), g)  # type: ignore[arg-type, union-attr]
+            templates.append(t)
+            types += z
+        return {"num_atoms": torch.tensor([t.num_atoms for t in templates], dtype=torch.long), "allowed_elements": None,
+                "properties": self.properties, "atom_types": torch.tensor(types, dtype=torch.long),
+                "symmetry": templates, "symmetry_start": self.symmetry.start}  # type: ignore[union-attr]
 
     def _templates(self, indices: Sequence[int], g: torch.Generator, counts: list[int] | None) -> list:
         spec = self.symmetry

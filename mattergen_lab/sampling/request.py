@@ -99,6 +99,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _cell_amounts(c: FixedComposition) -> tuple[tuple[int, int], ...]:
+    """``((Z, atoms in the cell), ...)`` of a composition (its formula × formula units)."""
+    return tuple((z, n * c.formula_units) for z, n in c.amounts)
+
+
 @dataclass(frozen=True)
 class SamplingRequest:
     """One sampling run (``ValueError`` on construction names the bad value).
@@ -211,9 +216,13 @@ class SamplingRequest:
             return
         spec = SymmetrySpec.parse(self.symmetry)
         object.__setattr__(self, "symmetry", spec)
-        if self.fixes_atoms:
-            raise ValueError(f"symmetry={str(spec)!r} with a composition (crystal-structure prediction) is not "
-                             "supported yet; drop one of them")
+        if self.fixes_atoms:  # CSP on templates the composition fits (centring x the cell's atoms)
+            from mattergen_lab.symmetry.fit import check_fit
+
+            comps = self.compositions if self.compositions is not None else (self.composition,)
+            for c in {c.formula: c for c in comps}.values():  # type: ignore[union-attr]
+                check_fit(spec, _cell_amounts(c), c.cell_formula)  # type: ignore[arg-type]
+            return
         n = self.num_atoms
         if n is not None:
             for v in sorted(set((n,) if _is_int(n) else n)):

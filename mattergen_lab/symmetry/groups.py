@@ -153,6 +153,11 @@ def _group(space_group: int):
     return Group(check_space_group(space_group))
 
 
+def space_group_symbol(space_group: int) -> str:
+    """The Hermann–Mauguin symbol of the group, e.g. ``"Fm-3m"`` for 225 (pyxtal's table)."""
+    return str(_group(space_group).symbol)
+
+
 @functools.lru_cache(maxsize=None)
 def wyckoff_letters(space_group: int) -> dict[str, int]:
     """``{letter: multiplicity}`` of every Wyckoff position of the group (conventional cell)."""
