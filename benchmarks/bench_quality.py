@@ -138,7 +138,7 @@ def campaign_spec(args: argparse.Namespace, steps: int) -> dict[str, Any]:
         "checkpoint": args.checkpoint, "num_samples": args.num_samples, "batch_size": args.batch_size,
         "num_steps": steps, "seed": args.seed, "guidance_scale": float(getattr(args, "guidance", 0.0) or 0.0),
         "sampler": dict(getattr(args, "sampler", None) or {}),
-        **({"symmetry": _symmetry_axis(args.symmetry)} if getattr(args, "symmetry", None) else {}),
+        **({"symmetry": _axis(args.symmetry)} if getattr(args, "symmetry", None) else {}),
         **({"conditions": dict(args.conditions)} if getattr(args, "conditions", None) else {}),
         "evaluate": {"relaxer": args.relaxer, "batch_size": args.eval_batch_size, "fmax": args.fmax,
                      "max_steps": args.relax_max_steps, "max_seconds": args.relax_max_seconds,
@@ -179,8 +179,8 @@ def run_benchmark(args: argparse.Namespace, out: Path) -> tuple[Any, list[Any], 
     return evaluation, generated, timing
 
 
-def _symmetry_axis(text: str) -> Any:
-    """``--symmetry mp20`` is one arm; ``--symmetry 2,14,225`` a grid axis (one arm per value, seeds ``seed + arm``)."""
+def _axis(text: str) -> Any:
+    """``mp20`` is one value; ``2,14,225`` a grid axis (one campaign arm per value, seeds ``seed + arm``)."""
     values = [int(v) if v.strip().isdigit() else v.strip() for v in str(text).split(",")]
     return values if len(values) > 1 else values[0]
 
@@ -194,11 +194,15 @@ def symmetry_record(args: argparse.Namespace, out: Path, table: Any, generated: 
     from mattergen_lab.symmetry import reference_space_groups
 
     spec = CampaignFolder(out / "campaign").spec()
-    if not args.symmetry:
+    arms = {arm.name: arm for arm in spec.arms()}
+    if args.symmetry:  # each crystal's template group
+        per_arm = {name: [t.space_group for t in request_templates(spec.request(arm))] for name, arm in arms.items()}
+    elif any("space_group" in arm.conditions for arm in arms.values()):  # the adapter's target group
+        per_arm = {name: [int(arm.conditions["space_group"])] * spec.num_samples for name, arm in arms.items()}
+    else:
         return symmetry_summary(table, generated, reference_space_groups())
-    per_arm = {arm.name: request_templates(spec.request(arm)) for arm in spec.arms()}
     arm_of = [str(sid).partition("-")[0] for sid in table["id"]]
-    requested = [per_arm[a][int(str(sid).partition("-")[2])].space_group for a, sid in zip(arm_of, table["id"])]
+    requested = [per_arm[a][int(str(sid).partition("-")[2])] for a, sid in zip(arm_of, table["id"])]
     record = symmetry_summary(table, generated, reference_space_groups(), requested)
     if len(per_arm) > 1:  # a grid of groups: each arm's share that keeps its group
         record["arms"] = {}
@@ -206,7 +210,7 @@ def symmetry_record(args: argparse.Namespace, out: Path, table: Any, generated: 
             rows = [i for i, a in enumerate(arm_of) if a == arm.name]
             sub = symmetry_summary(table.iloc[rows].reset_index(drop=True), [generated[i] for i in rows],
                                    reference_space_groups(), [requested[i] for i in rows])
-            record["arms"][str(arm.symmetry)] = {k: sub[k] for k in ("n", "kept_before_pct", "kept_after_pct",
+            record["arms"][arm.label] = {k: sub[k] for k in ("n", "kept_before_pct", "kept_after_pct",
                                                                       "p1_after_pct", "sun_pct")}
     return record
 
@@ -241,7 +245,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance γ with --condition")
     add_campaign_arguments(parser, out="runs/bench_quality")
     args = parser.parse_args()
-    args.conditions = dict(item.split("=", 1) for item in args.condition)
+    args.conditions = {k: _axis(v) for k, v in (item.split("=", 1) for item in args.condition)}
     if args.num_samples < 1 or args.workers < 1:
         parser.error("--num-samples and --workers must be >= 1")
     warnings.filterwarnings("ignore", message="No Pauling electronegativity")
