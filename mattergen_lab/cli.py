@@ -1,6 +1,6 @@
 """``mattergen-lab`` command line: ``train``, ``sample``, ``finetune``, ``quickstart``, ``checkpoints``, ``bundle``;
-``evaluate`` is in :mod:`mattergen_lab.evaluation.cli`, ``campaign`` in :mod:`mattergen_lab.campaign.cli`; progress bars in
-:mod:`mattergen_lab.cli_progress`.
+``evaluate`` is in :mod:`mattergen_lab.evaluation.cli`, ``campaign`` in :mod:`mattergen_lab.campaign.cli`, ``lab`` in
+:mod:`mattergen_lab.cli_lab`; progress bars in :mod:`mattergen_lab.cli_progress`.
 
 Examples::
 
@@ -101,10 +101,13 @@ def _add_checkpoints(sub: argparse._SubParsersAction) -> None:
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     from mattergen_lab.checkpoints import cache_root, official_files_cached, registry
 
-    print(f"{'name':<36} {'kind':<9} {'local':<6} properties")
+    rows = [("name", "kind", "local", "conditions on")]
     for name, rec in registry().items():
         local = official_files_cached(name) if rec.is_official else bool(rec.path and rec.path.exists())
-        print(f"{name:<36} {rec.kind:<9} {'yes' if local else 'no':<6} {', '.join(rec.properties) or '(unconditional)'}")
+        rows.append((name, rec.kind, "yes" if local else "no", rec.conditions()))
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]  # columns as wide as their longest entry
+    for row in rows:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[3])
     print(f"official checkpoints are cached in {cache_root()} ($MATTERGEN_LAB_CHECKPOINTS)")
     return 0
 
@@ -344,17 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quickstart(sub)
     _add_bundle(sub)
     from mattergen_lab.campaign.cli import add_parser as add_campaign
+    from mattergen_lab.cli_lab import add_parser as add_lab
     from mattergen_lab.cli_progress import add_quiet_flags
     from mattergen_lab.evaluation.cli import add_parser as add_evaluate
 
     add_evaluate(sub)
     add_campaign(sub)
+    add_lab(sub)
     add_quiet_flags(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from mattergen_lab.campaign.cli import cmd_campaign
+    from mattergen_lab.cli_lab import cmd_lab
     from mattergen_lab.evaluation.cli import cmd_evaluate
 
     from mattergen_lab.console import silence_library_warnings
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     silence_library_warnings()  # pymatgen's noble-gas electronegativity, spglib's deprecations: not the user's business
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {"train": cmd_train, "sample": cmd_sample, "quickstart": cmd_quickstart, "bundle": cmd_bundle, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints,
-                "evaluate": cmd_evaluate, "campaign": cmd_campaign}
+                "evaluate": cmd_evaluate, "campaign": cmd_campaign, "lab": cmd_lab}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:  # a user's mistake: one line naming it
