@@ -228,7 +228,7 @@ def test_cli_lists_the_registry(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MATTERGEN_LAB_CHECKPOINTS", str(tmp_path))
     assert main(["checkpoints"]) == 0
     out = capsys.readouterr().out
-    assert "dft_mag_density_hhi_score" in out and "dft_mag_density, hhi_score" in out and str(tmp_path) in out
+    assert "dft_mag_density_hhi_score" in out and "magnetic density (μB/Å³) + HHI score" in out and str(tmp_path) in out
 
 
 @pytest.mark.parametrize("carrier", ["zip", "legacy", "raw_pickle", "official_folder", "ckpt_file"])

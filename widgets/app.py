@@ -30,6 +30,7 @@ from mattergen_lab.widgets.targets import ERROR_STYLE, TargetPanel
 from mattergen_lab.widgets.trajectory import TrajectoryPanel
 
 from mattergen_lab import design
+from mattergen_lab.console import silence_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class DesignApp(w.VBox):
         known: Any = None,
         review_viewer: str = "auto",
     ) -> None:
+        silence_library_warnings()  # pymatgen's "No Pauling electronegativity for Ne" is not the user's business
         self.evaluator = evaluator or functools.partial(_default_evaluator, data_dir=data_dir)
         self._reference = reference
         self._data_dir = data_dir

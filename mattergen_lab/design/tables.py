@@ -25,10 +25,12 @@ def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | 
     """One row per candidate: request, oracle values, and evaluation columns (by ``id``) when given.
 
     Columns: ``id, formula, chemical_system, in_target_system, num_atoms, space_group, wyckoff, hhi_score, density,
-    volume_per_atom, checkpoint, guidance_scale, targets`` and :data:`EVALUATION_COLUMNS` (NaN/None when not
+    volume_per_atom, plausible_density, checkpoint, guidance_scale, targets`` and :data:`EVALUATION_COLUMNS` (NaN/None when not
     evaluated). ``in_target_system`` is None without a target chemical system.
     """
     import pandas as pd
+
+    from mattergen_lab.evaluation.validity import density_plausibility
 
     rows = []
     for c in candidates:
@@ -45,13 +47,16 @@ def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | 
             "hhi_score": o["hhi_score"],
             "density": o["density"],
             "volume_per_atom": o["volume_per_atom"],
+            # the cell's plausibility is known at generation (no evaluation needed): every candidate gets its flag
+            "plausible_density": o["plausible_density"] if "plausible_density" in o
+            else density_plausibility(o["volume_per_atom"])[0],
             "checkpoint": c.request.checkpoint,
             "guidance_scale": c.request.guidance_scale,
             "targets": ", ".join(f"{k}={v:g}" for k, v in c.request.targets.items()),
         })
     df = pd.DataFrame(rows, columns=[
         "id", "formula", "chemical_system", "in_target_system", "num_atoms", "space_group", "wyckoff", "hhi_score",
-        "density", "volume_per_atom", "checkpoint", "guidance_scale", "targets",
+        "density", "volume_per_atom", "plausible_density", "checkpoint", "guidance_scale", "targets",
     ])
     ev = evaluation[[c for c in ("id", *EVALUATION_COLUMNS) if c in evaluation.columns]] if evaluation is not None and len(evaluation) else None
     if ev is not None and "id" in ev.columns:
