@@ -11,17 +11,18 @@ from mattergen_lab.sampling.inputs import request_templates
 from mattergen_lab.sampling.pipeline import SamplingPipeline
 from mattergen_lab.sampling.request import SamplingRequest
 from mattergen_lab.symmetry import SymmetrySpec, reference_space_groups
-from mattergen_lab.symmetry.groups import general_operations
+from mattergen_lab.symmetry.groups import primitive_operations
 
 BASE = "mgl_mp20_small"
 
 
 def _kept(template, structure, tol=1e-3) -> bool:
-    """Every operation of the template's group maps the crystal onto itself (same species), to ``tol`` Å."""
+    """Every operation of the template's group (primitive-cell coordinates: the sampled cell) maps the crystal onto
+    itself (same species), to ``tol`` Å."""
     frac = np.asarray(structure.frac_coords)
     lattice = structure.lattice.matrix
     types = np.array([site.specie.Z for site in structure])
-    rots, trans = general_operations(template.space_group)
+    rots, trans = primitive_operations(template.space_group)
     for r, t in zip(rots, trans):
         diff = np.mod(frac @ r.T + t, 1.0)[:, None, :] - frac[None, :, :]
         diff -= np.round(diff)
@@ -37,7 +38,7 @@ def test_a_symmetric_request_samples_every_crystal_exactly_on_its_drawn_template
     templates = request_templates(r)
     assert len(templates) == 6 and len({str(t) for t in templates}) > 1  # drawn per crystal
     for t, s in zip(templates, structures):
-        assert len(s) == t.num_atoms
+        assert len(s) == t.primitive_atoms
         assert _kept(t, s), (str(t), s.composition.formula)
     again = SamplingPipeline.for_request(r)(r)  # the same seed: the same templates and crystals
     assert [s.composition for s in again] == [s.composition for s in structures]
@@ -45,12 +46,12 @@ def test_a_symmetric_request_samples_every_crystal_exactly_on_its_drawn_template
 
 
 def test_a_space_group_with_fixed_atom_counts_and_a_crystal_system():
-    r = SamplingRequest(checkpoint=BASE, num_samples=3, batch_size=3, num_steps=4, seed=1, symmetry=225, num_atoms=8)
+    r = SamplingRequest(checkpoint=BASE, num_samples=3, batch_size=3, num_steps=4, seed=1, symmetry=225, num_atoms=2)
     templates = request_templates(r)
-    assert {t.space_group for t in templates} == {225} and {t.num_atoms for t in templates} == {8}
+    assert {t.space_group for t in templates} == {225} and {t.primitive_atoms for t in templates} == {2}
     for t, s in zip(templates, SamplingPipeline.for_request(r)(r)):
-        assert _kept(t, s)
-        assert np.allclose(s.lattice.abc, s.lattice.a, rtol=1e-5) and np.allclose(s.lattice.angles, 90, atol=1e-3)
+        assert _kept(t, s)  # the F cell's primitive rhombohedron: a = b = c, 60°
+        assert np.allclose(s.lattice.abc, s.lattice.a, rtol=1e-5) and np.allclose(s.lattice.angles, 60, atol=1e-3)
     hexagonal = request_templates(SamplingRequest(checkpoint=BASE, num_samples=20, symmetry="hexagonal"))
     assert all(168 <= t.space_group <= 194 for t in hexagonal)
 
@@ -58,7 +59,7 @@ def test_a_space_group_with_fixed_atom_counts_and_a_crystal_system():
 @pytest.mark.parametrize("kwargs, message", [
     ({"symmetry": 231}, "231"),
     ({"symmetry": "cubicc"}, "cubicc"),
-    ({"symmetry": 225, "num_atoms": 3}, "num_atoms=3"),
+    ({"symmetry": 225, "num_atoms": 5}, "num_atoms=5"),
     ({"symmetry": "mp20", "num_atoms": 201}, "201"),
     ({"symmetry": "225:ab", "num_samples": 2, "batch_size": 2, "composition": "Li2O"}, "composition='Li2O'"),
 ])
@@ -70,7 +71,7 @@ def test_impossible_symmetric_requests_are_refused_naming_the_value(kwargs, mess
 def test_the_constraint_start_must_be_a_diffusion_time():
     with pytest.raises(ValueError, match=r"start=0.0 .*\(0, 1\]"):
         SymmetrySpec(source="mp20", start=0.0)
-    assert SymmetrySpec(source="mp20", start=1).to_dict() == {"max_atoms": 40, "start": 1.0, "source": "mp20"}
+    assert SymmetrySpec(source="mp20", start=1).to_dict() == {"max_atoms": 20, "start": 1.0, "source": "mp20"}
 
 
 def test_the_cli_samples_a_space_group_and_records_it(tmp_path):
@@ -80,7 +81,7 @@ def test_the_cli_samples_a_space_group_and_records_it(tmp_path):
     assert main(["sample", "--checkpoint", BASE, "--num-samples", "2", "--batch-size", "2", "--steps", "3",
                  "--space-group", "194", "--out", str(out)]) == 0
     record = json.loads((out / "sampling.json").read_text())
-    assert record["symmetry"] == {"max_atoms": 40, "start": 0.4, "space_group": 194}
+    assert record["symmetry"] == {"max_atoms": 20, "start": 0.4, "space_group": 194}
     with pytest.raises(SystemExit):  # one symmetry flag at a time
         main(["sample", "--checkpoint", BASE, "--space-group", "194", "--crystal-system", "cubic", "--out", str(out)])
 
@@ -132,7 +133,8 @@ def test_symmetry_summary_counts_p1_kept_groups_and_splits():
 
 
 def test_compositions_fit_templates_once_per_lattice_point():
-    from mattergen_lab.symmetry.fit import assign_orbits, centring, fitting_templates
+    from mattergen_lab.symmetry.fit import assign_orbits, fitting_templates
+    from mattergen_lab.symmetry.groups import centring
 
     assert [centring(g) for g in (1, 12, 44, 139, 166, 225)] == [1, 2, 2, 2, 3, 4]
     got = assign_orbits([4, 4, 8], {11: 8, 17: 8})
@@ -152,8 +154,7 @@ def test_symmetric_csp_keeps_the_composition_in_the_primitive_cell_and_the_templ
     templates = request_templates(r)
     for t, s in zip(templates, SamplingPipeline.for_request(r)(r)):
         assert _kept(t, s), str(t)
-        assert s.composition.reduced_formula == "SrTiO3" and len(s) == t.num_atoms
-        primitive = SpacegroupAnalyzer(s, symprec=1e-3).find_primitive()
-        assert len(primitive) == 5, (str(t), len(primitive))  # the composition once per lattice point
+        assert s.composition.reduced_formula == "SrTiO3" and len(s) == t.primitive_atoms == 5  # the primitive cell
+        assert len(SpacegroupAnalyzer(s, symprec=1e-3).find_primitive()) == 5
     with pytest.raises(ValueError, match=r"composition='Li2MnO3' \(6 atoms\) fits no Wyckoff template of symmetry='221'"):
         SamplingRequest(checkpoint="mgl_mp20_small_csp", composition="Li2MnO3", symmetry=221)

@@ -80,7 +80,7 @@ class ChunkInputs:
             return self._fitted_chunk(indices, g)
         if self.symmetry is not None and not self.counts_given:  # the drawn templates give the counts
             templates = self._templates(indices, g, None)
-            counts = torch.tensor([t.num_atoms for t in templates], dtype=torch.long)
+            counts = torch.tensor([t.primitive_atoms for t in templates], dtype=torch.long)
         else:
             counts = self.draw(list(indices), g)
             if self.symmetry is not None:
@@ -103,7 +103,7 @@ class ChunkInputs:
             t, z = draw_fit(self.symmetry, tuple((e, n * c.formula_units) for e, n in c.amounts), g)  # type: ignore[arg-type, union-attr]
             templates.append(t)
             types += z
-        return {"num_atoms": torch.tensor([t.num_atoms for t in templates], dtype=torch.long), "allowed_elements": None,
+        return {"num_atoms": torch.tensor([t.primitive_atoms for t in templates], dtype=torch.long), "allowed_elements": None,
                 "properties": self.properties, "atom_types": torch.tensor(types, dtype=torch.long),
                 "symmetry": templates, "symmetry_start": self.symmetry.start}  # type: ignore[union-attr]
 

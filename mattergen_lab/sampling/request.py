@@ -208,7 +208,7 @@ class SamplingRequest:
     def _check_size(self) -> None:
         n = self.num_atoms
         if n is None and self.symmetry is not None:  # the templates' conventional cells: at most max_atoms
-            n = self.symmetry.max_atoms if not self.symmetry.templates else max(t.num_atoms for t in self.symmetry.templates)
+            n = self.symmetry.max_atoms if not self.symmetry.templates else max(t.primitive_atoms for t in self.symmetry.templates)
         check_size(self.num_samples, self.batch_size, None if n is None else max((n,) if _is_int(n) else n))
 
     def _check_symmetry(self) -> None:

@@ -51,7 +51,6 @@ from mattergen_lab.sampling.inputs import (
 )
 from mattergen_lab.sampling.writers import SampleDirWriter, sampling_record
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
-from mattergen_lab.symmetry.fit import centring
 from mattergen_lab.symmetry.templates import WyckoffTemplate
 from mattergen_lab.sampling.steps import (
     LatticeAncestralPredictor,
@@ -182,7 +181,7 @@ class PredictorCorrectorSampler:
                 numbers, crystal after crystal; they are the types at every step and in the result (no type
                 predictor runs; ``allowed_elements`` is not used).
             symmetry: the symmetric mode: one Wyckoff template per crystal (``num_atoms`` must be their
-                conventional-cell counts); the prior and every step are projected so each crystal keeps its
+                primitive-cell counts); the prior and every step are projected so each crystal keeps its
                 template exactly (:class:`~mattergen_lab.symmetry.constraint.SymmetryConstraint`).
             symmetry_start: with templates, the diffusion time from which coordinates and lattice are constrained
                 (types are pooled per orbit throughout); a ``SymmetryConstraint`` carries its own.
@@ -195,8 +194,7 @@ class PredictorCorrectorSampler:
         num_atoms = torch.as_tensor(num_atoms, dtype=torch.long)
         if num_atoms.dim() != 1 or len(num_atoms) == 0 or bool((num_atoms < 1).any()):
             raise ValueError(f"num_atoms={num_atoms.tolist()!r} must be a non-empty list of positive counts")
-        if symmetry is None:  # (a symmetric template's conventional cell is checked per primitive cell below)
-            warn_if_too_large(num_atoms)
+        warn_if_too_large(num_atoms)
         b = len(num_atoms)
         allowed = allowed_tensor(allowed_elements, b, device)  # (101,) or (B, 101)
         csp = self.diffusion.config.fixed_atom_types
@@ -215,7 +213,6 @@ class PredictorCorrectorSampler:
             if constraint.num_atoms.tolist() != num_atoms.tolist():
                 raise ValueError(f"num_atoms={num_atoms.tolist()} but the templates {[str(t) for t in symmetry]} hold "
                                  f"{constraint.num_atoms.tolist()} atoms")
-            warn_if_too_large([t.num_atoms // centring(t.space_group) for t in constraint.templates])  # primitive cells
             if fixed is not None and not torch.equal(constraint.share_types(fixed), fixed):
                 raise ValueError("atom_types must give every atom of a Wyckoff orbit the same element")
         # Validation above runs eagerly; the loop below runs as the caller iterates.

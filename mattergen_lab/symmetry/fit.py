@@ -1,9 +1,9 @@
 """Crystal-structure prediction in the symmetric mode: Wyckoff templates whose orbits a composition can fill.
 
 A composition (the atoms of the crystal's primitive cell, as CSP gives them) fits a template when the template's
-conventional cell holds it exactly ``centring`` times (1 for P lattices, 2 for A/B/C/I, 3 for R in its hexagonal
-setting, 4 for F: the primitive cell then holds exactly the composition) and its orbits can be shared out among the
-elements: every orbit takes one element, and each element's orbits add up to its count. DiffCSP++ (Jiao et al.,
+primitive cell (the cell that is sampled: the conventional one holds it once per lattice point) holds exactly as
+many atoms and its orbits can be shared out among the elements: every orbit takes one element, and each element's
+orbits add up to its count. DiffCSP++ (Jiao et al.,
 ICLR 2024) predicts structures on a given space group and Wyckoff template the same way; here the templates come
 from :class:`~mattergen_lab.symmetry.templates.SymmetrySpec` (MP-20's, weighted by frequency, or random Wyckoff
 combinations of a group MP-20 lacks) and the element of each orbit is drawn among the assignments that fit.
@@ -18,18 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from mattergen_lab.symmetry.groups import space_group_symbol
 from mattergen_lab.symmetry.templates import SymmetrySpec, WyckoffTemplate, random_template, reachable_counts
-
-_CENTRING = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
-
-
-@functools.lru_cache(maxsize=None)
-def centring(space_group: int) -> int:
-    """Lattice points per conventional cell of ``space_group`` (its symbol's first letter; R groups in the
-    hexagonal setting that the Wyckoff tables use)."""
-    return _CENTRING[space_group_symbol(space_group)[0]]
-
 
 def assign_orbits(multiplicities: Sequence[int], counts: Mapping[int, int], rng: random.Random | None = None
                   ) -> list[int] | None:
@@ -65,24 +54,23 @@ def fitting_templates(spec: SymmetrySpec, amounts: tuple[tuple[int, int], ...]) 
     """Templates of ``spec`` that ``amounts`` (``((Z, atoms in the primitive cell), ...)``) fits, and their weights.
     A space group MP-20 has no fitting template of gets up to 64 random Wyckoff combinations that fit."""
     per_cell = sum(n for _, n in amounts)
+    counts = dict(amounts)
     templates, weights = spec.candidates()
     keep = [i for i, t in enumerate(templates)
-            if t.num_atoms == centring(t.space_group) * per_cell
-            and assign_orbits(t.multiplicities, {z: n * centring(t.space_group) for z, n in amounts}) is not None]
+            if t.primitive_atoms == per_cell and assign_orbits(t.primitive_multiplicities, counts) is not None]
     if keep:
         return tuple(templates[i] for i in keep), np.asarray(weights)[keep]
     if spec.source == "mp20" and per_cell <= spec.max_atoms:  # P1 is part of MP-20's distribution, and fits anything
         return (WyckoffTemplate(1, ("a",) * per_cell),), np.ones(1)
     if spec.space_group is None:
         return (), np.zeros(0)
-    k = centring(spec.space_group)
-    if k * per_cell not in reachable_counts(spec.space_group, min(spec.max_atoms, 200)):
+    if per_cell not in reachable_counts(spec.space_group, spec.max_atoms):
         return (), np.zeros(0)
     generator = torch.Generator().manual_seed(0)
     found: dict[str, WyckoffTemplate] = {}
     for _ in range(64):
-        t = random_template(spec.space_group, k * per_cell, generator)
-        if assign_orbits(t.multiplicities, {z: n * k for z, n in amounts}) is not None:
+        t = random_template(spec.space_group, per_cell, generator)
+        if assign_orbits(t.primitive_multiplicities, counts) is not None:
             found[str(t)] = t
     return tuple(found.values()), np.ones(len(found))
 
@@ -99,14 +87,13 @@ def check_fit(spec: SymmetrySpec, amounts: tuple[tuple[int, int], ...], formula:
 def draw_fit(spec: SymmetrySpec, amounts: tuple[tuple[int, int], ...], generator: torch.Generator
              ) -> tuple[WyckoffTemplate, tuple[int, ...]]:
     """A template that fits ``amounts`` (drawn by weight with ``generator``, CPU) and the atomic number of every atom
-    of its conventional cell, orbit after orbit (the order of :class:`~mattergen_lab.symmetry.constraint.
+    of its primitive cell, orbit after orbit (the order of :class:`~mattergen_lab.symmetry.constraint.
     SymmetryConstraint`)."""
     templates, weights = fitting_templates(spec, amounts)
     if not templates:
         raise ValueError(f"no template of {spec} fits the composition {amounts}")
     t = templates[int(torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), 1, generator=generator))]
-    k = centring(t.space_group)
     rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    elements = assign_orbits(t.multiplicities, {z: n * k for z, n in amounts}, rng)
+    elements = assign_orbits(t.primitive_multiplicities, dict(amounts), rng)
     assert elements is not None  # fitting_templates checked it
-    return t, tuple(z for z, m in zip(elements, t.multiplicities) for _ in range(m))
+    return t, tuple(z for z, m in zip(elements, t.primitive_multiplicities) for _ in range(m))
