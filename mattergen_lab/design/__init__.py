@@ -76,4 +76,3 @@ from mattergen_lab.design.review import (  # noqa: F401
     review_candidate,
     xrd_pattern,
 )
-from mattergen_lab.design.runs import _cached_checkpoint  # noqa: F401 (clear_caches and tests reach it here)
