@@ -187,3 +187,18 @@ def test_export_candidates_takes_plain_structures_with_or_without_an_evaluation(
     with pytest.raises(ValueError, match="3 ids for 2 structures"):
         design.export_candidates(structures, path=tmp_path / "x.zip", ids=["a", "b", "c"])
 
+
+def test_the_app_draws_a_session_made_in_a_notebook(generated):
+    from must_run import importorskip
+
+    importorskip("ipywidgets")
+    importorskip("nglview")
+    importorskip("plotly")
+    from mattergen_lab.widgets import DesignApp
+
+    session = generated[0]
+    app = DesignApp(BASE, session=session, online=False, ranges=dict(design.FALLBACK_RANGES), review_viewer="nglview")
+    assert app.session is session and app.candidates is session.candidates and app.table is session.table
+    assert list(app.candidate_panel.rows) == ["1-0", "1-1", "1-2"]  # drawn at once
+    with pytest.raises(ValueError, match="evaluator: give these to the DesignSession"):
+        DesignApp(BASE, session=session, evaluator=FakeEvaluator(), online=False, ranges=dict(design.FALLBACK_RANGES))
