@@ -57,6 +57,7 @@ EXPECT = {
     "sampler.iter_steps": r"^5 0\.0$",  # the final frame: all 5 steps done, t = 0
     "--composition Li2MnO3": r"wrote 2 structures",
     "campaign run small.yaml": r"2 arm\(s\), 4 crystals planned(.|\n)*evaluation 2/2 tasks, 4 crystals(.|\n)*finished",
+    "DesignSession()": r"^\s*id\s+formula\s+space_group\s+plausible_density\n\s*1-0 +\w+ +\d+ +True",  # table head, 1st row
 }
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.caches import registered
 from mattergen_lab.chemistry import ChemicalSystem
 from mattergen_lab.model.property_embeddings import check_scalar_target
 from mattergen_lab.sampling.request import SamplingRequest
@@ -120,6 +121,7 @@ def property_ranges(data_dir: str | os.PathLike | None = None) -> dict[str, Prop
     return dict(_ranges_from_data(str(root)))
 
 
+@registered
 @functools.lru_cache(maxsize=4)
 def _ranges_from_data(root: str) -> tuple[tuple[str, PropertyRange], ...]:
     from mattergen_lab.data import load_mp20

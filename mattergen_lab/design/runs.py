@@ -15,7 +15,6 @@ from mattergen_lab.constants import MASK_Z
 from mattergen_lab.design.choices import checkpoint_properties
 from mattergen_lab.design.requests import MASK_PLACEHOLDER, DesignRequest
 from mattergen_lab.sampling.pipeline import SamplingPipeline
-from mattergen_lab.sampling.pipeline import cached_checkpoint as _cached_checkpoint  # noqa: F401 (clear_caches' old name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
