@@ -40,9 +40,9 @@ TABLE_PATH = Path(__file__).with_name("mp20_templates.json")
 #: what the models were trained on (its conventional cell may hold up to four times as many).
 DEFAULT_MAX_ATOMS = 20
 MAX_TEMPLATE_ATOMS = 200  # the sampler's atom limit per crystal
-#: Diffusion time from which the constraint holds (see ``SymmetrySpec.start``): measured on the bundled base, 200
-#: steps, MP-20 templates (README, *Symmetric generation*): from t = 1 some layered templates grow a runaway axis
-#: (12 % of cells above 60 Å³/atom), from t = 0.4 4 %, with the group kept at symprec 1e-3 either way.
+#: Diffusion time from which the constraint holds (see ``SymmetrySpec.start``). Measured on the bundled base, 200
+#: steps, 32 MP-20 templates (seed 7), CHGNet-relaxed: from t = 1, mean RMSD 0.50 Å, 66 % keep their group after
+#: relaxation, 9 % relax to P1; from t = 0.4, 0.35 Å, 72 % and 0 % (stable 34 % against 25 %: within noise at N = 32).
 DEFAULT_START = 0.4
 
 
