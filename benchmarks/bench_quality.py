@@ -136,7 +136,10 @@ def campaign_spec(args: argparse.Namespace, steps: int) -> dict[str, Any]:
     bench_steps.py) is a sampler variant such as ``{"n_corrector_steps": 0}``; absent or empty: the official sampler."""
     return {
         "checkpoint": args.checkpoint, "num_samples": args.num_samples, "batch_size": args.batch_size,
-        "num_steps": steps, "seed": args.seed, "guidance_scale": 0.0, "sampler": dict(getattr(args, "sampler", None) or {}),
+        "num_steps": steps, "seed": args.seed, "guidance_scale": float(getattr(args, "guidance", 0.0) or 0.0),
+        "sampler": dict(getattr(args, "sampler", None) or {}),
+        **({"symmetry": _axis(args.symmetry)} if getattr(args, "symmetry", None) else {}),
+        **({"conditions": dict(args.conditions)} if getattr(args, "conditions", None) else {}),
         "evaluate": {"relaxer": args.relaxer, "batch_size": args.eval_batch_size, "fmax": args.fmax,
                      "max_steps": args.relax_max_steps, "max_seconds": args.relax_max_seconds,
                      "reference": "mp20", "novelty_reference": "mp20", "matcher": "disordered"},
@@ -176,6 +179,42 @@ def run_benchmark(args: argparse.Namespace, out: Path) -> tuple[Any, list[Any], 
     return evaluation, generated, timing
 
 
+def _axis(text: str) -> Any:
+    """``mp20`` is one value; ``2,14,225`` a grid axis (one campaign arm per value, seeds ``seed + arm``)."""
+    values = [int(v) if v.strip().isdigit() else v.strip() for v in str(text).split(",")]
+    return values if len(values) > 1 else values[0]
+
+
+def symmetry_record(args: argparse.Namespace, out: Path, table: Any, generated: list[Any]) -> dict[str, Any]:
+    """P1 before/after relaxation, χ² to MP-20, symmetric S.U.N., splits by elements and MP-20 coverage; with
+    ``--symmetry``, the share that keeps its template's group (from the requests' own template draws)."""
+    from mattergen_lab.campaign import CampaignFolder
+    from mattergen_lab.evaluation.symmetry_report import symmetry_summary
+    from mattergen_lab.sampling.inputs import request_templates
+    from mattergen_lab.symmetry import reference_space_groups
+
+    spec = CampaignFolder(out / "campaign").spec()
+    arms = {arm.name: arm for arm in spec.arms()}
+    if args.symmetry:  # each crystal's template group
+        per_arm = {name: [t.space_group for t in request_templates(spec.request(arm))] for name, arm in arms.items()}
+    elif any("space_group" in arm.conditions for arm in arms.values()):  # the adapter's target group
+        per_arm = {name: [int(arm.conditions["space_group"])] * spec.num_samples for name, arm in arms.items()}
+    else:
+        return symmetry_summary(table, generated, reference_space_groups())
+    arm_of = [str(sid).partition("-")[0] for sid in table["id"]]
+    requested = [per_arm[a][int(str(sid).partition("-")[2])] for a, sid in zip(arm_of, table["id"])]
+    record = symmetry_summary(table, generated, reference_space_groups(), requested)
+    if len(per_arm) > 1:  # a grid of groups: each arm's share that keeps its group
+        record["arms"] = {}
+        for arm in spec.arms():
+            rows = [i for i, a in enumerate(arm_of) if a == arm.name]
+            sub = symmetry_summary(table.iloc[rows].reset_index(drop=True), [generated[i] for i in rows],
+                                   reference_space_groups(), [requested[i] for i in rows])
+            record["arms"][arm.label] = {k: sub[k] for k in ("n", "kept_before_pct", "kept_after_pct",
+                                                                      "p1_after_pct", "sun_pct")}
+    return record
+
+
 # ====================================================================== main
 
 
@@ -199,8 +238,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="mgl_mp20_small")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's recommended count)")
+    parser.add_argument("--symmetry", default=None,
+                        help="the symmetric mode (mp20, a space group, a crystal system, a template 225:ab)")
+    parser.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
+                        help="an adapter target (e.g. space_group=225), with --guidance")
+    parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance γ with --condition")
     add_campaign_arguments(parser, out="runs/bench_quality")
     args = parser.parse_args()
+    args.conditions = {k: _axis(v) for k, v in (item.split("=", 1) for item in args.condition)}
     if args.num_samples < 1 or args.workers < 1:
         parser.error("--num-samples and --workers must be >= 1")
     warnings.filterwarnings("ignore", message="No Pauling electronegativity")
@@ -239,6 +284,7 @@ def main() -> None:
     record["distribution"] = {"generated": distribution_stats(generated), "mp20": reference}
     record["distribution_markdown"] = distribution_table({args.checkpoint: record["distribution"]["generated"],
                                                           reference["reference"]: reference})
+    record["symmetry"] = symmetry_record(args, out, result.table, generated)
     record["markdown"] = markdown_table(record)
     _write_json(out / "quality.json", record)
     print(result.summary())
@@ -246,6 +292,12 @@ def main() -> None:
     print(record["markdown"])
     print()
     print(record["distribution_markdown"])
+    from mattergen_lab.evaluation.symmetry_report import symmetry_markdown
+
+    print()
+    print(symmetry_markdown({args.checkpoint + (f" symmetry={args.symmetry}" if args.symmetry else ""): record["symmetry"]}))
+    print(json.dumps({k: record["symmetry"][k] for k in ("by_elements", "by_mp20_system", "arms") if k in record["symmetry"]},
+                     indent=1))
     print(f"\nwrote {out / 'quality.json'}")
 
 

@@ -2,51 +2,64 @@
 
 Loading a checkpoint, CHGNet, the MP-20 hull or the novelty reference takes seconds, so they are cached for the
 kernel's life. On Binder (1-2 GB) switching checkpoints or finishing an evaluation should give that memory back:
-call :func:`mattergen_lab.clear_caches` (the design app does when its checkpoint changes). Only modules that are
-already imported are touched, so calling it never loads anything.
+call :func:`mattergen_lab.clear_caches` (the design app does when its checkpoint changes).
 
-A cache registers itself where it is defined (:func:`register_cache`, at import: the sampling pipelines do);
-:data:`HEAVY_CACHES` names the older ones.
+A cache registers itself where it is defined, when its module is imported: :func:`register_cache` for any
+cache (the sampling pipelines), :func:`registered` on a ``functools.lru_cache``. Only imported modules have
+registered anything, so calling :func:`clear_caches` never loads anything; this module names no other module
+(``tests/test_caches.py`` fails when a heavy ``lru_cache`` of the package is not registered).
 """
 
 from __future__ import annotations
 
 import gc
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: name -> a function that empties the cache and returns whether it held anything (see :func:`register_cache`).
 _REGISTERED: dict[str, Callable[[], bool]] = {}
+#: name -> the ``lru_cache``-wrapped functions that entry empties (what the test of registration reads).
+_FUNCTIONS: dict[str, tuple[Any, ...]] = {}
 
 
-def register_cache(name: str, clear: Callable[[], bool]) -> None:
+def register_cache(name: str, clear: Callable[[], bool], *, functions: Iterable[Any] = ()) -> None:
     """Let :func:`clear_caches` empty a cache: ``clear()`` empties it and returns whether it held anything.
-    Called by the module that defines the cache, when it is imported (registering a name again replaces it)."""
-    _REGISTERED[name] = clear
 
-#: (module, function) of every cache that holds a model, a hull, a reference set or a data table.
-HEAVY_CACHES = (
-    ("mattergen_lab.design.runs", "_cached_checkpoint"),
-    ("mattergen_lab.forcefields", "load_chgnet"),
-    ("mattergen_lab.evaluation.reference", "_mp20_hull"),
-    ("mattergen_lab.evaluation.reference", "_elemental_references"),
-    ("mattergen_lab.evaluation.matching", "_mp20_novelty_reference"),
-    ("mattergen_lab.design.requests", "_ranges_from_data"),
-)
+    Called by the module that defines the cache, when it is imported (registering a name again replaces it).
+    ``functions``: the ``lru_cache``-wrapped functions ``clear`` empties, if any.
+    """
+    _REGISTERED[name] = clear
+    _FUNCTIONS[name] = tuple(functions)
+
+
+def registered(fn: F) -> F:
+    """Decorator over ``functools.lru_cache``: register the cache as ``"<module>.<name>"``::
+
+        @registered
+        @functools.lru_cache(maxsize=2)
+        def _mp20_hull(path: str) -> ReferenceHull: ...
+    """
+    if not (hasattr(fn, "cache_clear") and hasattr(fn, "cache_info")):
+        raise TypeError(f"@registered goes above @functools.lru_cache; {fn!r} has no cache_clear/cache_info")
+
+    def clear() -> bool:
+        held = fn.cache_info().currsize > 0
+        fn.cache_clear()
+        return held
+
+    register_cache(f"{fn.__module__}.{fn.__qualname__}", clear, functions=(fn,))
+    return fn
+
+
+def registered_functions() -> set[Any]:
+    """Every ``lru_cache``-wrapped function that :func:`clear_caches` empties (of the modules imported so far)."""
+    return {fn for fns in _FUNCTIONS.values() for fn in fns}
 
 
 def clear_caches() -> list[str]:
-    """Empty every heavy cache of the imported modules and run the garbage collector; returns what was cleared."""
-    cleared = []
-    for module_name, attr in HEAVY_CACHES:
-        module = sys.modules.get(module_name)
-        fn = getattr(module, attr, None) if module is not None else None
-        if fn is not None and hasattr(fn, "cache_clear"):
-            if fn.cache_info().currsize:
-                cleared.append(f"{module_name}.{attr}")
-            fn.cache_clear()
-    for name, clear in list(_REGISTERED.items()):
-        if clear():
-            cleared.append(name)
+    """Empty every registered cache and run the garbage collector; returns the names of those that held anything."""
+    cleared = [name for name, clear in list(_REGISTERED.items()) if clear()]
     gc.collect()
     return cleared

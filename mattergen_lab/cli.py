@@ -1,5 +1,7 @@
-"""``mattergen-lab`` command line: ``train``, ``sample``, ``vary``, ``finetune``, ``quickstart``, ``checkpoints``, ``bundle``;
-``evaluate`` is in :mod:`mattergen_lab.evaluation.cli`, ``campaign`` in :mod:`mattergen_lab.campaign.cli`.
+"""``mattergen-lab`` command line: ``train``, ``sample``, ``finetune``, ``quickstart``, ``checkpoints``, ``bundle``;
+``evaluate`` is in :mod:`mattergen_lab.evaluation.cli`, ``campaign`` in :mod:`mattergen_lab.campaign.cli`, ``vary`` in
+:mod:`mattergen_lab.sampling.cli`, ``lab`` in :mod:`mattergen_lab.cli_lab`; progress bars in
+:mod:`mattergen_lab.cli_progress`.
 
 Examples::
 
@@ -70,6 +72,29 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                         "(predictor only), coord_snr=0.2, predictor=ode; see benchmarks/bench_steps.py")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    _add_symmetry_flags(p)
+
+
+def _add_symmetry_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--space-group", type=int, default=None, metavar="N",
+                   help="symmetric mode: every crystal has space group N (1-230), on a Wyckoff template of it")
+    g.add_argument("--crystal-system", default=None, metavar="NAME",
+                   help="symmetric mode: templates of this crystal system (triclinic ... cubic), as MP-20 has them")
+    g.add_argument("--symmetry", default=None, metavar="SPEC",
+                   help="symmetric mode: mp20 (MP-20's space groups, Wyckoff letters and sizes), a space group, a "
+                        "crystal system or a template such as 225:ab")
+
+
+def symmetry_from_args(args: argparse.Namespace) -> object:
+    """What ``--space-group`` / ``--crystal-system`` / ``--symmetry`` ask for (``SamplingRequest.symmetry``), or None."""
+    if getattr(args, "space_group", None) is not None:
+        return args.space_group
+    if getattr(args, "crystal_system", None) is not None:
+        from mattergen_lab.symmetry.groups import check_crystal_system
+
+        return check_crystal_system(args.crystal_system)
+    return getattr(args, "symmetry", None)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -101,10 +126,13 @@ def _add_checkpoints(sub: argparse._SubParsersAction) -> None:
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     from mattergen_lab.checkpoints import cache_root, official_files_cached, registry
 
-    print(f"{'name':<36} {'kind':<9} {'local':<6} properties")
+    rows = [("name", "kind", "local", "conditions on")]
     for name, rec in registry().items():
         local = official_files_cached(name) if rec.is_official else bool(rec.path and rec.path.exists())
-        print(f"{name:<36} {rec.kind:<9} {'yes' if local else 'no':<6} {', '.join(rec.properties) or '(unconditional)'}")
+        rows.append((name, rec.kind, "yes" if local else "no", rec.conditions()))
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]  # columns as wide as their longest entry
+    for row in rows:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[3])
     print(f"official checkpoints are cached in {cache_root()} ($MATTERGEN_LAB_CHECKPOINTS)")
     return 0
 
@@ -147,8 +175,7 @@ def _check_device(device: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from mattergen_lab.cli_progress import training_callback
     from mattergen_lab.training.trainer import TrainConfig, train
 
     _check_device(args.device)
@@ -165,26 +192,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     train_data, val_data = _load_training_data(args)
     log.info("training on %d crystals, validating on %d", len(train_data), len(val_data))
-    bar = tqdm(total=cfg.max_steps, desc="train", unit="step", disable=None)
-
-    def on_step(row: dict[str, float]) -> None:
-        bar.n = int(row["step"])
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
-        bar.refresh()
-
+    on_step, bar = training_callback(cfg.max_steps, "train", quiet=args.quiet)
     data_info = {"source": args.csv or f"MP-20 {args.splits}", "num_train": len(train_data), "num_val": len(val_data)}
-    result = train(cfg, train_data, val_data, args.out, resume=not args.no_resume, extra_config={"data": data_info}, callback=on_step)
+    try:
+        result = train(cfg, train_data, val_data, args.out, resume=not args.no_resume, extra_config={"data": data_info},
+                       callback=on_step)
+    finally:
+        bar.close()
     bar.close()
     print(f"best validation loss {result.best_val_loss:.4f}; checkpoint: {result.checkpoint_dir}")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from mattergen_lab.cli_progress import sample_with_progress
     from mattergen_lab.sampling.cli import parse_conditions
     from mattergen_lab.sampling.frames import parse_sampler_text
-    from mattergen_lab.sampling.pipeline import SamplingPipeline
     from mattergen_lab.sampling.request import SamplingRequest
 
     if not args.out.strip():  # '' would write into the working directory
@@ -204,17 +227,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         composition=args.composition,
         formula_units=args.formula_units,
         sampler=parse_sampler_text(args.sampler),
+        symmetry=symmetry_from_args(args),
     )
-    pipe = SamplingPipeline.for_request(request)
-    bar = tqdm(total=args.num_samples, desc="sample", unit="crystal", disable=None)
-    paths = pipe.to_dir(request, args.out, on_batch=lambda n: bar.update(n))
-    bar.close()
+    paths = sample_with_progress(request, args.out, quiet=args.quiet)
     print(f"wrote {len(paths)} structures to {Path(args.out) / 'cifs'} and {Path(args.out) / 'generated_crystals.extxyz'}")
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from mattergen_lab.checkpoints import load_checkpoint
+    from mattergen_lab.cli_progress import training_callback
     from mattergen_lab.data import CrystalDataset, load_csv, load_mp20
     from mattergen_lab.model.property_embeddings import SUPPORTED_PROPERTIES
     from mattergen_lab.training.finetune import finetune
@@ -246,19 +268,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                       seed=args.seed, device=args.device, warmup_steps=args.warmup_steps, decay_steps=args.decay_steps)
     data_info = {"source": args.data or f"MP-20 {args.splits}", "num_train": len(train_data), "num_val": len(val_data),
                  "val_fraction": args.val_fraction, "seed": args.seed}
-    if args.csp:
-        from mattergen_lab.training.finetune import finetune_csp
+    on_step, bar = training_callback(cfg.max_steps, "finetune", quiet=args.quiet)
+    try:
+        if args.csp:
+            from mattergen_lab.training.finetune import finetune_csp
 
-        result = finetune_csp(base, train_data, val_data, args.out, cfg, extra_config={"data": data_info})
-    else:
-        result = finetune(base, args.properties, train_data, val_data, args.out, cfg, extra_config={"data": data_info})
+            result = finetune_csp(base, train_data, val_data, args.out, cfg, extra_config={"data": data_info},
+                                  callback=on_step)
+        else:
+            result = finetune(base, args.properties, train_data, val_data, args.out, cfg,
+                              extra_config={"data": data_info}, callback=on_step)
+    finally:
+        bar.close()
     print(f"best validation loss {result.best_val_loss:.4f}; checkpoint: {result.checkpoint_dir}")
     return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from mattergen_lab.cli_progress import sample_with_progress
     from mattergen_lab.evaluation import check_structure
-    from mattergen_lab.sampling.api import read_samples, sample_to_dir
+    from mattergen_lab.sampling.api import read_samples
+    from mattergen_lab.sampling.request import SamplingRequest
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples {args.num_samples} must be at least 1")
@@ -271,6 +301,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
                 ["train", "--preset", "tiny", "--out", str(out), "--splits", "val", "--limit", "3000", "--val-fraction", "0.05",
                  "--max-steps", str(args.train_steps), "--batch-size", "32", "--lr", "3e-3", "--val-every", "250",
                  "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+                + (["--quiet"] if args.quiet else [])
             )
             cmd_train(targs)
             (out / "done").write_text("training finished\n")
@@ -279,8 +310,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     steps = f"{args.steps} predictor-corrector steps" if args.steps else "the checkpoint's recommended step count"
     print(f"Sampling {args.num_samples} crystals from {checkpoint} with {steps} (resumes if interrupted)...")
     start = time.perf_counter()
-    paths = sample_to_dir(checkpoint, samples, num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
-                          num_steps=args.steps, seed=args.seed)
+    request = SamplingRequest(checkpoint=str(checkpoint), num_samples=args.num_samples,
+                              batch_size=min(args.num_samples, 16), num_steps=args.steps, seed=args.seed, device="cpu")
+    paths = sample_with_progress(request, samples, quiet=args.quiet)
     print(f"done in {time.perf_counter() - start:.0f} s")
     # the extxyz, not the CIFs: full precision, and the generated (not Niggli-reduced) cells
     structures = list(zip((p.name for p in paths), read_samples(samples, args.num_samples)))
@@ -337,22 +369,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quickstart(sub)
     _add_bundle(sub)
     from mattergen_lab.campaign.cli import add_parser as add_campaign
+    from mattergen_lab.cli_lab import add_parser as add_lab
+    from mattergen_lab.cli_progress import add_quiet_flags
     from mattergen_lab.evaluation.cli import add_parser as add_evaluate
 
     add_evaluate(sub)
     add_campaign(sub)
+    add_lab(sub)
+    add_quiet_flags(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from mattergen_lab.campaign.cli import cmd_campaign
+    from mattergen_lab.cli_lab import cmd_lab
     from mattergen_lab.evaluation.cli import cmd_evaluate
     from mattergen_lab.sampling.cli import cmd_vary
 
+    from mattergen_lab.console import silence_library_warnings
+
     args = build_parser().parse_args(argv)
+    silence_library_warnings()  # pymatgen's noble-gas electronegativity, spglib's deprecations: not the user's business
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {"train": cmd_train, "sample": cmd_sample, "vary": cmd_vary, "quickstart": cmd_quickstart, "bundle": cmd_bundle, "finetune": cmd_finetune, "checkpoints": cmd_checkpoints,
-                "evaluate": cmd_evaluate, "campaign": cmd_campaign}
+                "evaluate": cmd_evaluate, "campaign": cmd_campaign, "lab": cmd_lab}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:  # a user's mistake: one line naming it

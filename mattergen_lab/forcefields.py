@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mattergen_lab.caches import registered
+
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms
     from ase.calculators.calculator import Calculator
@@ -37,6 +39,7 @@ MATTERSIM_DEFAULT_WEIGHTS = "mattersim-v1.0.0-1M.pth"
 MATTERSIM_CACHE_DIR = Path("~/.local/mattersim/pretrained_models")
 
 
+@registered
 @functools.lru_cache(maxsize=4)
 def load_chgnet(load_path: str | None = None) -> Any:
     """The CHGNet model (its wheel's weights, or ``load_path``), loaded once per path."""

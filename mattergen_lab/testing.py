@@ -171,18 +171,3 @@ def assert_score_equivariant(
             _close("basis/lattice score", out.lattice, ref.lattice, rtol)
     return list(checks)
 
-
-def load_benchmark(name: str):
-    """Import ``benchmarks/<name>.py`` of this checkout as module ``name`` (once; the scripts import each other by name)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module

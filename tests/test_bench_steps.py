@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mattergen_lab.testing import load_benchmark
+from benchmark_modules import load_benchmark
 
 
 bs = load_benchmark("bench_steps")

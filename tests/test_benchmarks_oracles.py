@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mattergen_lab.testing import load_benchmark
+from benchmark_modules import load_benchmark
 
 
 bq = load_benchmark("bench_quality")

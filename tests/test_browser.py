@@ -61,7 +61,8 @@ CHEMSYS = "Li-O"  # a hard element mask: every candidate must be a Li-O compound
 STEPS = 200 if os.environ.get("MATTERGEN_LAB_UPDATE_SCREENSHOT") == "1" else 10  # the README picture uses the recommended count
 NUM_SAMPLES = 3
 SLIDER_KEYS = 25  # ArrowRight presses on the property slider's handle
-WATCHED = ("steps", "num-samples", "chemsys", f"toggle-{PROPERTY}", f"slider-{PROPERTY}")
+WATCHED = ("steps", "num-samples", "chemsys", f"toggle-{PROPERTY}", f"slider-{PROPERTY}", "symmetry")
+SYMMETRY = "221"  # the symmetric mode, typed into its control: every candidate is cubic (221 or a supergroup)
 SERVER_START_S = 90
 KERNEL_READY_S = 150  # torch + pymatgen imports on 2 shared cores
 GENERATE_S = 150
@@ -329,8 +330,9 @@ def design_app_notebook(checkpoint: Path) -> list[str]:
         def refresh(_=None):
             table = getattr(app, 'table', None)
             formulas = [str(f) for f in table['formula']] if table is not None and len(table) else []
+            groups = [int(g) if g == g else None for g in table['space_group']] if table is not None and len(table) else []
             state = {{name: w.value for name, w in watched.items()}}
-            echo.value = html.escape(json.dumps({{**state, 'formulas': formulas}}))
+            echo.value = html.escape(json.dumps({{**state, 'formulas': formulas, 'space_groups': groups}}))
 
         for w in (*watched.values(), by_class(app, 'mgl-status')):
             w.observe(refresh, names='value')
@@ -507,6 +509,7 @@ def _drive_design_app(page, server: LabServer) -> None:
     type_into(page, "mgl-chemsys", CHEMSYS)
     type_into(page, "mgl-steps", str(STEPS))
     type_into(page, "mgl-num-samples", str(NUM_SAMPLES))
+    type_into(page, "mgl-symmetry", SYMMETRY)
     page.locator(f".mgl-toggle-{PROPERTY} input[type=checkbox]").first.click()
     before = slider_readout(page, slider)
     after = press_slider(page, slider, "ArrowRight", SLIDER_KEYS)
@@ -517,7 +520,7 @@ def _drive_design_app(page, server: LabServer) -> None:
         lambda s: s["steps"] == STEPS and s["num-samples"] == NUM_SAMPLES and s[f"toggle-{PROPERTY}"] is True
         and abs(s[f"slider-{PROPERTY}"] - after) <= 5e-4 * max(1.0, abs(after)),
         f"steps={STEPS}, num-samples={NUM_SAMPLES}, {PROPERTY} on at {after}")
-    assert state["chemsys"].replace(" ", "") == CHEMSYS, state
+    assert state["chemsys"].replace(" ", "") == CHEMSYS and state["symmetry"] == SYMMETRY, state
     assert abs(state[f"slider-{PROPERTY}"] - start[f"slider-{PROPERTY}"]) > 0.01, (start, state)
 
     # 2. Generate, and wait until the run is over
@@ -532,6 +535,7 @@ def _drive_design_app(page, server: LabServer) -> None:
     bar = page.evaluate("() => (document.querySelector('.mgl-progress .progress-bar') || {style: {}}).style.width")
     assert bar == "100%", f"progress bar at {bar!r} after the run"
     assert all(re.fullmatch(r"(?:(?:Li|O)\d*)+", f) for f in formulas), f"outside {CHEMSYS}: {formulas}"
+    assert set(state["space_groups"]) <= {221, 225, 229}, f"not cubic 221 or a supergroup: {state['space_groups']}"
 
     # 3. the table: one row per candidate, each showing its formula
     rows = page.locator(".mgl-candidate-table .mgl-candidate-row")

@@ -181,7 +181,7 @@ def test_adapter_benchmark_batches_its_bulk_moduli_and_records_the_engine(monkey
     import types
 
     import mattergen_lab.evaluation as evaluation
-    from mattergen_lab.testing import load_benchmark
+    from benchmark_modules import load_benchmark
 
     ba = load_benchmark("bench_adapters")
     calls = []

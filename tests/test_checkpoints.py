@@ -228,7 +228,7 @@ def test_cli_lists_the_registry(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MATTERGEN_LAB_CHECKPOINTS", str(tmp_path))
     assert main(["checkpoints"]) == 0
     out = capsys.readouterr().out
-    assert "dft_mag_density_hhi_score" in out and "dft_mag_density, hhi_score" in out and str(tmp_path) in out
+    assert "dft_mag_density_hhi_score" in out and "magnetic density (μB/Å³) + HHI score" in out and str(tmp_path) in out
 
 
 @pytest.mark.parametrize("carrier", ["zip", "legacy", "raw_pickle", "official_folder", "ckpt_file"])
@@ -336,3 +336,22 @@ def test_an_official_condition_on_adapt_string_is_refused_not_read_letter_by_let
         official_gemnet_config(cfg)
     cfg["lightning_module"]["diffusion_module"]["model"]["gemnet"]["condition_on_adapt"] = ["dft_band_gap"]
     assert official_gemnet_config(cfg).condition_on_adapt == ("dft_band_gap",)
+
+
+def test_the_symmetric_mode_runs_on_the_official_preset(official_base):
+    """The constraint on the official architecture (random weights are enough): exact symmetry of a hexagonal
+    template, in fractional coordinates (random weights grow cells of 10^5 Å, where float32 leaves 0.01 Å)."""
+    from mattergen_lab.sampling.api import sample
+    import numpy as np
+
+    from mattergen_lab.symmetry.groups import general_operations
+
+    structures = sample(official_base, 2, batch_size=2, num_steps=3, symmetry="194:bc")
+    for s in structures:
+        assert len(s) == 4
+        frac = s.frac_coords
+        for r, t in zip(*general_operations(194)):
+            diff = np.mod(frac @ r.T + t, 1.0)[:, None, :] - frac[None, :, :]
+            diff -= np.round(diff)
+            assert (np.abs(diff).max(axis=-1) < 1e-5).any(axis=1).all()
+        assert abs(s.lattice.gamma - 120) < 1e-3 and abs(s.lattice.a - s.lattice.b) < 1e-4

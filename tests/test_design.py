@@ -389,3 +389,21 @@ def test_the_checkpoint_chooser_trusts_the_models_config_over_the_registry(tmp_p
                    f"    training_data: y\n    path: {band_gap.path}\n    sha256: '{band_gap.sha256}'\n")
     (liar,) = design.checkpoint_options(["hhi_score"], registry_path=reg, online=False)
     assert not liar.available and "the registry entry is wrong" in liar.reason
+
+
+def test_every_candidate_has_its_density_flag_before_any_evaluation():
+    """The app's "density ok" column used to show "–" until an evaluation ran, though the flag needs only the cell."""
+    from pymatgen.core import Lattice, Structure
+
+    request = design.DesignRequest(checkpoint="mgl_mp20_small", num_samples=2)
+    sites = (["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    salt = Structure(Lattice.cubic(3.53), *sites)  # 22 Å³/atom (CsCl-like cell): MP-20-like
+    balloon = Structure(Lattice.cubic(60.0), *sites)  # 108,000 Å³/atom: far outside MP-20's 5.8-202
+    cands = [design.Candidate("0", salt, [], request, None),
+             design.Candidate("1", balloon, [], request, {**design.candidate_oracles(balloon)})]
+    del cands[1].oracles["plausible_density"]  # oracles of an older run, without the flag: computed from the cell
+    table = design.candidate_table(cands)
+    assert table["plausible_density"].tolist() == [True, False]
+    assert table["volume_per_atom"].round(0).tolist() == [22.0, 108000.0]
+    evaluated = design.candidate_table(cands, pd.DataFrame({"id": ["0"], "energy_above_hull": [0.05]}))
+    assert evaluated["plausible_density"].tolist() == [True, False] and evaluated["energy_above_hull"].iloc[0] == 0.05

@@ -116,11 +116,13 @@ def test_guided_sampler_keeps_the_models_device_and_gamma_needs_an_adapter():
 
 
 def test_clear_caches_frees_loaded_checkpoints():
-    design._cached_checkpoint(BASE, 0.0)
-    assert design._cached_checkpoint.cache_info().currsize >= 1
+    from mattergen_lab.sampling.pipeline import cached_checkpoint  # the one checkpoint cache (design runs use it)
+
+    cached_checkpoint(BASE, 0.0)
+    assert cached_checkpoint.cache_info().currsize >= 1
     cleared = mattergen_lab.clear_caches()
-    assert "mattergen_lab.design.runs._cached_checkpoint" in cleared
-    assert design._cached_checkpoint.cache_info().currsize == 0
+    assert "mattergen_lab.sampling.pipeline" in cleared
+    assert cached_checkpoint.cache_info().currsize == 0
 
 
 def test_predictors_and_correctors_share_one_step_contract():

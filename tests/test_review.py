@@ -203,3 +203,15 @@ def test_export_refuses_mismatched_review_lists(tmp_path):
         design.export_candidates([s], table, tmp_path / "x.zip", report={}, relaxed=[None, None])
     assert not (tmp_path / "x.zip").exists()
     np.testing.assert_equal(len(list(tmp_path.iterdir())), 0)
+
+
+def test_clear_caches_frees_the_mp20_known_materials(data_dir, known):
+    """Last in this module on purpose: it empties the cache the ``known`` fixture filled."""
+    import mattergen_lab
+    from mattergen_lab.design.review import _mp20_known
+
+    assert KnownMaterials.mp20(data_dir) is known and _mp20_known.cache_info().currsize == 1  # loaded once
+    cleared = mattergen_lab.clear_caches()
+    assert "mattergen_lab.design.review._mp20_known" in cleared
+    assert "mattergen_lab.evaluation.reference._mp20_hull" in cleared  # the review's E_hull loaded the hull too
+    assert _mp20_known.cache_info().currsize == 0 and mattergen_lab.clear_caches() == []  # nothing left to clear

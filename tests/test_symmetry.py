@@ -8,10 +8,12 @@ import torch
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
 from mattergen_lab.symmetry.groups import (
     CRYSTAL_SYSTEMS,
+    centring,
+    centring_matrix,
     crystal_system,
-    general_operations,
     lattice_basis,
     orbit_geometry,
+    primitive_operations,
     project_lattice,
     wyckoff_letters,
 )
@@ -35,8 +37,9 @@ def _lattice(system: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _is_symmetric(template: WyckoffTemplate, lattice: np.ndarray, frac: np.ndarray, types: np.ndarray) -> bool:
-    """Every operation of the template's group maps the crystal onto itself (same types), to 1e-6."""
-    rots, trans = general_operations(template.space_group)
+    """Every operation of the template's group (in the primitive cell's coordinates, as the sampler's crystals are)
+    maps the crystal onto itself (same types), to 1e-6."""
+    rots, trans = primitive_operations(template.space_group)
     for r, t in zip(rots, trans):
         image = np.mod(frac @ r.T + t, 1.0)
         diff = image[:, None, :] - frac[None, :, :]
@@ -55,6 +58,8 @@ def test_every_wyckoff_position_of_every_group_builds_its_orbit():
             g = orbit_geometry(sg, letter)
             p = g.site_projector
             assert g.multiplicity == mult == len(g.rotations)
+            prim = orbit_geometry(sg, letter, primitive=True)  # the sampled cell: once per lattice point
+            assert prim.multiplicity * centring(sg) == mult and prim.dof == g.dof
             np.testing.assert_allclose(p @ p, p, atol=1e-12)  # a projector
             assert np.linalg.matrix_rank(g.site_linear) == g.dof == round(np.trace(p))
             members = g.members(g.site_point(np.array([0.31, 0.17, 0.73])))
@@ -102,8 +107,8 @@ def test_templates_refuse_impossible_requests_naming_the_value():
         SymmetrySpec(crystal_system="cubical")
     with pytest.raises(ValueError, match="max_atoms=500"):
         SymmetrySpec(source="mp20", max_atoms=500)
-    with pytest.raises(ValueError, match="holds 3 atoms"):
-        random_template(225, 3, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="holds 5 atoms"):
+        random_template(225, 5, torch.Generator().manual_seed(0))  # 20 in the F cell: no sum of 4, 4, 8, 24...
     with pytest.raises(ValueError, match="symmetry='P1x'"):
         SymmetrySpec.parse("P1x")
 
@@ -113,7 +118,8 @@ def test_symmetry_spec_parses_every_form():
     assert SymmetrySpec.parse("cubic").crystal_system == "cubic"
     assert SymmetrySpec.parse("mp20").source == "mp20"
     assert SymmetrySpec.parse("225:ab").templates == (WyckoffTemplate(225, ("a", "b")),)
-    assert WyckoffTemplate.parse("225:abc").num_atoms == 16  # a full Heusler's conventional cell
+    heusler = WyckoffTemplate.parse("225:abc")
+    assert (heusler.num_atoms, heusler.centring, heusler.primitive_atoms) == (16, 4, 4)  # conventional, F, primitive
 
 
 def test_mp20_templates_follow_mp20():
@@ -123,7 +129,7 @@ def test_mp20_templates_follow_mp20():
     fm3m = np.mean([t.space_group == 225 for t in drawn])
     assert p1 < 0.03  # MP-20: 1.4 % of the table
     assert 0.10 < fm3m < 0.25  # MP-20's most common group
-    assert max(t.num_atoms for t in drawn) <= spec.max_atoms
+    assert max(t.primitive_atoms for t in drawn) <= spec.max_atoms == 20
     cubic = SymmetrySpec.parse("cubic").draw(50, torch.Generator().manual_seed(0))
     assert {crystal_system(t.space_group) for t in cubic} == {"cubic"}
     one = SymmetrySpec.parse(229).draw(20, torch.Generator().manual_seed(0))
@@ -140,19 +146,20 @@ def test_constraint_builds_exactly_symmetric_crystals_and_its_projection_is_idem
     # a symmetric step stays symmetric: random per-atom drift and noise, projected
     drift, noise = torch.randn_like(x) * 0.05, torch.randn_like(x) * 0.02
     sample, mean = c.coords(x, x + drift + noise, x + drift)
-    lat = _lattice(template.crystal_system, rng)
-    types = np.repeat(np.arange(len(template.letters)) + 3, template.multiplicities)
+    lat = centring_matrix(template.space_group).T @ _lattice(template.crystal_system, rng)  # its primitive cell
+    types = np.repeat(np.arange(len(template.letters)) + 3, template.primitive_multiplicities)
+    n = template.primitive_atoms
     for frac in (x, sample, mean):
-        assert _is_symmetric(template, lat, frac[: template.num_atoms].numpy(), types)
+        assert _is_symmetric(template, lat, frac[:n].numpy(), types)
     # a wrong step is not symmetric until projected, and projecting twice changes nothing
     broken = x + torch.randn_like(x) * 0.05
-    assert not _is_symmetric(template, lat, torch.remainder(broken, 1.0)[: template.num_atoms].numpy(), types)
+    assert not _is_symmetric(template, lat, torch.remainder(broken, 1.0)[:n].numpy(), types)
     snapped = c.snap(broken)
-    assert _is_symmetric(template, lat, snapped[: template.num_atoms].numpy(), types)
+    assert _is_symmetric(template, lat, snapped[:n].numpy(), types)
     again = c.snap(snapped)
     assert torch.allclose(torch.remainder(again - snapped + 0.5, 1.0) - 0.5, torch.zeros_like(again), atol=1e-12)
     # spglib finds the template's group at symprec 1e-3 (distinct elements per orbit, a generic lattice)
-    found = spglib.get_symmetry_dataset((lat, sample[: template.num_atoms].numpy(), types), symprec=1e-3)
+    found = spglib.get_symmetry_dataset((lat, sample[:n].numpy(), types), symprec=1e-3)
     assert found.number == template.space_group
 
 
@@ -161,10 +168,17 @@ def test_lattice_and_type_projections():
     c = SymmetryConstraint(templates)
     lat = torch.randn(len(templates), 3, 3, dtype=torch.float64)
     lat = lat + lat.transpose(1, 2)
+    lat = lat + 6 * torch.eye(3, dtype=torch.float64)  # positive definite, as lattices are
     once = c.lattice(lat)
     assert torch.allclose(c.lattice(once), once)
     for b, t in enumerate(templates):
-        np.testing.assert_allclose(once[b].numpy(), project_lattice(lat[b].numpy(), t.crystal_system), atol=1e-12)
+        if t.centring == 1:  # a primitive lattice's cell is its conventional one: the linear projection
+            np.testing.assert_allclose(once[b].numpy(), project_lattice(lat[b].numpy(), t.crystal_system), atol=1e-12)
+        np.testing.assert_allclose(once[b].numpy(), once[b].numpy().T, atol=1e-12)  # symmetric polar form
+        conv = np.linalg.solve(centring_matrix(t.space_group).T, once[b].numpy())  # its conventional cell
+        w, v = np.linalg.eigh(conv @ conv.T)
+        polar = (v * np.sqrt(w)) @ v.T
+        np.testing.assert_allclose(project_lattice(polar, t.crystal_system), polar, atol=1e-9)  # in its system
     logits = torch.randn(int(c.num_atoms.sum()), 101, dtype=torch.float64)
     pooled = c.pool_logits(logits)
     for o in range(len(c.rep)):

@@ -206,6 +206,24 @@ def test_generate_streams_into_viewer_progress_gallery_and_table(app):
     assert list(app.table["id"]) == [c.id for c in app.candidates] and app.table["in_target_system"].all()
 
 
+def test_the_symmetry_control_generates_symmetric_crystals_and_the_table_shows_their_sites(app):
+    app.symmetry.value = "bogus"
+    assert app.generate(wait=True) is None and "bogus" in app.status.value  # named before any work
+    app.symmetry.value = "221 (Pm-3m)"  # a suggestion: the number is what counts
+    req = app.generate(wait=True)
+    assert app.error is None, app.error
+    assert req.symmetry == "221" and req.sampling.symmetry.space_group == 221
+    assert len(app.candidates) == 4
+    for cand in app.candidates:  # exactly symmetric from the sampler: spglib at 0.1 finds 221 or a supergroup
+        assert cand.oracles["space_group"] in (221, 225, 229), cand.oracles
+        assert cand.oracles["wyckoff"] and all(w[0].isdigit() for w in cand.oracles["wyckoff"].split(", "))
+    assert list(app.table["wyckoff"]) == [c.oracles["wyckoff"] for c in app.candidates]
+    row = app.candidate_panel.rows[app.candidates[0].id]
+    assert any(getattr(c, "value", None) == app.candidates[0].oracles["wyckoff"] for c in row.children)
+    app.symmetry.value = "off"
+    assert app.generate(wait=True).symmetry is None
+
+
 def test_cancel_keeps_finished_samples_and_results_accumulate(app):
     app.generate()
     assert len(app.candidates) == 4

@@ -4,15 +4,16 @@ One line in a notebook::
 
     from mattergen_lab.widgets import DesignApp; DesignApp(checkpoint="runs/magnets/best")
 
-Generation and evaluation run on a worker thread (one at a time); the buttons call :meth:`DesignApp.generate`,
-:meth:`DesignApp.cancel`, :meth:`DesignApp.evaluate` and :meth:`DesignApp.export`, which notebooks and tests
-can call directly (``wait=True`` blocks until the worker is done).
+The app draws a :class:`mattergen_lab.design.DesignSession` (candidates, evaluations by id, the table, the protocol,
+relaxed structures and reviews, the hull, the export): ``DesignApp(session=...)`` draws one a notebook already has,
+and ``app.session`` is the app's. Generation and evaluation run on a worker thread (one at a time); the buttons call
+:meth:`DesignApp.generate`, :meth:`DesignApp.cancel`, :meth:`DesignApp.evaluate` and :meth:`DesignApp.export`, which
+notebooks and tests can call directly (``wait=True`` blocks until the worker is done).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import html
 import logging
 import os
@@ -30,6 +31,7 @@ from mattergen_lab.widgets.targets import ERROR_STYLE, TargetPanel
 from mattergen_lab.widgets.trajectory import TrajectoryPanel
 
 from mattergen_lab import design
+from mattergen_lab.console import silence_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,10 @@ Evaluator = Callable[..., Any]
 
 #: The checkpoint a formula in the app's "Formula" field switches to (crystal-structure prediction).
 CSP_CHECKPOINT = "mgl_mp20_small_csp"
-
-
-def _default_evaluator(
-    structures: list, *, ids: list[str] | None = None, progress: Callable | None = None, data_dir: Any = None
-) -> Any:
-    from mattergen_lab.evaluation import evaluate_structures
-
-    return evaluate_structures(structures, ids=ids, progress=progress, data_dir=data_dir)
+#: suggestions of the symmetry control (any space group 1-230 or template such as 225:ab may be typed)
+SYMMETRY_CHOICES = ("off", "mp20 (MP-20's space groups)", "cubic", "hexagonal", "trigonal", "tetragonal",
+                    "orthorhombic", "monoclinic", "triclinic", "225 (Fm-3m)", "221 (Pm-3m)", "194 (P6_3/mmc)",
+                    "62 (Pnma)", "14 (P2_1/c)")
 
 
 class DesignApp(w.VBox):
@@ -61,6 +59,8 @@ class DesignApp(w.VBox):
         ranges, online, registry_path: passed to :class:`~mattergen_lab.widgets.targets.TargetPanel`.
         known: known materials for the review (:class:`~mattergen_lab.design.KnownMaterials`; default MP-20).
         review_viewer: ``"auto"`` (Crystal Toolkit, nglview where it cannot start) or ``"nglview"``.
+        session: a :class:`~mattergen_lab.design.DesignSession` to draw (its candidates are shown at once); it brings
+            its own evaluator, reference, known materials and data directory, so those arguments go with a new one only.
     """
 
     def __init__(
@@ -76,23 +76,21 @@ class DesignApp(w.VBox):
         data_dir: str | os.PathLike | None = None,
         known: Any = None,
         review_viewer: str = "auto",
+        session: design.DesignSession | None = None,
     ) -> None:
-        self.evaluator = evaluator or functools.partial(_default_evaluator, data_dir=data_dir)
-        self._reference = reference
-        self._data_dir = data_dir
-        self.candidates: list[design.Candidate] = []
-        self.evaluations = pd.DataFrame(columns=["id"])
-        self.protocol: dict[str, Any] | None = None
-        self.table = design.candidate_table([])
+        silence_library_warnings()  # pymatgen's "No Pauling electronegativity for Ne" is not the user's business
+        if session is not None:
+            given = [name for name, v in (("evaluator", evaluator), ("reference", reference), ("known", known),
+                                          ("data_dir", data_dir)) if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: give these to the DesignSession, not next to session=")
+        self.session = session or design.DesignSession(evaluator=evaluator, reference=reference, known=known,
+                                                       data_dir=data_dir)
         self.selected: str | None = None
         self.frames_received = 0
         self.error: BaseException | None = None
-        self.last_run: design.DesignRun | None = None
-        self._runs = 0
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
-        self._lock = threading.RLock()
-        self._phase_diagrams: dict[str, Any] = {}
 
         self.targets = TargetPanel(checkpoint, ranges=ranges, online=online, registry_path=registry_path)
         self.trajectory = TrajectoryPanel(on_select=self.select)
@@ -100,8 +98,7 @@ class DesignApp(w.VBox):
         self.pareto = ParetoPlot(on_select=self.open_review)
         self.candidate_panel = CandidateTable(on_select=self.select, on_export=self._export_clicked, on_review=self.open_review)
         # the candidate detail view (Crystal Toolkit, XRD, nearest known materials): widgets/review.py
-        self.reviewer = ReviewController(lambda: {c.id: c for c in self.candidates}, known=known, viewer=review_viewer,
-                                         data_dir=data_dir)
+        self.reviewer = ReviewController(self.session, viewer=review_viewer)
 
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
         self.generate_button.add_class("mgl-generate")
@@ -120,13 +117,17 @@ class DesignApp(w.VBox):
         self.formula.add_class("mgl-formula")
         self.formula_units = w.BoundedIntText(value=1, min=1, max=20, description="× units")
         self.formula_units.add_class("mgl-formula-units")
+        # the symmetric mode: every crystal keeps a Wyckoff template of the chosen space group / system / MP-20's
+        self.symmetry = w.Combobox(value="", placeholder="off · mp20 · cubic · 225", options=SYMMETRY_CHOICES,
+                                   description="Symmetry", ensure_option=False)
+        self.symmetry.add_class("mgl-symmetry")
         self.generate_button.on_click(lambda _: self.generate(wait=False))
         self.cancel_button.on_click(lambda _: self.cancel())
         self.evaluate_button.on_click(lambda _: self.evaluate(wait=False))
 
         super().__init__([
             w.HBox([self.generate_button, self.cancel_button, self.evaluate_button, self.auto_evaluate, self.progress]),
-            w.HBox([self.formula, self.formula_units]),
+            w.HBox([self.formula, self.formula_units, self.symmetry]),
             self.status,
             w.HBox([self.targets, self.trajectory]),
             w.HBox([self.hull, self.pareto]),
@@ -134,12 +135,39 @@ class DesignApp(w.VBox):
             self.reviewer.panel,
         ])
         self.add_class("mgl-design-app")
+        if self.session.candidates:
+            self.refresh()
+
+    # ------------------------------------------------------------------ the session's state, for notebooks and tests
+    @property
+    def candidates(self) -> list[design.Candidate]:
+        return self.session.candidates
+
+    @property
+    def evaluations(self) -> pd.DataFrame:
+        return self.session.evaluations
+
+    @property
+    def protocol(self) -> dict[str, Any] | None:
+        return self.session.protocol
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self.session.table
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.session.evaluator
+
+    @property
+    def last_run(self) -> design.DesignRun | None:
+        return self.session.last_run
 
     # ------------------------------------------------------------------ public actions
     def generate(self, wait: bool = True) -> design.DesignRequest | None:
         """Sample with the current controls on a worker thread; returns the request (None if invalid)."""
         try:
-            request = self._with_composition(self.targets.request())
+            request = self._with_symmetry(self._with_composition(self.targets.request()))
         except ValueError as exc:
             self._set_status(str(exc), error=True)
             return None
@@ -155,15 +183,27 @@ class DesignApp(w.VBox):
         return dataclasses.replace(request, checkpoint=CSP_CHECKPOINT, composition=formula, formula_units=int(self.formula_units.value),
                                    chemical_system=None, targets={}, guidance_scale=0.0, num_atoms=None)
 
+    def _with_symmetry(self, request: design.DesignRequest) -> design.DesignRequest:
+        """The symmetry control: empty or ``off`` samples as usual; otherwise the symmetric mode (``ValueError``
+        names a bad value before any work, e.g. ``231``)."""
+        text = self.symmetry.value.strip()
+        if not text or text.lower() == "off":
+            return request
+        return dataclasses.replace(request, symmetry=text.split(" ")[0])
+
     def cancel(self) -> None:
         """Stop after the current step; every finished batch is kept."""
         self._cancel.set()
         self._set_status("Cancelling…")
 
     def evaluate(self, wait: bool = True, ids: Sequence[str] | None = None) -> None:
-        """Evaluate (relax, E_hull, S.U.N.) the candidates not evaluated yet, or ``ids``, on the worker thread."""
-        done = set(self.evaluations["id"].astype(str)) if len(self.evaluations) else set()
-        todo = [c for c in self.candidates if (c.id in ids if ids is not None else c.id not in done)]
+        """Evaluate (relax, E_hull, S.U.N.) the candidates not evaluated yet, or ``ids``, on the worker thread
+        (:meth:`mattergen_lab.design.DesignSession.evaluate`)."""
+        try:
+            todo = self.session.pending(ids)
+        except ValueError as exc:  # an id not in the session
+            self._set_status(str(exc), error=True)
+            return
         if not todo:
             self._set_status(f"Nothing to evaluate; {len(self.candidates)} candidates in this session.")
             return
@@ -172,29 +212,19 @@ class DesignApp(w.VBox):
 
     def export(self, path: str | os.PathLike, ids: Sequence[str] | None = None, *, symprec: float = design.EXPORT_SYMPREC,
                review: bool = True) -> Path:
-        """Zip the checked candidates (or ``ids``) for synthesis review; see :func:`mattergen_lab.design.export_candidates`.
+        """Zip the checked candidates (or ``ids``) for synthesis review, with the hull as drawn
+        (:meth:`mattergen_lab.design.DesignSession.export`).
 
         ``review`` adds each candidate's XRD, nearest known materials and oxidation states (a few seconds each).
         """
         ids = list(ids) if ids is not None else self.candidate_panel.checked_ids()
         if not ids:
             raise ValueError("no candidates selected for export; tick their checkboxes first")
-        by_id = {c.id: c for c in self.candidates}
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            raise ValueError(f"unknown candidate ids {unknown}")
-        chosen = [by_id[i] for i in ids]
-        table = self.table.set_index("id").loc[ids].reset_index()
-        report = design.design_report(chosen, evaluation_protocol=self.protocol)
-        reviews = [self.reviewer.review(i) for i in ids] if review else None  # XRD, nearest known, oxidation states
-        return design.export_candidates([c.structure for c in chosen], table, path, report=report, symprec=symprec,
-                                        relaxed=[self.reviewer.relaxed.get(i) for i in ids], reviews=reviews,
-                                        hull=self.hull.data)
+        return self.session.export(path, ids, symprec=symprec, review=review, hull=self.hull.data)
 
     def open_review(self, candidate_id: str, wait: bool = False) -> None:
         """Select ``candidate_id`` and open its detail view (structure, XRD, nearest known materials)."""
-        if candidate_id not in {c.id for c in self.candidates}:
-            raise ValueError(f"candidate {candidate_id!r} is not in this session")
+        self.session.candidate(candidate_id)  # ValueError names an id not in the session
         self.select(candidate_id)  # an open review follows the selection
         if self.reviewer.shown != candidate_id:
             self.reviewer.open(candidate_id, wait=wait)
@@ -203,23 +233,11 @@ class DesignApp(w.VBox):
 
     def add_candidates(self, candidates: Sequence[design.Candidate], evaluations: pd.DataFrame | None = None,
                        *, protocol: dict[str, Any] | None = None) -> list[str]:
-        """Add candidates made elsewhere (e.g. a campaign's crystals) with their evaluation rows (by ``id``).
-
-        Ids already in the session are skipped; ``protocol`` becomes the session's evaluation protocol when it
-        has none yet (it goes into the export's report). Returns the ids added.
-        """
-        with self._lock:
-            known = {c.id for c in self.candidates}
-            new = [c for c in candidates if c.id not in known]
-            self.candidates.extend(new)
-            ids = {c.id for c in new}
-            rows = evaluations[evaluations["id"].astype(str).isin(ids)] if evaluations is not None and len(evaluations) else None
-            if rows is not None and len(rows):
-                self.evaluations = pd.concat([self.evaluations, rows], ignore_index=True) if len(self.evaluations) else rows.reset_index(drop=True)
-            if self.protocol is None and protocol:
-                self.protocol = dict(protocol)
+        """Add candidates made elsewhere (e.g. a campaign's crystals) with their evaluation rows (by ``id``); see
+        :meth:`mattergen_lab.design.DesignSession.add_candidates`. Returns the ids added."""
+        added = self.session.add_candidates(candidates, evaluations, protocol=protocol)
         self.refresh()
-        return [c.id for c in new]
+        return added
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker finishes; True when it has."""
@@ -235,7 +253,7 @@ class DesignApp(w.VBox):
 
     def select(self, candidate_id: str) -> None:
         """Show one candidate everywhere: viewer + scrubber, table row, Pareto and hull markers."""
-        if candidate_id not in {c.id for c in self.candidates}:
+        if candidate_id not in self.session.ids:
             return
         self.selected = candidate_id
         self.trajectory.select(candidate_id)
@@ -269,25 +287,21 @@ class DesignApp(w.VBox):
             self.cancel_button.disabled = True
 
     def _generate_worker(self, request: design.DesignRequest) -> None:
-        self._runs += 1
         self.progress.value = 0  # the maximum arrives with the first frame (the step count may be the checkpoint's)
         self._set_status(f"Loading {request.checkpoint}…")
-        run = design.run_design(request, on_frame=self._on_frame, cancel=self._cancel, id_prefix=f"{self._runs}-")
-        self.last_run = run
+        run = self.session.generate(request, on_frame=self._on_frame, cancel=self._cancel)
         if self.selected is not None:
             self.select(self.selected)  # back from the live view to the selected candidate's trajectory
         word = "Cancelled" if run.cancelled else "Done"
         self._set_status(f"{word}: {len(run.candidates)} new; {len(self.candidates)} candidates in this session.")
         if run.candidates and self.auto_evaluate.value and not run.cancelled:
-            self._evaluate_worker(run.candidates)
+            self._evaluate_worker(list(run.candidates))
 
     def _on_frame(self, frame: design.DesignFrame) -> None:
         self.frames_received += 1
         self.progress.max, self.progress.value = frame.total, frame.done
         self.trajectory.live_frame(frame)
-        if frame.final:
-            with self._lock:
-                self.candidates.extend(frame.candidates)
+        if frame.final:  # the session has added the batch's candidates
             self.refresh()
             if self.selected is None and frame.candidates:
                 self.select(frame.candidates[0].id)
@@ -300,16 +314,7 @@ class DesignApp(w.VBox):
         def progress(done: int, total: int) -> None:
             self.progress.max, self.progress.value = max(total, 1), done
 
-        result = self.evaluator([c.structure for c in todo], ids=[c.id for c in todo], progress=progress)
-        table = result.table.copy()
-        if "id" not in table.columns or len(table) != len(todo):
-            raise ValueError(f"the evaluator returned {len(table)} rows for {len(todo)} structures (need one per input, with 'id')")
-        table["id"] = [c.id for c in todo]
-        self.reviewer.add_relaxed([c.id for c in todo], getattr(result, "relaxed", None))
-        with self._lock:
-            old = self.evaluations[~self.evaluations["id"].isin(table["id"])] if len(self.evaluations) else None
-            self.evaluations = pd.concat([old, table], ignore_index=True) if old is not None and len(old) else table
-            self.protocol = dict(getattr(result, "protocol", {}) or {})
+        table = self.session.evaluate([c.id for c in todo], progress=progress)
         self.refresh()
         self.progress.value = self.progress.max
         sun = int(pd.Series(table.get("novel_unique_stable", [])).fillna(False).astype(bool).sum())
@@ -317,47 +322,27 @@ class DesignApp(w.VBox):
 
     # ------------------------------------------------------------------ rendering
     def refresh(self) -> None:
-        """Rebuild the table from the candidates and evaluations, and redraw every panel from it."""
-        with self._lock:
-            self.table = design.candidate_table(self.candidates, self.evaluations)
-            candidates = list(self.candidates)
-        self.candidate_panel.set_table(self.table, selected=self.selected)
+        """Redraw every panel from the session's table and candidates."""
+        with self.session.lock:
+            table, candidates = self.session.table, list(self.session.candidates)
+        self.candidate_panel.set_table(table, selected=self.selected)
         self.trajectory.set_candidates(candidates)
-        self.pareto.update(self.table, selected=self.selected)
+        self.pareto.update(table, selected=self.selected)
         self._update_hull()
 
-    def _hull_system(self) -> str | None:
-        by_id = {c.id: c for c in self.candidates}
-        cand = by_id.get(self.selected or "") or (self.candidates[-1] if self.candidates else None)
-        if cand is None:
-            return None
-        return cand.request.chemical_system or cand.oracles.get("chemical_system")
-
-    def _phase_diagram(self, system: str) -> Any:
-        if system not in self._phase_diagrams:
-            if self._reference is None:
-                from mattergen_lab.evaluation import load_reference
-
-                self._reference = load_reference("mp20", data_dir=self._data_dir)
-            self._phase_diagrams[system] = self._reference.phase_diagram(system.split("-"))
-        return self._phase_diagrams[system]
-
     def _update_hull(self) -> None:
-        system = self._hull_system()
+        system = self.session.hull_system(self.selected)
         if system is None:
             self.hull.update(None)
             return
-        n_elements = len(system.split("-"))
-        if n_elements > 4:
-            self.hull.update(None, message=f"The hull is drawn for systems of up to 4 elements; {html.escape(system)} has "
-                                           f"{n_elements}. Set a target chemistry to explore one system.")
+        if len(system) > design.MAX_HULL_ELEMENTS:
+            self.hull.update(None, message=f"The hull is drawn for systems of up to {design.MAX_HULL_ELEMENTS} elements; "
+                                           f"{html.escape(str(system))} has {len(system)}. Set a target chemistry to explore one system.")
             return
         try:
-            pd_ = self._phase_diagram(system)
-            rows = self.table[["id", "formula", "energy_above_hull"]].to_dict("records")
-            self.hull.update(design.hull_data(pd_, rows), selected=self.selected)
+            self.hull.update(self.session.hull_data(system), selected=self.selected)
         except Exception as exc:  # no reference data, an element without entries, ...
-            self.hull.update(None, message=f"<span style='{ERROR_STYLE}'>hull for {html.escape(system)} unavailable: "
+            self.hull.update(None, message=f"<span style='{ERROR_STYLE}'>hull for {html.escape(str(system))} unavailable: "
                                            f"{html.escape(f'{type(exc).__name__}: {exc}')}</span>")
 
     def _export_clicked(self, path: str) -> None:

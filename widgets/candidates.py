@@ -19,6 +19,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("id", "id", "{}"),
     ("formula", "formula", "{}"),
     ("space_group", "SG", "{:.0f}"),
+    ("wyckoff", "Wyckoff sites", "{}"),
     ("num_atoms", "atoms", "{:.0f}"),
     ("plausible_density", "density ok", "{}"),
     ("hhi_score", "HHI", "{:.0f}"),
@@ -30,7 +31,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("novel_unique_stable", "S.U.N.", "{}"),
     ("relax_status", "relax", "{}"),
 )
-_WIDTH = {"id": "70px", "formula": "110px", "relax": "80px"}
+_WIDTH = {"id": "70px", "formula": "110px", "relax": "80px", "Wyckoff sites": "150px"}
 
 
 def _fmt(value: Any, fmt: str) -> str:

@@ -294,56 +294,36 @@ def _known_html(r: design.CandidateReview) -> str:
 
 
 class ReviewController:
-    """The app's side of the review: relaxed structures from evaluations, cached reviews, a worker thread.
-
-    ``known``: a :class:`~mattergen_lab.design.KnownMaterials` (default: the MP-20 reference, loaded on first use).
+    """The app's side of the review: a worker thread and the panel; the reviews themselves (cached, with the relaxed
+    structures from evaluations and the known materials) are the session's (:meth:`mattergen_lab.design.DesignSession.review`).
     """
 
-    def __init__(self, candidates: Callable[[], dict[str, Any]], *, known: Any = None, viewer: str = "auto",
-                 data_dir: Any = None) -> None:
-        self._candidates = candidates  # () -> {id: Candidate}
-        self._known, self._data_dir = known, data_dir
+    def __init__(self, session: design.DesignSession, *, viewer: str = "auto") -> None:
+        self.session = session
         self.panel = ReviewPanel(viewer=viewer, on_close=self.close)
-        self.relaxed: dict[str, Any] = {}
-        self.reviews: dict[str, design.CandidateReview] = {}
         self.shown: str | None = None
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     @property
     def is_open(self) -> bool:
         return self.panel.layout.display != "none"
 
-    def known(self) -> Any:
-        if self._known is None:
-            self._known = design.KnownMaterials.mp20(self._data_dir)
-        return self._known
+    @property
+    def relaxed(self) -> dict[str, Any]:
+        return self.session.relaxed
 
-    def add_relaxed(self, ids: list[str], relaxed: Any) -> None:
-        """Keep the evaluator's relaxed structures (``None`` entries: none); their old reviews are dropped."""
-        for cid, r in zip(ids, relaxed or [None] * len(ids)):
-            self.reviews.pop(cid, None)
-            if r is not None:
-                self.relaxed[cid] = r
-            else:
-                self.relaxed.pop(cid, None)
+    @property
+    def reviews(self) -> dict[str, design.CandidateReview]:
+        return self.session.reviews
 
     def review(self, candidate_id: str) -> design.CandidateReview:
         """The (cached) review of one candidate; ``ValueError`` names an id not in the session."""
-        by_id = self._candidates()
-        if candidate_id not in by_id:
-            raise ValueError(f"candidate {candidate_id!r} is not in this session; known ids: {sorted(by_id)[:10]}")
-        with self._lock:
-            if candidate_id not in self.reviews:
-                self.reviews[candidate_id] = design.review_candidate(
-                    by_id[candidate_id].structure, id=candidate_id, relaxed=self.relaxed.get(candidate_id), known=self.known())
-            return self.reviews[candidate_id]
+        return self.session.review(candidate_id)
 
     def open(self, candidate_id: str, wait: bool = False) -> None:
         """Show ``candidate_id`` in the review panel (computed on a worker thread unless ``wait``)."""
-        if candidate_id not in self._candidates():
-            raise ValueError(f"candidate {candidate_id!r} is not in this session")
+        self.session.candidate(candidate_id)  # ValueError names an id not in the session
         self.shown, self.error = candidate_id, None
         self.panel.show_loading(candidate_id)
 
@@ -351,7 +331,7 @@ class ReviewController:
             try:
                 review = self.review(candidate_id)
                 if self.shown == candidate_id:  # the user may have moved on meanwhile
-                    structure = self.relaxed.get(candidate_id) or self._candidates()[candidate_id].structure
+                    structure = self.relaxed.get(candidate_id) or self.session.candidate(candidate_id).structure
                     self.panel.show(review, structure)
             except Exception as exc:  # noqa: BLE001 - shown in the panel, never raised into the notebook
                 log.exception("review of %s failed", candidate_id)

@@ -53,7 +53,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         return 0
     try:
         result = run_campaign(args.spec, args.out, address=args.address, num_cpus=args.num_cpus,
-                              max_retries=args.max_retries, start_timeout_s=args.ray_start_timeout)
+                              max_retries=args.max_retries, start_timeout_s=args.ray_start_timeout,
+                              progress=not getattr(args, "quiet", False))
     except TimeoutError as exc:  # Ray too slow to start on a busy machine: not a bug, and the message says what to do
         print(f"mattergen-lab campaign: error: {exc}", file=sys.stderr)
         return 2

@@ -233,7 +233,8 @@ def run_campaign(
             listening on 127.0.0.1 only.
         max_retries: Ray's retries of a task whose worker died.
         window: tasks in flight at once (default: twice the cluster's CPUs).
-        progress: a tqdm bar (True), nothing (False), or a callable given the folder's status after each task.
+        progress: a tqdm bar on stderr when it is a terminal (True), nothing (False), or a callable given the folder's
+            status after each task.
         start_timeout_s: how long a local Ray may take to start (default :data:`RAY_START_TIMEOUT_S`, or
             ``$MATTERGEN_LAB_RAY_START_TIMEOUT``); past it, ``TimeoutError`` says so.
 
@@ -302,10 +303,10 @@ def _loop(folder: CampaignFolder, spec_dict: dict[str, Any], todo: list[PlannedT
     pending: dict[Any, PlannedTask] = {}
     failures: dict[str, str] = {}
     bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
+    if progress is True:  # shown only on a terminal (console.progress_bar)
+        from mattergen_lab.console import progress_bar
 
-        bar = tqdm(total=len(todo), desc="campaign tasks", unit="task")
+        bar = progress_bar(len(todo), "campaign tasks", "task")
 
     def submit_eval(t: PlannedTask) -> None:
         ids, structures = folder.read_sample(t.parent or "")

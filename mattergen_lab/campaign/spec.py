@@ -14,6 +14,8 @@ A spec is a YAML file or a mapping::
     guidance_scale: [0, 2]              # a number or a list (another axis)
     elements: null                      # optional hard element mask for every arm
     num_atoms: null                     # optional: atoms per crystal
+    symmetry: [null, mp20, 225]         # optional symmetric mode (a space group, crystal system, mp20 or a
+                                        #   template such as 225:ab); a list is another grid axis, null = off
     evaluate:                           # false: sample only
       relaxer: chgnet                   # auto | chgnet | mattersim
       batch_size: 8                     # structures per evaluation task
@@ -28,7 +30,7 @@ A spec is a YAML file or a mapping::
       sample_gpus: auto                 # GPUs per sampling task: auto = 1 where the cluster has GPUs
       threads: 1                        # torch threads in every task
 
-The arms are the product of the condition lists and the guidance list, in the order written. Arm ``k`` is one
+The arms are the product of the condition lists, the guidance list and the symmetry list, in the order written. Arm ``k`` is one
 :class:`~mattergen_lab.sampling.request.SamplingRequest` seeded with ``seed + k`` (so two arms never draw the
 same noise), and its chunk ``j`` is one sampling task. Every error names the bad key and value. The sampler
 variant is part of the campaign (its fingerprint), so a resume with another one is refused; it is recorded only
@@ -54,7 +56,7 @@ from mattergen_lab.sampling.guidance import check_guidance_scale
 from mattergen_lab.sampling.request import SamplingRequest
 
 _TOP_KEYS = {"checkpoint", "num_samples", "batch_size", "num_steps", "seed", "conditions", "guidance_scale",
-             "elements", "num_atoms", "evaluate", "resources", "name", "sampler"}
+             "elements", "num_atoms", "evaluate", "resources", "name", "sampler", "symmetry"}
 
 
 def _is_int(v: Any) -> bool:
@@ -108,6 +110,7 @@ class Arm:
     index: int
     conditions: dict[str, Any]
     guidance_scale: float
+    symmetry: Any = None
 
     @property
     def name(self) -> str:
@@ -115,8 +118,8 @@ class Arm:
 
     @property
     def label(self) -> str:
-        parts = [f"{k}={v}" for k, v in self.conditions.items()]
-        return ", ".join(parts + [f"γ={self.guidance_scale:g}"])
+        parts = [f"{k}={v}" for k, v in self.conditions.items()] + [f"γ={self.guidance_scale:g}"]
+        return ", ".join(parts + ([f"symmetry={self.symmetry}"] if self.symmetry is not None else []))
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class CampaignSpec:
     sample_gpus: Any = "auto"
     threads: int = 1
     name: str = ""
+    symmetry: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
@@ -157,9 +161,12 @@ class CampaignSpec:
         gpus = self.sample_gpus
         if gpus != "auto" and not (_is_num(gpus) and gpus >= 0):
             raise ValueError(f"resources.sample_gpus={gpus!r} must be 'auto' or a number >= 0")
+        if self.symmetry == []:
+            raise ValueError("symmetry=[] is an empty grid axis; give at least one value (null: the plain sampler)")
         num_arms = math.prod(len(v) if isinstance(v, list) else 1 for v in self.conditions.values()) * len(guidance)
+        num_arms *= len(self.symmetry) if isinstance(self.symmetry, list) else 1
         if num_arms > MAX_CAMPAIGN_ARMS:  # before any arm is built
-            raise ValueError(f"conditions x guidance_scale make a grid of {num_arms:,} arms, more than "
+            raise ValueError(f"conditions x guidance_scale x symmetry make a grid of {num_arms:,} arms, more than "
                              f"MAX_CAMPAIGN_ARMS={MAX_CAMPAIGN_ARMS:,} (mattergen_lab.limits); split it into campaigns")
         for arm in self.arms():  # every arm is a valid request (ValueError names the value)
             self.request(arm)
@@ -168,10 +175,11 @@ class CampaignSpec:
     def arms(self) -> list[Arm]:
         axes = {k: (v if isinstance(v, list) else [v]) for k, v in self.conditions.items()}
         guidance = self.guidance_scale if isinstance(self.guidance_scale, list) else [self.guidance_scale]
+        symmetry = self.symmetry if isinstance(self.symmetry, list) else [self.symmetry]
         out = []
-        for values in itertools.product(*axes.values(), guidance):
-            conditions = dict(zip(axes, values[:-1]))
-            out.append(Arm(len(out), conditions, check_guidance_scale(values[-1])))
+        for values in itertools.product(*axes.values(), guidance, symmetry):
+            conditions = dict(zip(axes, values[:-2]))
+            out.append(Arm(len(out), conditions, check_guidance_scale(values[-2]), values[-1]))
         return out
 
     def request(self, arm: Arm, *, device: str | None = None) -> SamplingRequest:
@@ -180,7 +188,7 @@ class CampaignSpec:
                 checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
                 num_steps=self.num_steps, conditions=arm.conditions, guidance_scale=arm.guidance_scale,
                 elements=self.elements, num_atoms=self.num_atoms, seed=self.seed + arm.index, device=device,
-                sampler=self.sampler,
+                sampler=self.sampler, symmetry=arm.symmetry,
             )
         except ValueError as exc:
             raise ValueError(f"arm {arm.name} ({arm.label}): {exc}") from None
@@ -192,6 +200,8 @@ class CampaignSpec:
         d["resources"] = {"sample_gpus": d.pop("sample_gpus"), "threads": d.pop("threads")}
         if not d["sampler"]:  # the official sampler: no key, as in the folders made before variants existed
             del d["sampler"]
+        if d["symmetry"] is None:  # likewise the plain (non-symmetric) sampler
+            del d["symmetry"]
         return d
 
     @classmethod

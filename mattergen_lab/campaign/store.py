@@ -98,8 +98,8 @@ class CampaignFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(meta, json.dumps({
                 "spec": spec.to_dict(),
-                "arms": [{"name": a.name, "label": a.label, "conditions": a.conditions, "guidance_scale": a.guidance_scale}
-                         for a in spec.arms()],
+                "arms": [{"name": a.name, "label": a.label, "conditions": a.conditions, "guidance_scale": a.guidance_scale,
+                          **({"symmetry": str(a.symmetry)} if a.symmetry is not None else {})} for a in spec.arms()],
                 "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             }, indent=1, default=_json_default))
         except OSError as exc:
@@ -173,7 +173,8 @@ class CampaignFolder:
     def table(self) -> Any:
         """The per-structure table of every evaluated crystal so far (pandas), uniqueness over all of them.
 
-        Extra columns: ``arm``, ``guidance_scale``, ``target_<property>`` for each condition of the arm, and
+        Extra columns: ``arm``, ``guidance_scale``, ``symmetry`` (when an arm sets it), ``target_<property>`` for each
+        condition of the arm, and
         ``relaxer`` (from each task's protocol, so a cluster that mixed relaxers shows it).
         """
         import pandas as pd
@@ -194,6 +195,8 @@ class CampaignFolder:
         table = finalize_table([r for r, _, _ in items], [Structure.from_dict(d) if d else None for _, d, _ in items], matcher)
         table["arm"] = [str(i).partition("-")[0] for i in table["id"]]
         table["guidance_scale"] = [arms[a].guidance_scale for a in table["arm"]]
+        if any(a.symmetry is not None for a in arms.values()):
+            table["symmetry"] = [None if arms[a].symmetry is None else str(arms[a].symmetry) for a in table["arm"]]
         for name in sorted({k for a in arms.values() for k in a.conditions}):
             table[f"target_{name}"] = [arms[a].conditions.get(name) for a in table["arm"]]
         table["relaxer"] = [p for _, _, p in items]

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mattergen_lab.caches import registered
 from mattergen_lab.campaign.spec import CampaignSpec
 
 #: Testing hook: when set to a folder, each task kills its own worker (SIGKILL) the first time it reaches the
@@ -51,6 +52,7 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@registered
 @functools.lru_cache(maxsize=2)
 def _relaxer(name: str, device: str, fmax: float, max_steps: int, max_seconds: float) -> Any:
     from mattergen_lab.evaluation.relax import RelaxConfig, get_relaxer

@@ -9,6 +9,7 @@ checkpoint's files in the cache (:func:`cache_root`), checked with :func:`verify
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -51,6 +52,40 @@ class CheckpointRecord:
     @property
     def is_official(self) -> bool:
         return self.kind == "official"
+
+    @property
+    def is_csp(self) -> bool:
+        """A crystal-structure-prediction model (atom types given): its ``config.json`` says
+        ``diffusion.fixed_atom_types``. Official checkpoints are not CSP models."""
+        config = self.path / "config.json" if self.path is not None else None
+        if config is None or not config.is_file():
+            return False
+        try:
+            return bool(json.loads(config.read_text()).get("diffusion", {}).get("fixed_atom_types", False))
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def conditions(self) -> str:
+        """What the model conditions on, in words: ``"a composition (CSP)"``, ``"space group (1-230)"``,
+        ``"magnetic density (μB/Å³) + HHI score"``, or ``"nothing (unconditional)"``."""
+        if self.is_csp:
+            return "a composition (CSP: atoms given, e.g. --composition Li2MnO3)"
+        if not self.properties:
+            return "nothing (unconditional)"
+        return " + ".join(CONDITION_LABELS.get(p, p) for p in self.properties)
+
+
+#: How ``mattergen-lab checkpoints`` names each conditioning property.
+CONDITION_LABELS = {
+    "chemical_system": "chemical system (e.g. Li-Fe-O)",
+    "space_group": "space group (1-230)",
+    "dft_mag_density": "magnetic density (μB/Å³)",
+    "dft_band_gap": "band gap (eV)",
+    "dft_bulk_modulus": "bulk modulus (GPa)",
+    "ml_bulk_modulus": "bulk modulus (GPa, ML)",
+    "hhi_score": "HHI score",
+    "energy_above_hull": "energy above hull (eV/atom)",
+}
 
 
 def _field(name: str, entry: dict, key: str, types: type | tuple[type, ...], required: bool = True) -> Any:

@@ -8,7 +8,13 @@ a script can do the same in a few lines::
                         targets={"dft_mag_density": 0.15}, guidance_scale=2.0, num_samples=8, num_steps=200)
     run = run_design(req)                         # list of Candidate in run.candidates
     table = candidate_table(run.candidates)       # formula, space group, HHI, ... one row per candidate
-    export_candidates([c.structure for c in run.candidates], table, "review.zip", report=design_report(run.candidates))
+    export_candidates(run.candidates, path="review.zip")  # or plain structures: export_candidates(sample(...), path=...)
+
+or, keeping candidates, evaluations by id, the hull and reviews together as the design app does::
+
+    from mattergen_lab.design import DesignSession
+    session = DesignSession()
+    session.generate(req); session.evaluate(); session.table; session.export("review.zip", ids=["1-0"])
 
 This package never imports ipywidgets, nglview or plotly.
 
@@ -19,8 +25,9 @@ MatterGen never generates, so a He atom in a trajectory is always a still-masked
 Its modules, lowest first: ``requests`` (targets, slider ranges, chemistry checks, :class:`DesignRequest`),
 ``choices`` (which checkpoints can serve the targets), ``runs`` (streamed runs over the sampler's chunk loop),
 ``tables`` (candidate tables, Pareto fronts, hull data), ``review`` (XRD, nearest known materials, oxidation
-states), ``review_report``/``review_export`` (its figures and files) and ``export`` (the synthesis-review zip). Everything
-public is importable from ``mattergen_lab.design``.
+states), ``review_report``/``review_export`` (its figures and files), ``export`` (the synthesis-review zip) and
+``session`` (:class:`DesignSession`: candidates, evaluations by id, table, hull, reviews, export). Everything public is
+importable from ``mattergen_lab.design``.
 """
 
 from __future__ import annotations
@@ -57,8 +64,10 @@ from mattergen_lab.design.runs import (  # noqa: F401
     snapshots_from_batch,
 )
 from mattergen_lab.design.tables import (  # noqa: F401
+    CANDIDATE_COLUMNS,
     HullData,
     candidate_table,
+    structure_table,
     hull_data,
     pareto_front,
 )
@@ -76,4 +85,4 @@ from mattergen_lab.design.review import (  # noqa: F401
     review_candidate,
     xrd_pattern,
 )
-from mattergen_lab.design.runs import _cached_checkpoint  # noqa: F401 (clear_caches and tests reach it here)
+from mattergen_lab.design.session import MAX_HULL_ELEMENTS, DesignSession, default_evaluator  # noqa: F401

@@ -24,6 +24,7 @@ from mattergen_lab.fileio import atomic_write
 from mattergen_lab.design.requests import EXPORT_ANGLE_TOLERANCE, EXPORT_SYMPREC
 from mattergen_lab.design.review_export import write_review_files, write_review_summary
 from mattergen_lab.design.runs import Candidate
+from mattergen_lab.design.tables import candidate_table, structure_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -123,11 +124,13 @@ def _report_html(report: Mapping[str, Any], table: pd.DataFrame, extra: str = ""
 
 
 def export_candidates(
-    structures: Sequence[Structure],
-    table: pd.DataFrame,
-    path: str | os.PathLike,
+    structures: Sequence[Structure] | Sequence[Candidate],
+    table: pd.DataFrame | None = None,
+    path: str | os.PathLike | None = None,
     *,
-    report: Mapping[str, Any],
+    report: Mapping[str, Any] | None = None,
+    evaluation: Any = None,
+    ids: Sequence[str] | None = None,
     symprec: float = EXPORT_SYMPREC,
     relaxed: Sequence[Structure | None] | None = None,
     reviews: Sequence[CandidateReview | None] | None = None,
@@ -136,7 +139,16 @@ def export_candidates(
 ) -> Path:
     """Write a zip for synthesis review; atomically (temp file beside ``path``, then ``os.replace``).
 
-    For row ``i`` of ``table`` (needs ``id`` and ``formula``) and ``structures[i]``: ``{id}_{formula}_sym_symprec{symprec}.cif``
+    ``structures``: pymatgen structures (e.g. from :func:`mattergen_lab.sample`) or design
+    :class:`~mattergen_lab.design.Candidate`\\ s. ``table``: one row per structure with ``id`` and ``formula``, such as
+    :func:`~mattergen_lab.design.candidate_table`; without one it is built here (:func:`~mattergen_lab.design.candidate_table`
+    or :func:`~mattergen_lab.design.structure_table`, with ``ids``), with ``evaluation`` merged by ``id``: an evaluation
+    table, or a result with ``.table`` and ``.protocol`` (:func:`~mattergen_lab.evaluation.evaluate_structures`), whose
+    protocol then goes into the report. ``report`` defaults to :func:`design_report` for candidates, else the
+    evaluation protocol only. So ``export_candidates(sample(...), path="review.zip")`` works, as does
+    ``export_candidates(structures, path="review.zip", evaluation=evaluate_structures(structures))``.
+
+    For row ``i`` of ``table`` and ``structures[i]``: ``{id}_{formula}_sym_symprec{symprec}.cif``
     (spglib-symmetrized, tolerance in the name and a comment), ``{id}_{formula}_P1.cif`` and
     ``{id}_{formula}_POSCAR``. Plus ``report.csv`` (the table with the symmetrized space group and file
     names), ``report.json`` (``report`` + ``timestamp``, ``symprec``, ``angle_tolerance``, ``num_candidates``,
@@ -159,6 +171,9 @@ def export_candidates(
             exported), a disordered one or one of more than ``MAX_EXPORT_ATOMS`` atoms, naming the candidate's id;
             a file system error, naming ``path``. Nothing is written then.
     """
+    if path is None:
+        raise ValueError("path=None: give the .zip file to write")
+    structures, table, report = _export_inputs(structures, table, report, evaluation, ids)
     if len(structures) != len(table):
         raise ValueError(f"{len(structures)} structures for {len(table)} table rows")
     if not (isinstance(symprec, (int, float)) and math.isfinite(symprec) and symprec > 0):
@@ -225,6 +240,35 @@ def export_candidates(
     except OSError as exc:  # PermissionError, IsADirectoryError, a full disk: name the target, not a temp file
         raise ValueError(f"cannot write the export to {str(path)!r}: {exc.strerror or exc}") from None
     return path
+
+
+def _export_inputs(structures: Sequence[Any], table: pd.DataFrame | None, report: Mapping[str, Any] | None,
+                   evaluation: Any, ids: Sequence[str] | None) -> tuple[list[Structure], pd.DataFrame, Mapping[str, Any]]:
+    """``(structures, table, report)`` for :func:`export_candidates` from what it was given (see its docstring)."""
+    items = list(structures)
+    candidates = [s for s in items if isinstance(s, Candidate)]
+    if candidates and len(candidates) != len(items):
+        raise ValueError("structures mixes design Candidates and plain structures; give one kind")
+    protocol = getattr(evaluation, "protocol", None)
+    ev_table = getattr(evaluation, "table", evaluation)
+    if table is not None and evaluation is not None:
+        raise ValueError("give table= (already built) or evaluation= (merged into a table built here), not both")
+    if table is not None and ids is not None:
+        raise ValueError("ids= names the rows of a table built here; a given table has its own 'id' column")
+    if candidates:
+        if ids is not None:
+            raise ValueError("ids= is for plain structures; candidates have their own ids")
+        if table is None:
+            table = candidate_table(candidates, ev_table)
+        if report is None:
+            report = design_report(candidates, evaluation_protocol=protocol)
+        return [c.structure for c in candidates], table, report
+    if table is None:
+        table = structure_table(items, ids=ids, evaluation=ev_table)
+    if report is None:
+        report = {"evaluation_protocol": dict(protocol) if protocol else
+                  ("not recorded (an evaluation table without its protocol)" if ev_table is not None else "not evaluated")}
+    return items, table, report
 
 
 def _check_candidate(structure: Structure, name: str) -> None:

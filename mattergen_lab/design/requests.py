@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.caches import registered
 from mattergen_lab.chemistry import ChemicalSystem
 from mattergen_lab.model.property_embeddings import check_scalar_target
 from mattergen_lab.sampling.request import SamplingRequest
@@ -120,6 +121,7 @@ def property_ranges(data_dir: str | os.PathLike | None = None) -> dict[str, Prop
     return dict(_ranges_from_data(str(root)))
 
 
+@registered
 @functools.lru_cache(maxsize=4)
 def _ranges_from_data(root: str) -> tuple[tuple[str, PropertyRange], ...]:
     from mattergen_lab.data import load_mp20
@@ -174,6 +176,8 @@ class DesignRequest:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``..., or ``None`` for CUDA when available, else CPU.
         composition, formula_units: crystal-structure prediction with a CSP checkpoint (e.g. ``mgl_mp20_small_csp``):
             every crystal holds exactly ``formula × formula_units`` atoms (no targets, no chemical system).
+        symmetry: the symmetric mode (``SamplingRequest.symmetry``): a space group ``225``, a crystal system
+            ``"cubic"``, ``"mp20"`` or a template ``"225:ab"``; with a space-group adapter a space group also guides.
     """
 
     checkpoint: str
@@ -189,6 +193,7 @@ class DesignRequest:
     device: str | None = None
     composition: str | None = None
     formula_units: int = 1
+    symmetry: str | int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, (str, os.PathLike)) or not str(self.checkpoint).strip():
@@ -222,12 +227,14 @@ class DesignRequest:
             num_steps=self.num_steps, guidance_scale=self.guidance_scale,
             elements=ChemicalSystem.parse(self.chemical_system) if self.chemical_system else None,
             num_atoms=self.num_atoms, seed=self.seed, device=self.device, composition=self.composition,
-            formula_units=self.formula_units,
+            formula_units=self.formula_units, symmetry=self.symmetry,
         )
         object.__setattr__(self, "_sampling", sampling)  # not a field: to_dict() and == are the flat fields
         object.__setattr__(self, "guidance_scale", sampling.guidance_scale)
         if sampling.composition is not None:
             object.__setattr__(self, "composition", sampling.composition.formula)
+        if sampling.symmetry is not None:
+            object.__setattr__(self, "symmetry", str(sampling.symmetry))
 
     @property
     def sampling(self) -> SamplingRequest:
@@ -253,9 +260,14 @@ class DesignRequest:
         out: dict[str, Any] = {property_for(k, supported) or k: v for k, v in self.targets.items()}
         if self.chemical_system and "chemical_system" in supported:
             out["chemical_system"] = self.chemical_system
+        group = self.sampling.symmetry.space_group if self.sampling.symmetry is not None else None
+        if group is not None and "space_group" in supported:  # a space-group adapter is also guided towards it
+            out["space_group"] = group
         return out
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["targets"] = dict(self.targets)
+        if d["symmetry"] is None:  # recorded only when set, so older runs' records still match
+            del d["symmetry"]
         return d

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.caches import registered
 from mattergen_lab.structure_io import check_structure_input
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -329,6 +330,7 @@ def _loose_matcher() -> Any:
     return StructureMatcher(**LOOSE_MATCHER, primitive_cell=True, scale=True, attempt_supercell=False, allow_subset=False)
 
 
+@registered
 @lru_cache(maxsize=2)
 def _mp20_known(data_dir: str) -> KnownMaterials:
     import pandas as pd

@@ -15,7 +15,6 @@ from mattergen_lab.constants import MASK_Z
 from mattergen_lab.design.choices import checkpoint_properties
 from mattergen_lab.design.requests import MASK_PLACEHOLDER, DesignRequest
 from mattergen_lab.sampling.pipeline import SamplingPipeline
-from mattergen_lab.sampling.pipeline import cached_checkpoint as _cached_checkpoint  # noqa: F401 (clear_caches' old name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -109,9 +108,11 @@ def pipeline_for(request: DesignRequest) -> SamplingPipeline:
 
 
 def candidate_oracles(structure: Structure) -> dict[str, Any]:
-    """Cheap oracle values: formula, chemical system, space group (spglib, symprec 0.1), HHI, density."""
+    """Cheap oracle values: formula, chemical system, space group and occupied Wyckoff positions (spglib, symprec
+    0.1), HHI, density."""
     from mattergen_lab.evaluation.validity import density_plausibility
     from mattergen_lab.properties import hhi_score, space_group
+    from mattergen_lab.properties.symmetry import wyckoff_sites
 
     out: dict[str, Any] = {
         "formula": structure.composition.reduced_formula,
@@ -123,8 +124,9 @@ def candidate_oracles(structure: Structure) -> dict[str, Any]:
     out["plausible_density"], out["density_note"] = density_plausibility(out["volume_per_atom"])
     try:
         out["space_group"] = int(space_group(structure))
+        out["wyckoff"] = wyckoff_sites(structure)
     except ValueError:
-        out["space_group"] = np.nan
+        out["space_group"], out["wyckoff"] = np.nan, ""
     try:
         out["hhi_score"] = float(hhi_score(structure))
     except ValueError:

@@ -17,48 +17,89 @@ from mattergen_lab.design.runs import Candidate, candidate_oracles
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.core import Structure
 
 
 log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- tables
-def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per candidate: request, oracle values, and evaluation columns (by ``id``) when given.
+#: The columns of :func:`candidate_table` and :func:`structure_table`, before :data:`EVALUATION_COLUMNS`.
+CANDIDATE_COLUMNS = (
+    "id", "formula", "chemical_system", "in_target_system", "num_atoms", "space_group", "wyckoff", "hhi_score",
+    "density", "volume_per_atom", "plausible_density", "checkpoint", "guidance_scale", "targets",
+)
 
-    Columns: ``id, formula, chemical_system, in_target_system, num_atoms, space_group, hhi_score, density,
-    volume_per_atom, checkpoint, guidance_scale, targets`` and :data:`EVALUATION_COLUMNS` (NaN/None when not
-    evaluated). ``in_target_system`` is None without a target chemical system.
-    """
+
+def _row(cid: str, o: Mapping[str, Any], request: Any) -> dict[str, Any]:
+    """One table row from a candidate's oracle values and its request (``None`` for a plain structure)."""
+    from mattergen_lab.evaluation.validity import density_plausibility
+
+    target = request.chemical_system if request is not None else None
+    return {
+        "id": cid,
+        "formula": o["formula"],
+        "chemical_system": o["chemical_system"],
+        "in_target_system": (set(o["chemical_system"].split("-")) <= set(target.split("-"))) if target else None,
+        "num_atoms": o["num_atoms"],
+        "space_group": o["space_group"],
+        "wyckoff": o.get("wyckoff", ""),
+        "hhi_score": o["hhi_score"],
+        "density": o["density"],
+        "volume_per_atom": o["volume_per_atom"],
+        # the cell's plausibility is known at generation (no evaluation needed): every candidate gets its flag
+        "plausible_density": o["plausible_density"] if "plausible_density" in o
+        else density_plausibility(o["volume_per_atom"])[0],
+        "checkpoint": request.checkpoint if request is not None else None,
+        "guidance_scale": request.guidance_scale if request is not None else np.nan,
+        "targets": ", ".join(f"{k}={v:g}" for k, v in request.targets.items()) if request is not None else "",
+    }
+
+
+def _with_evaluation(rows: list[dict[str, Any]], evaluation: pd.DataFrame | None) -> pd.DataFrame:
+    """The rows as a table, with the :data:`EVALUATION_COLUMNS` of ``evaluation`` merged by ``id`` (the last row of an id
+    wins; NaN where an id was not evaluated)."""
     import pandas as pd
 
-    rows = []
-    for c in candidates:
-        o = c.oracles or candidate_oracles(c.structure)
-        target = c.request.chemical_system
-        rows.append({
-            "id": c.id,
-            "formula": o["formula"],
-            "chemical_system": o["chemical_system"],
-            "in_target_system": (set(o["chemical_system"].split("-")) <= set(target.split("-"))) if target else None,
-            "num_atoms": o["num_atoms"],
-            "space_group": o["space_group"],
-            "hhi_score": o["hhi_score"],
-            "density": o["density"],
-            "volume_per_atom": o["volume_per_atom"],
-            "checkpoint": c.request.checkpoint,
-            "guidance_scale": c.request.guidance_scale,
-            "targets": ", ".join(f"{k}={v:g}" for k, v in c.request.targets.items()),
-        })
-    df = pd.DataFrame(rows, columns=[
-        "id", "formula", "chemical_system", "in_target_system", "num_atoms", "space_group", "hhi_score", "density",
-        "volume_per_atom", "checkpoint", "guidance_scale", "targets",
-    ])
+    df = pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
     ev = evaluation[[c for c in ("id", *EVALUATION_COLUMNS) if c in evaluation.columns]] if evaluation is not None and len(evaluation) else None
     if ev is not None and "id" in ev.columns:
+        ev = ev.assign(id=ev["id"].astype(str))
         df = df.merge(ev.drop_duplicates("id", keep="last"), on="id", how="left")
     for col in EVALUATION_COLUMNS:
         if col not in df.columns:
             df[col] = np.nan
     return df
+
+
+def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per candidate: request, oracle values, and evaluation columns (by ``id``) when given.
+
+    Columns: :data:`CANDIDATE_COLUMNS` (``id, formula, chemical_system, in_target_system, num_atoms, space_group, wyckoff,
+    hhi_score, density, volume_per_atom, plausible_density, checkpoint, guidance_scale, targets``) and
+    :data:`EVALUATION_COLUMNS` (NaN/None when not evaluated). ``in_target_system`` is None without a target chemical system.
+    """
+    return _with_evaluation([_row(c.id, c.oracles or candidate_oracles(c.structure), c.request) for c in candidates],
+                            evaluation)
+
+
+def structure_table(structures: Sequence[Structure], *, ids: Sequence[str] | None = None,
+                    evaluation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`candidate_table` for plain structures (e.g. from :func:`mattergen_lab.sample`): the same columns, the
+    request's (``checkpoint``, ``guidance_scale``, ``targets``, ``in_target_system``) empty.
+
+    ``ids``: one per structure; default the ``id`` column of ``evaluation`` when it has one row per structure (as
+    :func:`~mattergen_lab.evaluation.evaluate_structures` returns, in input order), else ``"0"``, ``"1"``, ...
+    ``evaluation``'s rows are merged by ``id``.
+    """
+    structures = list(structures)
+    if ids is None:
+        has_ids = evaluation is not None and "id" in evaluation.columns and len(evaluation) == len(structures)
+        ids = [str(i) for i in evaluation["id"]] if has_ids else [str(i) for i in range(len(structures))]
+    ids = [str(i) for i in ids]
+    if len(ids) != len(structures):
+        raise ValueError(f"{len(ids)} ids for {len(structures)} structures")
+    if evaluation is not None and len(evaluation) and "id" not in evaluation.columns:
+        raise ValueError(f"the evaluation table needs an 'id' column to be merged; it has {list(evaluation.columns)}")
+    return _with_evaluation([_row(i, candidate_oracles(s), None) for i, s in zip(ids, structures)], evaluation)
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str, maximize: tuple[bool, bool] = (False, False)) -> np.ndarray:

@@ -41,14 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import warnings
-
-    from tqdm.auto import tqdm
+    from mattergen_lab.console import progress_bar, silence_library_warnings
 
     # pymatgen warns once per noble gas while scanning elements, and CHGNet about a tensor conversion: noise
-    warnings.filterwarnings("ignore", message="No Pauling electronegativity")
-    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-
+    silence_library_warnings()
     from mattergen_lab.evaluation.evaluate import evaluate_structures, read_structures
     from mattergen_lab.evaluation.relax import RelaxConfig, get_relaxer
     from mattergen_lab.fileio import check_writable_dir
@@ -65,7 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = RelaxConfig(fmax=args.fmax, max_steps=args.max_steps, max_seconds=args.max_seconds, **extra)
     items = read_structures(args.structures)
     relaxer = get_relaxer(args.relaxer, device=args.device, load_path=args.mattersim_weights, config=config)
-    bar = tqdm(total=len(items), desc=f"evaluate ({relaxer.name})", unit="structure")
+    bar = progress_bar(len(items), f"evaluate ({relaxer.name})", "structure", quiet=getattr(args, "quiet", False))
 
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.caches import registered
+
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
 
@@ -236,6 +238,7 @@ class NoveltyReference:
         return None
 
 
+@registered
 @lru_cache(maxsize=2)
 def _mp20_novelty_reference(data_dir: str) -> NoveltyReference:
     import pandas as pd

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mattergen_lab.caches import registered
 from mattergen_lab.data.paths import resolve_data_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -206,6 +207,7 @@ class ReferenceHull:
 # ====================================================================== sources
 
 
+@registered
 @lru_cache(maxsize=4)
 def _elemental_references(path: str) -> dict[str, Any]:
     from pymatgen.entries.computed_entries import ComputedEntry
@@ -250,6 +252,7 @@ def _from_formation_energies(
     return entries
 
 
+@registered
 @lru_cache(maxsize=2)
 def _mp20_hull(path: str, refs_path: str) -> ReferenceHull:
     import pandas as pd

@@ -97,6 +97,25 @@ def space_group(structure: Structure, symprec: float = SYMPREC, angle_tolerance:
     return int(number)
 
 
+def wyckoff_sites(structure: Structure, symprec: float = SYMPREC, angle_tolerance: float = ANGLE_TOLERANCE) -> str:
+    """The occupied Wyckoff positions of ``structure`` in its conventional setting, e.g. ``"4a Na, 4b Cl"`` for
+    rock salt (spglib through pymatgen's symmetrized structure; multiplicities of the conventional cell).
+    ``ValueError`` as :func:`space_group`."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    space_group(structure, symprec, angle_tolerance)  # the same checks and refusals
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sym = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance).get_symmetrized_structure()
+    except Exception as exc:  # noqa: BLE001 - as in space_group
+        raise ValueError(f"spglib could not find the Wyckoff positions of {structure.composition.reduced_formula}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    sites = sorted(zip(sym.wyckoff_symbols, (group[0].species_string for group in sym.equivalent_sites)),
+                   key=lambda x: (x[0].lstrip("0123456789"), int(x[0].rstrip("abcdefghijklmnopqrstuvwxyzA") or 0)))
+    return ", ".join(f"{w} {el}" for w, el in sites)
+
+
 def _spglib_number(cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float, angle_tolerance: float) -> float:
     """Space-group number of one ``(lattice, frac_coords, atomic_numbers)`` cell; NaN when spglib fails.
 

@@ -36,12 +36,12 @@ from mattergen_lab.sampling.request import SamplingRequest
 def _request(checkpoint: str | os.PathLike, num_samples: int, *, batch_size: int, num_steps: int | None,
              num_atoms: int | None, seed: int, conditions: Mapping[str, Any] | None, guidance_scale: float,
              elements: str | None, device: torch.device | str, composition: str | None, formula_units: int,
-             sampler_settings: Mapping[str, Any] | None) -> SamplingRequest:
+             sampler_settings: Mapping[str, Any] | None, symmetry: Any = None) -> SamplingRequest:
     return SamplingRequest(
         checkpoint=str(checkpoint), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps,
         conditions=dict(conditions or {}), guidance_scale=guidance_scale, elements=elements, num_atoms=num_atoms,
         seed=seed, device=str(device), composition=composition, formula_units=formula_units,
-        sampler=dict(sampler_settings or {}),
+        sampler=dict(sampler_settings or {}), symmetry=symmetry,
     )
 
 
@@ -60,6 +60,7 @@ def sample(
     composition: str | None = None,
     formula_units: int = 1,
     sampler_settings: Mapping[str, Any] | None = None,
+    symmetry: Any = None,
 ) -> list:
     """Sample ``num_samples`` crystals and return pymatgen structures.
 
@@ -71,13 +72,16 @@ def sample(
         composition, formula_units: crystal-structure prediction with a CSP checkpoint (``mgl_mp20_small_csp``):
             every crystal holds exactly ``formula × formula_units`` atoms, e.g. ``composition="Li2MnO3"``.
         sampler_settings: a sampler variant, e.g. ``{"n_corrector_steps": 0}`` (see :func:`build_sampler`).
+        symmetry: the symmetric mode: a space group (``225``), a crystal system (``"cubic"``), ``"mp20"`` (MP-20's
+            templates) or a Wyckoff template (``"225:ab"``); every crystal is exactly symmetric
+            (:class:`~mattergen_lab.symmetry.templates.SymmetrySpec`).
 
     The same as ``SamplingPipeline.for_request(r)(r)`` with ``r = SamplingRequest(checkpoint, num_samples, ...)``.
     """
     request = _request(checkpoint, num_samples, batch_size=batch_size, num_steps=num_steps, num_atoms=num_atoms,
                        seed=seed, conditions=conditions, guidance_scale=guidance_scale, elements=elements,
                        device=device, composition=composition, formula_units=formula_units,
-                       sampler_settings=sampler_settings)
+                       sampler_settings=sampler_settings, symmetry=symmetry)
     return SamplingPipeline.for_request(request)(request)
 
 
@@ -98,6 +102,7 @@ def sample_to_dir(
     composition: str | None = None,
     formula_units: int = 1,
     sampler_settings: Mapping[str, Any] | None = None,
+    symmetry: Any = None,
 ) -> list[Path]:
     """Like :func:`sample`, writing ``cifs/gen_*.cif`` + ``generated_crystals.extxyz`` as it goes (resumable).
 
@@ -106,7 +111,7 @@ def sample_to_dir(
     request = _request(checkpoint, num_samples, batch_size=batch_size, num_steps=num_steps, num_atoms=num_atoms,
                        seed=seed, conditions=conditions, guidance_scale=guidance_scale, elements=elements,
                        device=device, composition=composition, formula_units=formula_units,
-                       sampler_settings=sampler_settings)
+                       sampler_settings=sampler_settings, symmetry=symmetry)
     return SamplingPipeline.for_request(request).to_dir(request, out_dir, on_batch=on_batch)
 
 

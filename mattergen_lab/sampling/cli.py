@@ -57,8 +57,7 @@ def add_vary_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_vary(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from mattergen_lab.console import progress_bar
     from mattergen_lab.sampling.frames import parse_sampler_text
     from mattergen_lab.sampling.pipeline import SamplingPipeline
     from mattergen_lab.sampling.request import SamplingRequest
@@ -72,7 +71,7 @@ def cmd_vary(args: argparse.Namespace) -> int:
         fix_sites=args.fix_sites, substitute=";".join(args.substitute) if args.substitute else None,
     )
     pipe = SamplingPipeline.for_request(request)
-    bar = tqdm(total=args.num_samples, desc="vary", unit="crystal", disable=None)
+    bar = progress_bar(args.num_samples, "vary", "crystal", quiet=getattr(args, "quiet", False))
     paths = pipe.to_dir(request, args.out, on_batch=lambda n: bar.update(n))
     bar.close()
     parent = request.parent

@@ -8,7 +8,8 @@ Each validates its argument once, at the start of a run, and names the bad value
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+import dataclasses
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mattergen_lab.sampling.composition import FixedComposition
     from mattergen_lab.sampling.request import SamplingRequest
     from mattergen_lab.sampling.start import StartFrom
+    from mattergen_lab.symmetry.templates import SymmetrySpec
 
 #: Elements allowed per sample: ``None`` (all of ``SELECTED_ATOMIC_NUMBERS``), one list of elements for
 #: every crystal, a list with one entry (list or None) per crystal, or a bool tensor ``(101,)`` / ``(B, 101)``.
@@ -41,6 +43,8 @@ class ChunkInputs:
     properties: Mapping[str, Any] | None = None
     composition_of: Callable[[int], FixedComposition | None] | None = None  # CSP: crystal i's fixed atoms
     start: StartFrom | None = None  # a request with a parent: the one crystal every chunk starts from
+    symmetry: SymmetrySpec | None = None  # the symmetric mode: templates drawn per chunk
+    counts_given: bool = False  # the request fixed the atom counts (the templates must hold them)
 
     @classmethod
     def build(cls, num_samples: int, *, num_atoms: Any = None, allowed_elements: AllowedElements = None,
@@ -65,21 +69,55 @@ class ChunkInputs:
             allowed_elements=list(mask.atomic_numbers) if mask is not None else None,
             properties=request.conditions or None, composition_of=request.composition_of if request.fixes_atoms else None,
         )
-        if request.parent is None:
-            return inputs
-        return replace(inputs, start=request.variation.start(keep_own=request.mask is None))
+        if request.symmetry is not None:
+            inputs = dataclasses.replace(inputs, symmetry=request.symmetry, counts_given=request.num_atoms is not None)
+        if request.parent is not None:
+            inputs = dataclasses.replace(inputs, start=request.variation.start(keep_own=request.mask is None))
+        return inputs
 
     def for_chunk(self, indices: Sequence[int], seed: int) -> dict[str, Any]:
         """Keyword arguments of ``iter_steps`` for the chunk holding ``indices`` (its atom counts drawn from ``seed``
         on the CPU), all but the generator."""
-        counts = self.draw(list(indices), torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        templates = None
+        if self.symmetry is not None and self.composition_of is not None:  # CSP on templates each composition fits
+            return self._fitted_chunk(indices, g)
+        if self.symmetry is not None and not self.counts_given:  # the drawn templates give the counts
+            templates = self._templates(indices, g, None)
+            counts = torch.tensor([t.primitive_atoms for t in templates], dtype=torch.long)
+        else:
+            counts = self.draw(list(indices), g)
+            if self.symmetry is not None:
+                templates = self._templates(indices, g, counts.tolist())
         allowed = self.allowed if self.allowed_per_sample is None else [self.allowed_per_sample[i] for i in indices]
         types = None
         if self.composition_of is not None:
             types = torch.tensor([z for i in indices for z in self.composition_of(i).atomic_numbers], dtype=torch.long)  # type: ignore[union-attr]
-        start = None if self.start is None else self.start.repeat(len(indices))
-        return {"num_atoms": counts, "allowed_elements": allowed, "properties": self.properties, "atom_types": types,
-                "start": start}
+        out = {"num_atoms": counts, "allowed_elements": allowed, "properties": self.properties, "atom_types": types}
+        if templates is not None:
+            out.update(symmetry=templates, symmetry_start=self.symmetry.start)  # type: ignore[union-attr]
+        if self.start is not None:  # a parent: the same crystal for every sample of the chunk
+            out["start"] = self.start.repeat(len(indices))
+        return out
+
+    def _fitted_chunk(self, indices: Sequence[int], g: torch.Generator) -> dict[str, Any]:
+        from mattergen_lab.symmetry.fit import draw_fit
+
+        templates, types = [], []
+        for i in indices:
+            c = self.composition_of(i)  # type: ignore[misc]
+            t, z = draw_fit(self.symmetry, tuple((e, n * c.formula_units) for e, n in c.amounts), g)  # type: ignore[arg-type, union-attr]
+            templates.append(t)
+            types += z
+        return {"num_atoms": torch.tensor([t.primitive_atoms for t in templates], dtype=torch.long), "allowed_elements": None,
+                "properties": self.properties, "atom_types": torch.tensor(types, dtype=torch.long),
+                "symmetry": templates, "symmetry_start": self.symmetry.start}  # type: ignore[union-attr]
+
+    def _templates(self, indices: Sequence[int], g: torch.Generator, counts: list[int] | None) -> list:
+        spec = self.symmetry
+        if spec is not None and len(spec.templates) > 1:  # one given per crystal of the run
+            return [spec.templates[i] for i in indices]
+        return spec.draw(len(indices), g, num_atoms=counts)  # type: ignore[union-attr]
 
 
 def num_atoms_drawer(num_atoms: Any, num_samples: int) -> Callable[[list[int], torch.Generator], torch.Tensor]:
@@ -185,4 +223,17 @@ def broadcast_properties(
             out[key] = list(value) if any(isinstance(v, str) or v is None for v in value) else torch.tensor(value, dtype=dtype, device=device)
         else:
             raise ValueError(f"property {key}={value!r} must be a number, a string, or one value per crystal ({b})")
+    return out
+
+
+def request_templates(request: SamplingRequest, num_atoms: Any = None) -> list:
+    """The Wyckoff template of every crystal of a symmetric ``request``, as its chunks draw them (the same CPU
+    generators, so crystal ``i`` of the run was sampled on ``request_templates(request)[i]``); ``num_atoms``: the
+    checkpoint's atom-count table when the request fixes counts from it. ``ValueError`` without ``symmetry``."""
+    if request.symmetry is None:
+        raise ValueError("the request has no symmetry (symmetric mode off): its crystals have no templates")
+    inputs = ChunkInputs.from_request(request, num_atoms)
+    out: list = []
+    for _, indices, seed in request.chunks():
+        out += inputs.for_chunk(indices, seed)["symmetry"]
     return out

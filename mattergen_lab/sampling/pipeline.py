@@ -91,7 +91,7 @@ def _clear() -> bool:
     return held
 
 
-register_cache(__name__, _clear)
+register_cache(__name__, _clear, functions=(cached_checkpoint,))
 
 
 class SamplingPipeline:

@@ -24,6 +24,7 @@ from mattergen_lab.limits import MAX_NUM_STEPS, MAX_SEED, check_at_most
 from mattergen_lab.sampling.composition import FixedComposition
 from mattergen_lab.sampling.frames import sampler_variant
 from mattergen_lab.sampling.guidance import check_guidance_scale
+from mattergen_lab.symmetry.templates import SymmetrySpec
 
 
 #: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
@@ -98,6 +99,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _cell_amounts(c: FixedComposition) -> tuple[tuple[int, int], ...]:
+    """``((Z, atoms in the cell), ...)`` of a composition (its formula × formula units)."""
+    return tuple((z, n * c.formula_units) for z, n in c.amounts)
+
+
 @dataclass(frozen=True)
 class SamplingRequest:
     """One sampling run (``ValueError`` on construction names the bad value).
@@ -133,6 +139,11 @@ class SamplingRequest:
             ``"anions"``; stored as sorted indices.
         substitute: with ``parent``: ``"Fe=Mn,Co"`` or ``{"Fe": ["Mn", "Co"]}``: those sites re-sampled among those
             elements, all others keep theirs; stored as ``{"Fe": ("Co", "Mn")}``.
+        symmetry: the symmetric mode (:class:`~mattergen_lab.symmetry.templates.SymmetrySpec`, or what
+            :meth:`SymmetrySpec.parse` reads: a space group ``225``, a crystal system ``"cubic"``, ``"mp20"``, a
+            template ``"225:ab"``). Each crystal draws a Wyckoff template (with its chunk's CPU generator) and keeps
+            it exactly; its atom count is the template's conventional cell (``num_atoms``, if given, picks templates
+            of that size).
     """
 
     checkpoint: str = ""
@@ -150,6 +161,7 @@ class SamplingRequest:
     sampler: Mapping[str, Any] = field(default_factory=dict)
     use_element_mask: bool = True
     compositions: Sequence[FixedComposition | str] | None = None
+    symmetry: SymmetrySpec | str | int | None = None
     parent: Any = None
     strength: float | None = None
     fix_sites: Any = None
@@ -203,12 +215,35 @@ class SamplingRequest:
         if self.device is not None:
             object.__setattr__(self, "device", validate_device(self.device))
         self._check_composition()
+        self._check_symmetry()
         self._check_parent()
         self._check_size()
 
     def _check_size(self) -> None:
         n = self.num_atoms
+        if n is None and self.symmetry is not None:  # the templates' conventional cells: at most max_atoms
+            n = self.symmetry.max_atoms if not self.symmetry.templates else max(t.primitive_atoms for t in self.symmetry.templates)
         check_size(self.num_samples, self.batch_size, None if n is None else max((n,) if _is_int(n) else n))
+
+    def _check_symmetry(self) -> None:
+        if self.symmetry is None:
+            return
+        spec = SymmetrySpec.parse(self.symmetry)
+        object.__setattr__(self, "symmetry", spec)
+        if self.fixes_atoms:  # CSP on templates the composition fits (centring x the cell's atoms)
+            from mattergen_lab.symmetry.fit import check_fit
+
+            comps = self.compositions if self.compositions is not None else (self.composition,)
+            for c in {c.formula: c for c in comps}.values():  # type: ignore[union-attr]
+                check_fit(spec, _cell_amounts(c), c.cell_formula)  # type: ignore[arg-type]
+            return
+        n = self.num_atoms
+        if n is not None:
+            for v in sorted(set((n,) if _is_int(n) else n)):
+                spec.check_num_atoms(v)
+        if spec.templates and len(spec.templates) not in (1, self.num_samples):
+            raise ValueError(f"symmetry gives {len(spec.templates)} templates for num_samples={self.num_samples}: "
+                             "give one, or one per crystal")
 
 
     def _check_parent(self) -> None:
@@ -222,6 +257,8 @@ class SamplingRequest:
 
         if self.fixes_atoms:
             raise ValueError("parent= starts from a crystal with its own atoms; composition= is not used with it")
+        if self.symmetry is not None:
+            raise ValueError(f"parent= does not combine with symmetry={str(self.symmetry)!r} yet; pass one of them")
         v = Variation.build(self.parent, self.strength, self.fix_sites, self.substitute, self.mask)
         n = self.num_atoms
         if n is not None and any(k != v.parent.num_atoms for k in ((n,) if _is_int(n) else n)):

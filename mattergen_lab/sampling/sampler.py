@@ -163,7 +163,8 @@ class PredictorCorrectorSampler:
         allowed_elements: AllowedElements = None,
         properties: dict[str, Any] | None = None,
         atom_types: torch.Tensor | Sequence[int] | None = None,
-        symmetry: Sequence[WyckoffTemplate] | None = None,
+        symmetry: Sequence[WyckoffTemplate] | SymmetryConstraint | None = None,
+        symmetry_start: float = 1.0,
         start: StartFrom | None = None,
     ) -> Iterator[SamplerFrame]:
         """Denoise one batch, yielding frames as it goes (nothing is kept in memory).
@@ -182,8 +183,10 @@ class PredictorCorrectorSampler:
                 numbers, crystal after crystal; they are the types at every step and in the result (no type
                 predictor runs; ``allowed_elements`` is not used).
             symmetry: the symmetric mode: one Wyckoff template per crystal (``num_atoms`` must be their
-                conventional-cell counts); the prior and every step are projected so each crystal keeps its
+                primitive-cell counts); the prior and every step are projected so each crystal keeps its
                 template exactly (:class:`~mattergen_lab.symmetry.constraint.SymmetryConstraint`).
+            symmetry_start: with templates, the diffusion time from which coordinates and lattice are constrained
+                (types are pooled per orbit throughout); a ``SymmetryConstraint`` carries its own.
             start: known crystals to start from instead of the prior (variations, inpainting, substitutions; see
                 :class:`~mattergen_lab.sampling.start.StartFrom`): they are noised to its strength t0 (the first
                 frame, step 0 at t = t0), then the loop steps to each time of the schedule below t0 (so it runs
@@ -212,7 +215,8 @@ class PredictorCorrectorSampler:
         fixed = fixed_types_tensor(atom_types, num_atoms, device) if csp else None
         constraint = None
         if symmetry is not None:
-            constraint = symmetry if isinstance(symmetry, SymmetryConstraint) else SymmetryConstraint(symmetry, device=device)
+            constraint = symmetry if isinstance(symmetry, SymmetryConstraint) else SymmetryConstraint(
+                symmetry, device=device, start=symmetry_start)
             if constraint.num_atoms.tolist() != num_atoms.tolist():
                 raise ValueError(f"num_atoms={num_atoms.tolist()} but the templates {[str(t) for t in symmetry]} hold "
                                  f"{constraint.num_atoms.tolist()} atoms")

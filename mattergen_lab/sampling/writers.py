@@ -141,6 +141,8 @@ def sampling_record(config: "SamplerConfig", request: "SamplingRequest", *, dtyp
         record["num_atoms"] = [c.num_atoms for c in request.compositions]  # type: ignore[union-attr]
     if request.parent is not None:  # what the run started from: its hash, formula, strength, fixed sites, substitution
         record["parent"] = request.variation.record()
+    if request.symmetry is not None:  # recorded only when set, as the composition
+        record["symmetry"] = request.symmetry.to_dict()  # type: ignore[union-attr]
     return record
 
 

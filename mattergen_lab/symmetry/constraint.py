@@ -26,8 +26,14 @@ from collections.abc import Sequence
 
 import torch
 
-from mattergen_lab.symmetry.groups import lattice_basis, orbit_geometry
+from mattergen_lab.symmetry.groups import centring_matrix, lattice_basis, orbit_geometry
 from mattergen_lab.symmetry.templates import WyckoffTemplate
+
+
+def _sym_sqrt(g: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, 3)`` symmetric square roots of symmetric positive semi-definite ``g`` (negative rounding clipped)."""
+    w, v = torch.linalg.eigh((g + g.transpose(1, 2)) / 2)
+    return (v * w.clamp(min=0).sqrt()[:, None, :]) @ v.transpose(1, 2)
 
 
 def _wrap(x: torch.Tensor) -> torch.Tensor:
@@ -36,11 +42,13 @@ def _wrap(x: torch.Tensor) -> torch.Tensor:
 
 
 class SymmetryConstraint:
-    """Projections for one batch of crystals, crystal ``b`` following ``templates[b]`` (atoms crystal after crystal,
-    orbit after orbit, member 0 of each orbit its representative).
+    """Projections for one batch of crystals, crystal ``b`` following ``templates[b]`` in its **primitive** cell
+    (atoms crystal after crystal, orbit after orbit, member 0 of each orbit its representative; fractional
+    coordinates of the primitive cell, :func:`~mattergen_lab.symmetry.groups.centring_matrix`), so a centred
+    template is sampled with the atoms the network was trained on, not two to four times as many.
 
     Attributes:
-        num_atoms: ``(B,)`` conventional-cell atom counts.
+        num_atoms: ``(B,)`` primitive-cell atom counts (``template.primitive_atoms``).
         orbit: ``(N,)`` global orbit index of each atom; ``rep``: ``(O,)`` atom index of each orbit's representative.
     """
 
@@ -58,7 +66,7 @@ class SymmetryConstraint:
         n = 0
         for t in self.templates:
             for letter in t.letters:
-                g = orbit_geometry(t.space_group, letter)
+                g = orbit_geometry(t.space_group, letter, primitive=True)
                 rots.append(torch.as_tensor(g.rotations))
                 trans.append(torch.as_tensor(g.translations))
                 orbit += [len(rep)] * g.multiplicity
@@ -77,12 +85,14 @@ class SymmetryConstraint:
         self._site_linear = torch.stack(lin).to(**kw)  # (O, 3, 3)
         self._site_offset = torch.stack(off).to(**kw)  # (O, 3)
         self.orbit_sizes = torch.bincount(self.orbit).to(self.dtype)  # (O,)
-        self.num_atoms = torch.tensor([t.num_atoms for t in self.templates], dtype=torch.long)  # (B,)
+        self.num_atoms = torch.tensor([t.primitive_atoms for t in self.templates], dtype=torch.long)  # (B,)
         bases = []
         for t in self.templates:
             basis = torch.as_tensor(lattice_basis(t.crystal_system)).reshape(-1, 9)  # (K, 9)
             bases.append(basis.T @ basis)  # (9, 9) projector on vec(L)
         self._lattice_projectors = torch.stack(bases).to(**kw)  # (B, 9, 9)
+        self._centring = torch.stack([torch.as_tensor(centring_matrix(t.space_group)) for t in self.templates]).to(**kw)
+        self._centred = torch.tensor([t.centring > 1 for t in self.templates], device=self.device)  # (B,)
         self.representatives: torch.Tensor | None = None  # (O, 3), set by init_coords
         grid = torch.tensor([-1.0, 0.0, 1.0])
         self._shifts = torch.cartesian_prod(grid, grid, grid).to(**kw)  # (27, 3) lattice translations
@@ -145,9 +155,22 @@ class SymmetryConstraint:
         return self.expand(r_sample).to(x.dtype), self.expand(r_mean).to(x.dtype)
 
     def lattice(self, lattice: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, 3)`` lattices projected onto each crystal's crystal-system subspace."""
-        flat = lattice.reshape(-1, 9).to(self.dtype)  # (B, 9)
-        return torch.einsum("bij,bj->bi", self._lattice_projectors, flat).reshape(-1, 3, 3).to(lattice.dtype)
+        """``(B, 3, 3)`` primitive lattices whose conventional cells are projected onto each crystal's crystal-system
+        subspace. A primitive lattice's cell is its own conventional one: the linear projection. A centred one
+        (``L_conv = P⁻ᵀ L``, ``P`` the centring matrix) is taken to its conventional cell's symmetric polar form
+        ``(L_conv L_convᵀ)^{1/2}``, projected there, and brought back as the symmetric polar form of ``Pᵀ`` times it:
+        the same cell up to a rotation, which leaves fractional coordinates as they are. Idempotent either way."""
+        x = lattice.to(self.dtype)
+        if bool(self._centred.any()):
+            conv = torch.linalg.solve(self._centring.transpose(1, 2), x)  # P⁻ᵀ L
+            conv = torch.where(self._centred[:, None, None], _sym_sqrt(conv @ conv.transpose(1, 2)), x)
+        else:
+            conv = x
+        flat = torch.einsum("bij,bj->bi", self._lattice_projectors, conv.reshape(-1, 9)).reshape(-1, 3, 3)
+        if bool(self._centred.any()):
+            prim = self._centring.transpose(1, 2) @ flat
+            flat = torch.where(self._centred[:, None, None], _sym_sqrt(prim @ prim.transpose(1, 2)), flat)
+        return flat.to(lattice.dtype)
 
     def pool_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """``(N, C)`` type logits averaged over each orbit."""

@@ -153,6 +153,11 @@ def _group(space_group: int):
     return Group(check_space_group(space_group))
 
 
+def space_group_symbol(space_group: int) -> str:
+    """The Hermann–Mauguin symbol of the group, e.g. ``"Fm-3m"`` for 225 (pyxtal's table)."""
+    return str(_group(space_group).symbol)
+
+
 @functools.lru_cache(maxsize=None)
 def wyckoff_letters(space_group: int) -> dict[str, int]:
     """``{letter: multiplicity}`` of every Wyckoff position of the group (conventional cell)."""
@@ -168,10 +173,53 @@ def general_operations(space_group: int) -> tuple[np.ndarray, np.ndarray]:
     return affine[:, :3, :3].copy(), affine[:, :3, 3].copy()
 
 
+#: Primitive cell vectors (columns) in conventional fractional coordinates, per lattice centring (International
+#: Tables; R groups in the obverse setting of their hexagonal axes). ``x_conv = P x_prim``, ``L_prim = Pᵀ L_conv``.
+_CENTRING_VECTORS = {
+    "P": ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
+    "A": ((1, 0, 0), (0, 0.5, 0.5), (0, -0.5, 0.5)),
+    "B": ((0.5, 0, 0.5), (0, 1, 0), (-0.5, 0, 0.5)),
+    "C": ((0.5, 0.5, 0), (-0.5, 0.5, 0), (0, 0, 1)),
+    "I": ((-0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.5, 0.5, -0.5)),
+    "F": ((0, 0.5, 0.5), (0.5, 0, 0.5), (0.5, 0.5, 0)),
+    "R": ((2 / 3, 1 / 3, 1 / 3), (-1 / 3, 1 / 3, 1 / 3), (-1 / 3, -2 / 3, 1 / 3)),
+}
+
+
 @functools.lru_cache(maxsize=None)
-def orbit_geometry(space_group: int, letter: str) -> OrbitGeometry:
-    """The :class:`OrbitGeometry` of Wyckoff position ``letter`` of ``space_group``; ``ValueError`` naming both when
-    the group has no such position."""
+def centring_matrix(space_group: int) -> np.ndarray:
+    """``P`` (3, 3): the primitive cell's vectors as columns, in the conventional cell's fractional coordinates
+    (identity for a primitive lattice; ``det P`` = 1 / lattice points per conventional cell)."""
+    return np.array(_CENTRING_VECTORS[space_group_symbol(space_group)[0]], dtype=np.float64).T
+
+
+def centring(space_group: int) -> int:
+    """Lattice points per conventional cell: 1 (P), 2 (A, B, C, I), 3 (R in hexagonal axes), 4 (F)."""
+    return int(round(1.0 / np.linalg.det(centring_matrix(space_group))))
+
+
+@functools.lru_cache(maxsize=None)
+def primitive_operations(space_group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The general position's operations in the primitive cell's fractional coordinates (``P⁻¹ R P``, ``P⁻¹ t``),
+    one per coset of the primitive lattice (the centring translations become lattice vectors and drop out)."""
+    p = centring_matrix(space_group)
+    p_inv = np.linalg.inv(p)
+    rots, trans = general_operations(space_group)
+    rp = np.einsum("ij,njk,kl->nil", p_inv, rots, p)
+    tp = np.einsum("ij,nj->ni", p_inv, trans)
+    keep: list[int] = []
+    for k in range(len(rp)):
+        if not any(np.abs(rp[k] - rp[j]).max() < 1e-9 and np.abs(_wrap_diff(tp[k] - tp[j])).max() < _SAME_SITE
+                   for j in keep):
+            keep.append(k)
+    return np.round(rp[keep], 12), tp[keep]
+
+
+@functools.lru_cache(maxsize=None)
+def orbit_geometry(space_group: int, letter: str, primitive: bool = False) -> OrbitGeometry:
+    """The :class:`OrbitGeometry` of Wyckoff position ``letter`` of ``space_group``, in the conventional cell, or
+    with ``primitive`` in the primitive cell (``multiplicity`` / lattice points members, every map in the primitive
+    cell's fractional coordinates); ``ValueError`` naming both when the group has no such position."""
     sg = check_space_group(space_group)
     letters = wyckoff_letters(sg)
     if letter not in letters:
@@ -180,7 +228,13 @@ def orbit_geometry(space_group: int, letter: str) -> OrbitGeometry:
     wp = next(w for w in g.Wyckoff_positions if w.letter == letter)
     site = np.asarray(wp.ops[0].affine_matrix)
     a, b = site[:3, :3].copy(), site[:3, 3].copy()
-    rots, trans = general_operations(sg)
+    expected = int(wp.multiplicity)
+    if primitive:
+        p_inv = np.linalg.inv(centring_matrix(sg))
+        a, b, expected = p_inv @ a, p_inv @ b, expected // centring(sg)
+        rots, trans = primitive_operations(sg)
+    else:
+        rots, trans = general_operations(sg)
     # a generic point of the site (irrational parameters: no accidental extra symmetry)
     r = np.mod(a @ np.array([0.1234567, 0.3456789, 0.5678912]) + b, 1.0)
     images = np.mod(np.einsum("nij,j->ni", rots, r) + trans, 1.0)  # (n, 3)
@@ -192,12 +246,12 @@ def orbit_geometry(space_group: int, letter: str) -> OrbitGeometry:
         if not any(np.abs(_wrap_diff(x - images[j])).max() < _SAME_SITE for j in keep):
             keep.append(k)
     # member 0 must be r itself: the identity is the general position's first operation
-    if len(keep) != wp.multiplicity or keep[0] not in fixes:
-        raise RuntimeError(f"space group {sg} position {letter}: built {len(keep)} members, expected {wp.multiplicity}")
+    if len(keep) != expected or keep[0] not in fixes:
+        raise RuntimeError(f"space group {sg} position {letter}: built {len(keep)} members, expected {expected}")
     projector = rots[fixes].mean(axis=0)  # (3, 3)
     projector[np.abs(projector) < 1e-12] = 0.0
     return OrbitGeometry(
-        space_group=sg, letter=letter, multiplicity=int(wp.multiplicity), site_linear=a, site_offset=b,
+        space_group=sg, letter=letter, multiplicity=expected, site_linear=a, site_offset=b,
         rotations=rots[keep].copy(), translations=trans[keep].copy(), site_projector=projector,
         dof=int(round(np.trace(projector))),
     )

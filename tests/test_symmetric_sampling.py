@@ -1,0 +1,160 @@
+"""The symmetric mode from the front door: requests, the pipeline, the CLI, campaigns, and its measurements."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mattergen_lab.campaign.spec import CampaignSpec
+from mattergen_lab.evaluation.symmetry_report import space_group_chi2, symmetry_summary
+from mattergen_lab.sampling.inputs import request_templates
+from mattergen_lab.sampling.pipeline import SamplingPipeline
+from mattergen_lab.sampling.request import SamplingRequest
+from mattergen_lab.symmetry import SymmetrySpec, reference_space_groups
+from mattergen_lab.symmetry.groups import primitive_operations
+
+BASE = "mgl_mp20_small"
+
+
+def _kept(template, structure, tol=1e-3) -> bool:
+    """Every operation of the template's group (primitive-cell coordinates: the sampled cell) maps the crystal onto
+    itself (same species), to ``tol`` Å."""
+    frac = np.asarray(structure.frac_coords)
+    lattice = structure.lattice.matrix
+    types = np.array([site.specie.Z for site in structure])
+    rots, trans = primitive_operations(template.space_group)
+    for r, t in zip(rots, trans):
+        diff = np.mod(frac @ r.T + t, 1.0)[:, None, :] - frac[None, :, :]
+        diff -= np.round(diff)
+        match = (np.linalg.norm(diff @ lattice, axis=-1) < tol) & (types[:, None] == types[None, :])
+        if not match.any(axis=1).all():
+            return False
+    return True
+
+
+def test_a_symmetric_request_samples_every_crystal_exactly_on_its_drawn_template():
+    r = SamplingRequest(checkpoint=BASE, num_samples=6, batch_size=3, num_steps=6, seed=3, symmetry="mp20")
+    structures = SamplingPipeline.for_request(r)(r)
+    templates = request_templates(r)
+    assert len(templates) == 6 and len({str(t) for t in templates}) > 1  # drawn per crystal
+    for t, s in zip(templates, structures):
+        assert len(s) == t.primitive_atoms
+        assert _kept(t, s), (str(t), s.composition.formula)
+    again = SamplingPipeline.for_request(r)(r)  # the same seed: the same templates and crystals
+    assert [s.composition for s in again] == [s.composition for s in structures]
+    assert np.allclose(again[0].frac_coords, structures[0].frac_coords, atol=1e-6)
+
+
+def test_a_space_group_with_fixed_atom_counts_and_a_crystal_system():
+    r = SamplingRequest(checkpoint=BASE, num_samples=3, batch_size=3, num_steps=4, seed=1, symmetry=225, num_atoms=2)
+    templates = request_templates(r)
+    assert {t.space_group for t in templates} == {225} and {t.primitive_atoms for t in templates} == {2}
+    for t, s in zip(templates, SamplingPipeline.for_request(r)(r)):
+        assert _kept(t, s)  # the F cell's primitive rhombohedron: a = b = c, 60°
+        assert np.allclose(s.lattice.abc, s.lattice.a, rtol=1e-5) and np.allclose(s.lattice.angles, 60, atol=1e-3)
+    hexagonal = request_templates(SamplingRequest(checkpoint=BASE, num_samples=20, symmetry="hexagonal"))
+    assert all(168 <= t.space_group <= 194 for t in hexagonal)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"symmetry": 231}, "231"),
+    ({"symmetry": "cubicc"}, "cubicc"),
+    ({"symmetry": 225, "num_atoms": 5}, "num_atoms=5"),
+    ({"symmetry": "mp20", "num_atoms": 201}, "201"),
+    ({"symmetry": "225:ab", "num_samples": 2, "batch_size": 2, "composition": "Li2O"}, "composition='Li2O'"),
+])
+def test_impossible_symmetric_requests_are_refused_naming_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingRequest(checkpoint=BASE, **kwargs)
+
+
+def test_the_constraint_start_must_be_a_diffusion_time():
+    with pytest.raises(ValueError, match=r"start=0.0 .*\(0, 1\]"):
+        SymmetrySpec(source="mp20", start=0.0)
+    assert SymmetrySpec(source="mp20", start=1).to_dict() == {"max_atoms": 20, "start": 1.0, "source": "mp20"}
+
+
+def test_the_cli_samples_a_space_group_and_records_it(tmp_path):
+    from mattergen_lab.cli import main
+
+    out = tmp_path / "o"
+    assert main(["sample", "--checkpoint", BASE, "--num-samples", "2", "--batch-size", "2", "--steps", "3",
+                 "--space-group", "194", "--out", str(out)]) == 0
+    record = json.loads((out / "sampling.json").read_text())
+    assert record["symmetry"] == {"max_atoms": 20, "start": 0.4, "space_group": 194}
+    with pytest.raises(SystemExit):  # one symmetry flag at a time
+        main(["sample", "--checkpoint", BASE, "--space-group", "194", "--crystal-system", "cubic", "--out", str(out)])
+
+
+def test_symmetry_is_a_campaign_grid_axis():
+    spec = CampaignSpec.from_dict({"checkpoint": BASE, "num_samples": 2, "batch_size": 2, "evaluate": False,
+                                   "guidance_scale": [0, 1], "symmetry": [None, "mp20", 225]})
+    arms = spec.arms()
+    assert len(arms) == 6 and [a.symmetry for a in arms[:3]] == [None, "mp20", 225]
+    assert "symmetry=225" in arms[2].label and "symmetry" not in arms[0].label
+    assert spec.request(arms[2]).symmetry.space_group == 225 and spec.request(arms[0]).symmetry is None
+    assert "symmetry" not in CampaignSpec(checkpoint=BASE).to_dict()  # older folders keep their fingerprint
+    with pytest.raises(ValueError, match=r"symmetry=\[\]"):
+        CampaignSpec.from_dict({"checkpoint": BASE, "symmetry": []})
+    with pytest.raises(ValueError, match="arm a1.*231"):
+        CampaignSpec.from_dict({"checkpoint": BASE, "symmetry": [None, 231]})
+
+
+def test_space_group_chi2_on_the_field_scale():
+    ref = reference_space_groups()
+    assert sum(ref.values()) == 9046  # the MP-20 test split
+    groups = [g for g, c in ref.items() for _ in range(c)]
+    assert space_group_chi2(groups, ref) < 1e-3  # the reference against itself: only the empty "other" bin
+    rng = np.random.default_rng(0)
+    drawn = list(rng.choice(groups, 1000))
+    assert 0.05 < space_group_chi2(drawn, ref) < 0.4  # 1,000 draws of MP-20 (the field's train row: 0.14)
+    p1 = drawn[:750] + [1] * 250  # MatterGen's P1 excess (its χ² 5.1)
+    assert 3.0 < space_group_chi2(p1, ref) < 4.5
+    assert space_group_chi2(drawn, ref, by="system") < space_group_chi2(drawn, ref)
+
+
+def test_symmetry_summary_counts_p1_kept_groups_and_splits():
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+
+    rocksalt = Structure.from_spacegroup(225, Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    p1 = Structure(Lattice([[4.1, 0.3, 0.2], [0.1, 5.3, 0.4], [0.2, 0.3, 6.2]]), ["Li", "Fe", "O", "P", "S"],
+                   [[0, 0, 0], [0.21, 0.33, 0.11], [0.52, 0.13, 0.71], [0.77, 0.61, 0.37], [0.31, 0.83, 0.56]])
+    table = pd.DataFrame({
+        "id": ["a0-0", "a0-1"], "space_group": [225, 1], "chemical_system": ["Cl-Na", "Fe-Li-O-P-S"],
+        "stable": [True, False], "novel_unique_stable": [True, False], "rmsd_from_relaxation": [0.01, 0.7],
+        "novel_system": [False, True]})
+    out = symmetry_summary(table, [rocksalt, p1], reference_space_groups(), requested=[225, 225])
+    assert out["p1_before_pct"] == 50.0 and out["p1_after_pct"] == 50.0
+    assert out["kept_after_pct"] == 50.0 and out["symmetric_sun_pct"] == 50.0
+    assert out["five_plus_elements_pct"] == 50.0
+    assert out["by_elements"]["1-3"] == {"n": 1, "stable_pct": 100.0, "sun_pct": 100.0, "rmsd_mean": 0.01}
+    assert out["by_mp20_system"]["not covered"]["rmsd_mean"] == 0.7
+
+
+def test_compositions_fit_templates_once_per_lattice_point():
+    from mattergen_lab.symmetry.fit import assign_orbits, fitting_templates
+    from mattergen_lab.symmetry.groups import centring
+
+    assert [centring(g) for g in (1, 12, 44, 139, 166, 225)] == [1, 2, 2, 2, 3, 4]
+    got = assign_orbits([4, 4, 8], {11: 8, 17: 8})
+    assert {z: sum(m for m, e in zip([4, 4, 8], got) if e == z) for z in (11, 17)} == {11: 8, 17: 8}
+    assert assign_orbits([4, 8], {11: 6, 17: 6}) is None  # 6 = no sum of 4 and 8
+    nacl = ((11, 1), (17, 1))
+    assert [str(t) for t in fitting_templates(SymmetrySpec.parse(225), nacl)[0]] == ["225:ab"]  # 4 lattice points
+    cubic = {str(t) for t in fitting_templates(SymmetrySpec.parse("cubic"), nacl)[0]}
+    assert {"221:ab", "225:ab"} <= cubic and all(t.split(":")[0] in {"221", "225", "216"} for t in cubic)
+
+
+def test_symmetric_csp_keeps_the_composition_in_the_primitive_cell_and_the_template():
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    r = SamplingRequest(checkpoint="mgl_mp20_small_csp", num_samples=4, batch_size=4, num_steps=8, seed=2,
+                        composition="SrTiO3", symmetry="mp20")
+    templates = request_templates(r)
+    for t, s in zip(templates, SamplingPipeline.for_request(r)(r)):
+        assert _kept(t, s), str(t)
+        assert s.composition.reduced_formula == "SrTiO3" and len(s) == t.primitive_atoms == 5  # the primitive cell
+        assert len(SpacegroupAnalyzer(s, symprec=1e-3).find_primitive()) == 5
+    with pytest.raises(ValueError, match=r"composition='Li2MnO3' \(6 atoms\) fits no Wyckoff template of symmetry='221'"):
+        SamplingRequest(checkpoint="mgl_mp20_small_csp", composition="Li2MnO3", symmetry=221)
