@@ -36,7 +36,7 @@ def main() -> None:
 
     pipe = SamplingPipeline.from_checkpoint(args.checkpoint, num_steps=args.steps)
     templates = SymmetrySpec(source="mp20").draw(args.batch_size, torch.Generator().manual_seed(args.seed))
-    counts = [t.num_atoms for t in templates]
+    counts = [t.primitive_atoms for t in templates]  # the sampled (primitive) cells
 
     def run(symmetric: bool) -> float:
         generator = torch.Generator().manual_seed(args.seed)

@@ -68,6 +68,17 @@ def test_impossible_symmetric_requests_are_refused_naming_the_value(kwargs, mess
         SamplingRequest(checkpoint=BASE, **kwargs)
 
 
+def test_iter_steps_refuses_counts_that_are_not_the_templates_primitive_cells():
+    import torch
+
+    from mattergen_lab.symmetry import SymmetryConstraint
+
+    pipe = SamplingPipeline.from_checkpoint(BASE, num_steps=2)
+    c = SymmetryConstraint(["225:ab"])  # rock salt: 2 atoms in the primitive cell, 8 in the conventional one
+    with pytest.raises(ValueError, match=r"num_atoms=\[8\] but the templates \['225:ab'\] hold \[2\] atoms"):
+        pipe.sampler.iter_steps([8], generator=torch.Generator().manual_seed(0), symmetry=c)
+
+
 def test_the_constraint_start_must_be_a_diffusion_time():
     with pytest.raises(ValueError, match=r"start=0.0 .*\(0, 1\]"):
         SymmetrySpec(source="mp20", start=0.0)

@@ -218,7 +218,7 @@ class PredictorCorrectorSampler:
             constraint = symmetry if isinstance(symmetry, SymmetryConstraint) else SymmetryConstraint(
                 symmetry, device=device, start=symmetry_start)
             if constraint.num_atoms.tolist() != num_atoms.tolist():
-                raise ValueError(f"num_atoms={num_atoms.tolist()} but the templates {[str(t) for t in symmetry]} hold "
+                raise ValueError(f"num_atoms={num_atoms.tolist()} but the templates {[str(t) for t in constraint.templates]} hold "
                                  f"{constraint.num_atoms.tolist()} atoms")
             if fixed is not None and not torch.equal(constraint.share_types(fixed), fixed):
                 raise ValueError("atom_types must give every atom of a Wyckoff orbit the same element")
