@@ -150,3 +150,13 @@ def test_steps_and_seeds_are_bounded_not_reduced(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingRequest(**kwargs)
     assert SamplingRequest(seed=2**63 - 1, num_steps=10_000).seed == 2**63 - 1
+
+
+def test_conditions_that_are_not_a_mapping_are_named():
+    """issue 26 leftover: sample(conditions=[...]) failed with a dict error instead of naming the value."""
+    from mattergen_lab import sample
+
+    with pytest.raises(ValueError, match=r"conditions=\['dft_band_gap'\] must be a mapping"):
+        sample("mgl_mp20_small", 1, num_steps=1, conditions=["dft_band_gap"])
+    with pytest.raises(ValueError, match="conditions='hhi_score=3' must be a mapping"):
+        SamplingRequest(checkpoint="mgl_mp20_small", conditions="hhi_score=3")

@@ -39,7 +39,7 @@ def _request(checkpoint: str | os.PathLike, num_samples: int, *, batch_size: int
              sampler_settings: Mapping[str, Any] | None, symmetry: Any = None) -> SamplingRequest:
     return SamplingRequest(
         checkpoint=str(checkpoint), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps,
-        conditions=dict(conditions or {}), guidance_scale=guidance_scale, elements=elements, num_atoms=num_atoms,
+        conditions=conditions if conditions is not None else {}, guidance_scale=guidance_scale, elements=elements, num_atoms=num_atoms,
         seed=seed, device=str(device), composition=composition, formula_units=formula_units,
         sampler=dict(sampler_settings or {}), symmetry=symmetry,
     )
@@ -146,7 +146,7 @@ def vary(
     """
     request = SamplingRequest(
         checkpoint=str(checkpoint), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps, seed=seed,
-        conditions=dict(conditions or {}), guidance_scale=guidance_scale, elements=elements, device=str(device),
+        conditions=conditions if conditions is not None else {}, guidance_scale=guidance_scale, elements=elements, device=str(device),
         sampler=dict(sampler_settings or {}), parent=parent, strength=strength, fix_sites=fix_sites,
         substitute=substitute,
     )

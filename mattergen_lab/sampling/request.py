@@ -185,6 +185,9 @@ class SamplingRequest:
         object.__setattr__(self, "guidance_scale", check_guidance_scale(self.guidance_scale))
         if not isinstance(self.use_element_mask, bool):
             raise ValueError(f"use_element_mask={self.use_element_mask!r} must be True or False")
+        if self.conditions is not None and not isinstance(self.conditions, Mapping):  # a list was a dict error
+            raise ValueError(f"conditions={self.conditions!r:.120} must be a mapping of property to target value, "
+                             "e.g. {'dft_band_gap': 2.0}")
         conditions = dict(self.conditions or {})
         if "chemical_system" in conditions:
             system = ChemicalSystem.parse(conditions["chemical_system"]).require_generatable()
