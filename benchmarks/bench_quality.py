@@ -165,7 +165,7 @@ def run_benchmark(args: argparse.Namespace, out: Path) -> tuple[Any, list[Any], 
         raise SystemExit(f"{len(result.failures)} task(s) failed: {result.failures}; rerun to retry them")
     folder = CampaignFolder(out / "campaign")
     manifest = folder.manifest().values()
-    task_s = {kind: round(sum(r.get("seconds", 0.0) for r in manifest if r["task"].startswith(kind)), 1)
+    task_s = {kind: round(sum(r.get("seconds", 0.0) for r in manifest if r["task"].startswith(kind)), 3)
               for kind in ("sample", "evaluate")}
     table = result.table
     protocol = {**json.loads((out / "campaign" / "evaluation" / "evaluate_a0_c0_b0.json").read_text())["protocol"],
