@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mattergen_lab.limits import MAX_NEIGHBORS  # a cap that does not bind on these small cells
 from mattergen_lab.model.gemnet import OFFICIAL_UNUSED_KEY_PATTERNS, GemNetConfig
 from mattergen_lab.model.graph import build_graph
 from mattergen_lab.model.score_model import PRESETS, ScoreModel, preset_config
@@ -42,7 +43,7 @@ def test_equivariance_float64(preset):
     gen = torch.Generator().manual_seed(3)
     batch = random_crystal_batch((2, 4, 7), generator=gen)
     # A cap that does not bind keeps the graph continuous (see mattergen_lab.testing).
-    model = ScoreModel.from_preset(preset, max_neighbors=1000).double()
+    model = ScoreModel.from_preset(preset, max_neighbors=MAX_NEIGHBORS).double()
     ran = assert_score_equivariant(model, batch, rtol=1e-6, generator=gen)
     assert ran == ["rotation", "permutation", "translation", "supercell"]
 
@@ -50,9 +51,9 @@ def test_equivariance_float64(preset):
 def test_basis_change_is_detected_for_official_cosine_features():
     gen = torch.Generator().manual_seed(4)
     batch = random_crystal_batch((3, 5), generator=gen)
-    invariant = ScoreModel.from_preset("tiny", max_neighbors=1000, lattice_cosine_features=False).double()
+    invariant = ScoreModel.from_preset("tiny", max_neighbors=MAX_NEIGHBORS, lattice_cosine_features=False).double()
     assert "basis" in assert_score_equivariant(invariant, batch, generator=gen)
-    official_style = ScoreModel.from_preset("tiny", max_neighbors=1000).double()
+    official_style = ScoreModel.from_preset("tiny", max_neighbors=MAX_NEIGHBORS).double()
     with pytest.raises(AssertionError, match="basis"):
         assert_score_equivariant(official_style, batch, checks=["basis"], generator=gen)
 
@@ -60,7 +61,7 @@ def test_basis_change_is_detected_for_official_cosine_features():
 def test_broken_model_fails_the_rotation_check():
     gen = torch.Generator().manual_seed(5)
     batch = random_crystal_batch((3, 4), generator=gen)
-    model = ScoreModel.from_preset("tiny", max_neighbors=1000).double()
+    model = ScoreModel.from_preset("tiny", max_neighbors=MAX_NEIGHBORS).double()
 
     def broken(b, t):  # a lattice score that ignores rotations
         out = model(b, t)
