@@ -140,3 +140,12 @@ def test_sampling_with_the_fast_path_gives_the_reference_paths_crystals():
     assert len(runs[0]) == 14
     for fast, slow in zip(*runs):
         assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
+def test_the_lattice_heads_shared_per_graph_terms_are_what_each_head_computed():
+    batch = _batch(seed=2)
+    g = graph_mod.build_graph(batch.frac_coords, batch.lattice, batch.num_atoms, cutoff=6.0, max_neighbors=16,
+                              max_images=5)
+    assert torch.equal(g.edge_outer, g.vec.unsqueeze(-1) * g.vec.unsqueeze(-2))
+    assert torch.equal(g.edges_of_crystal, g.edge_counts.to(g.vec.dtype)[g.edge_batch])
+    assert g.edge_outer is g.edge_outer  # made once per graph

@@ -263,10 +263,12 @@ class LatticeOutputBlock(nn.Module):
 
     def forward(self, m: torch.Tensor, rbf: torch.Tensor, g: Graph, num_crystals: int) -> torch.Tensor:
         c = self.out_forces(_mul(self.mlp(m), self.dense_rbf_F(rbf))).squeeze(-1)  # (E,)
-        counts = g.edge_counts if g.edge_counts is not None else torch.bincount(g.edge_batch, minlength=num_crystals)
-        edges_per_crystal = counts.to(c.dtype)  # (B,), counted once per graph
-        c = c / take(edges_per_crystal, g.edge_batch)
-        outer = g.vec.unsqueeze(-1) * g.vec.unsqueeze(-2)  # (E, 3, 3) û ûᵀ
+        if c.dtype == g.vec.dtype:  # the counts and û ûᵀ are made once per graph for the five heads
+            c, outer = c / g.edges_of_crystal, g.edge_outer  # (E,), (E, 3, 3)
+        else:
+            counts = g.edge_counts if g.edge_counts is not None else torch.bincount(g.edge_batch, minlength=num_crystals)
+            c = c / take(counts.to(c.dtype), g.edge_batch)
+            outer = g.vec.unsqueeze(-1) * g.vec.unsqueeze(-2)  # (E, 3, 3) û ûᵀ
         out = c.new_zeros(num_crystals, 3, 3)
         return out.index_add_(0, g.edge_batch, c[:, None, None] * outer)  # (B, 3, 3)
 

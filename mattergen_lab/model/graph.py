@@ -66,6 +66,17 @@ class Graph:
     def num_edges(self) -> int:
         return int(self.src.shape[0])
 
+    @functools.cached_property
+    def edge_outer(self) -> torch.Tensor:
+        """``(E, 3, 3)`` û ûᵀ of every edge (``vec`` with itself), made once for GemNet's five lattice heads."""
+        return self.vec.unsqueeze(-1) * self.vec.unsqueeze(-2)
+
+    @functools.cached_property
+    def edges_of_crystal(self) -> torch.Tensor:
+        """``(E,)`` the edge count of each edge's crystal, in ``vec``'s dtype (the lattice heads divide by it)."""
+        counts = self.edge_counts if self.edge_counts is not None else torch.bincount(self.edge_batch)
+        return take(counts.to(self.vec.dtype), self.edge_batch)
+
 
 def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[index]`` for a 1-D long ``index``: the same rows, copied by ``index_select`` (4-5x faster on the CPU than
