@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: top-level module or package -> layer (as in the package docstring and docs/architecture.md)
 LAYERS = {
-    "constants": 0, "config": 0, "fileio": 0, "caches": 0, "limits": 0, "console": 0,
+    "constants": 0, "config": 0, "fileio": 0, "caches": 0, "limits": 0, "console": 0, "threads": 0,
     "crystal": 1, "chemistry": 1, "structure_io": 1,
     "noise": 2, "data": 2, "forcefields": 2,
     "model": 3, "symmetry": 3,

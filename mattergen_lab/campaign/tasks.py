@@ -66,13 +66,12 @@ def sample_task(spec: dict[str, Any], arm_index: int, chunk: int, device: str = 
     The crystals are exactly those that ``mattergen-lab sample`` with the arm's request (seed ``seed + arm``)
     writes at the same indices.
     """
-    import torch
-
     from mattergen_lab.sampling.pipeline import SamplingPipeline
+    from mattergen_lab.threads import set_threads
 
     start = time.perf_counter()
     cs = CampaignSpec.from_dict(spec)
-    torch.set_num_threads(cs.threads)
+    set_threads(cs.threads)  # the spec's choice: sampling keeps it (mattergen_lab.threads)
     arm = cs.arms()[arm_index]
     request = cs.request(arm, device=device)
     indices = [c[1] for c in request.chunks()][chunk]
@@ -99,17 +98,17 @@ def evaluate_task(spec: dict[str, Any], key: str, ids: list[str], structures: li
     A structure whose elements have no reference entry is scored without energies (its ``error`` says why)
     instead of stopping the campaign.
     """
-    import torch
     from pymatgen.core import Structure
 
     from mattergen_lab.evaluation.evaluate import evaluate_structures
+    from mattergen_lab.threads import set_threads
 
     start = time.perf_counter()
     cs = CampaignSpec.from_dict(spec)
     ev = cs.evaluate
     if ev is None:
         raise ValueError("this campaign does not evaluate (evaluate: false)")
-    torch.set_num_threads(cs.threads)
+    set_threads(cs.threads)  # the spec's choice: sampling keeps it (mattergen_lab.threads)
     relaxer = _relaxer(ev.relaxer, device, float(ev.fmax), int(ev.max_steps), float(ev.max_seconds))
     result = evaluate_structures(
         [Structure.from_dict(d) for d in structures], ids=ids, relaxer=relaxer, reference=ev.reference,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mattergen_lab.limits import ARCHITECTURE_BOUNDS, MAX_CUTOFF, check_at_most
-from mattergen_lab.model.graph import Graph, build_graph
+from mattergen_lab.model.graph import Graph, build_graph, pad_rows, take
 from mattergen_lab.model.layers import (
     CircularBasisLayer,
     Dense,
@@ -32,9 +32,10 @@ from mattergen_lab.model.layers import (
     RadialBasis,
     ResidualLayer,
     ScaleFactor,
+    fresh,
+    legendre_sph,
 )
-
-INV_SQRT2 = 1 / math.sqrt(2.0)
+from mattergen_lab.model.layers import INV_SQRT2  # noqa: F401 (importable from here as before)
 
 #: Official state-dict keys (after the ``diffusion_module.model.`` prefix) that have no counterpart here:
 #: the unused energy branch of each output block. The checkpoint loader skips exactly these.
@@ -51,6 +52,16 @@ _OUT_RBF_F = (16.161039352416992, 13.54678726196289, 12.754337310791016, 13.4849
 
 def _initial(values: tuple[float, ...], i: int) -> float:
     return values[i] if i < len(values) else 1.0
+
+
+def _mul(new: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``new * other``, in place into ``new`` (a tensor the caller just made) when no gradient needs it."""
+    return new.mul_(other) if fresh(new) else new * other
+
+
+def _mean2(new: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``(new + other) / sqrt(2)``, in place into ``new`` (a tensor the caller just made) when no gradient needs it."""
+    return new.add_(other).mul_(INV_SQRT2) if fresh(new) else (new + other) * INV_SQRT2
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,7 @@ class EdgeEmbedding(nn.Module):
         self.dense = Dense(2 * atom_features + edge_features, out_features, activation=True)
 
     def forward(self, h: torch.Tensor, m: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        return self.dense(torch.cat([h[src], h[dst], m], dim=-1))  # (E, out)
+        return self.dense(torch.cat([take(h, src), take(h, dst), m], dim=-1))  # (E, out)
 
 
 class AtomEmbedding(nn.Module):
@@ -158,7 +169,7 @@ class AtomUpdateBlock(nn.Module):
         )
 
     def forward(self, h: torch.Tensor, m: torch.Tensor, rbf: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        x = m * self.dense_rbf(rbf)  # (E, D)
+        x = _mul(self.dense_rbf(rbf), m)  # (E, D)
         x = h.new_zeros(h.shape[0], x.shape[1]).index_add_(0, dst, x)  # (N, D)
         return self.layers(self.scale_sum(x))
 
@@ -181,12 +192,16 @@ class TripletInteraction(nn.Module):
     def forward(
         self, m: torch.Tensor, rbf3: torch.Tensor, cbf3: tuple[torch.Tensor, torch.Tensor], g: Graph
     ) -> torch.Tensor:
-        x_ba = self.scale_rbf(self.dense_ba(m) * self.mlp_rbf(rbf3))  # (E, D)
-        x_ba = self.down_projection(x_ba)[g.id3_ba]  # (T, trip)
-        x = self.scale_cbf_sum(self.mlp_cbf(cbf3, x_ba, g.id3_ca, g.id3_ragged_idx))  # (E, bil)
+        x_ba = self.scale_rbf(_mul(self.dense_ba(m), self.mlp_rbf(rbf3)))  # (E, D)
+        x_ba = self.down_projection(x_ba)  # (E, trip)
+        if g.ba_slots is not None and g.kmax:  # one gather into the padded (E, Kmax, trip) layout
+            x = self.mlp_cbf.contract(cbf3, pad_rows(x_ba, g.ba_slots, g.kmax))
+        else:
+            x = self.mlp_cbf(cbf3, x_ba[g.id3_ba], g.id3_ca, g.id3_ragged_idx)  # x_ba[id3_ba]: (T, trip)
+        x = self.scale_cbf_sum(x)  # (E, bil)
         x_ca = self.up_projection_ca(x)
-        x_ac = self.up_projection_ac(x)[g.id_swap]  # message of the reverse edge
-        return (x_ca + x_ac) * INV_SQRT2
+        x_ac = take(self.up_projection_ac(x), g.id_swap)  # message of the reverse edge
+        return _mean2(x_ca, x_ac)
 
 
 class InteractionBlock(nn.Module):
@@ -212,12 +227,12 @@ class InteractionBlock(nn.Module):
         rbf_h: torch.Tensor,
         g: Graph,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (self.dense_ca(m) + self.trip_interaction(m, rbf3, cbf3, g)) * INV_SQRT2
+        x = _mean2(self.dense_ca(m), self.trip_interaction(m, rbf3, cbf3, g))
         x = self.layers_before_skip(x)
-        m = self.layers_after_skip((m + x) * INV_SQRT2)
-        h = (h + self.atom_update(h, m, rbf_h, g.dst)) * INV_SQRT2
+        m = self.layers_after_skip(_mean2(x, m))
+        h = _mean2(self.atom_update(h, m, rbf_h, g.dst), h)
         m2 = self.residual_m(self.concat_layer(h, m, g.src, g.dst))
-        return h, (m + m2) * INV_SQRT2
+        return h, _mean2(m2, m)
 
 
 class OutputBlock(nn.Module):
@@ -232,7 +247,7 @@ class OutputBlock(nn.Module):
         self.dense_rbf_F = Dense(cfg.emb_size_rbf, e)
 
     def forward(self, m: torch.Tensor, rbf: torch.Tensor) -> torch.Tensor:
-        x = self.scale_rbf_F(self.seq_forces(m) * self.dense_rbf_F(rbf))  # (E, D)
+        x = self.scale_rbf_F(_mul(self.seq_forces(m), self.dense_rbf_F(rbf)))  # (E, D)
         return self.out_forces(x).squeeze(-1)  # (E,)
 
 
@@ -247,11 +262,13 @@ class LatticeOutputBlock(nn.Module):
         self.out_forces = Dense(e, 1)
 
     def forward(self, m: torch.Tensor, rbf: torch.Tensor, g: Graph, num_crystals: int) -> torch.Tensor:
-        c = self.out_forces(self.mlp(m) * self.dense_rbf_F(rbf)).squeeze(-1)  # (E,)
-        counts = g.edge_counts if g.edge_counts is not None else torch.bincount(g.edge_batch, minlength=num_crystals)
-        edges_per_crystal = counts.to(c.dtype)  # (B,), counted once per graph
-        c = c / edges_per_crystal[g.edge_batch]
-        outer = g.vec.unsqueeze(-1) * g.vec.unsqueeze(-2)  # (E, 3, 3) û ûᵀ
+        c = self.out_forces(_mul(self.mlp(m), self.dense_rbf_F(rbf))).squeeze(-1)  # (E,)
+        if c.dtype == g.vec.dtype:  # the counts and û ûᵀ are made once per graph for the five heads
+            c, outer = c / g.edges_of_crystal, g.edge_outer  # (E,), (E, 3, 3)
+        else:
+            counts = g.edge_counts if g.edge_counts is not None else torch.bincount(g.edge_batch, minlength=num_crystals)
+            c = c / take(counts.to(c.dtype), g.edge_batch)
+            outer = g.vec.unsqueeze(-1) * g.vec.unsqueeze(-2)  # (E, 3, 3) û ûᵀ
         out = c.new_zeros(num_crystals, 3, 3)
         return out.index_add_(0, g.edge_batch, c[:, None, None] * outer)  # (B, 3, 3)
 
@@ -335,20 +352,23 @@ class GemNetT(nn.Module):
             max_neighbors=cfg.max_neighbors,
             max_images=cfg.max_cell_images_per_dim,
         )
-        cos_cab = (g.vec[g.id3_ca] * g.vec[g.id3_ba]).sum(-1).clamp(-1.0, 1.0)  # (T,)
+        cos_cab = (take(g.vec, g.id3_ca) * take(g.vec, g.id3_ba)).sum(-1).clamp(-1.0, 1.0)  # (T,)
         rbf = self.radial_basis(g.dist)  # (E, R)
-        rad_cbf3, sph3 = self.cbf_basis3(g.dist, cos_cab)
-        cbf3 = self.mlp_cbf3(rad_cbf3, sph3, g.id3_ca, g.id3_ragged_idx)
+        if self.radial_basis.same_as(self.cbf_basis3.radial_basis):  # the same basis of the same distances
+            rad_cbf3, sph3 = rbf, legendre_sph(cos_cab, self.cbf_basis3.num_spherical)
+        else:
+            rad_cbf3, sph3 = self.cbf_basis3(g.dist, cos_cab)
+        cbf3 = self.mlp_cbf3(rad_cbf3, sph3, g.id3_ca, g.id3_ragged_idx, kmax=g.kmax, trip_slots=g.trip_slots)
         rbf3 = self.mlp_rbf3(rbf)
         rbf_h = self.mlp_rbf_h(rbf)
         rbf_out = self.mlp_rbf_out(rbf)
         rbf_lat = self.mlp_rbf_lattice(rbf)
 
         h = self.atom_emb(atom_types)  # (N, A)
-        h = self.atom_latent_emb(torch.cat([h, z[batch]], dim=-1))  # (N, A)
+        h = self.atom_latent_emb(torch.cat([h, take(z, batch)], dim=-1))  # (N, A)
         m = self.edge_emb(h, rbf, g.src, g.dst)  # (E, D)
         if cfg.lattice_cosine_features:
-            lat_rows = lattice[g.edge_batch]  # (E, 3, 3)
+            lat_rows = take(lattice, g.edge_batch)  # (E, 3, 3)
             cosines = torch.cosine_similarity(g.vec.unsqueeze(1), lat_rows, dim=-1)  # (E, 3)
             m = self.angle_edge_emb(torch.cat([m, cosines], dim=-1))
 

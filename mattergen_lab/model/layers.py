@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from mattergen_lab.model.graph import pad_rows
+
 
 def he_orthogonal_(weight: torch.Tensor) -> torch.Tensor:
     """Orthogonal init, standardised, then scaled by ``1/sqrt(fan_in)``.
@@ -24,11 +26,25 @@ def he_orthogonal_(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+#: ScaledSiLU's factor and the residual layers' ``1/sqrt(2)``, as the float each multiplication uses.
+SILU_SCALE = 1.0 / 0.6
+INV_SQRT2 = 1 / math.sqrt(2.0)
+
+
+def fresh(x: torch.Tensor) -> bool:
+    """Whether an op may overwrite ``x``, a tensor its caller has just made: true when gradients are off. Then
+    (sampling, scale fitting) the hot layers update their own fresh outputs in place (``silu_``, ``mul_``, ``add_``),
+    which gives the same bits as the out-of-place ops (the same elementwise kernels; ``a + b`` and ``a * b`` commute
+    exactly) and saves an allocation and a pass over memory each. With gradients on they stay out of place, even for
+    frozen layers: an in-place product would overwrite what autograd saved for the other factor's gradient."""
+    return not torch.is_grad_enabled()
+
+
 class ScaledSiLU(nn.Module):
     """``silu(x) / 0.6`` ("swish" in GemNet), keeping activations at unit scale."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.silu(x) * (1.0 / 0.6)
+        return torch.nn.functional.silu(x) * SILU_SCALE
 
 
 class Dense(nn.Module):
@@ -39,9 +55,16 @@ class Dense(nn.Module):
         self.linear = nn.Linear(in_features, out_features, bias=False)
         he_orthogonal_(self.linear.weight)
         self.act = ScaledSiLU() if activation else nn.Identity()
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.linear(x))
+        # F.linear directly: the same product as self.linear(x), without two module calls per layer
+        y = nn.functional.linear(x, self.linear.weight)
+        if not self.activation:
+            return y
+        if fresh(y):
+            return nn.functional.silu(y, inplace=True).mul_(SILU_SCALE)
+        return self.act(y)
 
 
 class ResidualLayer(nn.Module):
@@ -52,7 +75,11 @@ class ResidualLayer(nn.Module):
         self.dense_mlp = nn.Sequential(Dense(units, units, activation=True), Dense(units, units, activation=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x + self.dense_mlp(x)) * (1 / math.sqrt(2.0))
+        first, second = self.dense_mlp
+        y = second(first(x))
+        if fresh(y):
+            return y.add_(x).mul_(INV_SQRT2)
+        return (x + y) * INV_SQRT2
 
 
 class ScaleFactor(nn.Module):
@@ -118,6 +145,12 @@ class RadialBasis(nn.Module):
         x = d * self.inv_cutoff
         return self.envelope(x).unsqueeze(-1) * self.rbf(x)  # (E, num_radial)
 
+    def same_as(self, other: "RadialBasis") -> bool:
+        """Whether ``other`` computes exactly this basis (same constants and Gaussian centres): GemNet-T's edge and
+        triplet bases are two modules of one configuration, so the forward pass computes the basis once."""
+        return (self.inv_cutoff, self.p, self.rbf.coeff) == (other.inv_cutoff, other.p, other.rbf.coeff) and (
+            torch.equal(self.rbf.offset, other.rbf.offset))
+
 
 def legendre_sph(cos: torch.Tensor, num_spherical: int) -> torch.Tensor:
     """Real spherical harmonics with m = 0: ``Y_l0(z) = sqrt((2l+1)/4π) P_l(z)``, l < num_spherical."""
@@ -149,13 +182,19 @@ class EfficientInteractionDownProjection(nn.Module):
         he_orthogonal_(self.weight)
 
     def forward(
-        self, rbf: torch.Tensor, sph: torch.Tensor, id_ca: torch.Tensor, ragged_idx: torch.Tensor
+        self, rbf: torch.Tensor, sph: torch.Tensor, id_ca: torch.Tensor, ragged_idx: torch.Tensor,
+        *, kmax: int | None = None, trip_slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``kmax``, ``trip_slots``: the graph's padded triplet layout (:class:`~mattergen_lab.model.graph.Graph`),
+        when known: the same ``sph2`` by one gather and no host sync."""
         n_edges = rbf.shape[0]
         rbf_w1 = torch.matmul(rbf, self.weight).permute(1, 2, 0)  # (L, E, C) -> (E, C, L)
-        kmax = int(ragged_idx.max()) + 1 if ragged_idx.numel() else 0
-        sph2 = sph.new_zeros(n_edges, kmax, sph.shape[-1])  # (E, Kmax, L)
-        sph2[id_ca, ragged_idx] = sph
+        if kmax is not None and trip_slots is not None:
+            sph2 = pad_rows(sph, trip_slots, kmax) if kmax else sph.new_zeros(n_edges, 0, sph.shape[-1])
+        else:
+            kmax = int(ragged_idx.max()) + 1 if ragged_idx.numel() else 0
+            sph2 = sph.new_zeros(n_edges, kmax, sph.shape[-1])  # (E, Kmax, L)
+            sph2[id_ca, ragged_idx] = sph
         return rbf_w1, sph2.transpose(1, 2)  # (E, C, L), (E, L, Kmax)
 
 
@@ -179,6 +218,11 @@ class EfficientInteractionBilinear(nn.Module):
         n_edges, kmax = rbf_w1.shape[0], sph.shape[-1]
         m2 = m.new_zeros(n_edges, kmax, self.emb_size)  # (E, Kmax, D)
         m2[id_reduce, ragged_idx] = m
+        return self.contract(basis, m2)
+
+    def contract(self, basis: tuple[torch.Tensor, torch.Tensor], m2: torch.Tensor) -> torch.Tensor:
+        """The contraction of :meth:`forward` from the triplet messages already padded to ``(E, Kmax, D)``."""
+        rbf_w1, sph = basis  # (E, C, L), (E, L, Kmax)
         sum_k = torch.matmul(sph, m2)  # (E, L, D)
         rbf_w1_sum_k = torch.matmul(rbf_w1, sum_k)  # (E, C, D)
         return torch.einsum("ecd,dco->eo", rbf_w1_sum_k, self.weight)  # (E, units_out)

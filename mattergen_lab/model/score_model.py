@@ -15,6 +15,7 @@ from torch import nn
 from mattergen_lab.constants import NUM_CLASSES
 from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.gemnet import GemNetConfig, GemNetT
+from mattergen_lab.model.graph import take
 from mattergen_lab.model.layers import NoiseLevelEncoding
 from mattergen_lab.model.output import ScoreOutput
 from mattergen_lab.model.property_embeddings import PropertyEmbedding
@@ -104,7 +105,7 @@ class ScoreModel(nn.Module):
             cond_keep=keep,
         )
         # Cartesian force f -> fractional output L^{-T} f (rows of L are lattice vectors).
-        inv_t = torch.linalg.inv(lattice).transpose(1, 2)[batch.batch_idx]  # (N, 3, 3)
+        inv_t = take(torch.linalg.inv(lattice).transpose(1, 2), batch.batch_idx)  # (N, 3, 3)
         frac = (inv_t @ out.forces.unsqueeze(-1)).squeeze(-1)  # (N, 3)
         return ScoreOutput(atom_logits=self.fc_atom(out.node_embeddings), frac_coords=frac, lattice=out.stress)
 

@@ -42,6 +42,7 @@ from mattergen_lab.sampling.frames import ChunkFrame, SamplerFrame, sampler_vari
 from mattergen_lab.sampling.request import SamplingRequest, validate_device
 from mattergen_lab.sampling.sampler import PredictorCorrectorSampler
 from mattergen_lab.sampling.writers import SampleDirWriter, sampling_record
+from mattergen_lab.threads import fit_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -207,7 +208,8 @@ class SamplingPipeline:
                  on_batch: Callable[[int], None] | None = None) -> list[Structure]:
         """The crystals of ``request`` as pymatgen structures, in sample order; ``on_batch(n)`` after each chunk."""
         out: list[Structure] = []
-        for item in self.sampler.iter_chunks(self.check(request), progress=progress):
+        checked = self.fit_threads(self.check(request))
+        for item in self.sampler.iter_chunks(checked, progress=progress):
             if item.frame.final:
                 structures = item.frame.batch.to_structures(standard_orientation=True)
                 out += structures
@@ -219,7 +221,7 @@ class SamplingPipeline:
                progress: bool = False) -> Iterator[ChunkFrame]:
         """The frames of every chunk as it denoises (the prior, every ``every``-th step, the final frame; ``every=0``:
         final frames only); chunks whose samples are all in ``skip`` are not run. The request is checked now."""
-        checked = self.check(request)
+        checked = self.fit_threads(self.check(request))
         return self.sampler.iter_chunks(checked, every=every, skip=skip, progress=progress)
 
     def to_dir(self, request: SamplingRequest, out_dir: str | os.PathLike | None = None,
@@ -231,7 +233,7 @@ class SamplingPipeline:
         ``writer``: hand in your own (anything with :class:`SampleWriter`'s members, e.g. a ``SampleDirWriter`` with
         trajectories: ``with SampleDirWriter(out, n, record_every=10, settings=pipe.run_settings(request)) as w``); then
         ``out_dir`` may be left out. A folder that holds crystals of other settings is refused before anything runs."""
-        checked = self.check(request)
+        checked = self.fit_threads(self.check(request))
         if writer is None:
             if out_dir is None:
                 raise ValueError("to_dir needs out_dir (a folder) or writer")
@@ -251,6 +253,14 @@ class SamplingPipeline:
             if item.frame.final and on_batch is not None:
                 on_batch(written)
         return list(writer.paths)[: checked.num_samples]
+
+    def fit_threads(self, checked: SamplingRequest) -> SamplingRequest:
+        """Torch's thread count for this request's chunks, on the CPU and unless the user chose
+        (:func:`~mattergen_lab.threads.fit_threads`; a guided batch runs doubled); returns ``checked``."""
+        if torch.device(self.device).type == "cpu":
+            doubled = self.guidance_scale not in (0.0, 1.0)
+            fit_threads(min(checked.batch_size, checked.num_samples) * (2 if doubled else 1))
+        return checked
 
     def run_settings(self, request: SamplingRequest) -> dict[str, Any]:
         """What ``sampling.json`` records of ``request`` on this pipeline (a folder refuses crystals of others)."""
