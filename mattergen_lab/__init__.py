@@ -14,7 +14,7 @@ Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a modu
     3  model, symmetry                  (GemNet-T score network, adapters, scale fitting; Wyckoff templates, constraint)
     2  noise, data, forcefields         (diffusion processes; datasets; CHGNet/MatterSim calculators)
     1  crystal, chemistry, structure_io (CrystalBatch; ChemicalSystem; input checks, CIF in/out)
-    0  constants, config, fileio, caches, limits, threads
+    0  constants, config, fileio, caches, limits, console, threads
 """
 
 from __future__ import annotations
