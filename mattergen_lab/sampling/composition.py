@@ -84,6 +84,11 @@ class FixedComposition:
         return tuple(z for z, n in self.amounts for _ in range(n * self.formula_units))
 
     @property
+    def cell_amounts(self) -> tuple[tuple[int, int], ...]:
+        """``((Z, atoms in the cell), ...)``: the formula's amounts × formula units."""
+        return tuple((z, n * self.formula_units) for z, n in self.amounts)
+
+    @property
     def cell_formula(self) -> str:
         """The cell's formula, e.g. ``"Li4Mn2O6"`` for Li2MnO3 × 2."""
         return "".join(f"{symbol_of(z)}{n * self.formula_units if n * self.formula_units > 1 else ''}" for z, n in self.amounts)

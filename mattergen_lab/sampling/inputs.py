@@ -106,7 +106,7 @@ class ChunkInputs:
         templates, types = [], []
         for i in indices:
             c = self.composition_of(i)  # type: ignore[misc]
-            t, z = draw_fit(self.symmetry, tuple((e, n * c.formula_units) for e, n in c.amounts), g)  # type: ignore[arg-type, union-attr]
+            t, z = draw_fit(self.symmetry, c.cell_amounts, g)  # type: ignore[arg-type, union-attr]
             templates.append(t)
             types += z
         return {"num_atoms": torch.tensor([t.primitive_atoms for t in templates], dtype=torch.long), "allowed_elements": None,

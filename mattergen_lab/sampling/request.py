@@ -99,11 +99,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _cell_amounts(c: FixedComposition) -> tuple[tuple[int, int], ...]:
-    """``((Z, atoms in the cell), ...)`` of a composition (its formula × formula units)."""
-    return tuple((z, n * c.formula_units) for z, n in c.amounts)
-
-
 @dataclass(frozen=True)
 class SamplingRequest:
     """One sampling run (``ValueError`` on construction names the bad value).
@@ -238,7 +233,7 @@ class SamplingRequest:
 
             comps = self.compositions if self.compositions is not None else (self.composition,)
             for c in {c.formula: c for c in comps}.values():  # type: ignore[union-attr]
-                check_fit(spec, _cell_amounts(c), c.cell_formula)  # type: ignore[arg-type]
+                check_fit(spec, c.cell_amounts, c.cell_formula)  # type: ignore[arg-type]
             return
         n = self.num_atoms
         if n is not None:

@@ -93,6 +93,7 @@ class SymmetryConstraint:
         self._lattice_projectors = torch.stack(bases).to(**kw)  # (B, 9, 9)
         self._centring = torch.stack([torch.as_tensor(centring_matrix(t.space_group)) for t in self.templates]).to(**kw)
         self._centred = torch.tensor([t.centring > 1 for t in self.templates], device=self.device)  # (B,)
+        self._any_centred = bool(self._centred.any())  # known here: no device sync on every step
         self.representatives: torch.Tensor | None = None  # (O, 3), set by init_coords
         grid = torch.tensor([-1.0, 0.0, 1.0])
         self._shifts = torch.cartesian_prod(grid, grid, grid).to(**kw)  # (27, 3) lattice translations
@@ -161,13 +162,13 @@ class SymmetryConstraint:
         ``(L_conv L_convᵀ)^{1/2}``, projected there, and brought back as the symmetric polar form of ``Pᵀ`` times it:
         the same cell up to a rotation, which leaves fractional coordinates as they are. Idempotent either way."""
         x = lattice.to(self.dtype)
-        if bool(self._centred.any()):
+        if self._any_centred:
             conv = torch.linalg.solve(self._centring.transpose(1, 2), x)  # P⁻ᵀ L
             conv = torch.where(self._centred[:, None, None], _sym_sqrt(conv @ conv.transpose(1, 2)), x)
         else:
             conv = x
         flat = torch.einsum("bij,bj->bi", self._lattice_projectors, conv.reshape(-1, 9)).reshape(-1, 3, 3)
-        if bool(self._centred.any()):
+        if self._any_centred:
             prim = self._centring.transpose(1, 2) @ flat
             flat = torch.where(self._centred[:, None, None], _sym_sqrt(prim @ prim.transpose(1, 2)), flat)
         return flat.to(lattice.dtype)
