@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mattergen_lab import caches
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -142,6 +144,7 @@ def _candidates_per_crystal(
     return tuple(torch.cat(col) for col in zip(*parts))
 
 
+@caches.registered  # tensors, possibly on a GPU: clear_caches() frees them
 @functools.lru_cache(maxsize=256)
 def _image_grid(rep: tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
     """``(K, 3)`` integer offsets in ``[-rep, rep]^3``, lexicographic. Kept between calls: a sampler asks for the same
