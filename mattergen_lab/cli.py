@@ -105,6 +105,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="property to condition on (repeatable), e.g. dft_mag_density, hhi_score, chemical_system")
     p.add_argument("--csp", action="store_true",
                    help="crystal-structure prediction: atom types given and never noised, no type loss (no --property)")
+    p.add_argument("--symmetric", action="store_true",
+                   help="train on symmetric noise inside each crystal's Wyckoff template (for --symmetry sampling; "
+                        "no --property; the symmetrised data is cached in OUT/symmetric_data.npz)")
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--decay-steps", type=int, default=0, help="cosine decay over the last DECAY_STEPS of --max-steps (0: none)")
     p.add_argument("--out", required=True)
@@ -242,10 +245,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from mattergen_lab.training.finetune import finetune
     from mattergen_lab.training.trainer import TrainConfig
 
-    if args.csp and args.properties:
-        raise ValueError(f"--csp fine-tunes without adapters; drop --property {args.properties}")
-    if not args.csp and not args.properties:
-        raise ValueError("finetune needs --property NAME (repeatable) or --csp")
+    if (args.csp or args.symmetric) and args.properties:
+        raise ValueError(f"--csp and --symmetric fine-tune without new adapters; drop --property {args.properties}")
+    if args.csp and args.symmetric:
+        raise ValueError("--csp and --symmetric are two different fine-tunings; choose one")
+    if not (args.csp or args.symmetric) and not args.properties:
+        raise ValueError("finetune needs --property NAME (repeatable), --csp or --symmetric")
     unknown = [p for p in args.properties if p not in SUPPORTED_PROPERTIES]
     if unknown:
         raise ValueError(f"unknown property {unknown[0]!r}; supported: {list(SUPPORTED_PROPERTIES)}")
@@ -263,6 +268,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         data = add_derived_properties(data, names=sorted(needs_derived))
     if args.limit:
         data = data.subset(range(min(args.limit, len(data))))
+    if args.symmetric:
+        from mattergen_lab.symmetry.dataset import symmetrize_dataset
+
+        print(f"symmetrising {len(data)} crystals (cached in {Path(args.out) / 'symmetric_data.npz'})", flush=True)
+        data = symmetrize_dataset(data, Path(args.out) / "symmetric_data.npz")
     train_data, val_data = data.split_validation(args.val_fraction, seed=args.seed)
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
                       seed=args.seed, device=args.device, warmup_steps=args.warmup_steps, decay_steps=args.decay_steps)
@@ -270,7 +280,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                  "val_fraction": args.val_fraction, "seed": args.seed}
     on_step, bar = training_callback(cfg.max_steps, "finetune", quiet=args.quiet)
     try:
-        if args.csp:
+        if args.symmetric:
+            from mattergen_lab.training.finetune import finetune_symmetric
+
+            result = finetune_symmetric(base, train_data, val_data, args.out, cfg, extra_config={"data": data_info},
+                                        callback=on_step)
+        elif args.csp:
             from mattergen_lab.training.finetune import finetune_csp
 
             result = finetune_csp(base, train_data, val_data, args.out, cfg, extra_config={"data": data_info},

@@ -1,5 +1,5 @@
 """Symmetric generation: space groups, Wyckoff templates and the projections that keep a sampled crystal in its
-template (layer 2; pyxtal supplies the groups). See :mod:`~mattergen_lab.symmetry.constraint` for the method."""
+template (layer 3; pyxtal supplies the groups). See :mod:`~mattergen_lab.symmetry.constraint` for the method."""
 
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
 from mattergen_lab.symmetry.groups import CRYSTAL_SYSTEMS, crystal_system, lattice_basis, orbit_geometry, project_lattice

@@ -136,3 +136,34 @@ def finetune_csp(
             "base_step": (base.config.get("training") or {}).get("step"), **(extra_config or {})}
     return train(config, train_data, val_data, out_dir, init_from=start, diffusion_config=diffusion,
                  extra_config=info, callback=callback)
+
+
+def finetune_symmetric(
+    base: Checkpoint,
+    train_data: Any,
+    val_data: Any,
+    out_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    extra_config: dict[str, Any] | None = None,
+    callback: Any = None,
+) -> TrainResult:
+    """Fine-tune ``base`` on symmetric noise: the same network, weights and diffusion settings, trained on
+    :class:`~mattergen_lab.symmetry.dataset.SymmetricDataset` batches, which the loss noises inside each crystal's
+    Wyckoff template (DiffCSP++-style; :mod:`~mattergen_lab.symmetry.noising`). The model is meant for the symmetric
+    sampling mode; resumes from ``out_dir/last``."""
+    if not isinstance(base.model, ScoreModel):
+        raise ValueError(f"the base checkpoint holds a {type(base.model).__name__}, not a mattergen-lab ScoreModel")
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        if data is not None and not hasattr(data, "templates"):
+            raise ValueError(f"{name} must be a SymmetricDataset (mattergen_lab.symmetry.dataset.symmetrize_dataset)")
+    model = ScoreModel(base.model.config)
+    model.load_state_dict(base.model.state_dict(), strict=True)
+    start = Checkpoint(model=model, config=base.config, path=base.path)
+    diffusion = DiffusionConfig.from_dict(dict(base.config.get("diffusion") or {}))
+    info = {"symmetric_training": True, "base_checkpoint": str(base.path or ""),
+            "base_step": (base.config.get("training") or {}).get("step"), **(extra_config or {})}
+    if base.model.conditions:
+        info["properties"] = list(base.model.conditions)
+    return train(config, train_data, val_data, out_dir, init_from=start, diffusion_config=diffusion,
+                 extra_config=info, callback=callback)

@@ -9,6 +9,8 @@ Per crystal i, with t_i ~ U[1e-5, 1] and the noisy batch from :meth:`JointDiffus
 
 The 101 logits are used without any element mask during training. With fixed atom types (CSP,
 ``DiffusionConfig.fixed_atom_types``) the types are never noised and L_type is 0 (it is not computed).
+A batch that names its Wyckoff templates (``properties["wyckoff_template"]``) is noised inside them
+(:func:`~mattergen_lab.symmetry.noising.symmetric_corrupt`, DiffCSP++-style training of the symmetric model).
 """
 
 from __future__ import annotations
@@ -79,7 +81,12 @@ def loss_per_crystal(
     b = batch.num_crystals
     if t is None:
         t = diffusion.sample_time(b, generator=generator, dtype=batch.lattice.dtype, device=batch.device)
-    noisy, target = diffusion.corrupt(batch, t, generator=generator)
+    if "wyckoff_template" in batch.properties:  # a SymmetricDataset's batch: noise it inside its templates
+        from mattergen_lab.symmetry.noising import symmetric_corrupt
+
+        noisy, target = symmetric_corrupt(diffusion, batch, t, generator=generator)
+    else:
+        noisy, target = diffusion.corrupt(batch, t, generator=generator)
     out = model(noisy, t)
     batch_idx = batch.batch_idx  # (N,)
 
