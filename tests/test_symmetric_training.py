@@ -139,3 +139,22 @@ def test_cli_finetune_symmetric_end_to_end(data_dir, tmp_path, capsys):
     assert main(args + ["--property", "dft_band_gap"]) == 2
     assert "drop --property ['dft_band_gap']" in capsys.readouterr().err
     assert main(args + ["--csp"]) == 2
+
+
+def test_the_symmetric_mode_starts_where_the_checkpoint_recommends_unless_the_request_says(tmp_path):
+    from mattergen_lab.sampling.pipeline import SamplingPipeline
+    from mattergen_lab.sampling.request import SamplingRequest
+    from mattergen_lab.symmetry import SymmetrySpec
+
+    def start_of(config, symmetry):
+        folder = save_checkpoint(tmp_path / f"m{len(list(tmp_path.iterdir()))}", tiny_model(),
+                                 {"diffusion": DiffusionConfig().to_dict(), **config})
+        pipe = SamplingPipeline.from_checkpoint(folder)
+        return pipe.check(SamplingRequest(checkpoint=str(folder), num_samples=2, symmetry=symmetry)).symmetry.start
+
+    trained = {"sampling": {"num_steps": 3, "symmetry_start": 1.0}}
+    assert start_of(trained, "mp20") == 1.0
+    assert start_of({"sampling": {"num_steps": 3}}, "mp20") == 0.4  # a model trained without symmetric noise
+    assert start_of(trained, SymmetrySpec(source="mp20", start=0.25)) == 0.25  # the request wins
+    with pytest.raises(ValueError, match=r"sampling.symmetry_start: start=1.5 must be a diffusion time in \(0, 1\]"):
+        start_of({"sampling": {"symmetry_start": 1.5}}, "mp20")

@@ -40,6 +40,8 @@ class SamplerInfo:
     sampler_config: SamplerConfig
     #: a crystal-structure-prediction model (``diffusion.fixed_atom_types``): it samples given compositions only
     csp: bool = False
+    #: the symmetric mode's start time the checkpoint recommends (``sampling.symmetry_start``), ``None`` if none
+    symmetry_start: float | None = None
 
 
 #: Predictor-corrector steps when neither the caller nor the checkpoint says otherwise (the official value).
@@ -56,6 +58,20 @@ def recommended_num_steps(ckpt: Checkpoint) -> int:
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{ckpt.path}: config sampling.num_steps={steps!r} must be a positive integer")
     return steps
+
+
+def recommended_symmetry_start(ckpt: Checkpoint) -> float | None:
+    """``config["sampling"]["symmetry_start"]``: where a model trained on symmetric noise wants the symmetric mode's
+    constraint to begin (1.0: the whole run); ``None`` when the checkpoint says nothing."""
+    from mattergen_lab.symmetry.templates import check_start
+
+    start = (ckpt.config.get("sampling") or {}).get("symmetry_start")
+    if start is None:
+        return None
+    try:
+        return check_start(start)
+    except ValueError as exc:
+        raise ValueError(f"{ckpt.path}: config sampling.symmetry_start: {exc}") from None
 
 
 def build_sampler(
@@ -97,6 +113,7 @@ def build_sampler(
         guidance_scale=float(guidance_scale),
         sampler_config=config,
         csp=diffusion.config.fixed_atom_types,
+        symmetry_start=recommended_symmetry_start(ckpt),
     )
     return PredictorCorrectorSampler(score_fn, diffusion, config, num_atoms=dist), info
 

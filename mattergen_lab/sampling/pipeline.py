@@ -200,7 +200,11 @@ class SamplingPipeline:
         if self.info.csp and not request.fixes_atoms:
             raise ValueError(f"{name} is a crystal-structure-prediction (CSP) model: it samples structures for a given "
                              "composition only; pass composition= (CLI: --composition Li2MnO3)")
-        return dataclasses.replace(request, conditions=conditions, device=self.device,
+        symmetry = request.symmetry
+        if symmetry is not None and symmetry.start is None:  # the checkpoint's recommendation, recorded as such
+            start = self.info.symmetry_start
+            symmetry = dataclasses.replace(symmetry, start=symmetry.effective_start if start is None else start)
+        return dataclasses.replace(request, conditions=conditions, device=self.device, symmetry=symmetry,
                                    checkpoint=request.checkpoint or self.checkpoint)
 
     # ------------------------------------------------------------------ the three readers of the loop

@@ -180,6 +180,13 @@ def reachable_counts(space_group: int, max_atoms: int = MAX_TEMPLATE_ATOMS) -> f
     return frozenset(int(n) // k for n in np.flatnonzero(reach) if n > 0)
 
 
+def check_start(start: object) -> float:
+    """A symmetric run's start time as a float in (0, 1]; ``ValueError`` naming it otherwise."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 < start <= 1.0:
+        raise ValueError(f"start={start!r} must be a diffusion time in (0, 1]")
+    return float(start)
+
+
 @dataclass(frozen=True)
 class SymmetrySpec:
     """What a request asks for: exactly one of ``space_group``, ``crystal_system``, ``source="mp20"`` or fixed
@@ -192,8 +199,10 @@ class SymmetrySpec:
     templates: tuple[WyckoffTemplate, ...] = ()
     max_atoms: int = DEFAULT_MAX_ATOMS
     #: the diffusion time from which the constraint holds (1 = the whole run; the crystal is exactly symmetric
-    #: either way, since the last steps are constrained); before it, the types are already pooled per orbit
-    start: float = DEFAULT_START
+    #: either way, since the last steps are constrained); before it, the types are already pooled per orbit.
+    #: ``None``: the checkpoint's recommendation (``config.json`` ``sampling.symmetry_start``: 1.0 for a model trained
+    #: on symmetric noise), else :data:`DEFAULT_START`
+    start: float | None = None
 
     def __post_init__(self) -> None:
         given = [self.space_group is not None, self.crystal_system is not None, self.source is not None, bool(self.templates)]
@@ -203,10 +212,8 @@ class SymmetrySpec:
         m = self.max_atoms
         if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_TEMPLATE_ATOMS:
             raise ValueError(f"max_atoms={m!r} must be an integer in 1-{MAX_TEMPLATE_ATOMS}")
-        st = self.start
-        if isinstance(st, bool) or not isinstance(st, (int, float)) or not 0.0 < st <= 1.0:
-            raise ValueError(f"start={st!r} must be a diffusion time in (0, 1]")
-        object.__setattr__(self, "start", float(st))
+        if self.start is not None:
+            object.__setattr__(self, "start", check_start(self.start))
         if self.space_group is not None:
             object.__setattr__(self, "space_group", check_space_group(self.space_group))
         if self.crystal_system is not None:
@@ -238,6 +245,11 @@ class SymmetrySpec:
             return cls(crystal_system=text, **extra)
         raise ValueError(f"symmetry={value!r} must be a space group (1-230), a crystal system {list(CRYSTAL_SYSTEMS)}, "
                          "'mp20', or a template such as '225:ab'")
+
+    @property
+    def effective_start(self) -> float:
+        """``start``, or :data:`DEFAULT_START` when it is left to the checkpoint and none resolved it."""
+        return DEFAULT_START if self.start is None else self.start
 
     def to_dict(self) -> dict:
         out: dict = {"max_atoms": self.max_atoms, "start": self.start}
