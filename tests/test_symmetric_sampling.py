@@ -124,6 +124,19 @@ def test_space_group_chi2_on_the_field_scale():
     assert space_group_chi2(drawn, ref, by="system") < space_group_chi2(drawn, ref)
 
 
+def test_the_chi2_floor_of_a_perfect_model_falls_as_one_over_n():
+    from mattergen_lab.evaluation.symmetry_report import chi2_floor
+
+    ref = reference_space_groups()
+    k = sum(1 for c in ref.values() if c > 0)  # 156 groups
+    at_256, at_1000 = chi2_floor(ref, 256), chi2_floor(ref, 1000)
+    assert abs(at_256["mean"] - (k - 1) / 256) < 0.08 and abs(at_1000["mean"] - (k - 1) / 1000) < 0.03
+    assert at_256["p5"] < at_256["mean"] < at_256["p95"] and at_1000["p95"] < at_256["p5"]
+    assert chi2_floor(ref, 256) == at_256  # seeded
+    with pytest.raises(ValueError, match="n=0 must be a positive integer"):
+        chi2_floor(ref, 0)
+
+
 def test_symmetry_summary_counts_p1_kept_groups_and_splits():
     import pandas as pd
     from pymatgen.core import Lattice, Structure
