@@ -22,7 +22,7 @@ _EXPORTS = {
     "ReferenceHull": "reference",
     "MissingReferenceError": "reference",
     "load_reference": "reference",
-    "elemental_references": "reference",
+    "elemental_references": "reference_files",
     "NoveltyReference": "matching",
     "load_novelty_reference": "matching",
     "structures_match": "matching",
