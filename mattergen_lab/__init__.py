@@ -41,7 +41,7 @@ _EXPORTS = {
     "vary": "mattergen_lab.sampling.api",
     "load_checkpoint": "mattergen_lab.checkpoints",
     "registry": "mattergen_lab.checkpoints",
-    "TrainConfig": "mattergen_lab.training.trainer",
+    "TrainConfig": "mattergen_lab.training.config",
     "train": "mattergen_lab.training.trainer",
     "finetune": "mattergen_lab.training.finetune",
     "load_mp20": "mattergen_lab.data",
