@@ -3,7 +3,8 @@
 The public API is importable from here; submodules load on first use, so ``import mattergen_lab`` stays
 cheap (no pymatgen, no pandas until needed).
 
-Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a module imports from a layer above it):
+Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a module imports from a layer above it
+or two modules import each other, directly or round a cycle):
 
     9  widgets, cli                     (the app: ipywidgets, plotly, nglview; the command line)
     8  design, campaign                 (user-facing runs, tables, export; campaigns on Ray)
