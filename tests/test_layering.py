@@ -161,3 +161,31 @@ def test_the_cycle_checker_sees_a_lazy_cycle_and_a_package_facade(tmp_path):
     (pkg / "c.py").write_text("from mattergen_lab.pkg import d\n")  # c -> d -> pkg -> c
     assert _cycles(_import_graph(_module_files(tmp_path))) == [
         ["mattergen_lab.pkg", "mattergen_lab.pkg.c", "mattergen_lab.pkg.d"], ["mattergen_lab.pkg.a", "mattergen_lab.pkg.b"]]
+
+
+# ------------------------------------------------------------------------------------------------ facades
+
+
+def test_no_module_passes_on_a_private_name_it_does_not_use():
+    """A ``_name`` imported from another module and never used is a re-export of a private name (the facades a split
+    module left behind); whoever needs it imports it from where it is defined."""
+    found = []
+    for module, path in _module_files().items():
+        tree = ast.parse(path.read_text())
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mattergen_lab"):
+                found += [f"{module} re-exports {node.module}.{a.name}" for a in node.names
+                          if (a.asname or a.name).startswith("_") and (a.asname or a.name) not in used]
+    assert not found, "\n".join(found)
+
+
+def test_every_name_a_package_exports_exists():
+    import importlib
+
+    missing = []
+    for module, path in _module_files().items():
+        if path.name == "__init__.py" and "__all__" in path.read_text() and not module.startswith("mattergen_lab.widgets"):
+            package = importlib.import_module(module)
+            missing += [f"{module}.{name}" for name in package.__all__ if not hasattr(package, name)]
+    assert not missing, missing
