@@ -28,20 +28,19 @@ an oracle for the adapter's property:
 
 Every adapter also reports the structural validity at both γ (guidance can cost validity).
 
-    python benchmarks/bench_adapters.py --num-samples 32
+    python benchmarks/bench_adapters.py --num-samples 32 --out runs/bench_adapters
 
 Samples go to ``OUT/<adapter>/gamma_<γ>/`` (resumable; the script refuses to reuse a folder sampled with
 other settings); bulk moduli are cached per structure. Writes ``OUT/adapters.json`` and prints a markdown
-table: adapter, target, oracle, metric, γ = 0, γ = 2, N.
+table: adapter, target, oracle, metric, γ = 0, γ = 2, N. The shared flags (``--out``, ``--num-samples``,
+``--batch-size``, ``--steps``, ``--threads``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import add_common_arguments, machine_info, machine_line, read_json, set_threads, to_json, write_json
 
 ADAPTERS = (
     "mgl_mp20_small_chemical_system",
@@ -192,27 +192,6 @@ def read_generated(sample_dir: str | os.PathLike, num_samples: int) -> list[Any]
         raise SystemExit(str(exc)) from None
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from mattergen_lab.fileio import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return str(obj)
-
-
 def _weights_sha256(path: Any) -> str | None:
     import hashlib
 
@@ -245,15 +224,15 @@ def sample_batch(ckpt: Any, weights: str | None, gamma: float, conditions: dict[
     request = {"checkpoint": info.checkpoint, "weights_sha256": weights, "guidance_scale": gamma,
                "conditions": dict(sampling.conditions) or None, "num_steps": info.sampler_config.num_steps,
                "seed": args.seed, "batch_size": args.batch_size, "element_mask": None}
-    previous = _read_json(out_dir / "request.json")
-    if previous and previous != json.loads(json.dumps(request, default=_json_default)):
+    previous = read_json(out_dir / "request.json")
+    if previous and previous != to_json(request):
         raise SystemExit(f"{out_dir} holds samples made with other settings ({previous}); use a new --out")
-    _write_json(out_dir / "request.json", request)
+    write_json(out_dir, "request", request)
     t0 = time.perf_counter()
     paths = pipe.to_dir(sampling, out_dir)
-    timings = _read_json(out_dir / "timings.json")
+    timings = read_json(out_dir / "timings.json")
     timings["sampling_wall_s"] = round(float(timings.get("sampling_wall_s", 0.0)) + time.perf_counter() - t0, 1)
-    _write_json(out_dir / "timings.json", timings)
+    write_json(out_dir, "timings", timings)
     assert len(paths) == args.num_samples
     return read_generated(out_dir, args.num_samples), {**request, "sampling_wall_s": timings["sampling_wall_s"]}
 
@@ -406,23 +385,13 @@ def run_adapter(adapter: str, args: argparse.Namespace, oracles: Oracles, out: P
     return record
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-
-
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out="runs/bench_adapters", num_samples=32, batch_size=16, steps=None, threads=None,
+                         help={"steps": "sampler steps (default: each checkpoint's recommended count)"})
     parser.add_argument("--adapters", nargs="+", default=list(ADAPTERS), choices=ADAPTERS)
-    parser.add_argument("--num-samples", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: each checkpoint's recommended count)")
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=2.0, help="γ compared with γ = 0")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/bench_adapters")
     parser.add_argument("--bulk-modulus-samples", type=int, default=8, help="structurally valid samples per γ (slow)")
     parser.add_argument("--bulk-modulus-max-steps", type=int, default=200, help="relaxation step cap of the EOS oracle")
     parser.add_argument("--relax-engine", default="auto", choices=["auto", "torchsim", "ase"],
@@ -433,24 +402,24 @@ def main() -> None:
     parser.add_argument("--mag-density-target", type=float, default=0.15, help="μB/Å³")
     parser.add_argument("--band-gap-target", type=float, default=3.0, help="eV")
     parser.add_argument("--bulk-modulus-target", type=float, default=200.0, help="GPa")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
     warnings.filterwarnings("ignore", message="No Pauling electronegativity")
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-    import torch
-
     from mattergen_lab.design import validate_chemical_system
 
     args.chemical_system = "-".join(validate_chemical_system(args.chemical_system))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     info = machine_info()
-    print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, threads {info['torch_threads']}, "
-          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}", flush=True)
+    print(machine_line(info), flush=True)
     oracles = Oracles(args.data_dir)
     results: dict[str, Any] = {}
     t_all = time.perf_counter()
@@ -463,8 +432,8 @@ def main() -> None:
     # adds to the file instead of replacing it).
     # the relax engine changes no sample and (within 1 %) no bulk modulus; each bulk row and metric records it
     identity = {k: v for k, v in vars(args).items() if k not in ("adapters", "threads", "data_dir", "relax_engine")}
-    previous = _read_json(out / "adapters.json")
-    if previous.get("identity") == json.loads(json.dumps(identity)):
+    previous = read_json(out / "adapters.json")
+    if previous.get("identity") == to_json(identity):
         results = {**previous.get("adapters", {}), **results}
     order = [a for a in ADAPTERS if a in results]
     rows = [r for a in order for r in results[a]["rows"]]
@@ -493,7 +462,7 @@ def main() -> None:
         "markdown": table,
         "adapters": results,
     }
-    _write_json(out / "adapters.json", record)
+    write_json(out, "adapters", record)
     print()
     print(table)
     print(f"\nwrote {out / 'adapters.json'} ({record['wall_s_this_run']} s)")
