@@ -32,7 +32,8 @@ Every adapter also reports the structural validity at both γ (guidance can cost
 
 Samples go to ``OUT/<adapter>/gamma_<γ>/`` (resumable; the script refuses to reuse a folder sampled with
 other settings); bulk moduli are cached per structure. Writes ``OUT/adapters.json`` and prints a markdown
-table: adapter, target, oracle, metric, γ = 0, γ = 2, N. The shared flags (``--out``, ``--num-samples``,
+table: adapter, target, oracle, metric, γ = 0, γ = 2, N (the measurements themselves are in
+``benchmarks/_adapter_metrics.py``). The shared flags (``--out``, ``--num-samples``,
 ``--batch-size``, ``--steps``, ``--threads``) are those of ``benchmarks/_common.py``.
 """
 
@@ -43,11 +44,22 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from _adapter_metrics import (
+    ANIONS,
+    HHI_LOW,
+    MAGNETIC_3D,
+    chemical_system_metrics,
+    contains_any_pct,
+    elements_of,
+    fmt,
+    load_band_gap_lookup,
+    markdown_table,
+    stats,
+)
 from _common import add_common_arguments, machine_info, machine_line, read_json, set_threads, to_json, write_json
 
 ADAPTERS = (
@@ -58,92 +70,6 @@ ADAPTERS = (
     "mgl_mp20_small_dft_band_gap",
     "mgl_mp20_small_dft_bulk_modulus",
 )
-MAGNETIC_3D = ("Cr", "Mn", "Fe", "Co", "Ni")
-ANIONS = ("O", "F", "N")
-HHI_LOW = 1500.0  # below: "low" supply-chain concentration (US DoJ/FTC convention, as pymatgen quotes)
-
-
-# ====================================================================== pure helpers (tested)
-
-
-def _elements(structure: Any) -> set[str]:
-    return {el.symbol for el in structure.composition.elements}
-
-
-def chemical_system_metrics(structures: Sequence[Any], target: Iterable[str]) -> dict[str, float]:
-    """Percentages: element set == target, element set ⊆ target, and the mean share of sites on target elements."""
-    target = set(target)
-    n = len(structures)
-    if n == 0:
-        return {"exact_pct": math.nan, "subset_pct": math.nan, "site_fraction_pct": math.nan}
-    exact = sum(_elements(s) == target for s in structures)
-    subset = sum(_elements(s) <= target for s in structures)
-    share = [sum(site.specie.symbol in target for site in s) / len(s) for s in structures]
-    return {"exact_pct": 100 * exact / n, "subset_pct": 100 * subset / n, "site_fraction_pct": 100 * float(np.mean(share))}
-
-
-def contains_any_pct(structures: Sequence[Any], elements: Iterable[str]) -> float:
-    """Percentage of structures containing at least one of ``elements``."""
-    wanted = set(elements)
-    return 100 * sum(bool(_elements(s) & wanted) for s in structures) / len(structures) if structures else math.nan
-
-
-def stats(values: Iterable[float]) -> dict[str, float]:
-    """Mean, median and count over the finite values (NaN = oracle failure, counted in ``failed``)."""
-    v = np.asarray(list(values), dtype=float)
-    ok = v[np.isfinite(v)]
-    return {
-        "mean": float(ok.mean()) if len(ok) else math.nan,
-        "median": float(np.median(ok)) if len(ok) else math.nan,
-        "n": len(ok),
-        "failed": len(v) - len(ok),
-    }
-
-
-def band_gap_lookup(table: Any) -> dict[str, tuple[float, str]]:
-    """``{reduced formula: (band gap, material_id)}`` of the lowest-formation-energy polymorph of each formula.
-
-    ``table`` has columns ``material_id, formula, formation_energy_per_atom, dft_band_gap`` (MP-20 CSVs;
-    their ``formula`` is not pymatgen's reduced formula, so it is normalised here).
-    """
-    from pymatgen.core import Composition
-
-    t = table.dropna(subset=["dft_band_gap", "formation_energy_per_atom"]).copy()
-    t["reduced"] = [Composition(f).reduced_formula for f in t["formula"]]
-    t = t.sort_values(["reduced", "formation_energy_per_atom", "material_id"]).drop_duplicates("reduced", keep="first")
-    return {r: (float(g), str(m)) for r, g, m in zip(t["reduced"], t["dft_band_gap"], t["material_id"])}
-
-
-def load_band_gap_lookup(data_dir: str | os.PathLike | None) -> dict[str, tuple[float, str]]:
-    import pandas as pd
-
-    from mattergen_lab.data.paths import resolve_data_dir
-
-    mp20 = resolve_data_dir(data_dir) / "mp_20"
-    cols = ["material_id", "formula", "formation_energy_per_atom", "dft_band_gap"]
-    parts = [pd.read_csv(mp20 / f, usecols=cols) for f in ("train_no_positions.csv", "val.csv", "test.csv")]
-    return band_gap_lookup(pd.concat(parts, ignore_index=True))
-
-
-def fmt(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], guidance: float) -> str:
-    head = f"| adapter | target | oracle | metric | γ=0 | γ={guidance:g} | N |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        n0, n2 = r["n"]
-        n = str(n0) if n0 == n2 else f"{n0} / {n2}"
-        lines.append(f"| {r['adapter']} | {r['target']} | {r['oracle']} | {r['metric']} | {fmt(r['gamma_0'])} | "
-                     f"{fmt(r['gamma_g'])} | {n} |")
-    return "\n".join(lines)
 
 
 # ====================================================================== oracles with heavy models
@@ -316,7 +242,7 @@ def measure(adapter: str, properties: Sequence[str], structures: Sequence[Any], 
                                       st["n"])
     if "dft_mag_density" in properties:
         for p, s in zip(per, structures):
-            p["magnetic_3d"] = bool(_elements(s) & set(MAGNETIC_3D))
+            p["magnetic_3d"] = bool(elements_of(s) & set(MAGNETIC_3D))
             p["chgnet_fm_moment_density"], p["chgnet_error"] = oracles.fm_moment_density(s)
         m["contains Cr/Mn/Fe/Co/Ni (%)"] = ("proxy", contains_any_pct(structures, MAGNETIC_3D), n)
         st = stats(p["chgnet_fm_moment_density"] for p in per)
