@@ -28,27 +28,39 @@ an oracle for the adapter's property:
 
 Every adapter also reports the structural validity at both γ (guidance can cost validity).
 
-    python benchmarks/bench_adapters.py --num-samples 32
+    python benchmarks/bench_adapters.py --num-samples 32 --out runs/bench_adapters
 
 Samples go to ``OUT/<adapter>/gamma_<γ>/`` (resumable; the script refuses to reuse a folder sampled with
 other settings); bulk moduli are cached per structure. Writes ``OUT/adapters.json`` and prints a markdown
-table: adapter, target, oracle, metric, γ = 0, γ = 2, N.
+table: adapter, target, oracle, metric, γ = 0, γ = 2, N (the measurements themselves are in
+``benchmarks/_adapter_metrics.py``). The shared flags (``--out``, ``--num-samples``,
+``--batch-size``, ``--steps``, ``--threads``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from _adapter_metrics import (
+    ANIONS,
+    HHI_LOW,
+    MAGNETIC_3D,
+    chemical_system_metrics,
+    contains_any_pct,
+    elements_of,
+    fmt,
+    load_band_gap_lookup,
+    markdown_table,
+    stats,
+)
+from _common import add_common_arguments, machine_info, machine_line, read_json, set_threads, to_json, write_json
 
 ADAPTERS = (
     "mgl_mp20_small_chemical_system",
@@ -58,92 +70,6 @@ ADAPTERS = (
     "mgl_mp20_small_dft_band_gap",
     "mgl_mp20_small_dft_bulk_modulus",
 )
-MAGNETIC_3D = ("Cr", "Mn", "Fe", "Co", "Ni")
-ANIONS = ("O", "F", "N")
-HHI_LOW = 1500.0  # below: "low" supply-chain concentration (US DoJ/FTC convention, as pymatgen quotes)
-
-
-# ====================================================================== pure helpers (tested)
-
-
-def _elements(structure: Any) -> set[str]:
-    return {el.symbol for el in structure.composition.elements}
-
-
-def chemical_system_metrics(structures: Sequence[Any], target: Iterable[str]) -> dict[str, float]:
-    """Percentages: element set == target, element set ⊆ target, and the mean share of sites on target elements."""
-    target = set(target)
-    n = len(structures)
-    if n == 0:
-        return {"exact_pct": math.nan, "subset_pct": math.nan, "site_fraction_pct": math.nan}
-    exact = sum(_elements(s) == target for s in structures)
-    subset = sum(_elements(s) <= target for s in structures)
-    share = [sum(site.specie.symbol in target for site in s) / len(s) for s in structures]
-    return {"exact_pct": 100 * exact / n, "subset_pct": 100 * subset / n, "site_fraction_pct": 100 * float(np.mean(share))}
-
-
-def contains_any_pct(structures: Sequence[Any], elements: Iterable[str]) -> float:
-    """Percentage of structures containing at least one of ``elements``."""
-    wanted = set(elements)
-    return 100 * sum(bool(_elements(s) & wanted) for s in structures) / len(structures) if structures else math.nan
-
-
-def stats(values: Iterable[float]) -> dict[str, float]:
-    """Mean, median and count over the finite values (NaN = oracle failure, counted in ``failed``)."""
-    v = np.asarray(list(values), dtype=float)
-    ok = v[np.isfinite(v)]
-    return {
-        "mean": float(ok.mean()) if len(ok) else math.nan,
-        "median": float(np.median(ok)) if len(ok) else math.nan,
-        "n": len(ok),
-        "failed": len(v) - len(ok),
-    }
-
-
-def band_gap_lookup(table: Any) -> dict[str, tuple[float, str]]:
-    """``{reduced formula: (band gap, material_id)}`` of the lowest-formation-energy polymorph of each formula.
-
-    ``table`` has columns ``material_id, formula, formation_energy_per_atom, dft_band_gap`` (MP-20 CSVs;
-    their ``formula`` is not pymatgen's reduced formula, so it is normalised here).
-    """
-    from pymatgen.core import Composition
-
-    t = table.dropna(subset=["dft_band_gap", "formation_energy_per_atom"]).copy()
-    t["reduced"] = [Composition(f).reduced_formula for f in t["formula"]]
-    t = t.sort_values(["reduced", "formation_energy_per_atom", "material_id"]).drop_duplicates("reduced", keep="first")
-    return {r: (float(g), str(m)) for r, g, m in zip(t["reduced"], t["dft_band_gap"], t["material_id"])}
-
-
-def load_band_gap_lookup(data_dir: str | os.PathLike | None) -> dict[str, tuple[float, str]]:
-    import pandas as pd
-
-    from mattergen_lab.data.paths import resolve_data_dir
-
-    mp20 = resolve_data_dir(data_dir) / "mp_20"
-    cols = ["material_id", "formula", "formation_energy_per_atom", "dft_band_gap"]
-    parts = [pd.read_csv(mp20 / f, usecols=cols) for f in ("train_no_positions.csv", "val.csv", "test.csv")]
-    return band_gap_lookup(pd.concat(parts, ignore_index=True))
-
-
-def fmt(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], guidance: float) -> str:
-    head = f"| adapter | target | oracle | metric | γ=0 | γ={guidance:g} | N |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        n0, n2 = r["n"]
-        n = str(n0) if n0 == n2 else f"{n0} / {n2}"
-        lines.append(f"| {r['adapter']} | {r['target']} | {r['oracle']} | {r['metric']} | {fmt(r['gamma_0'])} | "
-                     f"{fmt(r['gamma_g'])} | {n} |")
-    return "\n".join(lines)
 
 
 # ====================================================================== oracles with heavy models
@@ -192,27 +118,6 @@ def read_generated(sample_dir: str | os.PathLike, num_samples: int) -> list[Any]
         raise SystemExit(str(exc)) from None
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from mattergen_lab.fileio import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return str(obj)
-
-
 def _weights_sha256(path: Any) -> str | None:
     import hashlib
 
@@ -245,15 +150,15 @@ def sample_batch(ckpt: Any, weights: str | None, gamma: float, conditions: dict[
     request = {"checkpoint": info.checkpoint, "weights_sha256": weights, "guidance_scale": gamma,
                "conditions": dict(sampling.conditions) or None, "num_steps": info.sampler_config.num_steps,
                "seed": args.seed, "batch_size": args.batch_size, "element_mask": None}
-    previous = _read_json(out_dir / "request.json")
-    if previous and previous != json.loads(json.dumps(request, default=_json_default)):
+    previous = read_json(out_dir / "request.json")
+    if previous and previous != to_json(request):
         raise SystemExit(f"{out_dir} holds samples made with other settings ({previous}); use a new --out")
-    _write_json(out_dir / "request.json", request)
+    write_json(out_dir, "request", request)
     t0 = time.perf_counter()
     paths = pipe.to_dir(sampling, out_dir)
-    timings = _read_json(out_dir / "timings.json")
+    timings = read_json(out_dir / "timings.json")
     timings["sampling_wall_s"] = round(float(timings.get("sampling_wall_s", 0.0)) + time.perf_counter() - t0, 1)
-    _write_json(out_dir / "timings.json", timings)
+    write_json(out_dir, "timings", timings)
     assert len(paths) == args.num_samples
     return read_generated(out_dir, args.num_samples), {**request, "sampling_wall_s": timings["sampling_wall_s"]}
 
@@ -337,7 +242,7 @@ def measure(adapter: str, properties: Sequence[str], structures: Sequence[Any], 
                                       st["n"])
     if "dft_mag_density" in properties:
         for p, s in zip(per, structures):
-            p["magnetic_3d"] = bool(_elements(s) & set(MAGNETIC_3D))
+            p["magnetic_3d"] = bool(elements_of(s) & set(MAGNETIC_3D))
             p["chgnet_fm_moment_density"], p["chgnet_error"] = oracles.fm_moment_density(s)
         m["contains Cr/Mn/Fe/Co/Ni (%)"] = ("proxy", contains_any_pct(structures, MAGNETIC_3D), n)
         st = stats(p["chgnet_fm_moment_density"] for p in per)
@@ -406,23 +311,13 @@ def run_adapter(adapter: str, args: argparse.Namespace, oracles: Oracles, out: P
     return record
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-
-
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out="runs/bench_adapters", num_samples=32, batch_size=16, steps=None, threads=None,
+                         help={"steps": "sampler steps (default: each checkpoint's recommended count)"})
     parser.add_argument("--adapters", nargs="+", default=list(ADAPTERS), choices=ADAPTERS)
-    parser.add_argument("--num-samples", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: each checkpoint's recommended count)")
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=2.0, help="γ compared with γ = 0")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/bench_adapters")
     parser.add_argument("--bulk-modulus-samples", type=int, default=8, help="structurally valid samples per γ (slow)")
     parser.add_argument("--bulk-modulus-max-steps", type=int, default=200, help="relaxation step cap of the EOS oracle")
     parser.add_argument("--relax-engine", default="auto", choices=["auto", "torchsim", "ase"],
@@ -433,24 +328,24 @@ def main() -> None:
     parser.add_argument("--mag-density-target", type=float, default=0.15, help="μB/Å³")
     parser.add_argument("--band-gap-target", type=float, default=3.0, help="eV")
     parser.add_argument("--bulk-modulus-target", type=float, default=200.0, help="GPa")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
     warnings.filterwarnings("ignore", message="No Pauling electronegativity")
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-    import torch
-
     from mattergen_lab.design import validate_chemical_system
 
     args.chemical_system = "-".join(validate_chemical_system(args.chemical_system))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     info = machine_info()
-    print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, threads {info['torch_threads']}, "
-          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}", flush=True)
+    print(machine_line(info), flush=True)
     oracles = Oracles(args.data_dir)
     results: dict[str, Any] = {}
     t_all = time.perf_counter()
@@ -463,8 +358,8 @@ def main() -> None:
     # adds to the file instead of replacing it).
     # the relax engine changes no sample and (within 1 %) no bulk modulus; each bulk row and metric records it
     identity = {k: v for k, v in vars(args).items() if k not in ("adapters", "threads", "data_dir", "relax_engine")}
-    previous = _read_json(out / "adapters.json")
-    if previous.get("identity") == json.loads(json.dumps(identity)):
+    previous = read_json(out / "adapters.json")
+    if previous.get("identity") == to_json(identity):
         results = {**previous.get("adapters", {}), **results}
     order = [a for a in ADAPTERS if a in results]
     rows = [r for a in order for r in results[a]["rows"]]
@@ -493,7 +388,7 @@ def main() -> None:
         "markdown": table,
         "adapters": results,
     }
-    _write_json(out / "adapters.json", record)
+    write_json(out, "adapters", record)
     print()
     print(table)
     print(f"\nwrote {out / 'adapters.json'} ({record['wall_s_this_run']} s)")

@@ -17,23 +17,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
+from _common import add_common_arguments, machine_info, machine_line, write_json
 
-def main() -> None:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out="runs/bench_campaign", num_samples=16, batch_size=4, steps=100,
+                         help={"batch_size": "crystals per sampling task"})
     parser.add_argument("--checkpoint", default="mgl_mp20_small")
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--relax-max-steps", type=int, default=50)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--out", default="runs/bench_campaign")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    info = machine_info()
+    print(machine_line(info), flush=True)
 
     import pandas as pd
 
@@ -65,10 +69,9 @@ def main() -> None:
     identical = {n: bool(tables[n].equals(tables[first])) for n in args.workers}
     record = {
         "benchmark": "bench_campaign", "spec": spec, "results": rows, "identical_tables": identical,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
+        "machine": info,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "campaign_scaling.json").write_text(json.dumps(record, indent=2))
+    write_json(out, "campaign_scaling", record)
     print("\n| workers | wall (s) | task time (s) | crystals/min | speed-up |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['wall_s']} | {r['task_seconds']} | {r['crystals_per_min']} | {r['speedup_vs_first']}× |")

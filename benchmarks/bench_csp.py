@@ -23,19 +23,21 @@ in ``OUT/summary.json``::
 
 With ``--symmetry``, every sample gets a Wyckoff template its target's cell composition fits (a template of MP-20's,
 by frequency, whose conventional cell holds the composition once per lattice point; :mod:`mattergen_lab.symmetry.fit`).
+The shared flags (``--out``, ``--batch-size``, ``--steps``, ``--threads``, ``--device``) are those of
+``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import REQUIRED, add_common_arguments, machine_info, set_threads, write_json
 
 DIFFCSP_MP20 = {1: {"match_rate": 51.49, "rmse": 0.0631}, 20: {"match_rate": 77.93, "rmse": 0.0492}}
 
@@ -85,23 +87,27 @@ def is_valid(s) -> bool:
     return len(s) < 2 or float(d[np.triu_indices(len(s), 1)].min()) >= 0.5
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, out=REQUIRED, batch_size=32, steps=None, threads=None, device="cpu",
+                         help={"steps": "sampling steps (default: the checkpoint's)"})
     ap.add_argument("--checkpoint", default="mgl_mp20_small_csp")
-    ap.add_argument("--out", required=True)
     ap.add_argument("--num-targets", type=int, default=256)
     ap.add_argument("--k", type=int, default=1, help="samples per target")
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
-    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--symmetry", default=None,
                     help="the symmetric mode: each sample on a Wyckoff template its composition fits (mp20, a crystal "
                          "system or a space group)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     for name in ("num_targets", "k", "batch_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    set_threads(args.threads)
 
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
@@ -112,14 +118,14 @@ def main() -> None:
     targets = order[: args.num_targets]
     if len(targets) < args.num_targets:
         raise SystemExit(f"only {len(targets)} held-out targets with unseen compositions")
-    pipe = SamplingPipeline.from_checkpoint(args.checkpoint, num_steps=args.steps)
+    pipe = SamplingPipeline.from_checkpoint(args.checkpoint, num_steps=args.steps, device=args.device)
     if not pipe.info.csp:
         raise SystemExit(f"{args.checkpoint} is not a CSP checkpoint")
     gts = val.get_batch(torch.as_tensor(targets), dtype=torch.float64).to_structures()
     jobs = [(t, j) for t in range(len(targets)) for j in range(args.k)]  # (target position, sample index)
     cells = [cell_composition(s) for s in gts]
     request = SamplingRequest(checkpoint=args.checkpoint, num_samples=len(jobs), batch_size=args.batch_size,
-                              num_steps=args.steps, seed=args.seed,
+                              num_steps=args.steps, seed=args.seed, device=args.device,
                               compositions=[cells[t] for t, _ in jobs], symmetry=args.symmetry)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,9 +175,9 @@ def main() -> None:
         "rmse": round(float(np.mean(matched)), 4) if matched else None,
         "valid_percent": round(100 * float(np.mean([r["valid"] for r in done.values()])), 2),
         "sampling_s_this_run": round(t_sampling, 1), "diffcsp_mp20_published": DIFFCSP_MP20.get(args.k),
-        "targets": info, "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+        "targets": info, "machine": machine_info(args.device),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out, "summary", summary, indent=1)
     print(json.dumps(summary, indent=1))
 
 

@@ -4,19 +4,22 @@ Crystals are random, at the training density, with sizes drawn from the official
 (mean ≈ 9.6 atoms). Each preset runs in its own process so peak RSS is per preset.
 
     python benchmarks/bench_model.py --presets tiny small medium official --batch-size 32 --device cpu
+
+Prints one JSON line per preset; with ``--out DIR`` also writes ``OUT/model.json``. The shared flags (``--out``,
+``--batch-size``, ``--threads``, ``--device``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 
 import torch
+from _common import add_common_arguments, machine_info, machine_line, set_threads, write_json
 
 
 def run_one(preset: str, batch_size: int, device: str, repeats: int, forward_only: bool) -> dict:
@@ -67,25 +70,37 @@ def run_one(preset: str, batch_size: int, device: str, repeats: int, forward_onl
     return result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out=None, batch_size=32, threads=None, device="cpu",
+                         help={"out": "folder for model.json (default: print only)"})
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "medium", "official"])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     if args.one:
         print(json.dumps(run_one(args.one, args.batch_size, args.device, args.repeats, args.forward_only)))
         return
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    info = machine_info(args.device)
+    print(machine_line(info))
+    rows = []
     for preset in args.presets:
         cmd = [sys.executable, __file__, "--one", preset, "--batch-size", str(args.batch_size), "--device", args.device, "--repeats", str(args.repeats)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         if args.forward_only:
             cmd.append("--forward-only")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        rows.append(json.loads(out))
         print(out, flush=True)
+    if args.out:
+        print(f"wrote {write_json(args.out, 'model', {'benchmark': 'bench_model', 'settings': vars(args), 'machine': info, 'rows': rows})}")
 
 
 if __name__ == "__main__":

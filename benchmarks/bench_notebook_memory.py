@@ -7,6 +7,7 @@ Each notebook runs top to bottom with nbclient in a fresh kernel, in a temporary
 outputs/ land there, never in the repository). A thread polls the kernel process and its children in /proc every
 0.2 s; the peak of their summed RSS is reported, together with the kernel process's own high-water mark
 (``VmHWM`` in /proc/<pid>/status, the number ``ru_maxrss`` reports), the wall time and the slowest cells. Linux only.
+With ``--out DIR`` (``benchmarks/_common.py``'s flag) the rows also go to ``OUT/notebook_memory.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _common import add_common_arguments, machine_info, machine_line, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = [REPO / "notebooks" / name for name in (
@@ -116,18 +119,31 @@ def run_notebook(path: Path, *, smoke: bool, timeout: int) -> dict:
             "kernel_hwm_gb": poller.hwm_kb / 1e6, "slowest_cells": sorted(cell_times, reverse=True)[:3]}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks 01-04")
+    add_common_arguments(parser, out=None, help={"out": "folder for notebook_memory.json (default: print only)"})
     parser.add_argument("--smoke", action="store_true", help="set MATTERGEN_LAB_SMOKE=1 (tiny sizes)")
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell timeout, seconds")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    info = machine_info()
+    print(machine_line(info))
     print(f"{'notebook':<34} {'mode':<6} {'wall s':>8} {'peak RSS GB':>12} {'kernel HWM GB':>14}  slowest cells (s, index)")
+    rows = []
     for path in args.notebooks or DEFAULT:
         r = run_notebook(path.resolve(), smoke=args.smoke, timeout=args.timeout)
+        rows.append(r)
         slow = ", ".join(f"{t:.0f}s#{i}" for t, i in r["slowest_cells"])
         print(f"{r['notebook']:<34} {'smoke' if args.smoke else 'normal':<6} {r['wall_s']:>8.1f} "
               f"{r['peak_rss_gb']:>12.2f} {r['kernel_hwm_gb']:>14.2f}  {slow}", flush=True)
+    if args.out:
+        record = {"benchmark": "bench_notebook_memory", "mode": "smoke" if args.smoke else "normal", "machine": info,
+                  "rows": rows}
+        print(f"wrote {write_json(args.out, 'notebook_memory', record)}")
 
 
 if __name__ == "__main__":

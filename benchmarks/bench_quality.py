@@ -15,7 +15,8 @@ over the whole set. Rerun the same command after an interruption and only the un
 campaign refuses other settings in the same ``--out``). The crystals are those of ``mattergen-lab sample`` with
 the same seed and batch size on one thread. Wall times add up over resumed runs.
 
-Writes ``OUT/quality.json`` and prints a markdown table for the README.
+Writes ``OUT/quality.json`` and prints a markdown table for the README. The shared flags (``--out``,
+``--num-samples``, ``--batch-size``, ``--steps``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from _common import add_common_arguments, machine_info, machine_line, read_json, write_json
 
 RELAX_STATUSES = ("converged", "max_steps", "timeout", "exploded", "failed")
 
@@ -100,34 +102,10 @@ def markdown_table(record: dict[str, Any]) -> str:
 # ====================================================================== bookkeeping
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from mattergen_lab.fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
-
-
 def _add_time(out: Path, key: str, seconds: float) -> float:
-    timings = _read_json(out / "timings.json")
+    timings = read_json(out / "timings.json")
     timings[key] = round(float(timings.get(key, 0.0)) + seconds, 1)
-    _write_json(out / "timings.json", timings)
+    write_json(out, "timings", timings)
     return timings[key]
 
 
@@ -220,10 +198,9 @@ def symmetry_record(args: argparse.Namespace, out: Path, table: Any, generated: 
 
 def add_campaign_arguments(parser: argparse.ArgumentParser, *, out: str) -> None:
     """The campaign and relaxation options this benchmark and ``bench_steps.py`` share (what ``campaign_spec`` reads)."""
-    parser.add_argument("--batch-size", type=int, default=16, help="crystals per sampling task")
+    add_common_arguments(parser, out=out, batch_size=16, help={"batch_size": "crystals per sampling task"})
     parser.add_argument("--eval-batch-size", type=int, default=8, help="structures per evaluation task")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=out)
     parser.add_argument("--relaxer", default="chgnet", choices=["chgnet", "mattersim", "auto"])
     parser.add_argument("--relax-max-steps", type=int, default=200)
     parser.add_argument("--relax-max-seconds", type=float, default=60.0)
@@ -233,18 +210,23 @@ def add_campaign_arguments(parser: argparse.ArgumentParser, *, out: str) -> None
     parser.add_argument("--data-dir", default=None)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, num_samples=256, steps=None,
+                         help={"steps": "sampler steps (default: the checkpoint's recommended count)"})
     parser.add_argument("--checkpoint", default="mgl_mp20_small")
-    parser.add_argument("--num-samples", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's recommended count)")
     parser.add_argument("--symmetry", default=None,
                         help="the symmetric mode (mp20, a space group, a crystal system, a template 225:ab)")
     parser.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
                         help="an adapter target (e.g. space_group=225), with --guidance")
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance γ with --condition")
     add_campaign_arguments(parser, out="runs/bench_quality")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.conditions = {k: _axis(v) for k, v in (item.split("=", 1) for item in args.condition)}
     if args.num_samples < 1 or args.workers < 1:
         parser.error("--num-samples and --workers must be >= 1")
@@ -255,8 +237,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, "
-          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}", flush=True)
+    print(machine_line(info), flush=True)
 
     result, generated, timing = run_benchmark(args, out)
     from mattergen_lab.evaluation import STABILITY_THRESHOLD
@@ -286,7 +267,7 @@ def main() -> None:
                                                           reference["reference"]: reference})
     record["symmetry"] = symmetry_record(args, out, result.table, generated)
     record["markdown"] = markdown_table(record)
-    _write_json(out / "quality.json", record)
+    write_json(out, "quality", record)
     print(result.summary())
     print()
     print(record["markdown"])

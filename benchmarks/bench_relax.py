@@ -10,7 +10,9 @@ with both engines under the evaluation protocol (FIRE, fmax 0.05 eV/Å, Fréchet
 Each engine runs in a fresh subprocess, so its peak RSS is its own. Prints one JSON line per engine and a
 summary: relaxations/s, the speed-up, and agreement (E_hull per structure, stable flag at 0.1 eV/atom on the
 MP-20 hull) over the crystals both engines converged. The 1-minute load average is recorded: on our 2-core
-box other jobs (training) often share the cores.
+box other jobs (training) often share the cores. With ``--out DIR`` each engine's run (every structure's status,
+energy and steps) goes to ``OUT/relax_<engine>.json`` and the comparison to ``OUT/relax.json``. The shared flags
+(``--out``, ``--threads``, ``--device``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_common_arguments, machine_info, read_json, set_threads, write_json
 
 
 def crystals(args: argparse.Namespace) -> list:
@@ -49,7 +51,7 @@ def run_engine(args: argparse.Namespace) -> dict:
     from mattergen_lab.evaluation.batched_relax import get_batched_relaxer
     from mattergen_lab.evaluation.relax import RelaxConfig
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     structures = crystals(args)
     relaxer = get_relaxer(args.relaxer, device=args.device, config=RelaxConfig(max_atoms=max(200, args.max_atoms)))
     if args.engine == "torchsim":
@@ -62,7 +64,7 @@ def run_engine(args: argparse.Namespace) -> dict:
     return {
         "engine": args.engine,
         "relaxer": relaxer.version,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "machine": machine_info(args.device),
         "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "structures": len(structures),
         "mean_atoms": float(np.mean([len(s) for s in structures])),
@@ -100,43 +102,57 @@ def agreement(args: argparse.Namespace, runs: dict[str, dict]) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out=None, threads=2, device="cpu",
+                         help={"out": "folder for relax_<engine>.json and relax.json (default: print only)"})
     parser.add_argument("--engine", default="both", choices=["both", "ase", "torchsim"])
     parser.add_argument("--relaxer", default="chgnet")
-    parser.add_argument("--num", type=int, default=64)
+    parser.add_argument("--num", type=int, default=64, help="crystals relaxed")
     parser.add_argument("--max-atoms", type=int, default=20)
     parser.add_argument("--rattle", type=float, default=0.1, help="Å")
     parser.add_argument("--strain", type=float, default=0.03)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-memory-scaler", type=float, default=None, help="batch limit (torch-sim's metric)")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def _without(argv: list[str], *flags: str) -> list[str]:
+    """``argv`` without ``--flag VALUE`` / ``--flag=VALUE`` for each of ``flags``."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.split("=", 1)[0] in flags:
+            skip = not skip and a in flags
+            continue
+        out.append(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     warnings.simplefilter("ignore")
     if args.engine != "both":
         out = run_engine(args)
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(out))
+        if args.out:
+            write_json(args.out, f"relax_{args.engine}", out)
         print(json.dumps({k: v for k, v in out.items() if k != "per_structure"}), flush=True)
         return
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
+        folder = args.out or tmp  # each engine in its own process writes its run there
         for engine in ("ase", "torchsim"):
-            path = Path(tmp) / f"{engine}.json"
-            argv, skip = [], False
-            for a in sys.argv[1:]:  # drop "--engine X" / "--engine=X"
-                if skip or a.startswith("--engine"):
-                    skip = a == "--engine"
-                    continue
-                argv.append(a)
-            subprocess.run([sys.executable, __file__, *argv, "--engine", engine, "--json-out", str(path)], check=True)
-            runs[engine] = json.loads(path.read_text())
-    print(json.dumps({
+            child = [*_without(argv, "--engine", "--out"), "--engine", engine, "--out", str(folder)]
+            subprocess.run([sys.executable, __file__, *child], check=True)
+            runs[engine] = read_json(Path(folder) / f"relax_{engine}.json")
+    record = {
         "speedup": round(runs["torchsim"]["relaxations_per_s"] / runs["ase"]["relaxations_per_s"], 2),
         **agreement(args, runs),
-    }))
+    }
+    print(json.dumps(record))
+    if args.out:
+        summaries = {k: {n: v for n, v in r.items() if n != "per_structure"} for k, r in runs.items()}
+        write_json(args.out, "relax", {"benchmark": "bench_relax", "settings": vars(args), **record, "runs": summaries})
 
 
 if __name__ == "__main__":

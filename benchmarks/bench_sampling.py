@@ -23,6 +23,10 @@ Two modes:
 * ``--floor CHECKPOINT``: one network evaluation of a real mid-trajectory batch of 16 against its compute floor:
   FLOPs per evaluation (torch's FlopCounterMode: the matrix products) ÷ the FLOP/s of a plain float32 matmul on the
   same threads, for 1 and 2 threads, in each ``--code`` tree.
+
+Every mode prints one JSON line per row; with ``--out DIR`` the rows also go to ``OUT/sampling.json``. The shared
+flags (``--out``, ``--batch-size``, ``--steps``, ``--threads``, ``--device``) are those of ``benchmarks/_common.py``;
+here ``--steps`` and ``--threads`` take several values.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,6 +41,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import add_common_arguments, machine_info, machine_line, write_json
 
 
 def real(checkpoint: str, batch_size: int, steps: list[int], device: str) -> list[dict]:
@@ -129,8 +133,9 @@ def floor(checkpoint: str, batch_size: int, repeats: int = 10) -> dict:
             "x_floor": round(per_eval / floor_s, 2), "load1": round(os.getloadavg()[0], 2)}
 
 
-def alternate(mode: str, checkpoint: str, batch_size: int, threads: list[int], rounds: int, code: list[str]) -> None:
+def alternate(mode: str, checkpoint: str, batch_size: int, threads: list[int], rounds: int, code: list[str]) -> list[dict]:
     """Each (round, threads, code) in a fresh process with OMP_NUM_THREADS and PYTHONPATH set, printed as it ends."""
+    rows = []
     for r in range(rounds):
         for n in threads:
             for tree in code:
@@ -140,39 +145,50 @@ def alternate(mode: str, checkpoint: str, batch_size: int, threads: list[int], r
                     env["OMP_NUM_THREADS"] = str(n)
                 cmd = [sys.executable, __file__, f"--{mode}", checkpoint, "--batch-size", str(batch_size), "--child"]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tree)
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                print(json.dumps({"round": r, "code": tree, "OMP_NUM_THREADS": n or "unset", **row}), flush=True)
+                row = {"round": r, "code": tree, "OMP_NUM_THREADS": n or "unset", **json.loads(out.stdout.strip().splitlines()[-1])}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out=None, batch_size=16, steps=[1000, 200], threads=[1, 2], device="cpu",
+                         help={"out": "folder for sampling.json (default: print only)",
+                               "steps": "sampler step counts to time",
+                               "threads": "--user/--floor: OMP_NUM_THREADS of each child process; 0: unset"})
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--preset", nargs="*", default=[])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, nargs="+", default=[1000, 200])
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--user", metavar="CHECKPOINT", help="time mattergen_lab.sample() as a user calls it")
     parser.add_argument("--floor", metavar="CHECKPOINT", help="per-evaluation time against the compute floor")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="OMP_NUM_THREADS values; 0: unset")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--code", nargs="+", default=["."], help="source trees to time side by side (PYTHONPATH)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.user or args.floor:
         mode, checkpoint = ("user", args.user) if args.user else ("floor", args.floor)
         if args.child:
             print(json.dumps(user_call(checkpoint, args.batch_size) if args.user else floor(checkpoint, args.batch_size)))
             return
-        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-        alternate(mode, checkpoint, args.batch_size, args.threads, args.rounds, args.code)
-        return
-    print(f"# {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
-    rows = real(args.checkpoint, args.batch_size, args.steps, args.device) if args.checkpoint else []
-    for preset in args.preset:
-        rows += estimate(preset, args.batch_size, args.steps, args.device)
-    for row in rows:
-        print(json.dumps(row))
-    print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+        info = machine_info()
+        print(machine_line(info))
+        rows = alternate(mode, checkpoint, args.batch_size, args.threads, args.rounds, args.code)
+    else:
+        info = machine_info(args.device)
+        print(machine_line(info))
+        rows = real(args.checkpoint, args.batch_size, args.steps, args.device) if args.checkpoint else []
+        for preset in args.preset:
+            rows += estimate(preset, args.batch_size, args.steps, args.device)
+        for row in rows:
+            print(json.dumps(row))
+        rows.append({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+        print(json.dumps(rows[-1]))
+    if args.out:
+        print(f"wrote {write_json(args.out, 'sampling', {'benchmark': 'bench_sampling', 'settings': vars(args), 'machine': info, 'rows': rows})}")
 
 
 if __name__ == "__main__":

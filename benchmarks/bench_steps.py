@@ -11,7 +11,9 @@ the chunk seeds, whatever the steps or the sampler). Each row lives in its own s
 ``OUT/<sampler>/steps_<n>/`` (a campaign folder and its timings), so an interrupted run resumes row by row and task
 by task when the same command is run again; a row's folder refuses other settings (the campaign's fingerprint
 holds the steps, the sampler variant and the relaxation budget), and every row's folder is checked before any row
-runs. A finished run reruns in seconds (no Ray is started) and rewrites the table.
+runs. A finished run reruns in seconds (no Ray is started) and rewrites the table. The shared flags (``--out``,
+``--num-samples``, ``--batch-size``; ``--steps`` here takes a comma-separated list) are those of
+``benchmarks/_common.py``.
 
 Per row: structural and SMACT validity, median distinct elements per crystal and median volume per atom (of the
 generated crystals), stable %, S.U.N. %, mean RMSD generated → relaxed, seconds per structure (the row's sampling
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import warnings
@@ -40,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_quality  # noqa: E402 - the quality benchmark's machinery, one campaign per row
+from _common import add_common_arguments, machine_info, machine_line, write_json  # noqa: E402
 
 DEFAULT_STEPS = (1000, 400, 200, 100, 50)
 DEFAULT_LABEL = "default"
@@ -187,7 +189,7 @@ def run_row(args: argparse.Namespace, variant: dict[str, Any], steps: int, out: 
     metrics = bench_quality.summary_metrics(result.metrics, result.table)
     record = row_record(variant, steps, args.num_samples, metrics, distribution_stats(generated), timing,
                         result.protocol, [len(s) for s in generated])
-    bench_quality._write_json(folder / "row.json", record)
+    write_json(folder, "row", record)
     return record
 
 
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE][@STEPS]",
                         help="a sampler variant to run besides the default (repeatable), e.g. n_corrector_steps=0; "
                         "@100,50: only at those of --steps")
-    parser.add_argument("--num-samples", type=int, default=128, help="crystals per row (N)")
+    add_common_arguments(parser, num_samples=128, help={"num_samples": "crystals per row (N)"})
     bench_quality.add_campaign_arguments(parser, out="runs/bench_steps")
     return parser
 
@@ -247,9 +249,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         os.environ["MATTERGEN_LAB_DATA"] = str(Path(args.data_dir).resolve())  # the campaign's workers read it
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = bench_quality.machine_info()
-    print(f"# {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}, "
-          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}; rows: "
+    info = machine_info()
+    print(f"{machine_line(info)}; rows: "
           f"{', '.join(f'{label} × {steps}' for label, (_, steps) in zip(labels, grid))} steps, N = {args.num_samples}",
           flush=True)
     import ray
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows": rows,
         "markdown": markdown_table(rows),
     }
-    bench_quality._write_json(out / "steps.json", record)
+    write_json(out, "steps", record)
     (out / "steps.md").write_text(record["markdown"] + "\n", encoding="utf-8")
     print()
     print(record["markdown"])

@@ -8,27 +8,34 @@ logit pooling)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_symmetry_step.py --batch-size 16 --steps 20
 
-Prints one JSON line per run and a summary with the ratio.
+Prints one JSON line per run and a summary with the ratio; with ``--out DIR`` the summary also goes to
+``OUT/symmetry_step.json``. The shared flags (``--out``, ``--batch-size``, ``--steps``, ``--threads``) are those of
+``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
+from _common import add_common_arguments, machine_info, set_threads, write_json
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, out=None, batch_size=16, steps=20, threads=None,
+                         help={"out": "folder for symmetry_step.json (default: print only)"})
     ap.add_argument("--checkpoint", default="mgl_mp20_small")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
 
     from mattergen_lab.sampling.pipeline import SamplingPipeline
     from mattergen_lab.symmetry import SymmetryConstraint
@@ -53,12 +60,14 @@ def main() -> None:
             times[mode].append(run(mode == "symmetric"))
             print(json.dumps({"mode": mode, "s_per_step": round(times[mode][-1], 4)}), flush=True)
     best = {k: min(v) for k, v in times.items()}
-    print(json.dumps({
+    summary = {
         "checkpoint": args.checkpoint, "batch_size": args.batch_size, "atoms": sum(counts), "steps": args.steps,
         "s_per_step_plain": round(best["plain"], 4), "s_per_step_symmetric": round(best["symmetric"], 4),
-        "ratio": round(best["symmetric"] / best["plain"], 3),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
-    }))
+        "ratio": round(best["symmetric"] / best["plain"], 3), "machine": machine_info(),
+    }
+    print(json.dumps(summary))
+    if args.out:
+        write_json(args.out, "symmetry_step", {"benchmark": "bench_symmetry_step", **summary, "times": times})
 
 
 if __name__ == "__main__":

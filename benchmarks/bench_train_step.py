@@ -8,17 +8,20 @@ mean over ``--steps`` steps after two warm-up steps, at ``--threads`` threads, f
 Quality: with ``--runs DIR [DIR ...]`` it also prints the validation history of training runs (their
 ``last/config.json``) side by side, keyed by crystals seen, so two variants trained with the same recipe can be
 compared at equal data.
+
+With ``--out DIR`` the rows also go to ``OUT/train_step.json``. The shared flags (``--out``, ``--batch-size``,
+``--steps``: timed training steps, ``--threads``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from _common import add_common_arguments, machine_info, machine_line, set_threads, write_json
 
 
 def parse_variant(text: str) -> dict:
@@ -77,23 +80,32 @@ def run_histories(runs: list[str]) -> None:
         print(f"{n} | " + " | ".join(cells))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out=None, batch_size=32, steps=10, threads=1,
+                         help={"out": "folder for train_step.json (default: print only)",
+                               "steps": "timed training steps per variant (after two warm-up steps)"})
     parser.add_argument("--preset", default="small")
     parser.add_argument("--variants", nargs="*", default=["max_neighbors=30,cutoff=7.0", ""],
                         help="comma-separated architecture overrides; '' is the preset as it is")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--runs", nargs="*", default=[], help="training run folders to compare by crystals seen")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"# {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, {args.threads} thread(s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
+    info = machine_info()
+    print(machine_line(info))
+    rows = []
     for variant in args.variants:
-        print(json.dumps(step_time(args.preset, parse_variant(variant), args.batch_size, args.steps, args.data_dir)))
+        rows.append(step_time(args.preset, parse_variant(variant), args.batch_size, args.steps, args.data_dir))
+        print(json.dumps(rows[-1]))
     if args.runs:
         run_histories(args.runs)
+    if args.out:
+        print(f"wrote {write_json(args.out, 'train_step', {'benchmark': 'bench_train_step', 'settings': vars(args), 'machine': info, 'rows': rows})}")
 
 
 if __name__ == "__main__":

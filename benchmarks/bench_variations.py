@@ -15,7 +15,8 @@ hull (new *and stable*) are not measured here.
 
 Parents: ``--num-parents`` rows of ``mp_20/test.csv`` drawn with ``--seed``; parent ``i`` is varied with seed ``i``
 at every strength. Results are appended to ``OUT/rows.jsonl`` as each (parent, strength) finishes, so a rerun of the
-same command resumes; ``OUT/variations.json`` and ``OUT/variations.md`` hold the table.
+same command resumes; ``OUT/variations.json`` and ``OUT/variations.md`` hold the table. The shared flags (``--out``,
+``--steps``, ``--threads``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import REQUIRED, add_common_arguments, machine_info, set_threads, write_json
 
 
 def parse_strengths(text: str) -> list[float]:
@@ -109,26 +111,28 @@ def markdown(table: list[dict[str, Any]], relax: bool) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
+    add_common_arguments(p, out=REQUIRED, steps=None, threads=1,
+                         help={"steps": "the full schedule's steps (default: the checkpoint's)"})
     p.add_argument("--num-parents", type=int, default=32)
     p.add_argument("--variations", type=int, default=4, help="variations per parent and strength")
     p.add_argument("--strengths", default="0.1,0.3,0.6")
     p.add_argument("--checkpoint", default="mgl_mp20_small")
-    p.add_argument("--steps", type=int, default=None, help="the full schedule's steps (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="which test crystals are the parents")
     p.add_argument("--relax", action="store_true", help="also relax parents and variations with CHGNet (slow)")
-    args = p.parse_args(argv)
-    strengths = parse_strengths(args.strengths)
+    return p
 
-    import torch
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    strengths = parse_strengths(args.strengths)
 
     from mattergen_lab import SamplingPipeline, SamplingRequest
     from mattergen_lab.data.paths import default_data_dir
     from mattergen_lab.evaluation.matching import structures_match
 
-    torch.set_num_threads(1)
+    set_threads(args.threads)
     warnings.filterwarnings("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sum(v['match'] for v in items)}/{len(items)} match", flush=True)
     table = summarize(rows, strengths, args.relax)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    (out / "variations.json").write_text(json.dumps({"settings": settings, "table": table}, indent=1))
+    write_json(out, "variations", {"settings": settings, "machine": machine_info(), "table": table}, indent=1)
     (out / "variations.md").write_text(markdown(table, args.relax))
     print(markdown(table, args.relax))
     return 0

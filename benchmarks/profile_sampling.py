@@ -5,7 +5,10 @@ On ``--evals`` evaluations of a real mid-trajectory batch (``--batch`` crystals 
 search, then cap, symmetrisation and triplets), and the fixed cost of an evaluation: the same network on one 2-atom
 crystal, where every op is tiny, so its time is Python and per-op dispatch::
 
-    OMP_NUM_THREADS=1 python benchmarks/profile_sampling.py --checkpoint mgl_mp20_small --batch 16
+    OMP_NUM_THREADS=1 python benchmarks/profile_sampling.py --checkpoint mgl_mp20_small --batch-size 16
+
+With ``--out DIR`` the figures also go to ``OUT/profile_sampling.json``. The shared flags (``--out``, ``--batch-size``,
+formerly ``--batch``, which still works, and ``--threads``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import time
 
 import torch
+from _common import add_common_arguments, machine_info, set_threads, write_json
 
 #: aten op -> kind (anything else: "other")
 KINDS = {
@@ -30,21 +34,27 @@ KINDS = {
 }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, out=None, batch_size=16, threads=None, aliases={"batch_size": ("--batch",)},
+                         help={"out": "folder for profile_sampling.json (default: print only)"})
     ap.add_argument("--checkpoint", default="mgl_mp20_small")
-    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--evals", type=int, default=12)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
 
     import mattergen_lab.model.gemnet as gemnet
     import mattergen_lab.model.graph as graph
     from mattergen_lab.sampling.api import load_sampler
 
     sampler, info = load_sampler(args.checkpoint, num_steps=20)
-    counts = info.num_atoms.sample(args.batch, generator=torch.Generator().manual_seed(0))
+    counts = info.num_atoms.sample(args.batch_size, generator=torch.Generator().manual_seed(0))
     frames = list(sampler.iter_steps(counts, generator=torch.Generator().manual_seed(0), every=1))
-    batches = [(frames[i].batch, torch.full((args.batch,), frames[i].t)) for i in (5, 10, 15)]
+    batches = [(frames[i].batch, torch.full((args.batch_size,), frames[i].t)) for i in (5, 10, 15)]
     model = sampler.model
 
     def marked(name, fn):
@@ -83,7 +93,7 @@ def main() -> None:
         elif e.key.startswith("aten::"):
             kinds[KINDS.get(e.key, "other ops")] += e.self_cpu_time_total / 1e3 / args.evals
     profiled = sum(kinds.values())
-    print(f"# {args.checkpoint}, batch {args.batch} ({int(batches[1][0].num_atoms.sum())} atoms), "
+    print(f"# {args.checkpoint}, batch {args.batch_size} ({int(batches[1][0].num_atoms.sum())} atoms), "
           f"{torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.1f}: {1000 * cpu:.1f} ms CPU / "
           f"{1000 * wall:.1f} ms wall per evaluation (without the profiler)")
     print(f"fixed cost (the same network on one 2-atom crystal): {1000 * fixed:.1f} ms CPU per evaluation")
@@ -92,6 +102,11 @@ def main() -> None:
     print(f"self CPU time of the ops by kind (profiler; {profiled:.1f} ms per evaluation in all):")
     for kind, ms in kinds.most_common():
         print(f"  {kind:<32} {ms:7.2f} ms  {100 * ms / profiled:5.1f} %")
+    if args.out:
+        record = {"benchmark": "profile_sampling", "settings": vars(args), "machine": machine_info(),
+                  "atoms": int(batches[1][0].num_atoms.sum()), "cpu_ms_per_eval": 1000 * cpu, "wall_ms_per_eval": 1000 * wall,
+                  "fixed_cpu_ms_per_eval": 1000 * fixed, "graph_ms": marks, "ops_ms_by_kind": dict(kinds)}
+        print(f"wrote {write_json(args.out, 'profile_sampling', record)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The public API is importable from here; submodules load on first use, so ``import mattergen_lab`` stays
 cheap (no pymatgen, no pandas until needed).
 
-Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a module imports from a layer above it):
+Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a module imports from a layer above it
+or two modules import each other, directly or round a cycle):
 
     9  widgets, cli                     (the app: ipywidgets, plotly, nglview; the command line)
     8  design, campaign                 (user-facing runs, tables, export; campaigns on Ray)
@@ -41,7 +42,7 @@ _EXPORTS = {
     "vary": "mattergen_lab.sampling.api",
     "load_checkpoint": "mattergen_lab.checkpoints",
     "registry": "mattergen_lab.checkpoints",
-    "TrainConfig": "mattergen_lab.training.trainer",
+    "TrainConfig": "mattergen_lab.training.config",
     "train": "mattergen_lab.training.trainer",
     "finetune": "mattergen_lab.training.finetune",
     "load_mp20": "mattergen_lab.data",

@@ -2,9 +2,10 @@
 
 Each bound is far above what the official models and this project's runs use, and far below what makes a machine
 swap, hang or ask the allocator for terabytes. The message of :func:`check_at_most` names the value, the bound and,
-where raising it is legitimate, how. Bounds that live beside the code they protect (atoms per crystal and per batch
-in :mod:`mattergen_lab.sampling.request`, the relaxation's atom cap in :mod:`mattergen_lab.evaluation.relax`) keep
-their names there; this module holds the rest.
+where raising it is legitimate, how. Bounds that live beside the code they protect (samples per request in
+:mod:`mattergen_lab.sampling.request`, the relaxation's atom cap in :mod:`mattergen_lab.evaluation.relax`) keep
+their names there; this module holds the rest, among them the atoms per crystal and per batch that both a request
+and a variation's parent are checked against.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ MAX_CORRECTOR_STEPS = 10
 #: Largest seed (a signed 64-bit integer): larger ones were silently reduced modulo 2**63 - 1, so two seeds gave
 #: the same crystals.
 MAX_SEED = 2**63 - 1
+#: Most atoms in one generated crystal: ten times MP-20's largest cell (the models never saw more than 20). The
+#: score model's neighbour graph grows with the square of it: one 1,000-atom crystal took 1.2 GB for one step on a
+#: CPU, 5,000 atoms asked for 8 GB; sixteen 200-atom crystals took 0.8 GB.
+MAX_ATOMS_PER_CRYSTAL = 200
+#: Most atoms denoised together (``batch_size`` × atoms per crystal; 20 per crystal when they are drawn from the
+#: checkpoint's table): a batch of 2,000 MP-20-sized crystals took 2.7 GB on a CPU; 100,000 would take ~130 GB.
+MAX_ATOMS_PER_BATCH = 20_000
 
 # ------------------------------------------------------------------------------------------- architecture
 #: Largest GemNet cutoff (Å; official 7). The neighbour graph grows with its cube.

@@ -1,4 +1,5 @@
-"""Pure helpers of benchmarks/bench_quality.py and benchmarks/bench_adapters.py (campaign merge, oracles, proxies)."""
+"""Pure helpers of benchmarks/bench_quality.py and benchmarks/bench_adapters.py (campaign merge, oracles, proxies; the
+adapters' measurements live in benchmarks/_adapter_metrics.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from benchmark_modules import load_benchmark
 
 bq = load_benchmark("bench_quality")
 ba = load_benchmark("bench_adapters")
+am = load_benchmark("_adapter_metrics")
 
 
 def _rocksalt(a: float = 5.64):
@@ -108,18 +110,18 @@ def test_chemical_system_metrics():
     li_mn_o = Structure(lat, ["Li", "Mn", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0]])
     mn_o = Structure(lat, ["Mn", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     li_fe_o = Structure(lat, ["Li", "Fe", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0]])
-    m = ba.chemical_system_metrics([li_mn_o, mn_o, li_fe_o], ["Li", "Mn", "O"])
+    m = am.chemical_system_metrics([li_mn_o, mn_o, li_fe_o], ["Li", "Mn", "O"])
     assert m["exact_pct"] == pytest.approx(100 / 3)
     assert m["subset_pct"] == pytest.approx(200 / 3)
     assert m["site_fraction_pct"] == pytest.approx(100 * (1 + 1 + 0.75) / 3)
-    assert ba.contains_any_pct([li_mn_o, mn_o, li_fe_o, _cscl()], ba.MAGNETIC_3D) == 75.0
-    assert ba.contains_any_pct([li_mn_o, _cscl()], ba.ANIONS) == 50.0
+    assert am.contains_any_pct([li_mn_o, mn_o, li_fe_o, _cscl()], am.MAGNETIC_3D) == 75.0
+    assert am.contains_any_pct([li_mn_o, _cscl()], am.ANIONS) == 50.0
 
 
 def test_stats():
-    s = ba.stats([1.0, 3.0, math.nan, 8.0])
+    s = am.stats([1.0, 3.0, math.nan, 8.0])
     assert (s["mean"], s["median"], s["n"], s["failed"]) == (4.0, 3.0, 3, 1)
-    assert math.isnan(ba.stats([math.nan])["mean"])
+    assert math.isnan(am.stats([math.nan])["mean"])
 
 
 def test_band_gap_lookup_takes_lowest_formation_energy_polymorph():
@@ -131,12 +133,12 @@ def test_band_gap_lookup_takes_lowest_formation_energy_polymorph():
         "formation_energy_per_atom": [-2.5, -3.0, -2.0, -1.5, -2.0],
         "dft_band_gap": [3.0, 4.5, 1.0, 2.1, np.nan],  # a row without a gap is ignored
     })
-    lookup = ba.band_gap_lookup(table)
+    lookup = am.band_gap_lookup(table)
     assert lookup == {"MgO": (4.5, "mp-b"), "LiFeO2": (2.1, "mp-d")}
 
 
 def test_band_gap_lookup_on_mp20(data_dir):
-    lookup = ba.load_band_gap_lookup(data_dir)
+    lookup = am.load_band_gap_lookup(data_dir)
     assert len(lookup) == 37217  # distinct reduced formulas in MP-20 train + val + test
     gap, mid = lookup["MgO"]
     assert (round(gap, 3), mid) == (4.638, "mp-1265")
@@ -149,7 +151,7 @@ def test_markdown_table_rows():
              "gamma_0": 3974.2, "gamma_g": 3705.0, "n": (32, 32)},
             {"adapter": "b", "target": "dft_bulk_modulus=200 GPa", "oracle": "ML (CHGNet)", "metric": "mean",
              "gamma_0": math.nan, "gamma_g": 151.234, "n": (5, 7)}]
-    lines = ba.markdown_table(rows, 2.0).splitlines()
+    lines = am.markdown_table(rows, 2.0).splitlines()
     assert lines[0] == "| adapter | target | oracle | metric | γ=0 | γ=2 | N |"
     assert lines[2] == "| a | hhi_score=1250 | exact | HHI mean | 3974 | 3705 | 32 |"
     assert lines[3] == "| b | dft_bulk_modulus=200 GPa | ML (CHGNet) | mean | – | 151 | 5 / 7 |"

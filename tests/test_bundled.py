@@ -80,7 +80,7 @@ def test_bundle_registers_copies_and_replaces_an_entry(tmp_path):
 
 
 def test_a_long_history_is_thinned_and_the_last_step_is_shown_by_noise_level():
-    from mattergen_lab.checkpoints import _loss_table
+    from mattergen_lab.checkpoints.bundle import _loss_table
 
     fields = ("val_loss", "val_pos", "val_cell", "val_atomic_numbers")
     history = [{"step": 500 * (i + 1), "val_loss": 2.0 - 0.01 * i, "lr": 1e-3} for i in range(120)]

@@ -136,7 +136,8 @@ def test_batched_model_matches_the_calculator_and_keeps_collapsed_cells_out(weig
     import torch_sim as ts
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from mattergen_lab.evaluation.batched_relax import MatterSimModel, get_batched_relaxer
+    from mattergen_lab.evaluation.batched_relax import get_batched_relaxer
+    from mattergen_lab.evaluation.torchsim_models import MatterSimModel
 
     ase = get_relaxer("mattersim", load_path=weights)
     batched = get_batched_relaxer(ase)

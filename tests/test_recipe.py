@@ -11,8 +11,8 @@ from mattergen_lab.model.layers import ScaleFactor
 from mattergen_lab.model.score_model import ScoreModel
 from mattergen_lab.noise.joint import JointDiffusion
 from mattergen_lab.training.loss import diffusion_loss
-from mattergen_lab.training.recipe import fit_scales_on_data, learning_rate
-from mattergen_lab.training.trainer import TrainConfig, _seeded, train
+from mattergen_lab.training.recipe import fit_scales_on_data, learning_rate, seeded
+from mattergen_lab.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _init_losses(model, data, diffusion, batches=4):
     out = {}
     with torch.no_grad():
         for k in range(batches):
-            _, m = diffusion_loss(model, data.get_batch(range(100 + 16 * k, 116 + 16 * k)), diffusion, generator=_seeded(3, k))
+            _, m = diffusion_loss(model, data.get_batch(range(100 + 16 * k, 116 + 16 * k)), diffusion, generator=seeded(3, k))
             for name, value in m.items():
                 out[name] = out.get(name, 0.0) + value / batches
     return out

@@ -12,7 +12,8 @@ from mattergen_lab.model.io import load_local_checkpoint
 from mattergen_lab.model.score_model import ScoreModel, preset_config
 from mattergen_lab.noise.joint import JointDiffusion
 from mattergen_lab.training.loss import diffusion_loss
-from mattergen_lab.training.trainer import TrainConfig, _seeded, train
+from mattergen_lab.training.recipe import seeded
+from mattergen_lab.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,12 @@ def test_ddp_two_processes_match_averaged_gradients(data_dir, tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     diffusion = JointDiffusion()
     per_rank = len(train_data) // 2
-    order = torch.randperm(len(train_data), generator=_seeded(5, 1, 0))
+    order = torch.randperm(len(train_data), generator=seeded(5, 1, 0))
     for step in range(3):
         grads = None
         for rank in range(2):
             idx = order[rank::2][:per_rank][step * 4 : (step + 1) * 4]
-            loss, _ = diffusion_loss(model, train_data.get_batch(idx), diffusion, generator=_seeded(5, 2, rank, step))
+            loss, _ = diffusion_loss(model, train_data.get_batch(idx), diffusion, generator=seeded(5, 2, rank, step))
             model.zero_grad()
             loss.backward()
             g = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]

@@ -162,7 +162,7 @@ class CampaignPanel(w.VBox):
         return f"{r['id']}  {r['formula']}  {e_text}" + ("  S.U.N." if str(r.get("novel_unique_stable")) == "True" else "")
 
     def _counts_html(self) -> str:
-        from mattergen_lab.evaluation.evaluate import compute_metrics
+        from mattergen_lab.evaluation.results import compute_metrics
 
         st, ev = self.status, self.evaluations
         lines = [(f"<b>{'finished' if st['finished'] else 'running'}</b>: sampling {st['sample_tasks_done']}/"

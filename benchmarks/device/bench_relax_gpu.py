@@ -5,17 +5,19 @@ relaxes ``--num`` crystals; the ASE path, one at a time on the same GPU, relaxes
 for the comparison (same crystals, same protocol). Each part stops at its time budget and reports what
 finished (a projection for the rest is printed, labelled as such), so one device call stays under ~8 minutes::
 
-    python benchmarks/device/bench_relax_gpu.py --num 1000 --ase-num 40 --budget-s 300 --ase-budget-s 90 --out $OUT/relax.json
+    python benchmarks/device/bench_relax_gpu.py --num 1000 --ase-num 40 --budget-s 300 --ase-budget-s 90 --out $OUT
 
 Crystals: MP-20 test structures when the data is there, otherwise rattled prototypes (rock salt, CsCl,
 fluorite, zinc blende, perovskite, in 1-8x supercells up to 20 atoms). A CPU smoke run (what CI can check):
-``--device cpu --num 4 --ase-num 2 --budget-s 60``.
+``--device cpu --num 4 --ase-num 2 --budget-s 60``. With ``--out DIR`` the record goes to ``OUT/relax.json``; the
+shared flags (``--out``, ``--threads``, ``--device``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 import warnings
@@ -23,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+from _common import add_common_arguments, machine_info, set_threads, write_json  # noqa: E402
 
 
 def crystals(num: int, max_atoms: int, data_dir: str | None) -> tuple[list, str]:
@@ -78,9 +83,10 @@ def _summary(results: list, seconds: float, total: int) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
+    add_common_arguments(parser, out=None, threads=None, device="cuda",
+                         help={"out": "folder for relax.json (default: print only)"})
     parser.add_argument("--num", type=int, default=1000)
     parser.add_argument("--ase-num", type=int, default=40)
     parser.add_argument("--max-atoms", type=int, default=20)
@@ -88,8 +94,12 @@ def main() -> None:
     parser.add_argument("--ase-budget-s", type=float, default=90.0, help="ASE part")
     parser.add_argument("--max-memory-scaler", type=float, default=None, help="default: torch-sim's GPU estimate")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     warnings.simplefilter("ignore")
 
     from mattergen_lab.evaluation.batched_relax import CPU_MAX_MEMORY_SCALER, get_batched_relaxer
@@ -101,7 +111,7 @@ def main() -> None:
     batched = get_batched_relaxer(ase, device=args.device, max_memory_scaler=args.max_memory_scaler)
     batched.relax_many(structures[:2])  # warm-up: model on the device, first graphs, CUDA kernels
     record: dict = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-                    "crystals": source, "mean_atoms": float(np.mean([len(s) for s in structures]))}
+                    "machine": machine_info(args.device), "crystals": source, "mean_atoms": float(np.mean([len(s) for s in structures]))}
 
     cancel = threading.Event()
     timer = threading.Timer(args.budget_s, cancel.set)
@@ -131,8 +141,7 @@ def main() -> None:
         record["speedup"] = round(record["batched"]["relaxations_per_s"] / record["ase"]["relaxations_per_s"], 1)
     print(json.dumps(record), flush=True)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2))
+        write_json(args.out, "relax", record)
 
 
 if __name__ == "__main__":

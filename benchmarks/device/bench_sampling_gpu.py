@@ -12,11 +12,13 @@ from it (``realistic_*``); the loop's own figures and its last-step edges per cr
 Each variant stops at ``--budget-s`` and reports the projection for the full step count, so one device call of
 about 8 minutes always returns figures::
 
-    python benchmarks/device/bench_sampling_gpu.py --variant fp32 --budget-s 240 --out $OUT/fp32.json
-    python benchmarks/device/bench_sampling_gpu.py --variant bf16 --steps 200 --budget-s 90 --out $OUT/bf16.json
-    python benchmarks/device/bench_sampling_gpu.py --variant compile --steps 200 --budget-s 120 --out $OUT/compile.json
+    python benchmarks/device/bench_sampling_gpu.py --variant fp32 --budget-s 240 --out $OUT
+    python benchmarks/device/bench_sampling_gpu.py --variant bf16 --steps 200 --budget-s 90 --out $OUT
+    python benchmarks/device/bench_sampling_gpu.py --variant compile --steps 200 --budget-s 120 --out $OUT
 
-A CPU smoke run (what CI can check): ``--device cpu --batch 2 --steps 3 --preset small``.
+Each writes ``OUT/<variant>.json``. A CPU smoke run (what CI can check): ``--device cpu --batch-size 2 --steps 3
+--preset small``. The shared flags (``--out``, ``--batch-size``, formerly ``--batch``, which still works, ``--steps``,
+``--threads``, ``--device``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+from _common import add_common_arguments, machine_info, set_threads, write_json  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -105,11 +111,11 @@ def run(args: argparse.Namespace) -> dict:
     net = model
     if args.variant == "compile":
         net = torch.compile(model, dynamic=True)
-    sizes = _sizes(args.batch, seed=0)
+    sizes = _sizes(args.batch_size, seed=0)
     result: dict = {"preset": args.preset, "parameters": model.num_parameters(), "variant": args.variant,
-                    "batch": args.batch, "steps": args.steps, "guidance": 2.0, "atoms": sum(sizes),
+                    "batch": args.batch_size, "steps": args.steps, "guidance": 2.0, "atoms": sum(sizes),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__}
+                    "torch": torch.__version__, "machine": machine_info(args.device)}
     if args.variant != "fp32":
         t0 = time.perf_counter()
         result["parity_vs_fp32"] = parity(model, net, device, sizes[:16], autocast=args.variant == "bf16")
@@ -118,8 +124,8 @@ def run(args: argparse.Namespace) -> dict:
     cost = eval_cost(guided, device, sizes, args.eval_repeats, autocast=args.variant == "bf16")
     full = 2 * args.steps * cost["eval_s"]
     result.update(cost, realistic_projected_s_full_run=round(full, 1),
-                  realistic_s_per_structure=round(full / args.batch, 3),
-                  realistic_structures_per_s=round(args.batch / full, 4))
+                  realistic_s_per_structure=round(full / args.batch_size, 3),
+                  realistic_structures_per_s=round(args.batch_size / full, 4))
     sampler = PredictorCorrectorSampler(guided, JointDiffusion(),
                                         SamplerConfig(num_steps=args.steps))
     if device.type == "cuda":
@@ -144,8 +150,8 @@ def run(args: argparse.Namespace) -> dict:
     result.update({
         "steps_run": done, "wall_s": round(wall, 1), "s_per_step": round(per_step, 4),
         "projected_s_full_run": round(per_step * args.steps, 1),
-        "structures_per_s_full_run": round(args.batch / (per_step * args.steps), 4),
-        "s_per_structure_full_run": round(per_step * args.steps / args.batch, 3),
+        "structures_per_s_full_run": round(args.batch_size / (per_step * args.steps), 4),
+        "s_per_structure_full_run": round(per_step * args.steps / args.batch_size, 3),
         "finished": bool(last is not None and last.final),
     })
     if device.type == "cuda":
@@ -158,27 +164,30 @@ def run(args: argparse.Namespace) -> dict:
         g = build_graph(b.frac_coords.float(), b.lattice.float(), b.num_atoms, cutoff=cfg.cutoff,
                         max_neighbors=cfg.max_neighbors, max_images=cfg.max_cell_images_per_dim)
         vol = torch.linalg.det(b.lattice.double()).abs() / b.num_atoms
-        result["last_step_edges_per_crystal"] = round(g.num_edges / args.batch, 1)
+        result["last_step_edges_per_crystal"] = round(g.num_edges / args.batch_size, 1)
         result["last_step_median_volume_per_atom"] = round(float(vol.median()), 1)
     return result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, out=None, batch_size=64, steps=1000, threads=None, device="cuda",
+                         aliases={"batch_size": ("--batch",)},
+                         help={"out": "folder for <variant>.json (default: print only)"})
     ap.add_argument("--preset", default="official")
     ap.add_argument("--variant", choices=["fp32", "bf16", "compile"], default="fp32")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop the loop after this long and project")
     ap.add_argument("--eval-repeats", type=int, default=10)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     result = run(args)
     print(json.dumps(result, indent=1))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, args.variant, result, indent=1)
 
 
 if __name__ == "__main__":

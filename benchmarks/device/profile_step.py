@@ -5,18 +5,26 @@ tensor's shape): ``.item()/.tolist()/int()/bool()``, ``nonzero`` and boolean-mas
 ``repeat_interleave`` without ``output_size``. This script counts them per call site (file:line in mattergen_lab)
 with a ``TorchFunctionMode``, so it needs no GPU, then prints torch.profiler's top CPU ops::
 
-    OMP_NUM_THREADS=1 python benchmarks/device/profile_step.py --batch 8
+    OMP_NUM_THREADS=1 python benchmarks/device/profile_step.py --batch-size 8
+
+With ``--out DIR`` the sync sites also go to ``OUT/profile_step.json``. The shared flags (``--out``, ``--batch-size``,
+formerly ``--batch``, which still works, and ``--threads``) are those of ``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+from _common import add_common_arguments, machine_info, set_threads, write_json  # noqa: E402
 
 SYNC_METHODS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "cpu", "numpy", "bincount", "unique"}
 
@@ -44,13 +52,19 @@ class SyncCounter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, out=None, batch_size=8, threads=None, aliases={"batch_size": ("--batch",)},
+                         help={"out": "folder for profile_step.json (default: print only)"})
     ap.add_argument("--preset", default="official")
-    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--atoms", type=int, default=10)
     ap.add_argument("--t", type=float, default=0.5, help="the time of the profiled step")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
 
     from mattergen_lab.model.score_model import ScoreModel
     from mattergen_lab.noise.joint import JointDiffusion
@@ -61,7 +75,7 @@ def main() -> None:
     # a 2-step run whose first step is at t: the prior, one corrector + predictor step, then the last step
     sampler = PredictorCorrectorSampler(model, JointDiffusion(), SamplerConfig(num_steps=2, eps_t=args.t))
     sampler.timesteps = lambda: [args.t, args.t / 2]  # type: ignore[method-assign]
-    counts = [args.atoms] * args.batch
+    counts = [args.atoms] * args.batch_size
     counter = SyncCounter()
     t0 = time.perf_counter()
     with counter, torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -69,12 +83,17 @@ def main() -> None:
         next(frames)  # the prior
         next(frames)  # one full step
     wall = time.perf_counter() - t0
-    print(f"{args.preset}: {model.num_parameters():,} parameters, batch {args.batch} x {args.atoms} atoms, one step in {wall:.2f} s")
+    print(f"{args.preset}: {model.num_parameters():,} parameters, batch {args.batch_size} x {args.atoms} atoms, one step in {wall:.2f} s")
     total = sum(counter.sites.values())
     print(f"host syncs in one step (2 model evaluations): {total}")
     for (name, site), n in counter.sites.most_common():
         print(f"  {n:5d}  {name:<18} {site}")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    if args.out:
+        sites = [{"op": name, "site": site, "count": n} for (name, site), n in counter.sites.most_common()]
+        record = {"benchmark": "profile_step", "settings": vars(args), "machine": machine_info(), "wall_s": wall,
+                  "host_syncs": total, "sites": sites}
+        print(f"wrote {write_json(args.out, 'profile_step', record)}")
 
 
 if __name__ == "__main__":

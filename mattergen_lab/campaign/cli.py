@@ -40,7 +40,7 @@ def _print_status(st: dict, metrics: dict | None = None) -> None:
 def cmd_campaign(args: argparse.Namespace) -> int:
     from mattergen_lab.campaign.runner import run_campaign
     from mattergen_lab.campaign.store import CampaignFolder
-    from mattergen_lab.evaluation.evaluate import compute_metrics
+    from mattergen_lab.evaluation.results import compute_metrics
 
     if args.campaign_command == "status":
         folder = CampaignFolder(args.folder)

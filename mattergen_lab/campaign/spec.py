@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from mattergen_lab.config import load_yaml_without_aliases
-from mattergen_lab.evaluation.evaluate import MATCHERS, STABILITY_THRESHOLD
+from mattergen_lab.evaluation.evaluate import STABILITY_THRESHOLD
+from mattergen_lab.evaluation.matching import MATCHERS
 from mattergen_lab.evaluation.relax import RELAXERS, RelaxConfig
 from mattergen_lab.limits import MAX_CAMPAIGN_ARMS
 from mattergen_lab.sampling.frames import sampler_variant

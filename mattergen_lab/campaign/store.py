@@ -180,7 +180,7 @@ class CampaignFolder:
         import pandas as pd
         from pymatgen.core import Structure
 
-        from mattergen_lab.evaluation.evaluate import finalize_table
+        from mattergen_lab.evaluation.results import finalize_table
 
         spec = self.spec()
         arms = {a.name: a for a in spec.arms()}
@@ -226,7 +226,7 @@ class CampaignFolder:
         from ase.io import write as ase_write
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        from mattergen_lab.evaluation.evaluate import compute_metrics
+        from mattergen_lab.evaluation.results import compute_metrics
 
         samples = self.samples()
         if samples:

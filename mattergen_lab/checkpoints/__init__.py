@@ -21,8 +21,9 @@ This package was one module; its parts now live in
 * :mod:`~mattergen_lab.checkpoints.official`: official ``config.yaml``/key mapping and :func:`load_official`,
 * :mod:`~mattergen_lab.checkpoints.bundle`: :func:`bundle_checkpoint` and its model card,
 
-and this file keeps the front door (:func:`load_checkpoint`, :func:`checkpoint_properties`). Every name is
-still importable from ``mattergen_lab.checkpoints``.
+and this file keeps the front door (:func:`load_checkpoint`, :func:`checkpoint_properties`). The names above are
+importable from ``mattergen_lab.checkpoints`` too; the modules' other names (official key mapping, the model
+card's helpers) from their own module.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# re-exported: every name of the former single module is still importable from here
-from mattergen_lab.checkpoints.bundle import _loss_table, bundle_checkpoint  # noqa: F401
+# the package's names (what the front door below uses, and what callers import from here)
+from mattergen_lab.checkpoints.bundle import bundle_checkpoint  # noqa: F401
 from mattergen_lab.checkpoints.catalog import (  # noqa: F401
-    REGISTRY_FILE,
     CheckpointRecord,
     CheckpointUnavailableError,
     cache_root,
@@ -46,10 +46,8 @@ from mattergen_lab.checkpoints.catalog import (  # noqa: F401
     verify_sha256,
 )
 from mattergen_lab.checkpoints.official import (  # noqa: F401
-    OFFICIAL_PREFIX,
     find_official_files,
     load_official,
-    map_official_state_dict,
     official_gemnet_config,
     read_official_config,
 )

@@ -338,7 +338,8 @@ def _mp20_known(data_dir: str) -> KnownMaterials:
     from pymatgen.core import Composition
 
     from mattergen_lab.evaluation.matching import load_novelty_reference
-    from mattergen_lab.evaluation.reference import MP20_FORMATION_ENERGIES, elemental_references, load_reference
+    from mattergen_lab.evaluation.reference import MP20_FORMATION_ENERGIES, load_reference
+    from mattergen_lab.evaluation.reference_files import elemental_references
 
     table = pd.read_csv(os.path.join(data_dir, MP20_FORMATION_ENERGIES))
     refs, hull = elemental_references(data_dir), load_reference("mp20", data_dir=data_dir)

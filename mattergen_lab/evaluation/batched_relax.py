@@ -39,13 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mattergen_lab.evaluation.relax import Relaxer, RelaxResult, prepare_structure
-from mattergen_lab.evaluation.torchsim_models import (  # noqa: F401 - public here too (the engine's model interfaces)
-    CHGNetModel,
-    MatterSimModel,
-    batched_model,
-    has_batched_model,
-    torchsim_available,
-)
+from mattergen_lab.evaluation.torchsim_models import batched_model, has_batched_model, torchsim_available
 from mattergen_lab.forcefields import package_version
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -45,7 +45,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     # pymatgen warns once per noble gas while scanning elements, and CHGNet about a tensor conversion: noise
     silence_library_warnings()
-    from mattergen_lab.evaluation.evaluate import evaluate_structures, read_structures
+    from mattergen_lab.evaluation.evaluate import evaluate_structures
+    from mattergen_lab.evaluation.inputs import read_structures
     from mattergen_lab.evaluation.relax import RelaxConfig, get_relaxer
     from mattergen_lab.fileio import check_writable_dir
     from mattergen_lab.limits import MAX_RELAX_ATOMS, check_at_most

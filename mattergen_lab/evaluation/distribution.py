@@ -30,7 +30,7 @@ def distribution_stats(structures: Sequence[Any], *, symprec: float = 0.1) -> di
     ``smact_valid`` (share passing MatterGen's SMACT test), ``share_p1`` (space group 1 by spglib at ``symprec``;
     crystals spglib cannot analyse count as P1).
     """
-    from mattergen_lab.evaluation.evaluate import composition_valid
+    from mattergen_lab.evaluation.per_structure import composition_valid
     from mattergen_lab.properties.symmetry import space_group
 
     if not structures:

@@ -8,7 +8,7 @@ relaxed structure to ``relaxed/<id>.cif`` first), so a run that is killed and st
 finished and loses nothing. Uniqueness needs the whole set, so it is computed at the end.
 
 This module holds the run: :func:`evaluate_structures`/:func:`evaluate_path`, the protocol record and the
-resume bookkeeping of ``out_dir``. The rest moved, and is re-exported here under its old names:
+resume bookkeeping of ``out_dir``. The rest lives in
 
 * :mod:`~mattergen_lab.evaluation.inputs`: :func:`read_structures` and the input checks;
 * :mod:`~mattergen_lab.evaluation.per_structure`: one structure's row (``_evaluate_one``),
@@ -34,39 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mattergen_lab.structure_io import check_structure_input, structure_to_cif
-from mattergen_lab.evaluation.inputs import (  # noqa: F401 - re-exported: the names of the former single module
-    _INPUT_CHECK,
-    STRUCTURE_SUFFIXES,
-    _natural_key,
-    _read_ase_file,
-    _read_file,
-    _structure_from_text,
-    read_structures,
-)
+from mattergen_lab.evaluation.inputs import _INPUT_CHECK, read_structures
 from mattergen_lab.evaluation.matching import MATCHERS, load_novelty_reference
-from mattergen_lab.evaluation.per_structure import (  # noqa: F401 - re-exported: the names of the former single module
-    MAX_SMACT_ELEMENTS,
-    RMSD_ANGLE_TOL,
-    RMSD_LTOL,
-    RMSD_STOL,
-    _evaluate_one,
-    _fingerprint,
-    _legacy_fingerprint,
-    composition_valid,
-    rmsd_from_relaxation,
-)
+from mattergen_lab.evaluation.per_structure import _evaluate_one, _fingerprint, _legacy_fingerprint
 from mattergen_lab.evaluation.reference import ReferenceHull, load_reference
 from mattergen_lab.evaluation.relax import RelaxConfig, Relaxer, RelaxResult, get_relaxer
-from mattergen_lab.evaluation.results import (  # noqa: F401 - re-exported: the names of the former single module
-    COLUMNS,
-    METRIC_DESCRIPTIONS,
-    WHOLE_SET_COLUMNS,
-    EvaluationResult,
-    _frac,
-    compute_metrics,
-    finalize_table,
-    write_result,
-)
+from mattergen_lab.evaluation.results import COLUMNS, EvaluationResult, compute_metrics, finalize_table, write_result
 from mattergen_lab.fileio import FolderLock, append_jsonl, atomic_write_text, check_writable_dir, read_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover

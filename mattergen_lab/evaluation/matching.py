@@ -244,7 +244,7 @@ def _mp20_novelty_reference(data_dir: str) -> NoveltyReference:
     import pandas as pd
     from pymatgen.core import Composition, Lattice, Structure
 
-    from mattergen_lab.data.dataset import load_mp20
+    from mattergen_lab.data.mp20 import load_mp20
 
     structures, ids = [], []
     for split in ("train", "val", "test"):

@@ -22,15 +22,13 @@ Sources (:func:`load_reference`):
   lmdb``); its values are read as plain data, never as arbitrary pickled objects;
 * ``"mp-api"``: the Materials Project through ``mp-api`` with ``MP_API_KEY`` set, fetched per chemical system.
 
-The file and service readers are in :mod:`~mattergen_lab.evaluation.reference_files`.
+The file and service readers, the MP elemental references and the formation-energy conversion are in
+:mod:`~mattergen_lab.evaluation.reference_files`.
 """
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
-import logging
 import math
 import os
 from collections import defaultdict
@@ -43,15 +41,17 @@ import numpy as np
 
 from mattergen_lab.caches import registered
 from mattergen_lab.data.paths import resolve_data_dir
+from mattergen_lab.evaluation import reference_files
+from mattergen_lab.evaluation.reference_files import (
+    MP_ELEMENTAL_REFERENCES,
+    entries_from_formation_energies,
+    read_elemental_references,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition
-
-log = logging.getLogger(__name__)
 
 MP20_FORMATION_ENERGIES = "mp_20/mp20_all_compositions_formation_energies.csv"
-MP_ELEMENTAL_REFERENCES = "reference/2023-02-07-mp-elemental-reference-entries.json.gz"
 
 
 #: ``PhaseDiagram`` builds a convex hull in as many dimensions as elements; beyond this it takes minutes to
@@ -208,59 +208,14 @@ class ReferenceHull:
 
 
 @registered
-@lru_cache(maxsize=4)
-def _elemental_references(path: str) -> dict[str, Any]:
-    from pymatgen.entries.computed_entries import ComputedEntry
-
-    with gzip.open(path, "rt") as fh:
-        raw = json.load(fh)
-    return {el: ComputedEntry.from_dict(d) for el, d in raw.items()}
-
-
-def elemental_references(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The MP elemental reference entries (lowest-energy MP entry per element), ``{symbol: ComputedEntry}``."""
-    path = resolve_data_dir(data_dir) / MP_ELEMENTAL_REFERENCES
-    if not path.is_file():
-        raise FileNotFoundError(f"MP elemental references not found at {path}; set --data-dir or MATTERGEN_LAB_DATA")
-    return _elemental_references(str(path))
-
-
-def _pd_entry(composition: Composition, energy: float, name: str) -> PDEntry:
-    from pymatgen.analysis.phase_diagram import PDEntry
-
-    return PDEntry(composition, float(energy), name=name)
-
-
-def _from_formation_energies(
-    rows: Iterable[tuple[str, str, float]], refs: dict[str, Any], source: str
-) -> list[PDEntry]:
-    """``(id, composition, formation energy per atom)`` rows → total-energy entries, plus the elements."""
-    from pymatgen.core import Composition
-
-    entries = [_pd_entry(Composition({el: 1}), ref.energy_per_atom, ref.entry_id or f"{el}-ref") for el, ref in refs.items()]
-    for line, (entry_id, comp_text, e_form) in enumerate(rows, start=2):
-        try:
-            comp = Composition(comp_text)
-            missing = [el.symbol for el in comp.elements if el.symbol not in refs]
-        except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
-            raise ValueError(f"{source}, line {line} ({entry_id}): bad composition {comp_text!r}: {exc}") from None
-        if missing:
-            log.warning("%s, line %d (%s): no elemental reference for %s; skipped", source, line, entry_id, missing)
-            continue
-        energy = float(e_form) * comp.num_atoms + sum(n * refs[el.symbol].energy_per_atom for el, n in comp.items())
-        entries.append(_pd_entry(comp, energy, str(entry_id)))
-    return entries
-
-
-@registered
 @lru_cache(maxsize=2)
 def _mp20_hull(path: str, refs_path: str) -> ReferenceHull:
     import pandas as pd
 
     table = pd.read_csv(path)
-    refs = _elemental_references(refs_path)
+    refs = read_elemental_references(refs_path)
     rows = zip(table["material_id"], table["composition"], table["formation_energy_per_atom"])
-    entries = _from_formation_energies(rows, refs, source=Path(path).name)
+    entries = entries_from_formation_energies(rows, refs, source=Path(path).name)
     return ReferenceHull(
         entries,
         name="mp20",
@@ -275,8 +230,6 @@ def load_reference(
     source: str | os.PathLike | ReferenceHull = "mp20", *, data_dir: str | os.PathLike | None = None
 ) -> ReferenceHull:
     """A :class:`ReferenceHull` from a name or a file (see the module docstring for the formats)."""
-    from mattergen_lab.evaluation import reference_files  # the file readers need this module's helpers
-
     if isinstance(source, ReferenceHull):
         return source
     text = str(source)

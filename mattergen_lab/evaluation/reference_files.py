@@ -1,5 +1,6 @@
 """Reference-hull files and services: pymatgen-entry JSON, composition/energy CSV, MatterGen's LMDB reference
-and the Materials Project API (the formats of :func:`~mattergen_lab.evaluation.reference.load_reference`).
+and the Materials Project API (the formats of :func:`~mattergen_lab.evaluation.reference.load_reference`), and the
+MP elemental reference entries that turn formation energies into total energies.
 
 Each reader returns entries in the MP2020-compatible total-energy convention of
 :class:`~mattergen_lab.evaluation.reference.ReferenceHull`, or raises ``ValueError`` naming the file and the bad
@@ -11,15 +12,79 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mattergen_lab.evaluation.reference import _from_formation_energies, _pd_entry, elemental_references
+from mattergen_lab.caches import registered
+from mattergen_lab.data.paths import resolve_data_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+log = logging.getLogger(__name__)
+
+MP_ELEMENTAL_REFERENCES = "reference/2023-02-07-mp-elemental-reference-entries.json.gz"
+
+
+# ====================================================================== elemental references, formation energies
+
+
+@registered
+@lru_cache(maxsize=4)
+def read_elemental_references(path: str) -> dict[str, Any]:
+    """``{symbol: ComputedEntry}`` of an MP elemental-reference file (``.json.gz``), read once per path."""
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    with gzip.open(path, "rt") as fh:
+        raw = json.load(fh)
+    return {el: ComputedEntry.from_dict(d) for el, d in raw.items()}
+
+
+def elemental_references(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The MP elemental reference entries (lowest-energy MP entry per element), ``{symbol: ComputedEntry}``."""
+    path = resolve_data_dir(data_dir) / MP_ELEMENTAL_REFERENCES
+    if not path.is_file():
+        raise FileNotFoundError(f"MP elemental references not found at {path}; set --data-dir or MATTERGEN_LAB_DATA")
+    return read_elemental_references(str(path))
+
+
+def pd_entry(composition: Composition, energy: float, name: str) -> PDEntry:
+    """A pymatgen ``PDEntry`` with a total energy (eV) and a name."""
+    from pymatgen.analysis.phase_diagram import PDEntry
+
+    return PDEntry(composition, float(energy), name=name)
+
+
+def entries_from_formation_energies(
+    rows: Iterable[tuple[str, str, float]], refs: dict[str, Any], source: str
+) -> list[PDEntry]:
+    """``(id, composition, formation energy per atom)`` rows → total-energy entries, plus the elements."""
+    from pymatgen.core import Composition
+
+    entries = [pd_entry(Composition({el: 1}), ref.energy_per_atom, ref.entry_id or f"{el}-ref") for el, ref in refs.items()]
+    for line, (entry_id, comp_text, e_form) in enumerate(rows, start=2):
+        try:
+            comp = Composition(comp_text)
+            missing = [el.symbol for el in comp.elements if el.symbol not in refs]
+        except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
+            raise ValueError(f"{source}, line {line} ({entry_id}): bad composition {comp_text!r}: {exc}") from None
+        if missing:
+            log.warning("%s, line %d (%s): no elemental reference for %s; skipped", source, line, entry_id, missing)
+            continue
+        energy = float(e_form) * comp.num_atoms + sum(n * refs[el.symbol].energy_per_atom for el, n in comp.items())
+        entries.append(pd_entry(comp, energy, str(entry_id)))
+    return entries
+
+
+# ====================================================================== files and services
 
 
 def read_entries_json(path: Path) -> list[Any]:
@@ -53,7 +118,7 @@ def read_entries_csv(path: Path, data_dir: str | os.PathLike | None) -> list[Any
     ids = table["material_id"] if "material_id" in table.columns else [f"{path.stem}-{i}" for i in range(len(table))]
     if "formation_energy_per_atom" in table.columns and "energy" not in table.columns:
         refs = elemental_references(data_dir)
-        return _from_formation_energies(zip(ids, table[comp_col], table["formation_energy_per_atom"]), refs, str(path))
+        return entries_from_formation_energies(zip(ids, table[comp_col], table["formation_energy_per_atom"]), refs, str(path))
     energy_col = next((c for c in ("energy", "energy_per_atom") if c in table.columns), None)
     if energy_col is None:
         raise ValueError(
@@ -67,7 +132,7 @@ def read_entries_csv(path: Path, data_dir: str | os.PathLike | None) -> list[Any
         except Exception as exc:  # noqa: BLE001 - turned into a clear message or a recorded failure
             raise ValueError(f"{path}, line {line}: bad composition {comp_text!r}: {exc}") from None
         energy = float(value) * (comp.num_atoms if energy_col == "energy_per_atom" else 1.0)
-        entries.append(_pd_entry(comp, energy, str(entry_id)))
+        entries.append(pd_entry(comp, energy, str(entry_id)))
     return entries
 
 

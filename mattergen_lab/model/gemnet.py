@@ -25,6 +25,7 @@ from torch import nn
 from mattergen_lab.limits import ARCHITECTURE_BOUNDS, MAX_CUTOFF, check_at_most
 from mattergen_lab.model.graph import Graph, build_graph, pad_rows, take
 from mattergen_lab.model.layers import (
+    INV_SQRT2,
     CircularBasisLayer,
     Dense,
     EfficientInteractionBilinear,
@@ -35,7 +36,6 @@ from mattergen_lab.model.layers import (
     fresh,
     legendre_sph,
 )
-from mattergen_lab.model.layers import INV_SQRT2  # noqa: F401 (importable from here as before)
 
 #: Official state-dict keys (after the ``diffusion_module.model.`` prefix) that have no counterpart here:
 #: the unused energy branch of each output block. The checkpoint loader skips exactly these.

@@ -12,12 +12,8 @@
 * :mod:`~mattergen_lab.properties.targets`: ``sweep_interval``: sample across a range, keep what lands in it.
 """
 
-from mattergen_lab.properties.bulk_modulus import (
-    BulkModulusError,
-    BulkModulusResult,
-    bulk_modulus,
-    get_calculator,
-)
+from mattergen_lab.forcefields import get_calculator
+from mattergen_lab.properties.bulk_modulus import BulkModulusError, BulkModulusResult, bulk_modulus
 from mattergen_lab.properties.hhi import (
     HHI_SOURCE,
     chemical_system,
@@ -46,7 +42,6 @@ __all__ = [
     "BulkModulusResult",
     "IntervalResult",
     "add_derived_properties",
-    "bulk_moduli",
     "bulk_modulus",
     "checkpoint_sample_fn",
     "chemical_system",

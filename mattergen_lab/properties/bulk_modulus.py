@@ -26,7 +26,7 @@ Many structures: :func:`~mattergen_lab.evaluation.bulk_moduli` (module
 :mod:`~mattergen_lab.evaluation.batched_eos`) runs this protocol on torch-sim's batched FIRE (about 3x faster on
 a CPU) and returns one result or error per structure; :func:`bulk_modulus` here is the ASE reference path.
 
-Energies come from :func:`get_calculator`: ``"chgnet"`` (weights ship in its wheel; works offline) or
+Energies come from :func:`~mattergen_lab.forcefields.get_calculator`: ``"chgnet"`` (weights ship in its wheel; works offline) or
 ``"mattersim"`` (weights download on first use; offline, pass ``load_path``).
 """
 
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mattergen_lab.forcefields import CALCULATORS, cell_filter, get_calculator, resolve_calculator  # noqa: F401
+from mattergen_lab.forcefields import cell_filter, resolve_calculator
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms

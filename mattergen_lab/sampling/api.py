@@ -27,7 +27,6 @@ from mattergen_lab.sampling.build import (  # noqa: F401 (public names, importab
     load_sampler,
     recommended_num_steps,
     validated_conditions,
-    weights_identity,
 )
 from mattergen_lab.sampling.pipeline import SamplingPipeline
 from mattergen_lab.sampling.request import SamplingRequest

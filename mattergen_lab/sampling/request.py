@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mattergen_lab.chemistry import ChemicalSystem
-from mattergen_lab.limits import MAX_NUM_STEPS, MAX_SEED, check_at_most
+from mattergen_lab.limits import MAX_ATOMS_PER_BATCH, MAX_ATOMS_PER_CRYSTAL, MAX_NUM_STEPS, MAX_SEED, check_at_most
 from mattergen_lab.sampling.composition import FixedComposition
 from mattergen_lab.sampling.frames import sampler_variant
 from mattergen_lab.sampling.guidance import check_guidance_scale
@@ -30,13 +30,6 @@ from mattergen_lab.symmetry.templates import SymmetrySpec
 #: Most crystals one request may ask for: beyond it, split the work into a campaign (``mattergen-lab campaign``),
 #: whose tasks are requests of this size or less. (A billion would allocate gigabytes before the first crystal.)
 MAX_NUM_SAMPLES = 100_000
-#: Most atoms in one generated crystal: ten times MP-20's largest cell (the models never saw more than 20). The
-#: score model's neighbour graph grows with the square of it: one 1,000-atom crystal took 1.2 GB for one step on a
-#: CPU, 5,000 atoms asked for 8 GB; sixteen 200-atom crystals took 0.8 GB.
-MAX_ATOMS_PER_CRYSTAL = 200
-#: Most atoms denoised together (``batch_size`` × atoms per crystal; 20 per crystal when they are drawn from the
-#: checkpoint's table): a batch of 2,000 MP-20-sized crystals took 2.7 GB on a CPU; 100,000 would take ~130 GB.
-MAX_ATOMS_PER_BATCH = 20_000
 DRAWN_ATOMS_MAX = 20  # the largest cell in the atom-count tables of MP-20 and Alex-MP-20
 
 
@@ -83,7 +76,7 @@ def largest_cell(num_atoms: Any) -> int | None:
 
 def check_size(num_samples: int, batch_size: int, per_crystal: int | None) -> None:
     """``ValueError`` naming the cap when a crystal or a batch is bigger than the machine should be asked for
-    (:data:`MAX_ATOMS_PER_CRYSTAL`, :data:`MAX_ATOMS_PER_BATCH`); ``per_crystal=None``: drawn, at most 20."""
+    (:data:`~mattergen_lab.limits.MAX_ATOMS_PER_CRYSTAL`, :data:`~mattergen_lab.limits.MAX_ATOMS_PER_BATCH`); ``per_crystal=None``: drawn, at most 20."""
     per_crystal = DRAWN_ATOMS_MAX if per_crystal is None else per_crystal
     if per_crystal > MAX_ATOMS_PER_CRYSTAL:
         raise ValueError(f"num_atoms={per_crystal} is more than MAX_ATOMS_PER_CRYSTAL={MAX_ATOMS_PER_CRYSTAL} atoms "

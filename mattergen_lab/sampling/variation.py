@@ -23,7 +23,7 @@ re-sampled within it; without an explicit mask every site may stay its own eleme
 elements the model generates from scratch, is kept).
 
 Refused before any work, each in one line naming the value: an unreadable or disordered (partially occupied)
-parent, one over :data:`~mattergen_lab.sampling.request.MAX_ATOMS_PER_CRYSTAL` atoms, a strength outside (0, 1], a
+parent, one over :data:`~mattergen_lab.limits.MAX_ATOMS_PER_CRYSTAL` atoms, a strength outside (0, 1], a
 site selection that matches nothing, a substitution the parent or the model cannot do.
 """
 
@@ -45,6 +45,7 @@ import torch
 from mattergen_lab.chemistry import ChemicalSystem, atomic_number_of, symbol_of
 from mattergen_lab.constants import NUM_CLASSES
 from mattergen_lab.crystal import CrystalBatch
+from mattergen_lab.limits import MAX_ATOMS_PER_CRYSTAL
 from mattergen_lab.sampling.start import StartFrom
 from mattergen_lab.structure_io import check_cif_size, check_structure_input, structure_from_cif
 
@@ -122,8 +123,6 @@ def structure_hash(structure: Structure) -> str:
 def check_parent(structure: Structure, name: str) -> None:
     """``ValueError`` naming ``name`` for a parent no run can start from: disordered or partially occupied, over the
     atom cap, or one :func:`~mattergen_lab.structure_io.check_structure_input` refuses."""
-    from mattergen_lab.sampling.request import MAX_ATOMS_PER_CRYSTAL
-
     if not structure.is_ordered:
         site = next(i for i, s in enumerate(structure) if not s.is_ordered)
         raise ValueError(f"parent {name}: site {site} is disordered or partially occupied "

@@ -1,4 +1,5 @@
-"""The parts of the training recipe that are not the loop: learning-rate schedule, EMA, scale-factor fitting.
+"""The parts of the training recipe that are not the loop: learning-rate schedule, EMA, scale-factor fitting,
+classifier-free-guidance dropout and the seeded generators.
 
 * **Schedule** ``"wsd"`` (warm-up, stable, decay): linear warm-up over ``warmup_steps``, the constant peak rate,
   then a cosine decay to ``min_lr`` over the last ``decay_steps`` of ``max_steps``. A run in its stable phase can
@@ -7,25 +8,57 @@
 * **EMA** of the weights (``torch.optim.swa_utils.AveragedModel``) with the usual warm-up of the decay,
   ``min(decay, (1 + n) / (10 + n))``; validation, checkpoints' ``model.safetensors`` and sampling use it.
 * **Scale factors** fitted on real, noised training crystals before the first step (:mod:`~mattergen_lab.model.scaling`).
+* **Guidance dropout** (:func:`condition_keep`): each condition of a labelled crystal dropped with ``p_unconditional``.
+* **Seeds** (:func:`seeded`): every random draw of a run comes from a generator seeded with a tuple of integers.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.scaling import fit_scale_factors
 from mattergen_lab.noise.joint import JointDiffusion
-
-if TYPE_CHECKING:
-    from mattergen_lab.training.trainer import Dataset, TrainConfig
+from mattergen_lab.training.config import Dataset, TrainConfig
 
 
-def learning_rate(config: "TrainConfig", step: int) -> float:
+def seeded(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from ``parts`` (e.g. ``(seed, rank, step)``): the same parts, the same numbers."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**62)
+    return torch.Generator().manual_seed(seed)
+
+
+def condition_keep(
+    batch: CrystalBatch, names: tuple[str, ...], p_unconditional: float, *, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Classifier-free-guidance dropout for training (spec §4.3).
+
+    A crystal may use its conditional embeddings only if it is labelled for *all* conditioned properties
+    (missing labels: NaN or None); each property is then dropped independently with probability
+    ``p_unconditional``. Returns ``{name: (B,) bool}``, True where the condition is used.
+    """
+    if not names:
+        return {}
+    b = len(batch)
+    labelled = torch.ones(b, dtype=torch.bool)
+    for name in names:
+        value = batch.properties.get(name)
+        if value is None:
+            labelled[:] = False
+        elif isinstance(value, torch.Tensor):
+            labelled &= torch.isfinite(value.detach().double()).cpu()
+        else:
+            labelled &= torch.tensor([v is not None for v in value])
+    return {name: (labelled & (torch.rand(b, generator=generator) >= p_unconditional)).to(batch.device) for name in names}
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
     """The ``"wsd"`` learning rate for optimizer step ``step`` (0-based)."""
     peak = config.lr
     if config.warmup_steps and step < config.warmup_steps:
@@ -50,7 +83,7 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
 
 def fit_scales_on_data(
     model: nn.Module,
-    data: "Dataset",
+    data: Dataset,
     diffusion: JointDiffusion,
     *,
     num_batches: int,
@@ -60,14 +93,12 @@ def fit_scales_on_data(
     device: torch.device,
 ) -> dict[str, float]:
     """Fit the model's scale factors on ``num_batches`` seeded random batches of noised training crystals."""
-    from mattergen_lab.training.trainer import _seeded
-
-    gen = _seeded(seed, 5)
+    gen = seeded(seed, 5)
     n = min(batch_size, len(data))
     inputs = []  # (noisy batch, t): corrupted once, then seen by every factor's fit
     for k in range(num_batches):
         batch = data.get_batch(torch.randperm(len(data), generator=gen)[:n], dtype=dtype).to(device)
-        g = _seeded(seed, 6, k)
+        g = seeded(seed, 6, k)
         t = diffusion.sample_time(len(batch), generator=g, dtype=batch.lattice.dtype, device=batch.device)
         noisy, _ = diffusion.corrupt(batch, t, generator=g)
         inputs.append((noisy, t))

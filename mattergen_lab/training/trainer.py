@@ -1,6 +1,6 @@
 """Training loop: Adam, gradient clipping by value, warm-up/decay or reduce-on-plateau, EMA, validation,
-resumable checkpoints. The recipe's parts live in :mod:`~mattergen_lab.training.recipe`; validation in
-:mod:`~mattergen_lab.training.validation`.
+resumable checkpoints. :class:`TrainConfig` lives in :mod:`~mattergen_lab.training.config`, the recipe's parts
+in :mod:`~mattergen_lab.training.recipe`, validation in :mod:`~mattergen_lab.training.validation`.
 
 A fresh model first has its scale factors fitted on noised training crystals (``fit_scale_factors``). With
 ``ema_decay > 0`` the checkpoints' ``model.safetensors`` holds the EMA weights (used for validation, "best" and
@@ -19,90 +19,25 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from mattergen_lab.config import PlainConfig
-from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.model.io import Checkpoint, load_local_checkpoint, save_checkpoint
 from mattergen_lab.model.score_model import ScoreModel, preset_config
 from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion
+from mattergen_lab.training.config import DTYPES, Dataset, TrainConfig
 from mattergen_lab.training.loss import diffusion_loss
-from mattergen_lab.training.recipe import fit_scales_on_data, learning_rate, make_ema
+from mattergen_lab.training.recipe import condition_keep, fit_scales_on_data, learning_rate, make_ema, seeded
 from mattergen_lab.training.validation import all_sum, evaluate_loss
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class Dataset(Protocol):
-    def __len__(self) -> int: ...
-    def get_batch(self, indices: Any, *, dtype: torch.dtype = ...) -> CrystalBatch: ...
-    def num_atoms_distribution(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class TrainConfig(PlainConfig):
-    """Training hyper-parameters (official values where they apply, spec §6)."""
-
-    preset: str = "small"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    lr: float = 1e-4
-    batch_size: int = 32  # per process
-    max_steps: int = 1000
-    val_every: int = 200  # steps; checkpoints are written at each validation
-    max_val_batches: int = 20
-    grad_clip_value: float = 0.5
-    lr_schedule: str = "wsd"  # "wsd": warm-up, stable, cosine decay (recipe.learning_rate); "plateau": official
-    warmup_steps: int = 0
-    decay_steps: int = 0  # "wsd": cosine decay to min_lr over the last decay_steps of max_steps (0: none)
-    lr_factor: float = 0.6  # "plateau" only
-    lr_patience: int = 100  # "plateau" only: epochs without improvement of the epoch's mean train loss
-    min_lr: float = 1e-6
-    ema_decay: float = 0.999  # 0: no EMA (the official recipe)
-    fit_scale_factors: bool = True  # fresh models only; fine-tuning keeps the base model's values
-    scale_fit_batches: int = 8
-    seed: int = 0
-    dtype: str = "float32"
-    device: str = "cpu"
-    deterministic: bool = True  # torch.use_deterministic_algorithms during training
-    p_unconditional: float = 0.2  # classifier-free guidance: probability of dropping each condition
-
-    def __post_init__(self) -> None:
-        positive_ints = ("batch_size", "max_steps", "val_every", "max_val_batches", "scale_fit_batches")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig: {name}={value!r} must be a positive integer")
-        for name in ("lr", "grad_clip_value", "min_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-                raise ValueError(f"TrainConfig: {name}={value!r} must be a positive number")
-        if not 0 < self.lr_factor < 1:
-            raise ValueError(f"TrainConfig: lr_factor={self.lr_factor!r} must be in (0, 1)")
-        if self.lr_schedule not in ("wsd", "plateau"):
-            raise ValueError(f"TrainConfig: lr_schedule={self.lr_schedule!r} must be 'wsd' or 'plateau'")
-        for name in ("warmup_steps", "decay_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"TrainConfig: {name}={value!r} must be a non-negative integer")
-        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
-            raise ValueError(f"TrainConfig: ema_decay={self.ema_decay!r} must be in [0, 1)")
-        if not 0 <= self.p_unconditional <= 1:
-            raise ValueError(f"TrainConfig: p_unconditional={self.p_unconditional!r} must be in [0, 1]")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"TrainConfig: dtype={self.dtype!r} must be one of {sorted(_DTYPES)}")
-        preset_config(self.preset, **self.model_overrides)  # validates preset and overrides
-
 
 
 @dataclass
@@ -125,37 +60,6 @@ def _distributed() -> tuple[int, int]:
 def _all_mean(values: list[float], device: torch.device) -> list[float]:
     world = dist.get_world_size() if dist.is_initialized() else 1
     return [v / world for v in all_sum(values, device)]
-
-
-def _seeded(*parts: int) -> torch.Generator:
-    seed = 0
-    for p in parts:
-        seed = (seed * 1_000_003 + int(p)) % (2**62)
-    return torch.Generator().manual_seed(seed)
-
-
-def condition_keep(
-    batch: CrystalBatch, names: tuple[str, ...], p_unconditional: float, *, generator: torch.Generator
-) -> dict[str, torch.Tensor]:
-    """Classifier-free-guidance dropout for training (spec §4.3).
-
-    A crystal may use its conditional embeddings only if it is labelled for *all* conditioned properties
-    (missing labels: NaN or None); each property is then dropped independently with probability
-    ``p_unconditional``. Returns ``{name: (B,) bool}``, True where the condition is used.
-    """
-    if not names:
-        return {}
-    b = len(batch)
-    labelled = torch.ones(b, dtype=torch.bool)
-    for name in names:
-        value = batch.properties.get(name)
-        if value is None:
-            labelled[:] = False
-        elif isinstance(value, torch.Tensor):
-            labelled &= torch.isfinite(value.detach().double()).cpu()
-        else:
-            labelled &= torch.tensor([v is not None for v in value])
-    return {name: (labelled & (torch.rand(b, generator=generator) >= p_unconditional)).to(batch.device) for name in names}
 
 
 def train(
@@ -202,7 +106,7 @@ def _train(
     if device.type == "cuda" and world > 1 and device.index is None:  # one GPU per torchrun process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dtype = _DTYPES[config.dtype]
+    dtype = DTYPES[config.dtype]
     if len(train_data) < config.batch_size * world:
         raise ValueError(
             f"training set has {len(train_data)} crystals, fewer than batch_size={config.batch_size} x {world} process(es)"
@@ -279,16 +183,16 @@ def _train(
     t_start = time.perf_counter()
     ddp_model.train()
     while step < config.max_steps:
-        order = torch.randperm(len(train_data), generator=_seeded(config.seed, 1, epoch))
+        order = torch.randperm(len(train_data), generator=seeded(config.seed, 1, epoch))
         shard = order[rank::world][:per_rank]
         for k in range(step - epoch * steps_per_epoch, steps_per_epoch):
             if step >= config.max_steps:
                 break
             idx = shard[k * config.batch_size : (k + 1) * config.batch_size]
             batch = train_data.get_batch(idx, dtype=dtype).to(device)
-            keep = condition_keep(batch, model.conditions, config.p_unconditional, generator=_seeded(config.seed, 3, rank, step))
+            keep = condition_keep(batch, model.conditions, config.p_unconditional, generator=seeded(config.seed, 3, rank, step))
             fn = functools.partial(ddp_model, cond_keep=keep) if keep else ddp_model
-            loss, metrics = diffusion_loss(fn, batch, diffusion, generator=_seeded(config.seed, 2, rank, step))
+            loss, metrics = diffusion_loss(fn, batch, diffusion, generator=seeded(config.seed, 2, rank, step))
             if config.lr_schedule == "wsd":
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config, step)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from mattergen_lab.noise.joint import JointDiffusion
+from mattergen_lab.training.config import Dataset
 from mattergen_lab.training.loss import loss_per_crystal
-
-if TYPE_CHECKING:
-    from mattergen_lab.training.trainer import Dataset
+from mattergen_lab.training.recipe import condition_keep, seeded
 
 #: Number of noise-level bins reported by :func:`evaluate_loss`.
 NUM_T_BINS = 5
@@ -47,7 +45,7 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
 
 def evaluate_loss(
     model: torch.nn.Module,
-    data: "Dataset",
+    data: Dataset,
     diffusion: JointDiffusion,
     *,
     batch_size: int,
@@ -63,8 +61,6 @@ def evaluate_loss(
     Keys: ``loss, pos, cell, atomic_numbers`` (all crystals) and ``<field>_t<k>`` for bin k of
     :data:`NUM_T_BINS` (bin 0: the lowest noise).
     """
-    from mattergen_lab.training.trainer import _seeded, condition_keep
-
     was_training = model.training
     model.train()  # the loss is defined on the training-mode network (no element mask)
     keys = list(FIELDS) + [f"{f}_t{k}" for k in range(NUM_T_BINS) for f in FIELDS]
@@ -77,10 +73,10 @@ def evaluate_loss(
             if len(chunk) == 0:
                 break
             batch = data.get_batch(chunk, dtype=dtype).to(device)
-            keep = condition_keep(batch, getattr(model, "conditions", ()), 0.0, generator=_seeded(seed, 8, k))  # labelled: conditional
+            keep = condition_keep(batch, getattr(model, "conditions", ()), 0.0, generator=seeded(seed, 8, k))  # labelled: conditional
             fn = functools.partial(model, cond_keep=keep) if keep else model
-            t, bins = stratified_times(len(chunk), _seeded(seed, 9, k))
-            terms = loss_per_crystal(fn, batch, diffusion, generator=_seeded(seed, 7, k), t=t.to(device=device, dtype=dtype))
+            t, bins = stratified_times(len(chunk), seeded(seed, 9, k))
+            terms = loss_per_crystal(fn, batch, diffusion, generator=seeded(seed, 7, k), t=t.to(device=device, dtype=dtype))
             for field in FIELDS:
                 values = terms[field].detach().double().cpu()
                 sums[field] += float(values.sum())
