@@ -4,7 +4,7 @@
 
 Samples ``--num-samples`` crystals (default 1,000, as in the WyFormer authors' table of the field) through the
 :class:`~mattergen_lab.sampling.pipeline.SamplingPipeline` into ``OUT/samples`` (resumable: rerun the same command),
-then writes ``OUT/summary.json``::
+then writes ``OUT/symmetry_distribution.json``::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_symmetry_distribution.py --checkpoint mgl_mp20_small \\
         --symmetry mp20 --num-samples 1000 --out runs/sym_dist_base
@@ -17,23 +17,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import torch
+from _common import REQUIRED, add_common_arguments, machine_info, machine_line, set_threads, write_json
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, out=REQUIRED, num_samples=1000, batch_size=16, steps=None, threads=None,
+                         help={"steps": "sampler steps (default: the checkpoint's)"})
     ap.add_argument("--checkpoint", default="mgl_mp20_small")
     ap.add_argument("--symmetry", default="mp20")
-    ap.add_argument("--num-samples", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
+    info = machine_info()
+    print(machine_line(info), flush=True)
 
     from mattergen_lab.evaluation.distribution import distribution_stats
     from mattergen_lab.evaluation.symmetry_report import chi2_floor, generated_space_groups, space_group_chi2
@@ -67,10 +71,10 @@ def main() -> None:
         "template_group_found_pct": round(100 * sum(g == t for g, t in zip(groups, template_groups)) / n, 1),
         "distribution": distribution_stats(structures),
         "sampling_wall_s_this_call": round(wall, 1),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+        "machine": info,
     }
-    (out / "summary.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps(record, indent=1))
+    write_json(out, "symmetry_distribution", record)
+    print(json.dumps({k: v for k, v in record.items() if k not in ("distribution", "machine")}, indent=1))
 
 
 if __name__ == "__main__":
