@@ -8,11 +8,15 @@ randomly initialised ``tiny`` checkpoint that conditions on the band gap, and th
   and moves its slider with the keyboard on the slider handle; a second cell echoes the Python-side values
   of those controls into a widget, so the test checks that the kernel holds what the page shows;
 * clicks *Generate* and waits until the run is over (the status reports the candidates; progress at 100 %);
+* before the run, both plots are empty frames saying what will appear there and when;
 * asserts one table row per candidate showing its formula (the same formulas as ``app.table`` in the
-  kernel, all Li-O compounds), the nglview canvas, the hull plot with the MP-20 reference markers (outside
-  CI without the data: its "unavailable" note) and the Pareto plot with one marker per candidate (after
-  picking volume per atom on its x axis), and that no widget is stuck at "Loading widget..." and no cell
-  raised.
+  kernel, all Li-O compounds), no warning printed under a cell or in the log console (where the output of
+  the Generate worker goes), the nglview canvas at its size
+  with the final crystal filling a real share of it (measured on a screenshot of the canvas), the hull plot
+  with the MP-20 reference markers (outside CI without the data: its "unavailable" note) and the Pareto plot
+  saying it waits for Evaluate, then with one marker per candidate (after picking volume per atom on its x
+  axis), each plot's mode bar clear of its title and plot area, and that no widget is stuck at "Loading
+  widget..." and no cell raised.
 
 It writes ``tests/artifacts/design_app.png`` (and ``docs/design_app.png`` with
 ``MATTERGEN_LAB_UPDATE_SCREENSHOT=1``). Chromium is Debian's (``/usr/bin/chromium``, or
@@ -40,6 +44,7 @@ from pathlib import Path
 
 import pytest
 from must_run import must_run, skip_or_fail
+from page_checks import drawn_extent, log_console_text, overlap_px, plotly_parts, printed_outputs
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -66,6 +71,11 @@ SYMMETRY = "221"  # the symmetric mode, typed into its control: every candidate 
 SERVER_START_S = 90
 KERNEL_READY_S = 150  # torch + pymatgen imports on 2 shared cores
 GENERATE_S = 150
+VIEWER_MIN_PX = 250  # the nglview canvas is 420 x 360 px
+CRYSTAL_MIN_FRACTION = 0.3  # the drawn crystal (atoms and cell) spans at least this share of the canvas each way
+CRYSTAL_MIN_PIXELS = 0.02  # ... and covers at least this share of its pixels (a 30 px speck covers under 0.5 %)
+# the viewer's resize grip lies over the canvas's corner: hidden while measuring what the canvas shows
+VIEWER_OVERLAYS_HIDDEN = ".mgl-viewer .ui-resizable-handle { visibility: hidden !important; }"
 
 
 # --------------------------------------------------------------------------------------------- availability
@@ -496,6 +506,17 @@ def test_design_app_in_jupyterlab(chromium, tiny_checkpoint, tmp_path):
     assert not survivors, f"processes outlived the server: {survivors}"
 
 
+def _fills(extent: dict[str, float]) -> bool:
+    """The drawing in the viewer spans a real share of the canvas both ways and covers a real share of its pixels."""
+    return (min(extent["width_fraction"], extent["height_fraction"]) >= CRYSTAL_MIN_FRACTION
+            and extent["drawn_fraction"] >= CRYSTAL_MIN_PIXELS)
+
+
+def _plot(cls: str) -> str:
+    """Selector of a plotly figure: the class sits on the FigureWidget's own element (or on a box around it)."""
+    return f":is(.{cls}.js-plotly-plot, .{cls} .js-plotly-plot)"
+
+
 def _drive_design_app(page, server: LabServer) -> None:
     open_and_run(page, server, "design_app.ipynb")
     page.wait_for_selector(".mgl-design-app", state="visible")
@@ -504,6 +525,11 @@ def _drive_design_app(page, server: LabServer) -> None:
     slider = f"mgl-slider-{PROPERTY}"
     start = read_echo(page)
     assert start[f"toggle-{PROPERTY}"] is False and start["formulas"] == [], start
+    # before any run both plots are empty frames that say what will appear there, and when
+    for cls, says in (("mgl-hull-plot", "appears after Generate"), ("mgl-pareto-plot", "appears after Generate and Evaluate")):
+        page.wait_for_selector(f"{_plot(cls)} .main-svg", state="attached", timeout=30_000)
+        notes = plotly_parts(page, _plot(cls))["annotations"]
+        assert any(says in t for t in notes), f"{cls} before Generate says {notes}, not {says!r}"
 
     # 1. settings typed into their boxes; a property target switched on and its slider moved by keyboard
     type_into(page, "mgl-chemsys", CHEMSYS)
@@ -536,6 +562,8 @@ def _drive_design_app(page, server: LabServer) -> None:
     assert bar == "100%", f"progress bar at {bar!r} after the run"
     assert all(re.fullmatch(r"(?:(?:Li|O)\d*)+", f) for f in formulas), f"outside {CHEMSYS}: {formulas}"
     assert set(state["space_groups"]) <= {221, 225, 229}, f"not cubic 221 or a supergroup: {state['space_groups']}"
+    printed = [t for t in printed_outputs(page) if "Warning" in t]  # under the cells; the log console comes last
+    assert not printed, "the notebook printed warnings during the run:\n" + "\n".join(printed)[-3000:]
 
     # 3. the table: one row per candidate, each showing its formula
     rows = page.locator(".mgl-candidate-table .mgl-candidate-row")
@@ -549,16 +577,29 @@ def _drive_design_app(page, server: LabServer) -> None:
         assert hit is not None, f"no table row shows {f!r}: {texts}"
         unmatched.remove(hit)
 
-    # 4. the nglview canvas (WebGL in software) and both plotly figures
+    # 4. the nglview canvas (WebGL in software) at its size, the final crystal re-zoomed to fill it
     page.wait_for_selector(".mgl-viewer canvas", state="attached", timeout=30_000)
-    box = page.locator(".mgl-viewer canvas").first.bounding_box()
-    assert box and box["width"] > 50 and box["height"] > 50, f"nglview canvas too small: {box}"
+    canvas = page.locator(".mgl-viewer canvas").first
+    box = canvas.bounding_box()
+    assert box and box["width"] >= VIEWER_MIN_PX and box["height"] >= VIEWER_MIN_PX, f"nglview canvas too small: {box}"
+    deadline, extent = time.monotonic() + 20, {}
+    while time.monotonic() < deadline:  # the camera fit follows the last frame's load
+        png = canvas.screenshot(style=VIEWER_OVERLAYS_HIDDEN)
+        extent = drawn_extent(png)
+        if _fills(extent):
+            break
+        page.wait_for_timeout(500)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "design_app_viewer.png").write_bytes(png)
+    assert _fills(extent), f"the crystal fills too little of the {box['width']:.0f} x {box['height']:.0f} px canvas: {extent}"
 
-    def plot(cls: str) -> str:  # the class sits on the FigureWidget's own element (or on a box around it)
-        return f":is(.{cls}.js-plotly-plot, .{cls} .js-plotly-plot)"
-
+    # 5. both plotly figures
     for cls in ("mgl-hull-plot", "mgl-pareto-plot"):
-        page.wait_for_selector(f"{plot(cls)} .main-svg", state="attached", timeout=30_000)
+        page.wait_for_selector(f"{_plot(cls)} .main-svg", state="attached", timeout=30_000)
+    # not evaluated yet: the Pareto plot's default x axis (E_hull) says it waits for Evaluate
+    page.wait_for_function(
+        "(sel) => [...document.querySelectorAll(sel + ' .annotation')].some(a => /after Evaluate/.test(a.textContent))",
+        arg=_plot("mgl-pareto-plot"), timeout=15_000)
     # Pareto: energy_above_hull needs an evaluation, so put volume per atom on x (a control of the panel)
     x_axis = page.locator(".mgl-pareto-x select")  # or the first dropdown of the Pareto panel
     if not x_axis.count():
@@ -566,7 +607,7 @@ def _drive_design_app(page, server: LabServer) -> None:
     x_axis.select_option("volume_per_atom")
     page.wait_for_function(
         "([sel, n]) => document.querySelectorAll(sel).length >= n",
-        arg=[f"{plot('mgl-pareto-plot')} .scatterlayer .point", n], timeout=30_000)
+        arg=[f"{_plot('mgl-pareto-plot')} .scatterlayer .point", n], timeout=30_000)
     # hull: the MP-20 reference entries of the Li-O system as markers, or a message saying why there is no
     # hull (no reference data outside CI)
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -578,17 +619,28 @@ def _drive_design_app(page, server: LabServer) -> None:
           const fig = document.querySelector('.mgl-hull-plot');
           const note = ((fig && fig.parentElement && fig.parentElement.textContent) || '').match(/unavailable.*/);
           return points > 0 ? {points} : note ? {note: note[0]} : false;
-        }""", arg=plot("mgl-hull-plot"), timeout=15_000, polling=500).json_value()
+        }""", arg=_plot("mgl-hull-plot"), timeout=15_000, polling=500).json_value()
     except PlaywrightTimeout:
         traces = page.evaluate(
             "(sel) => (document.querySelector(sel).data || []).map(t => [t.name, t.mode, (t.x || []).length])",
-            plot("mgl-hull-plot"))
+            _plot("mgl-hull-plot"))
         raise AssertionError(f"the hull plot drew no markers; its traces in the browser [name, mode, points]: {traces}") from None
     if "note" in hull:
         assert not must_run(), f"no convex hull in CI: {hull['note']}"
+    assert not plotly_parts(page, _plot("mgl-pareto-plot"))["annotations"], "the Pareto plot still shows its placeholder"
+    # the mode bars (shown on hover) cover neither the titles nor the plot areas
+    for cls in ("mgl-hull-plot", "mgl-pareto-plot"):
+        page.locator(_plot(cls)).first.hover()
+        parts = plotly_parts(page, _plot(cls))
+        assert parts["modebar"] and parts["title"] and len(parts["modebar_buttons"]) >= 4, parts
+        assert overlap_px(parts["modebar"], parts["title"]) == 0, f"{cls}: the mode bar covers the title: {parts}"
+        assert overlap_px(parts["modebar"], parts["plot"]) == 0, f"{cls}: the mode bar covers the plot: {parts}"
     page.wait_for_timeout(1500)  # let nglview and plotly finish drawing before the screenshot
     _assert_healthy(page)
     _save_screenshot(page, SCREENSHOT, ".mgl-design-app")
     if os.environ.get("MATTERGEN_LAB_UPDATE_SCREENSHOT") == "1":
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)
+    # the output of widget callbacks and their threads (the Generate worker) goes to the log console, not a cell
+    log = log_console_text(page)
+    assert "Warning" not in log, f"warnings during the run, in the log console:\n{log[-3000:]}"

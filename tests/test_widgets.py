@@ -25,7 +25,7 @@ importorskip("nglview")
 importorskip("plotly")
 
 from mattergen_lab import design  # noqa: I001 (after the importorskip calls on purpose)
-from mattergen_lab.widgets import DesignApp, snapshot_to_pdb
+from mattergen_lab.widgets import DesignApp, HullPlot, ParetoPlot, plots, snapshot_to_pdb, trajectory
 
 
 def _save(folder: Path, conditions: tuple[str, ...]) -> str:
@@ -204,6 +204,23 @@ def test_generate_streams_into_viewer_progress_gallery_and_table(app):
         assert any(getattr(c, "value", None) == cand.oracles["formula"] for c in row.children)
         assert set(cand.oracles["chemical_system"].split("-")) <= {"Fe", "Li", "O"}  # hard mask
     assert list(app.table["id"]) == [c.id for c in app.candidates] and app.table["in_target_system"].all()
+    # the viewer fills its box, and every frame drawn is followed by a camera fit on the new atoms and cell
+    view = app.trajectory.view
+    assert (view.layout.width, view.layout.height) == (trajectory.VIEW_WIDTH, trajectory.VIEW_HEIGHT) == ("420px", "360px")
+    sent = [(cb._method_name, cb._ngl_msg.get("args")) for cb in view._callbacks_before_loaded]  # no browser: queued
+    assert ("setParameters", [{"clipDist": 0}]) in sent
+    draws = [(name, args) for name, args in sent if name in ("loadFile", "replaceStructure", "executeCode")]
+    replaced = app.trajectory.frames_shown - 1
+    assert [name for name, _ in draws] == ["loadFile", "executeCode"] + ["replaceStructure", "executeCode"] * replaced
+    assert draws[1][1] == [trajectory.FIRST_FIT_VIEW_JS] and {tuple(a) for n, a in draws[3::2]} == {(trajectory.FIT_VIEW_JS,)}
+    assert draws[-2][1][0]["data"] == app.trajectory.last_pdb  # the last replacement is the frame shown now
+    # not evaluated: the Pareto plot (E_hull on x) waits for Evaluate; the hull shows the Li-Fe-O reference
+    assert _notes(app.pareto.figure) == ["The Pareto front appears after Evaluate<br>(which computes energy_above_hull)"]
+    assert app.pareto.figure.layout.xaxis.visible is False
+    assert _notes(app.hull.figure) == [] and len(app.hull.figure.data[1].x) == 6
+    app.pareto.x.value = "volume_per_atom"  # known without an evaluation
+    assert _notes(app.pareto.figure) == [] and app.pareto.figure.layout.xaxis.visible is True
+    assert _points(app.pareto.figure, 0) + _points(app.pareto.figure, 1) == 4
 
 
 def test_the_symmetry_control_generates_symmetric_crystals_and_the_table_shows_their_sites(app):
@@ -266,6 +283,8 @@ def test_evaluate_fills_table_hull_and_pareto_and_clicks_select(app):
     assert len(hull[1].x) == 6 and list(hull[2].customdata) == ["1-0", "1-1", "1-2", "1-3"]
     assert list(hull[2].marker.color) == pytest.approx([0.0, 0.05, 0.10, 0.15])
     assert app.hull.data.kind == "ternary" and "Fe-Li-O" in app.hull.figure.layout.title.text
+    assert app.hull.figure.layout.title.yanchor == "bottom"  # a new title text keeps its row under the mode bar
+    assert _notes(app.hull.figure) == [] and _notes(app.pareto.figure) == [] and app.pareto.figure.layout.yaxis.visible
 
     # Pareto (E_hull vs HHI, both minimised) equals the library's mask
     mask = design.pareto_front(app.table, "energy_above_hull", "hhi_score")
@@ -314,6 +333,52 @@ def test_export_from_the_app(app, tmp_path, ckpts):
     assert rep["checkpoint"] == ckpts["mag"] and rep["guidance_scale"] == 2.0
     assert rep["targets"] == {"dft_mag_density": 0.12} and rep["chemical_system"] == "Fe-Li-O"
     assert rep["evaluation_protocol"]["relaxer"] == "fake" and rep["symprec"] == 0.1 and rep["timestamp"]
+
+
+def _notes(figure) -> list[str]:
+    return [a.text for a in figure.layout.annotations]
+
+
+def test_plot_titles_have_a_row_of_their_own_under_the_mode_bar():
+    for plot in (HullPlot(), ParetoPlot()):
+        layout = plot.figure.layout
+        # the title's box sits on the plot area's top edge and grows upwards: [t - pad - 1.3 x font size, t - pad]
+        # px from the top of the figure; plotly's mode bar (22 px buttons, 2 px from the top) ends at 24 px
+        assert (layout.title.yref, layout.title.y, layout.title.yanchor) == ("paper", 1, "bottom")
+        title_top = layout.margin.t - layout.title.pad.b - 1.3 * layout.title.font.size
+        assert title_top == pytest.approx(42.5) and title_top >= 24 + 10
+        assert layout.height - layout.margin.t - layout.margin.b == 270  # the plot area keeps 270 px
+        # what is left: download, zoom, pan, reset ("Share chart" would upload the data to Plotly Cloud)
+        assert {"select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d", "sendChartToCloud"} == set(layout.modebar.remove)
+
+
+def test_empty_plots_say_what_will_appear_and_when():
+    hull, pareto = HullPlot(), ParetoPlot()
+    assert _notes(hull.figure) == ["The convex hull of the target chemistry<br>appears after Generate"]
+    assert hull.figure.layout.xaxis.visible is False and hull.figure.layout.yaxis.visible is False
+    assert _notes(pareto.figure) == ["The Pareto front of the candidates<br>appears after Generate and Evaluate"]
+    assert pareto.figure.layout.xaxis.visible is False and pareto.figure.layout.yaxis.visible is False
+    pareto.x.value = "volume_per_atom"  # neither axis needs an evaluation
+    assert _notes(pareto.figure) == ["The Pareto front of the candidates<br>appears after Generate"]
+
+    # candidates without evaluation: E_hull and density missing, volume and HHI known
+    pareto.x.value = "energy_above_hull"
+    pareto.update(pd.DataFrame({"id": ["a", "b"], "formula": ["Li2O", "LiO2"], "energy_above_hull": [np.nan, np.nan],
+                                "hhi_score": [1600.0, 1800.0], "density": [np.nan, np.nan], "volume_per_atom": [12.5, 9.0]}))
+    assert _notes(pareto.figure) == ["The Pareto front appears after Evaluate<br>(which computes energy_above_hull)"]
+    assert pareto.figure.layout.title.text == "Pareto front: 0 of 2 optimal (2 without values)"
+    pareto.x.value = "density"  # not an evaluation column: nothing to wait for
+    assert _notes(pareto.figure) == ["No candidate has values of both<br>density and hhi_score"]
+    pareto.x.value = "volume_per_atom"  # both minimised: a (12.5, 1600) and b (9.0, 1800) are both optimal
+    assert _notes(pareto.figure) == [] and pareto.figure.layout.xaxis.visible and pareto.figure.layout.yaxis.visible
+    assert sorted(pareto.figure.data[1].x) == [9.0, 12.5] and pareto.figure.layout.title.text == "Pareto front: 2 of 2 optimal"
+    pareto.update(pareto.table.iloc[:0])  # emptied again
+    assert _notes(pareto.figure) == ["The Pareto front of the candidates<br>appears after Generate"]
+
+    hull.update(None, message="hull for Li-O unavailable: no reference data")
+    assert _notes(hull.figure) == [plots.HULL_NOT_DRAWN] and "unavailable" in hull.message.value
+    hull.update(None, placeholder="The convex hull appears once crystals are evaluated")
+    assert _notes(hull.figure) == ["The convex hull appears once crystals are evaluated"] and hull.message.value == ""
 
 
 def test_snapshot_to_pdb_orthorhombic_cell_and_mask_placeholder():
@@ -438,6 +503,7 @@ def test_campaign_panel_follows_the_folder_as_tasks_finish(campaign):
     assert _points(panel.hull.figure, 2) == 2  # the Na-Cl crystals are not in the Li-O hull
     panel.system.value = "Cl-Na"  # the fake reference has no Na or Cl entries: said inline, no exception
     assert panel.hull.data is None and "hull for Cl-Na unavailable" in panel.hull.message.value
+    assert _notes(panel.hull.figure) == [plots.HULL_NOT_DRAWN]
 
 
 def test_campaign_panel_sends_the_selection_to_the_app_and_exports_it(campaign, app, tmp_path):

@@ -185,7 +185,8 @@ class CampaignPanel(w.VBox):
     def _draw_hull(self) -> None:
         system = self.system.value
         if not system:
-            self.hull.update(None, message="No evaluated crystals yet.")
+            self.hull.update(None, message="No evaluated crystals yet.",
+                             placeholder="The convex hull appears once crystals are evaluated")
             return
         if len(system.split("-")) > 4:
             self.hull.update(None, message=f"The hull is drawn for up to 4 elements; {html.escape(system)} has more.")

@@ -1,7 +1,9 @@
 """Hull and Pareto plots (plotly ``FigureWidget``, updated in place with ``batch_update``).
 
 The coordinates come from :func:`mattergen_lab.design.hull_data` and :func:`mattergen_lab.design.pareto_front`;
-this module only draws them.
+this module only draws them. An empty plot hides its axes and says what will appear there and when (an annotation
+in the middle of the frame). The title sits in its own row under plotly's mode bar, which holds only the download,
+zoom, pan and reset buttons, so the buttons never cover it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,23 @@ PARETO_COLUMNS: dict[str, bool] = {
     "rmsd_from_relaxation": False,
 }
 
+#: Height of the figures (px); the top margin holds two rows: plotly's mode bar (about 30 px, at the top right)
+#: and, below it, the title, anchored to the top of the plot area.
+FIGURE_HEIGHT = 380
+TOP_MARGIN = 70
+TITLE_FONT_SIZE = 15
+TITLE_PAD = 8  # px between the title and the plot area
+#: Mode bar buttons left out (box/lasso select, zoom in/out, autoscale, and "Share chart", which uploads the data
+#: to Plotly Cloud): download, zoom, pan and reset remain.
+MODEBAR_REMOVE = ("select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d", "sendChartToCloud")
+
+#: What an empty plot says (plotly annotation text; ``<br>`` breaks a line).
+HULL_EMPTY = "The convex hull of the target chemistry<br>appears after Generate"
+HULL_NOT_DRAWN = "No hull drawn: see the note below"
+PARETO_EMPTY = "The Pareto front of the candidates<br>appears after Generate{evaluate}"
+PARETO_AFTER_EVALUATE = "The Pareto front appears after Evaluate<br>(which computes {columns})"
+PARETO_NO_VALUES = "No candidate has values of both<br>{x} and {y}"
+
 _SELECTED = dict(size=18, color="rgba(0,0,0,0)", line=dict(color="#111", width=2))
 
 # Full style of every trace. In the browser, a batched update resets trace properties that the batch does not
@@ -49,6 +68,26 @@ _PARETO_STYLES = (
 )
 
 
+def figure_layout(title: str) -> go.Layout:
+    """The layout both plots start from: the title in its own row above the plot area and under the mode bar."""
+    return go.Layout(
+        title=dict(text=title, x=0, xref="paper", xanchor="left", y=1, yref="paper", yanchor="bottom",
+                   pad=dict(b=TITLE_PAD), font=dict(size=TITLE_FONT_SIZE)),
+        height=FIGURE_HEIGHT, width=460, margin=dict(l=50, r=10, t=TOP_MARGIN, b=40),
+        legend=dict(orientation="h", y=-0.15), modebar=dict(remove=list(MODEBAR_REMOVE)),
+    )
+
+
+def show_placeholder(figure: go.FigureWidget, text: str | None) -> None:
+    """``text`` in the middle of an empty ``figure`` with its axes hidden; ``None`` removes it and shows the axes."""
+    if text is None:
+        figure.layout.annotations = []
+    else:
+        figure.layout.annotations = [dict(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                                          font=dict(size=14, color="#7f8c8d"))]
+    figure.layout.xaxis.visible = figure.layout.yaxis.visible = text is None
+
+
 class HullPlot(w.VBox):
     """Convex hull of the target chemical system: reference entries, and candidates coloured by E_hull."""
 
@@ -57,11 +96,10 @@ class HullPlot(w.VBox):
             data=[go.Scatter(x=[], y=[], **style) for style in _HULL_STYLES[:2]]
             + [go.Scatter(x=[], y=[], marker=dict(_CANDIDATE_MARKER, color=[]), **_HULL_STYLES[2]),
                go.Scatter(x=[], y=[], **_HULL_STYLES[3])],
-            layout=go.Layout(
-                title="Convex hull", height=360, width=460, margin=dict(l=50, r=10, t=40, b=40), showlegend=True,
-                legend=dict(orientation="h", y=-0.15),
-            ),
+            layout=figure_layout("Convex hull"),
         )
+        self.figure.layout.showlegend = True
+        show_placeholder(self.figure, HULL_EMPTY)
         self.figure.add_class("mgl-hull-plot")
         self.figure.data[2].on_click(self._on_click)
         self._on_select = on_select
@@ -69,8 +107,13 @@ class HullPlot(w.VBox):
         self.data: design.HullData | None = None
         super().__init__([self.figure, self.message])
 
-    def update(self, data: design.HullData | None, *, selected: str | None = None, message: str = "") -> None:
-        """Redraw in place from ``data`` (``None`` clears the plot and shows ``message``)."""
+    def update(self, data: design.HullData | None, *, selected: str | None = None, message: str = "",
+               placeholder: str | None = None) -> None:
+        """Redraw in place from ``data``.
+
+        ``None`` clears the plot, shows ``message`` (HTML) under it and ``placeholder`` in the empty frame (default:
+        :data:`HULL_EMPTY`, or :data:`HULL_NOT_DRAWN` when there is a message).
+        """
         self.data = data
         self.message.value = message
         hull, ref, cand, sel = self.figure.data
@@ -78,8 +121,11 @@ class HullPlot(w.VBox):
             if data is None:
                 for tr, style in zip((hull, ref, cand, sel), _HULL_STYLES):
                     tr.update(x=[], y=[], **style)
-                self.figure.layout.title = "Convex hull"
+                self.figure.layout.title.text = "Convex hull"
+                self.figure.layout.yaxis.scaleanchor = None
+                show_placeholder(self.figure, placeholder or (HULL_NOT_DRAWN if message else HULL_EMPTY))
                 return
+            show_placeholder(self.figure, None)
             xs, ys = [], []
             for lx, ly in data.lines:
                 xs += list(lx) + [None]
@@ -99,15 +145,15 @@ class HullPlot(w.VBox):
             self.figure.layout.xaxis.visible = self.figure.layout.yaxis.visible = not ternary
             self.figure.layout.yaxis.scaleanchor = "x" if ternary else None
             if data.kind == "binary":
-                self.figure.layout.title = f"{system} hull"
+                self.figure.layout.title.text = f"{system} hull"
                 self.figure.layout.xaxis.title = f"x in {data.elements[0]}(1-x){data.elements[-1]}(x)"
                 self.figure.layout.yaxis.title = "formation energy (eV/atom)"
             elif data.kind == "ternary":
-                self.figure.layout.title = f"{system} hull (corners {', '.join(data.elements)})"
+                self.figure.layout.title.text = f"{system} hull (corners {', '.join(data.elements)})"
                 self.figure.layout.xaxis.title = ""
                 self.figure.layout.yaxis.title = ""
             else:
-                self.figure.layout.title = f"{system}: E_hull per entry"
+                self.figure.layout.title.text = f"{system}: E_hull per entry"
                 self.figure.layout.xaxis.title = "entry"
                 self.figure.layout.yaxis.title = "E_hull (eV/atom)"
 
@@ -130,10 +176,7 @@ class ParetoPlot(w.VBox):
         self.y_max = w.Checkbox(value=PARETO_COLUMNS["hhi_score"], description="maximize y", indent=False)
         self.figure = go.FigureWidget(
             data=[go.Scatter(x=[], y=[], **style) for style in _PARETO_STYLES],
-            layout=go.Layout(
-                title="Pareto front", height=360, width=460, margin=dict(l=50, r=10, t=40, b=40),
-                legend=dict(orientation="h", y=-0.15),
-            ),
+            layout=figure_layout("Pareto front"),
         )
         self.figure.add_class("mgl-pareto-plot")
         for trace in self.figure.data[:2]:
@@ -147,20 +190,25 @@ class ParetoPlot(w.VBox):
         self.x.observe(lambda ch: setattr(self.x_max, "value", PARETO_COLUMNS[ch["new"]]), "value")
         self.y.observe(lambda ch: setattr(self.y_max, "value", PARETO_COLUMNS[ch["new"]]), "value")
         super().__init__([w.HBox([self.x, self.x_max]), w.HBox([self.y, self.y_max]), self.figure])
+        self.redraw()
 
     def update(self, table: pd.DataFrame, *, selected: str | None = None) -> None:
         self.table, self.selected = table, selected
         self.redraw()
 
     def redraw(self) -> None:
+        """Draw the table on the chosen axes; an empty frame says what is missing (see :meth:`placeholder`)."""
         table = self.table
         dom, opt, sel = self.figure.data
+        x, y = self.x.value, self.y.value
         if table is None or not len(table):
+            self.mask = np.zeros(0, dtype=bool)
             with self.figure.batch_update():
                 for tr, style in zip((dom, opt, sel), _PARETO_STYLES):
                     tr.update(x=[], y=[], **style)
+                self.figure.layout.title.text = "Pareto front"
+                show_placeholder(self.figure, self.placeholder())
             return
-        x, y = self.x.value, self.y.value
         self.mask = design.pareto_front(table, x, y, maximize=(self.x_max.value, self.y_max.value))
         xs, ys = table[x].astype(float).to_numpy(), table[y].astype(float).to_numpy()
         ids = table["id"].astype(str).to_numpy()
@@ -179,8 +227,30 @@ class ParetoPlot(w.VBox):
             self.figure.layout.xaxis.title = x
             self.figure.layout.yaxis.title = y
             missing = int((~(np.isfinite(xs) & np.isfinite(ys))).sum())
-            self.figure.layout.title = f"Pareto front: {int(self.mask.sum())} of {len(table)} optimal" + (
+            self.figure.layout.title.text = f"Pareto front: {int(self.mask.sum())} of {len(table)} optimal" + (
                 f" ({missing} without values)" if missing else "")
+            show_placeholder(self.figure, self.placeholder() if missing == len(table) else None)
+
+    def placeholder(self) -> str | None:
+        """What the empty frame says, or ``None`` when some candidate has values of both chosen columns.
+
+        Before any candidate: that the front appears after Generate (and Evaluate, for an evaluation column such as
+        ``energy_above_hull``); with candidates but no values: after Evaluate when the missing columns come from the
+        evaluation (:data:`mattergen_lab.design.EVALUATION_COLUMNS`), else that no candidate has both values.
+        """
+        x, y = self.x.value, self.y.value
+        evaluated = [c for c in dict.fromkeys((x, y)) if c in design.EVALUATION_COLUMNS]
+        table = self.table
+        if table is None or not len(table):
+            return PARETO_EMPTY.format(evaluate=" and Evaluate" if evaluated else "")
+        finite = {c: np.isfinite(pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float))
+                  if c in table.columns else np.zeros(len(table), dtype=bool) for c in (x, y)}
+        if (finite[x] & finite[y]).any():
+            return None
+        empty = [c for c in dict.fromkeys((x, y)) if not finite[c].any()]
+        if empty and set(empty) <= set(design.EVALUATION_COLUMNS):
+            return PARETO_AFTER_EVALUATE.format(columns=" and ".join(empty))
+        return PARETO_NO_VALUES.format(x=x, y=y)
 
     def _on_click(self, trace: go.Scatter, points: object, _selector: object) -> None:
         idx = list(getattr(points, "point_inds", []))

@@ -4,7 +4,9 @@ Drawing: each frame is sent to NGL as a small PDB text with a ``CRYST1`` record,
 (``unitcell`` representation). Atoms still in the diffusion MASK state (Z = 101) are drawn as **grey,
 translucent helium** spheres (:data:`mattergen_lab.design.MASK_PLACEHOLDER`; MatterGen never generates He),
 so you see them turn into elements as the sampler unmasks them. Live updates replace the structure in place
-(NGL ``replaceStructure``), keeping the camera and representations.
+(NGL ``replaceStructure``), keeping the representations and the orientation; after every frame the camera is
+re-centred and re-zoomed on what is drawn (atoms and cell, :data:`FIT_VIEW_JS`), since a denoising cell changes size
+by orders of magnitude and a camera fitted to the first, noisy frame shows the final crystal as a speck.
 """
 
 from __future__ import annotations
@@ -24,6 +26,29 @@ from mattergen_lab import design
 #: PDB columns hold at most 8 characters per coordinate; larger values are clipped (only a broken model
 #: makes such cells).
 _PDB_MAX = 9999.999
+
+#: The viewer's size, on the widget's layout as well as NGL's canvas, so the canvas fills its box in the page.
+VIEW_WIDTH, VIEW_HEIGHT = "420px", "360px"
+
+#: NGL stage parameters. ``clipDist`` (default 10 Å) keeps the near clipping plane at least that far from the
+#: camera, which would cut into a 4 Å cell seen from close enough to fill the view.
+VIEW_PARAMETERS = {"clip_dist": 0}
+
+#: Run in the NGL view after a structure is drawn (nglview sends it once the load has finished): when NGL has built
+#: the representations, centre the camera on everything drawn (atoms and unit cell: the viewer's bounding box) and
+#: set its distance so that the box's bounding sphere, plus 0.5 Å for the balls around the atom centres, just fits
+#: the field of view: nothing is cut off in any orientation, and a cubic cell fills about half the view's height
+#: whatever its size. NGL's own ``autoView`` backs off by ``clipDist`` more (a 4 Å cell filled a third of the view)
+#: and, without that, lets the front of a cube seen face-on overflow the view in perspective.
+FIT_VIEW_JS = """this.stage.tasks.onZeroOnce(() => {
+  const stage = this.stage, viewer = stage.viewer;
+  const radius = 0.5 * viewer.boundingBoxLength + 0.5;
+  const halfFov = viewer.perspectiveCamera.fov * Math.PI / 360;
+  const narrow = Math.min(1, viewer.width / viewer.height);
+  stage.animationControls.zoomMove(stage.getCenter(), -radius / Math.sin(halfFov) / narrow, 0);
+});"""
+#: The same after the first load, first sizing the canvas to the widget's box (``handleResize``).
+FIRST_FIT_VIEW_JS = "this.handleResize(); " + FIT_VIEW_JS
 
 
 def snapshot_to_pdb(snapshot: design.CrystalSnapshot, placeholder: str = design.MASK_PLACEHOLDER) -> str:
@@ -62,7 +87,8 @@ class TrajectoryPanel(w.VBox):
     """
 
     def __init__(self, on_select: Callable[[str], None] | None = None) -> None:
-        self.view = nv.NGLWidget(width="420px", height="360px")
+        self.view = nv.NGLWidget(width=VIEW_WIDTH, height=VIEW_HEIGHT, parameters=VIEW_PARAMETERS,
+                                 layout=w.Layout(width=VIEW_WIDTH, height=VIEW_HEIGHT, flex="0 0 auto"))
         self.view.add_class("mgl-viewer")
         self.info = w.HTML("No sample yet. Press Generate.")
         self.info.add_class("mgl-viewer-info")
@@ -89,7 +115,10 @@ class TrajectoryPanel(w.VBox):
 
     # ------------------------------------------------------------------ drawing
     def show_snapshot(self, snapshot: design.CrystalSnapshot, label: str = "") -> None:
-        """Draw one snapshot (first call: load + representations; later: replace in place)."""
+        """Draw one snapshot (first call: load + representations; later: replace in place), then fit the camera to it.
+
+        nglview sends its messages in order and waits for each load to finish, so the fit sees the new structure.
+        """
         pdb = snapshot_to_pdb(snapshot)
         with self._lock:
             if not self._loaded:
@@ -97,9 +126,11 @@ class TrajectoryPanel(w.VBox):
                 self.view.add_representation("ball+stick", selection="not _HE", aspectRatio=2.5)
                 self.view.add_representation("spacefill", selection="_HE", color="grey", opacity=0.4, radiusScale=0.6)
                 self.view.add_representation("unitcell")
+                self.view._js(FIRST_FIT_VIEW_JS)  # kept in nglview's message archive: a re-displayed view fits too
                 self._loaded = True
             else:
                 self.view._remote_call("replaceStructure", target="Widget", args=[{"data": pdb, "ext": "pdb"}], fire_once=True)
+                self.view._js(FIT_VIEW_JS, fire_once=True)
             self.shown, self.last_pdb = snapshot, pdb
             self.frames_shown += 1
         masked = f", {snapshot.num_masked} masked" if snapshot.num_masked else ""
