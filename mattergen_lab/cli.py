@@ -108,6 +108,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--symmetric", action="store_true",
                    help="train on symmetric noise inside each crystal's Wyckoff template (for --symmetry sampling; "
                         "no --property; the symmetrised data is cached in OUT/symmetric_data.npz)")
+    p.add_argument("--symmetry-start", type=float, default=0.4,
+                   help="with --symmetric: the diffusion time below which crystals are noised in their templates "
+                        "(above it, as usual), which the model then recommends to the symmetric mode (default 0.4)")
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--decay-steps", type=int, default=0, help="cosine decay over the last DECAY_STEPS of --max-steps (0: none)")
     p.add_argument("--out", required=True)
@@ -272,7 +275,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         from mattergen_lab.symmetry.dataset import symmetrize_dataset
 
         print(f"symmetrising {len(data)} crystals (cached in {Path(args.out) / 'symmetric_data.npz'})", flush=True)
-        data = symmetrize_dataset(data, Path(args.out) / "symmetric_data.npz")
+        data = symmetrize_dataset(data, Path(args.out) / "symmetric_data.npz", start=args.symmetry_start)
     train_data, val_data = data.split_validation(args.val_fraction, seed=args.seed)
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
                       seed=args.seed, device=args.device, warmup_steps=args.warmup_steps, decay_steps=args.decay_steps)

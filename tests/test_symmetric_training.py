@@ -96,6 +96,29 @@ def test_symmetric_noise_keeps_every_noisy_crystal_in_its_template(symmetric):
     assert torch.isfinite(target.frac_coords).all()
 
 
+def test_above_the_start_time_crystals_are_noised_as_the_sampler_leaves_them_free(val_crystals, symmetric, tmp_path):
+    from mattergen_lab.symmetry.dataset import symmetrize_dataset
+    from mattergen_lab.symmetry.noising import constraint_of, symmetric_corrupt
+
+    hybrid = symmetrize_dataset(val_crystals, tmp_path / "h.npz", start=0.5)
+    assert hybrid.split_validation(0.25)[1].start == 0.5  # the split keeps it
+    batch = hybrid.get_batch(range(len(hybrid)), dtype=torch.float64)
+    assert batch.properties["symmetry_start"].tolist() == [0.5] * len(hybrid)
+    t = torch.linspace(0.05, 0.95, len(hybrid), dtype=torch.float64)
+    noisy, target = symmetric_corrupt(JointDiffusion(), batch, t, generator=torch.Generator().manual_seed(0))
+    c = constraint_of(batch)
+    off = (c.snap(noisy.frac_coords) - noisy.frac_coords).abs()
+    off = torch.minimum(off, 1 - off).amax(-1)  # (N,) distance from the template, wrapped
+    per_crystal = torch.zeros(len(hybrid), dtype=off.dtype).index_reduce_(0, batch.batch_idx, off, "amax")
+    assert (per_crystal[t <= 0.5] < 1e-9).all()  # kept in their templates
+    free = t > 0.5
+    assert (per_crystal[free] > 1e-3).float().mean() > 0.8  # free: off their templates (a P1 'a'-only one stays on)
+    lat = c.lattice(noisy.lattice)
+    assert torch.allclose(lat[~free], noisy.lattice[~free], atol=1e-9)
+    assert not torch.allclose(lat[free], noisy.lattice[free], atol=1e-3)
+    assert torch.isfinite(target.frac_coords).all() and torch.isfinite(target.lattice).all()
+
+
 def test_a_batch_whose_template_does_not_hold_its_atoms_is_refused(symmetric):
     from mattergen_lab.symmetry.noising import symmetric_corrupt
 
@@ -134,6 +157,7 @@ def test_cli_finetune_symmetric_end_to_end(data_dir, tmp_path, capsys):
     assert main(args) == 0
     ckpt = load_local_checkpoint(out / "last")
     assert ckpt.config["symmetric_training"] is True and ckpt.config["training"]["step"] == 2
+    assert ckpt.config["sampling"]["symmetry_start"] == 0.4  # trained as the symmetric mode samples (default start)
     assert (out / "symmetric_data.npz").exists()
     capsys.readouterr()
     assert main(args + ["--property", "dft_band_gap"]) == 2

@@ -94,11 +94,14 @@ class SymmetricDataset:
     """A :class:`~mattergen_lab.data.CrystalDataset` in template order plus one template per crystal; its batches
     carry ``properties["wyckoff_template"]`` (strings), which makes the training loss noise them symmetrically."""
 
-    def __init__(self, crystals: CrystalDataset, templates: list[str]) -> None:
+    def __init__(self, crystals: CrystalDataset, templates: list[str], *, start: float = 1.0) -> None:
+        from mattergen_lab.symmetry.templates import check_start
+
         if len(crystals) != len(templates):
             raise ValueError(f"{len(templates)} templates for {len(crystals)} crystals")
         self.crystals = crystals
         self.templates = np.asarray(templates, dtype=str)
+        self.start = check_start(start)  # the diffusion time from which batches are noised symmetrically
 
     def __len__(self) -> int:
         return len(self.crystals)
@@ -111,11 +114,12 @@ class SymmetricDataset:
         idx = self.crystals._as_index_array(indices)
         batch = self.crystals.get_batch(idx, dtype=dtype)
         # the stored lattices are already symmetric and on their crystal systems; polar_symmetric keeps them
-        return batch.replace(properties={**batch.properties, "wyckoff_template": [str(t) for t in self.templates[idx]]})
+        return batch.replace(properties={**batch.properties, "wyckoff_template": [str(t) for t in self.templates[idx]],
+                                         "symmetry_start": torch.full((len(idx),), self.start, dtype=dtype)})
 
     def subset(self, indices: Any) -> "SymmetricDataset":
         idx = self.crystals._as_index_array(indices)
-        return SymmetricDataset(self.crystals.subset(idx), list(self.templates[idx]))
+        return SymmetricDataset(self.crystals.subset(idx), list(self.templates[idx]), start=self.start)
 
     def split_validation(self, fraction: float, seed: int = 0) -> tuple["SymmetricDataset", "SymmetricDataset"]:
         """The same split as ``CrystalDataset.split_validation`` of the source (crystals stay in their places)."""
@@ -129,17 +133,18 @@ class SymmetricDataset:
         return self.crystals.num_atoms_distribution()
 
 
-def symmetrize_dataset(data: CrystalDataset, cache: str | Path | None = None, *, progress=None) -> SymmetricDataset:
+def symmetrize_dataset(data: CrystalDataset, cache: str | Path | None = None, *, progress=None,
+                       start: float = 1.0) -> SymmetricDataset:
     """Every crystal of ``data`` through :func:`symmetrize` (P1 and its own cell where that fails), in order; read
     from ``cache`` when it holds the same crystals (ids), written there otherwise. ``progress(i, n)`` is called
-    every 500 crystals."""
+    every 500 crystals; ``start``: the diffusion time from which its batches are noised symmetrically."""
     if cache is not None and Path(cache).exists():
         with np.load(cache, allow_pickle=False) as f:
             if int(f["format"]) == _FORMAT and f["ids"].tolist() == data.ids.tolist():
                 crystals = CrystalDataset(f["atom_types"], f["frac_coords"], f["lattice"], f["num_atoms"], ids=f["ids"],
                                           properties={k: data.properties[k] for k in data.properties},
                                           source=f"{data.source} (symmetrised)")
-                return SymmetricDataset(crystals, f["templates"].tolist())
+                return SymmetricDataset(crystals, f["templates"].tolist(), start=start)
             log.warning("%s holds other crystals; rebuilding it", cache)
     types, frac, lattices, counts, templates = [], [], [], [], []
     for i in range(len(data)):
@@ -164,4 +169,4 @@ def symmetrize_dataset(data: CrystalDataset, cache: str | Path | None = None, *,
         np.savez(cache, format=_FORMAT, ids=data.ids, templates=np.asarray(templates, dtype=str), **arrays)
     crystals = CrystalDataset(**arrays, ids=data.ids, properties=dict(data.properties),
                               source=f"{data.source} (symmetrised)")
-    return SymmetricDataset(crystals, templates)
+    return SymmetricDataset(crystals, templates, start=start)

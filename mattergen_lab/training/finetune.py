@@ -161,8 +161,8 @@ def finetune_symmetric(
     model.load_state_dict(base.model.state_dict(), strict=True)
     start = Checkpoint(model=model, config=base.config, path=base.path)
     diffusion = DiffusionConfig.from_dict(dict(base.config.get("diffusion") or {}))
-    # the network has seen constrained states at every t: the symmetric mode may hold the constraint from t = 1
-    sampling = {**(base.config.get("sampling") or {}), "symmetry_start": 1.0}
+    # the symmetric mode samples as it was trained: constrained from the training data's start time down
+    sampling = {**(base.config.get("sampling") or {}), "symmetry_start": float(getattr(train_data, "start", 1.0))}
     info = {"symmetric_training": True, "base_checkpoint": str(base.path or ""), "sampling": sampling,
             "base_step": (base.config.get("training") or {}).get("step"), **(extra_config or {})}
     if base.model.conditions:
