@@ -277,3 +277,31 @@ def test_the_benchmark_helpers(srtio3):
                       "median_max_displacement_A": 0.2, "seconds_per_crystal": 1.0, "relaxed_match_pct": 50.0,
                       "relaxed": 2}]
     assert "| 0.1 | 1 | 2 | 50 % | 50 % | 50 % (of 2) | 0.20 Å | 1.00 |" in bench.markdown(table, relax=True)
+
+
+def test_strength_is_a_campaign_grid_axis_over_one_parent(srtio3, tmp_path):
+    from mattergen_lab.campaign.spec import CampaignSpec
+
+    cif = tmp_path / "SrTiO3.cif"
+    srtio3.to(filename=str(cif))
+    d = {"checkpoint": "mgl_mp20_small", "num_samples": 2, "batch_size": 2, "num_steps": 4, "evaluate": False,
+         "parent": str(cif), "strength": [0.1, 0.3, 0.6], "guidance_scale": 0}
+    spec = CampaignSpec.from_dict(d)
+    arms = spec.arms()
+    assert [a.strength for a in arms] == [0.1, 0.3, 0.6] and "t0=0.3" in arms[1].label
+    request = spec.request(arms[2])
+    assert request.strength == 0.6 and request.parent.num_atoms == len(srtio3)
+    crystals = SamplingPipeline.for_request(request)(request)
+    assert [len(c) for c in crystals] == [len(srtio3)] * 2  # variations keep the parent's atoms
+    assert CampaignSpec.from_dict(spec.to_dict()).fingerprint() == spec.fingerprint()
+    moved = srtio3.copy()
+    moved.translate_sites([0], [0.01, 0, 0])
+    moved.to(filename=str(cif))  # the same path, another crystal: another campaign
+    assert CampaignSpec.from_dict(d).fingerprint() != spec.fingerprint()
+    assert "parent" not in CampaignSpec(checkpoint="mgl_mp20_small").to_dict()  # older folders keep their fingerprint
+    with pytest.raises(ValueError, match=r"strength=\[\] is an empty grid axis"):
+        CampaignSpec.from_dict({**d, "strength": []})
+    with pytest.raises(ValueError, match=r"arm a0 .*strength=0.3 needs a crystal to start from"):
+        CampaignSpec.from_dict({"checkpoint": "mgl_mp20_small", "strength": 0.3, "evaluate": False})
+    with pytest.raises(ValueError, match=r"arm a1 .*strength"):
+        CampaignSpec.from_dict({**d, "strength": [0.3, 1.5]})

@@ -16,6 +16,11 @@ A spec is a YAML file or a mapping::
     num_atoms: null                     # optional: atoms per crystal
     symmetry: [null, mp20, 225]         # optional symmetric mode (a space group, crystal system, mp20 or a
                                         #   template such as 225:ab); a list is another grid axis, null = off
+    parent: LiMn2O4.cif                 # optional: start every arm from this crystal (CIF/POSCAR/extxyz path
+                                        #   the workers can read; its sha256 is part of the campaign)
+    strength: [0.1, 0.3, 0.6]           # with parent: the start time t0, a number or a list (another axis)
+    fix_sites: null                     # with parent: inpainting (indices, elements or "anions")
+    substitute: null                    # with parent: e.g. "Mn=Co,Ni"
     evaluate:                           # false: sample only
       relaxer: chgnet                   # auto | chgnet | mattersim
       batch_size: 8                     # structures per evaluation task
@@ -30,7 +35,8 @@ A spec is a YAML file or a mapping::
       sample_gpus: auto                 # GPUs per sampling task: auto = 1 where the cluster has GPUs
       threads: 1                        # torch threads in every task
 
-The arms are the product of the condition lists, the guidance list and the symmetry list, in the order written. Arm ``k`` is one
+The arms are the product of the condition lists, the guidance list, the symmetry list and the strength list, in the
+order written. Arm ``k`` is one
 :class:`~mattergen_lab.sampling.request.SamplingRequest` seeded with ``seed + k`` (so two arms never draw the
 same noise), and its chunk ``j`` is one sampling task. Every error names the bad key and value. The sampler
 variant is part of the campaign (its fingerprint), so a resume with another one is refused; it is recorded only
@@ -57,7 +63,10 @@ from mattergen_lab.sampling.guidance import check_guidance_scale
 from mattergen_lab.sampling.request import SamplingRequest
 
 _TOP_KEYS = {"checkpoint", "num_samples", "batch_size", "num_steps", "seed", "conditions", "guidance_scale",
-             "elements", "num_atoms", "evaluate", "resources", "name", "sampler", "symmetry"}
+             "elements", "num_atoms", "evaluate", "resources", "name", "sampler", "symmetry", "parent", "strength",
+             "fix_sites", "substitute"}
+#: Keys left out of ``to_dict`` when unset, so folders made before they existed still resume.
+_OPTIONAL_KEYS = ("symmetry", "parent", "strength", "fix_sites", "substitute")
 
 
 def _is_int(v: Any) -> bool:
@@ -112,6 +121,7 @@ class Arm:
     conditions: dict[str, Any]
     guidance_scale: float
     symmetry: Any = None
+    strength: float | None = None
 
     @property
     def name(self) -> str:
@@ -120,7 +130,8 @@ class Arm:
     @property
     def label(self) -> str:
         parts = [f"{k}={v}" for k, v in self.conditions.items()] + [f"γ={self.guidance_scale:g}"]
-        return ", ".join(parts + ([f"symmetry={self.symmetry}"] if self.symmetry is not None else []))
+        parts += [f"symmetry={self.symmetry}"] if self.symmetry is not None else []
+        return ", ".join(parts + ([f"t0={self.strength:g}"] if self.strength is not None else []))
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,12 @@ class CampaignSpec:
     threads: int = 1
     name: str = ""
     symmetry: Any = None
+    parent: str | None = None
+    strength: Any = None
+    fix_sites: Any = None
+    substitute: Any = None
+    #: the parent's content hash, read once when the spec is made (``None`` without a parent)
+    parent_sha256: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
@@ -164,23 +181,31 @@ class CampaignSpec:
             raise ValueError(f"resources.sample_gpus={gpus!r} must be 'auto' or a number >= 0")
         if self.symmetry == []:
             raise ValueError("symmetry=[] is an empty grid axis; give at least one value (null: the plain sampler)")
+        if self.strength == []:
+            raise ValueError("strength=[] is an empty grid axis; give at least one start time t0 in (0, 1]")
+        if self.parent is not None and not isinstance(self.parent, str):
+            raise ValueError(f"parent={self.parent!r} must be the path of a CIF, POSCAR or extxyz file")
         num_arms = math.prod(len(v) if isinstance(v, list) else 1 for v in self.conditions.values()) * len(guidance)
         num_arms *= len(self.symmetry) if isinstance(self.symmetry, list) else 1
+        num_arms *= len(self.strength) if isinstance(self.strength, list) else 1
         if num_arms > MAX_CAMPAIGN_ARMS:  # before any arm is built
-            raise ValueError(f"conditions x guidance_scale x symmetry make a grid of {num_arms:,} arms, more than "
+            raise ValueError(f"conditions x guidance_scale x symmetry x strength make a grid of {num_arms:,} arms, more than "
                              f"MAX_CAMPAIGN_ARMS={MAX_CAMPAIGN_ARMS:,} (mattergen_lab.limits); split it into campaigns")
         for arm in self.arms():  # every arm is a valid request (ValueError names the value)
-            self.request(arm)
+            request = self.request(arm)
+        if self.parent is not None:
+            object.__setattr__(self, "parent_sha256", request.parent.sha256)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ grid
     def arms(self) -> list[Arm]:
         axes = {k: (v if isinstance(v, list) else [v]) for k, v in self.conditions.items()}
         guidance = self.guidance_scale if isinstance(self.guidance_scale, list) else [self.guidance_scale]
         symmetry = self.symmetry if isinstance(self.symmetry, list) else [self.symmetry]
+        strength = self.strength if isinstance(self.strength, list) else [self.strength]
         out = []
-        for values in itertools.product(*axes.values(), guidance, symmetry):
-            conditions = dict(zip(axes, values[:-2]))
-            out.append(Arm(len(out), conditions, check_guidance_scale(values[-2]), values[-1]))
+        for values in itertools.product(*axes.values(), guidance, symmetry, strength):
+            conditions = dict(zip(axes, values[:-3]))
+            out.append(Arm(len(out), conditions, check_guidance_scale(values[-3]), values[-2], values[-1]))
         return out
 
     def request(self, arm: Arm, *, device: str | None = None) -> SamplingRequest:
@@ -189,7 +214,8 @@ class CampaignSpec:
                 checkpoint=self.checkpoint, num_samples=self.num_samples, batch_size=self.batch_size,
                 num_steps=self.num_steps, conditions=arm.conditions, guidance_scale=arm.guidance_scale,
                 elements=self.elements, num_atoms=self.num_atoms, seed=self.seed + arm.index, device=device,
-                sampler=self.sampler, symmetry=arm.symmetry,
+                sampler=self.sampler, symmetry=arm.symmetry, parent=self.parent, strength=arm.strength,
+                fix_sites=self.fix_sites, substitute=self.substitute,
             )
         except ValueError as exc:
             raise ValueError(f"arm {arm.name} ({arm.label}): {exc}") from None
@@ -197,12 +223,14 @@ class CampaignSpec:
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["parent_sha256"]  # in the fingerprint, not in the spec a user writes
         d["evaluate"] = asdict(self.evaluate) if self.evaluate is not None else False
         d["resources"] = {"sample_gpus": d.pop("sample_gpus"), "threads": d.pop("threads")}
         if not d["sampler"]:  # the official sampler: no key, as in the folders made before variants existed
             del d["sampler"]
-        if d["symmetry"] is None:  # likewise the plain (non-symmetric) sampler
-            del d["symmetry"]
+        for key in _OPTIONAL_KEYS:  # likewise the plain (non-symmetric) sampler, and no parent
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -250,5 +278,9 @@ class CampaignSpec:
             raise ValueError(f"campaign spec {p}: {exc}") from None
 
     def fingerprint(self) -> str:
-        """A canonical JSON string: two specs run the same campaign iff their fingerprints are equal."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """A canonical JSON string: two specs run the same campaign iff their fingerprints are equal (a parent
+        counts by its content, so an edited parent file is another campaign)."""
+        d = self.to_dict()
+        if self.parent_sha256 is not None:
+            d["parent_sha256"] = self.parent_sha256
+        return json.dumps(d, sort_keys=True)
