@@ -20,8 +20,8 @@ what makes a seed reproducible: 1 and 2 threads give different bits (checked op 
 and transcendental elementwise ops such as ``silu`` and ``exp`` on tensors large enough to be split, whose split moves
 elements between the vectorised loop and its scalar tail) and, after a few dozen sampling steps, different crystals.
 The same request on the same machine gets the same threads from every entry point. On a machine whose cores are busy
-with other work, two threads are far slower than one (every parallel region waits for a descheduled thread; see the
-README's speed section): set ``MATTERGEN_LAB_THREADS=1`` (or ``OMP_NUM_THREADS=1``) there.
+with other work, two threads are far slower than one (every parallel region waits for a descheduled thread; see
+docs/speed.md): set ``MATTERGEN_LAB_THREADS=1`` (or ``OMP_NUM_THREADS=1``) there.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 #: Crystals per torch thread: fewer per thread give each op too little to split (a 4-crystal batch has ~700 edges, so
-#: GemNet's (edges, 64) activations are just over ATen's 32,768-element grain). See the README's speed section.
+#: GemNet's (edges, 64) activations are just over ATen's 32,768-element grain). See docs/speed.md.
 CRYSTALS_PER_THREAD = 4
 #: Environment variable that fixes mattergen-lab's thread count (an integer >= 1).
 ENV = "MATTERGEN_LAB_THREADS"

@@ -85,7 +85,8 @@ def test_a_smoke_run_writes_its_record_under_out(tmp_path, capsys):
 
 
 def _documented_commands() -> list[tuple[str, str, list[str]]]:
-    """``(where, benchmark, argv)`` of every benchmark command line in the README (inline code), in the scripts'
+    """``(where, benchmark, argv)`` of every benchmark command line in the README and the ``docs/`` pages (inline
+    code; the measurements and their commands live in ``docs/*.md``), in the scripts'
     docstrings (``python benchmarks/...`` lines, ``\\`` continuations joined, ``[--flag]`` as ``--flag``) and in
     ``benchmarks/device/run_sampling.sh``."""
     import re
@@ -95,11 +96,13 @@ def _documented_commands() -> list[tuple[str, str, list[str]]]:
 
     command = re.compile(r"python\s+(?:benchmarks/)?([\w/]+)\.py(.*)", re.S)
     found = []
-    readme = re.sub(r"```.*?```", "", (BENCHMARKS.parent / "README.md").read_text(), flags=re.S)
-    for span in re.findall(r"`([^`]+)`", readme):
-        m = command.search(span)
-        if m and "benchmarks/" in span:
-            found.append(("README.md", m.group(1), shlex.split(m.group(2).replace("\n", " "))))
+    root = BENCHMARKS.parent
+    for doc in [root / "README.md"] + sorted((root / "docs").glob("*.md")):
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for span in re.findall(r"`([^`]+)`", text):
+            m = command.search(span)
+            if m and "benchmarks/" in span:
+                found.append((str(doc.relative_to(root)), m.group(1), shlex.split(m.group(2).replace("\n", " "))))
     for path in sorted(BENCHMARKS.rglob("*.py")) + sorted(BENCHMARKS.rglob("*.sh")):
         text = path.read_text().replace("\\\\\n", " ").replace("\\\n", " ").replace("$B", "benchmarks/device/bench_sampling_gpu.py")
         for line in text.splitlines():
@@ -113,6 +116,8 @@ def _documented_commands() -> list[tuple[str, str, list[str]]]:
 def test_every_documented_command_line_parses():
     commands = _documented_commands()
     assert len(commands) >= 30 and {"bench_quality", "bench_csp", "device/bench_sampling_gpu"} <= {c[1] for c in commands}
+    documented = {c[1] for c in commands if c[0].endswith(".md")}  # the measured figures' commands, in README or docs/
+    assert {"bench_quality", "bench_steps", "bench_adapters", "bench_relax", "bench_sampling"} <= documented, documented
     for where, name, argv in commands:
         try:
             load_benchmark(name).build_parser().parse_args(argv)
