@@ -7,9 +7,9 @@ Layering (``docs/architecture.md``; ``tests/test_layering.py`` fails when a modu
 or two modules import each other, directly or round a cycle):
 
     9  widgets, cli                     (the app: ipywidgets, plotly, nglview; the command line)
-    8  design, campaign                 (user-facing runs, tables, export; campaigns on Ray)
+    8  design, campaign, cli_lab, cli_train (user-facing runs, export; campaigns on Ray; lab, train/finetune/bundle)
     7  evaluation                       (relaxation, E_hull, S.U.N., RMSD)
-    6  properties                       (oracles: HHI, symmetry, bulk modulus, magnetism; property sweeps)
+    6  properties, cli_progress         (oracles: HHI, symmetry, bulk modulus, magnetism; the CLI's progress bars)
     5  sampling                         (SamplingRequest → SamplingPipeline; the predictor-corrector sampler, guidance)
     4  checkpoints, training, testing   (registry and loading; the training loop; test helpers)
     3  model, symmetry                  (GemNet-T score network, adapters, scale fitting; Wyckoff templates, constraint)

@@ -16,7 +16,7 @@ LAYERS = {
     "properties": 6,
     "evaluation": 7,
     "design": 8, "campaign": 8,
-    "cli_progress": 8, "cli_lab": 8,
+    "cli_progress": 6, "cli_lab": 8, "cli_train": 8,
     "cli": 9, "widgets": 9,
 }
 
