@@ -241,6 +241,33 @@ def test_the_symmetry_control_generates_symmetric_crystals_and_the_table_shows_t
     assert app.generate(wait=True).symmetry is None
 
 
+def test_the_vary_button_samples_variations_of_its_candidate(app):
+    from pymatgen.core import Lattice, Structure
+
+    from mattergen_lab.design.runs import candidate_oracles
+
+    crystal = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.2), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    request = app.targets.request()
+    app.add_candidates([design.Candidate("known-0", crystal, [], request, candidate_oracles(crystal))])
+    app.generate(wait=True)  # four more rows: the parent is one candidate among others
+    parent = app.candidates[0]
+    app.select(parent.id)  # a crystal without a trajectory shows itself as its one frame
+    assert app.trajectory.scrub.max == 0 and len(app.trajectory.trajectory) == 1
+    row = app.candidate_panel.rows[parent.id]
+    button = next(c for c in row.children if "mgl-vary-button" in getattr(c, "_dom_classes", ()))
+    app.candidate_panel.vary_strength.value = 0.1
+    button.click()  # on the worker thread, as from the browser
+    app.wait()
+    assert app.error is None, app.status.value
+    new = app.candidates[5:]
+    assert len(new) == 4 and all(len(c.structure) == len(parent.structure) for c in new), app.status.value
+    request = app.last_run.request
+    assert request.strength == 0.1 and request.parent.num_atoms == len(parent.structure)
+    assert request.to_dict()["parent"]["sha256"] == request.parent.sha256  # recorded by its hash, not the crystal
+    assert app.vary(parent.id, 1.5) is None and "strength=1.5" in app.status.value  # named, before any work
+    assert len(app.candidates) == 9
+
+
 def test_cancel_keeps_finished_samples_and_results_accumulate(app):
     app.generate()
     assert len(app.candidates) == 4

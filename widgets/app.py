@@ -96,7 +96,8 @@ class DesignApp(w.VBox):
         self.trajectory = TrajectoryPanel(on_select=self.select)
         self.hull = HullPlot(on_select=self.open_review)
         self.pareto = ParetoPlot(on_select=self.open_review)
-        self.candidate_panel = CandidateTable(on_select=self.select, on_export=self._export_clicked, on_review=self.open_review)
+        self.candidate_panel = CandidateTable(on_select=self.select, on_export=self._export_clicked, on_review=self.open_review,
+                                              on_vary=lambda cid, t0: self.vary(cid, t0, wait=False))
         # the candidate detail view (Crystal Toolkit, XRD, nearest known materials): widgets/review.py
         self.reviewer = ReviewController(self.session, viewer=review_viewer)
 
@@ -168,6 +169,20 @@ class DesignApp(w.VBox):
         """Sample with the current controls on a worker thread; returns the request (None if invalid)."""
         try:
             request = self._with_symmetry(self._with_composition(self.targets.request()))
+        except ValueError as exc:
+            self._set_status(str(exc), error=True)
+            return None
+        if self._start(self._generate_worker, request) and wait:
+            self.wait()
+        return request
+
+    def vary(self, candidate_id: str, strength: float = 0.3, wait: bool = True) -> design.DesignRequest | None:
+        """Variations of one candidate (the row's "vary" button): its crystal noised to t0 = ``strength`` and denoised
+        with the current targets, guidance, samples and seed (no formula, no symmetry: a parent brings its own atoms
+        and cell). Returns the request (None if invalid: the status names the value)."""
+        try:
+            parent = self.session.candidate(candidate_id).structure
+            request = dataclasses.replace(self.targets.request(), parent=parent, strength=strength, num_atoms=None)
         except ValueError as exc:
             self._set_status(str(exc), error=True)
             return None

@@ -52,12 +52,15 @@ def _cell(text: str, header: str) -> w.HTML:
 class CandidateTable(w.VBox):
     """Rows of candidates with checkboxes, a selected-row highlight, and the export controls.
 
-    ``on_select(id)`` runs when a row's "view" button is clicked; ``on_export(path)`` when Export is.
+    ``on_select(id)`` runs when a row's "view" button is clicked; ``on_export(path)`` when Export is;
+    ``on_vary(id, t0)`` when a row's "vary" button is (variations of that candidate at the strength in *vary t0*).
     """
 
     def __init__(self, on_select: Callable[[str], None] | None = None, on_export: Callable[[str], None] | None = None,
-                 on_review: Callable[[str], None] | None = None) -> None:
+                 on_review: Callable[[str], None] | None = None,
+                 on_vary: Callable[[str, float], None] | None = None) -> None:
         self._on_select, self._on_export, self._on_review = on_select, on_export, on_review
+        self._on_vary = on_vary
         self.table = pd.DataFrame()
         self.checkboxes: dict[str, w.Checkbox] = {}
         self.rows: dict[str, w.HBox] = {}
@@ -65,7 +68,7 @@ class CandidateTable(w.VBox):
         self.body = w.VBox()
         self.body.add_class("mgl-candidate-table")
         header = w.HBox([w.HTML("<b>✓</b>", layout=w.Layout(width="40px")), w.HTML("", layout=w.Layout(width="50px")),
-                         w.HTML("", layout=w.Layout(width="64px"))]
+                         w.HTML("", layout=w.Layout(width="64px")), w.HTML("", layout=w.Layout(width="50px"))]
                         + [w.HTML(f"<b>{html.escape(h)}</b>", layout=w.Layout(width=_WIDTH.get(h, "64px"))) for _, h, _ in COLUMNS])
         self.select_all = w.Button(description="Check all", layout=w.Layout(width="90px"))
         self.select_all.on_click(lambda _: self.check(list(self.checkboxes)))
@@ -76,9 +79,15 @@ class CandidateTable(w.VBox):
         self.export_button.on_click(lambda _: self._on_export and self._on_export(self.path.value))
         self.export_status = w.HTML()
         self.export_status.add_class("mgl-export-status")
+        # variations of one candidate: noised to t0 and denoised again with the current targets
+        self.vary_strength = w.BoundedFloatText(value=0.3, min=0.01, max=1.0, step=0.05, description="vary t0",
+                                                tooltip="strength of a 'vary' run: small keeps the candidate nearly as "
+                                                        "it is, 1 samples from scratch",
+                                                layout=w.Layout(width="160px"))
+        self.vary_strength.add_class("mgl-vary-strength")
         super().__init__([
             w.HTML("<b>Candidates</b>"), header, self.body,
-            w.HBox([self.select_all, self.path, self.export_button]), self.export_status,
+            w.HBox([self.select_all, self.path, self.export_button, self.vary_strength]), self.export_status,
         ])
         self.add_class("mgl-candidates")
 
@@ -96,7 +105,11 @@ class CandidateTable(w.VBox):
             review = w.Button(description="review", layout=w.Layout(width="64px"), tooltip="structure, XRD, nearest known")
             review.add_class("mgl-review-button")
             review.on_click(lambda _, cid=cid: self._on_review and self._on_review(cid))
-            row = w.HBox([cb, view, review] + [_cell(_fmt(rec.get(col), fmt), h) for col, h, fmt in COLUMNS])
+            vary = w.Button(description="vary", layout=w.Layout(width="50px"),
+                            tooltip="variations of this crystal (strength: vary t0 below)")
+            vary.add_class("mgl-vary-button")
+            vary.on_click(lambda _, cid=cid: self._on_vary and self._on_vary(cid, float(self.vary_strength.value)))
+            row = w.HBox([cb, view, review, vary] + [_cell(_fmt(rec.get(col), fmt), h) for col, h, fmt in COLUMNS])
             row.add_class("mgl-candidate-row")
             self.checkboxes[cid], self.rows[cid] = cb, row
             rows.append(row)

@@ -157,6 +157,10 @@ class TrajectoryPanel(w.VBox):
         """Show ``candidate_id``'s whole trajectory on the scrubber, at its last frame."""
         cand = self._candidates[candidate_id]
         self.trajectory = list(cand.trajectory)
+        if not self.trajectory:  # a crystal added from elsewhere (a campaign, a parent): itself, as one frame
+            s = cand.structure
+            self.trajectory = [design.CrystalSnapshot(0, 0.0, np.asarray(s.lattice.matrix), np.asarray(s.frac_coords),
+                                                      np.array([site.specie.Z for site in s]))]
         if self.gallery.value != candidate_id:
             self.gallery.value = candidate_id
         self.scrub.disabled = False

@@ -178,6 +178,8 @@ class DesignRequest:
             every crystal holds exactly ``formula × formula_units`` atoms (no targets, no chemical system).
         symmetry: the symmetric mode (``SamplingRequest.symmetry``): a space group ``225``, a crystal system
             ``"cubic"``, ``"mp20"`` or a template ``"225:ab"``; with a space-group adapter a space group also guides.
+        parent, strength: variations of a known crystal (``SamplingRequest.parent``/``strength``: a pymatgen
+            ``Structure`` or a structure file, noised to t0 = ``strength`` and denoised with the targets).
     """
 
     checkpoint: str
@@ -194,6 +196,8 @@ class DesignRequest:
     composition: str | None = None
     formula_units: int = 1
     symmetry: str | int | None = None
+    parent: Any = None
+    strength: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, (str, os.PathLike)) or not str(self.checkpoint).strip():
@@ -227,7 +231,7 @@ class DesignRequest:
             num_steps=self.num_steps, guidance_scale=self.guidance_scale,
             elements=ChemicalSystem.parse(self.chemical_system) if self.chemical_system else None,
             num_atoms=self.num_atoms, seed=self.seed, device=self.device, composition=self.composition,
-            formula_units=self.formula_units, symmetry=self.symmetry,
+            formula_units=self.formula_units, symmetry=self.symmetry, parent=self.parent, strength=self.strength,
         )
         object.__setattr__(self, "_sampling", sampling)  # not a field: to_dict() and == are the flat fields
         object.__setattr__(self, "guidance_scale", sampling.guidance_scale)
@@ -235,6 +239,9 @@ class DesignRequest:
             object.__setattr__(self, "composition", sampling.composition.formula)
         if sampling.symmetry is not None:
             object.__setattr__(self, "symmetry", str(sampling.symmetry))
+        if sampling.parent is not None:  # the parsed crystal (Niggli-reduced, hashed) and the resolved t0
+            object.__setattr__(self, "parent", sampling.parent)
+            object.__setattr__(self, "strength", sampling.strength)
 
     @property
     def sampling(self) -> SamplingRequest:
@@ -270,4 +277,8 @@ class DesignRequest:
         d["targets"] = dict(self.targets)
         if d["symmetry"] is None:  # recorded only when set, so older runs' records still match
             del d["symmetry"]
+        if self.parent is None:
+            del d["parent"], d["strength"]
+        else:  # the parent as its record (sha256, formula, atoms), not the crystal
+            d["parent"] = self.parent.record()
         return d
