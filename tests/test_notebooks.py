@@ -80,7 +80,7 @@ def test_every_notebook_is_covered():
     names = {p.name for p in ALL}
     assert {"01_quickstart.ipynb", "02_chemistry_guided.ipynb", "03_property_sliders.ipynb",
             "04_low_supply_chain_magnets.ipynb", "05_evaluate.ipynb", "06_finetune_your_property.ipynb",
-            "07_official_checkpoints.ipynb"} <= names
+            "07_official_checkpoints.ipynb", "08_variations.ipynb"} <= names
     assert names <= set(CHECKS), f"notebooks without content checks: {sorted(names - set(CHECKS))}"
 
 
@@ -221,6 +221,20 @@ def _check_07(nb, work: Path) -> None:
     assert "skipped: the official checkpoint is not available" in text
 
 
+def _check_08(nb, work: Path) -> None:
+    import pandas as pd
+
+    out = work / "outputs" / "08_variations"
+    variations = pd.read_csv(out / "variations.csv")
+    assert len(variations) == 2 * 3 * 2  # smoke: 2 parents x 3 strengths x 2 crystals
+    assert set(variations["t0"]) == {0.1, 0.3, 0.6}
+    assert (variations.groupby("parent")["atoms"].unique().map(list).to_dict() == {"Cu2MnAl": [4], "LiMn2O4": [14]})
+    inpaint = pd.read_csv(out / "inpainting.csv")
+    assert inpaint["O sites kept"].all() and (inpaint["largest O move (Å)"] < 1e-4).all()
+    subst = pd.read_csv(out / "substitution.csv")
+    assert all(set(f.replace("Cu", "").replace("Al", "")) and "Mn" not in f for f in subst["formula"])
+
+
 CHECKS = {
     "01_quickstart.ipynb": _check_01,
     "02_chemistry_guided.ipynb": _check_02,
@@ -229,6 +243,7 @@ CHECKS = {
     "05_evaluate.ipynb": _check_05,
     "06_finetune_your_property.ipynb": _check_06,
     "07_official_checkpoints.ipynb": _check_07,
+    "08_variations.ipynb": _check_08,
 }
 
 
