@@ -26,7 +26,7 @@ def test_checkpoints_says_what_each_model_conditions_on_in_aligned_columns(capsy
     assert main(["checkpoints"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header, rows = lines[0], {line.split()[0]: line for line in lines[1:-1]}
-    assert len(rows) == 18  # 9 official + 9 bundled
+    assert len(rows) == 19  # 9 official + 10 bundled
     assert rows["mgl_mp20_small_csp"].endswith("a composition (CSP: atoms given, e.g. --composition Li2MnO3)")
     assert rows["mgl_mp20_small_space_group"].endswith("space group (1-230)")
     assert rows["mgl_mp20_small"].endswith("nothing (unconditional)")

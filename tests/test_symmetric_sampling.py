@@ -122,6 +122,9 @@ def test_space_group_chi2_on_the_field_scale():
     p1 = drawn[:750] + [1] * 250  # MatterGen's P1 excess (its χ² 5.1)
     assert 3.0 < space_group_chi2(p1, ref) < 4.5
     assert space_group_chi2(drawn, ref, by="system") < space_group_chi2(drawn, ref)
+    # spglib failures (-1) count as P1 (no symmetry found), not as a group MP-20 lacks (the heavily weighted bin)
+    assert space_group_chi2(drawn[:-1] + [-1], ref) == space_group_chi2(drawn[:-1] + [1], ref)
+    assert space_group_chi2(drawn[:-1] + [-1], ref) < space_group_chi2(drawn[:-1] + [134], ref) - 0.01  # 134: not in ref
 
 
 def test_the_chi2_floor_of_a_perfect_model_falls_as_one_over_n():
