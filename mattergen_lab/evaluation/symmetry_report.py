@@ -28,7 +28,7 @@ def space_group_chi2(groups: Sequence[int], reference: Mapping[int, int], *, by:
     """``Σ (p − q)² / q`` between the shares of ``groups`` and of ``reference`` (``{group: count}``), over the groups
     (``by="group"``) or crystal systems (``by="system"``) the reference holds, plus one bin pooling the groups the
     reference lacks, whose reference share is half a count: a crystal in a group MP-20 never shows is penalised, by a
-    bounded amount (about 0.018 per crystal at N = 1,000 against MP-20's test split). A crystal spglib cannot analyse
+    bounded amount (at N = 1,000 against MP-20's test split, one such crystal adds 0.016 and k of them k² times that). A crystal spglib cannot analyse
     (group ≤ 0) counts as P1, as in :func:`~mattergen_lab.evaluation.distribution.distribution_stats`: no symmetry was
     found (until 7 Dec it went to the "other" bin, where one failed relaxation in 256 added 0.5). ``nan`` for no
     groups."""
