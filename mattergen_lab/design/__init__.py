@@ -80,9 +80,8 @@ from mattergen_lab.design.review import (  # noqa: F401
     KnownMaterial,
     KnownMaterials,
     NearestKnown,
-    XRDPattern,
     guess_oxidation_states,
     review_candidate,
-    xrd_pattern,
 )
+from mattergen_lab.design.xrd import XRDPattern, xrd_pattern  # noqa: F401
 from mattergen_lab.design.session import MAX_HULL_ELEMENTS, DesignSession, default_evaluator  # noqa: F401

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def write_review_files(zf: zipfile.ZipFile, stem: str, relaxed: Structure | None,
                        review: CandidateReview | None) -> dict[str, Any]:
     """Write one candidate's relaxed CIF, XRD table and XRD plot; return their names (and the review) for the report."""
-    from mattergen_lab.design.review import xrd_table
+    from mattergen_lab.design.xrd import xrd_table
     from mattergen_lab.design.review_report import xrd_png
 
     out: dict[str, Any] = {"relaxed_cif": None, "xrd_csv": None, "xrd_png": None}

@@ -17,7 +17,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from mattergen_lab.design.review import CandidateReview, XRDPattern
+    from mattergen_lab.design.review import CandidateReview
+    from mattergen_lab.design.xrd import XRDPattern
     from mattergen_lab.design.tables import HullData
 
 
