@@ -264,6 +264,9 @@ def test_the_vary_button_samples_variations_of_its_candidate(app):
     request = app.last_run.request
     assert request.strength == 0.1 and request.parent.num_atoms == len(parent.structure)
     assert request.to_dict()["parent"]["sha256"] == request.parent.sha256  # recorded by its hash, not the crystal
+    named = app.table.set_index("id")["parent"]
+    assert named[parent.id] == "" and all(named[c.id].startswith(f"{request.parent.formula} (sha256 "
+                                                                 f"{request.parent.sha256[:12]}, t0=0.1)") for c in new)
     assert app.vary(parent.id, 1.5) is None and "strength=1.5" in app.status.value  # named, before any work
     assert len(app.candidates) == 9
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 #: The columns of :func:`candidate_table` and :func:`structure_table`, before :data:`EVALUATION_COLUMNS`.
 CANDIDATE_COLUMNS = (
     "id", "formula", "chemical_system", "in_target_system", "num_atoms", "space_group", "wyckoff", "hhi_score",
-    "density", "volume_per_atom", "plausible_density", "checkpoint", "guidance_scale", "targets",
+    "density", "volume_per_atom", "plausible_density", "checkpoint", "guidance_scale", "targets", "parent",
 )
 
 
@@ -51,7 +51,17 @@ def _row(cid: str, o: Mapping[str, Any], request: Any) -> dict[str, Any]:
         "checkpoint": request.checkpoint if request is not None else None,
         "guidance_scale": request.guidance_scale if request is not None else np.nan,
         "targets": ", ".join(f"{k}={v:g}" for k, v in request.targets.items()) if request is not None else "",
+        "parent": _parent_label(request),
     }
+
+
+def _parent_label(request: Any) -> str:
+    """A variation's parent as the table and the export name it: formula, sha256 prefix and strength; ``""`` for
+    a crystal sampled from noise."""
+    parent = getattr(request, "parent", None)
+    if parent is None:
+        return ""
+    return f"{parent.formula} (sha256 {parent.sha256[:12]}, t0={request.strength:g})"
 
 
 def _with_evaluation(rows: list[dict[str, Any]], evaluation: pd.DataFrame | None) -> pd.DataFrame:
@@ -74,7 +84,7 @@ def candidate_table(candidates: Sequence[Candidate], evaluation: pd.DataFrame | 
     """One row per candidate: request, oracle values, and evaluation columns (by ``id``) when given.
 
     Columns: :data:`CANDIDATE_COLUMNS` (``id, formula, chemical_system, in_target_system, num_atoms, space_group, wyckoff,
-    hhi_score, density, volume_per_atom, plausible_density, checkpoint, guidance_scale, targets``) and
+    hhi_score, density, volume_per_atom, plausible_density, checkpoint, guidance_scale, targets, parent``) and
     :data:`EVALUATION_COLUMNS` (NaN/None when not evaluated). ``in_target_system`` is None without a target chemical system.
     """
     return _with_evaluation([_row(c.id, c.oracles or candidate_oracles(c.structure), c.request) for c in candidates],
