@@ -6,6 +6,7 @@ real evaluation and the browser rendering are tested elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import types
@@ -237,7 +238,10 @@ def test_the_symmetry_control_generates_symmetric_crystals_and_the_table_shows_t
     assert list(app.table["wyckoff"]) == [c.oracles["wyckoff"] for c in app.candidates]
     row = app.candidate_panel.rows[app.candidates[0].id]
     assert any(getattr(c, "value", None) == app.candidates[0].oracles["wyckoff"] for c in row.children)
+    base = dataclasses.replace(app.targets.request(), checkpoint="mgl_mp20_small", targets={})
+    assert app._with_symmetry(base).checkpoint == "mgl_mp20_small_symmetric"  # the base's symmetric fine-tune
     app.symmetry.value = "off"
+    assert app._with_symmetry(base).checkpoint == "mgl_mp20_small"
     assert app.generate(wait=True).symmetry is None
 
 
