@@ -29,6 +29,7 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 import pandas as pd
+from mattergen_lab.console import silence_library_warnings
 from mattergen_lab.widgets.plots import HullPlot, ParetoPlot
 from mattergen_lab.widgets.targets import ERROR_STYLE
 
@@ -56,6 +57,7 @@ class CampaignPanel(w.VBox):
             raise FileNotFoundError(f"campaign folder {path} does not exist")
         if structures not in ("relaxed", "generated"):
             raise ValueError(f"structures={structures!r}; expected 'relaxed' or 'generated'")
+        silence_library_warnings()  # as the app does: spglib's deprecations on every symmetry call are not the user's
         self.folder = CampaignFolder(path)
         try:
             self.spec = self.folder.spec()  # FileNotFoundError names the folder
