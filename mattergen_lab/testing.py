@@ -171,3 +171,12 @@ def assert_score_equivariant(
             _close("basis/lattice score", out.lattice, ref.lattice, rtol)
     return list(checks)
 
+
+
+def tiny_model(seed: int = 0):
+    """A randomly initialised ``tiny``-preset :class:`~mattergen_lab.model.score_model.ScoreModel`, seeded, in eval
+    mode: the stand-in checkpoint of sampler, fine-tuning and CLI tests."""
+    from mattergen_lab.model.score_model import ScoreModel
+
+    torch.manual_seed(seed)
+    return ScoreModel.from_preset("tiny").eval()

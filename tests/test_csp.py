@@ -14,17 +14,13 @@ from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion, is_csp_co
 from mattergen_lab.sampling.composition import FixedComposition
 from mattergen_lab.sampling.request import SamplingRequest
 from mattergen_lab.sampling.sampler import PredictorCorrectorSampler, SamplerConfig
+from mattergen_lab.testing import tiny_model
 from mattergen_lab.training.loss import loss_per_crystal
 
 CSP = DiffusionConfig(fixed_atom_types=True)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def tiny_model(seed: int = 0) -> ScoreModel:
-    torch.manual_seed(seed)
-    return ScoreModel.from_preset("tiny").eval()
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,10 @@ import pytest
 import torch
 
 from mattergen_lab.model.io import save_checkpoint
-from mattergen_lab.model.score_model import ScoreModel
 from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion
+from mattergen_lab.testing import tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def tiny_model(seed: int = 0) -> ScoreModel:
-    torch.manual_seed(seed)
-    return ScoreModel.from_preset("tiny").eval()
 
 
 @pytest.fixture(scope="module")

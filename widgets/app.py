@@ -170,22 +170,19 @@ class DesignApp(w.VBox):
     # ------------------------------------------------------------------ public actions
     def generate(self, wait: bool = True) -> design.DesignRequest | None:
         """Sample with the current controls on a worker thread; returns the request (None if invalid)."""
-        try:
-            request = self._with_symmetry(self._with_composition(self.targets.request()))
-        except ValueError as exc:
-            self._set_status(str(exc), error=True)
-            return None
-        if self._start(self._generate_worker, request) and wait:
-            self.wait()
-        return request
+        return self._sample(lambda: self._with_symmetry(self._with_composition(self.targets.request())), wait)
 
     def vary(self, candidate_id: str, strength: float = 0.3, wait: bool = True) -> design.DesignRequest | None:
         """Variations of one candidate (the row's "vary" button): its crystal noised to t0 = ``strength`` and denoised
         with the current targets, guidance, samples and seed (no formula, no symmetry: a parent brings its own atoms
         and cell). Returns the request (None if invalid: the status names the value)."""
+        return self._sample(lambda: dataclasses.replace(self.targets.request(), num_atoms=None, strength=strength,
+                                                        parent=self.session.candidate(candidate_id).structure), wait)
+
+    def _sample(self, build: Callable[[], design.DesignRequest], wait: bool) -> design.DesignRequest | None:
+        """Build the request (a ``ValueError`` goes to the status line, before any work) and sample it on the worker."""
         try:
-            parent = self.session.candidate(candidate_id).structure
-            request = dataclasses.replace(self.targets.request(), parent=parent, strength=strength, num_atoms=None)
+            request = build()
         except ValueError as exc:
             self._set_status(str(exc), error=True)
             return None

@@ -243,7 +243,11 @@ class CrystalDataset:
         )
 
     def split(self, parts: Sequence[float] | Sequence[int], seed: int = 0) -> list["CrystalDataset"]:
-        """A seeded random partition.
+        """A seeded random partition: the datasets of :meth:`split_indices`."""
+        return [self.subset(idx) for idx in self.split_indices(parts, seed)]
+
+    def split_indices(self, parts: Sequence[float] | Sequence[int], seed: int = 0) -> list[np.ndarray]:
+        """The crystal indices of a seeded random partition (for :meth:`split`, and datasets built on this one).
 
         Args:
             parts: either fractions (floats, positive, summing to 1) or sizes (ints summing to ``len(self)``).
@@ -268,14 +272,19 @@ class CrystalDataset:
                 sizes[j % len(sizes)] += 1
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
         bounds = np.cumsum([0] + sizes)
-        return [self.subset(np.sort(order[bounds[j] : bounds[j + 1]])) for j in range(len(sizes))]
+        return [np.sort(order[bounds[j] : bounds[j + 1]]) for j in range(len(sizes))]
 
     def split_validation(self, fraction: float, seed: int = 0) -> tuple["CrystalDataset", "CrystalDataset"]:
         """Hold out ``round(fraction * len)`` crystals: ``(train, val) = split([len - k, k], seed)``."""
+        train, val = self.validation_indices(fraction, seed)
+        return self.subset(train), self.subset(val)
+
+    def validation_indices(self, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The crystal indices ``(train, val)`` of :meth:`split_validation`."""
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"validation fraction {fraction!r} must be in [0, 1)")
         k = int(round(fraction * len(self)))
-        train, val = self.split([len(self) - k, k], seed=seed)
+        train, val = self.split_indices([len(self) - k, k], seed=seed)
         return train, val
 
     def num_atoms_distribution(self) -> NumAtomsDistribution:

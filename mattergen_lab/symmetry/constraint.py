@@ -111,6 +111,19 @@ class SymmetryConstraint:
         mean = mean / self.orbit_sizes[:, None]
         return torch.einsum("oij,oj->oi", self.site_projectors, mean)
 
+    def _on_site(self, points: torch.Tensor, offsets: torch.Tensor, projectors: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d, Π d)`` for ``d`` = every lattice translate of ``points`` minus its site's offset, ``(..., 27, 3)``."""
+        d = points - offsets - self._shifts
+        return d, torch.einsum("...ij,...kj->...ki", projectors, d)
+
+    def site_distance(self, orbit: int, points: torch.Tensor) -> torch.Tensor:
+        """``(m,)``: how far each of ``points`` (m, 3; primitive-cell fractional) lies from orbit ``orbit``'s site, over
+        its lattice translates (0 for a point of the site form, such as member 0 of the orbit)."""
+        d, on_site = self._on_site(points.to(self.dtype)[:, None, :], self._site_offset[orbit],
+                                   self.site_projectors[orbit][None])
+        return (d - on_site).norm(dim=-1).amin(dim=1)
+
     def push(self, d_r: torch.Tensor) -> torch.Tensor:
         """``(N, 3)``: a representative displacement (O, 3) carried to every atom of its orbit."""
         return torch.einsum("nij,nj->ni", self.rotations, d_r[self.orbit])
@@ -135,8 +148,7 @@ class SymmetryConstraint:
         r = pulled[self.rep] + offsets / self.orbit_sizes[:, None]  # (O, 3)
         # onto the site: the site's plane through a point of it (its offset), among the lattice translates of r the
         # one nearest to that plane (a site such as x, 2x, z is not closed under wrapping each coordinate)
-        d = r[:, None, :] - self._site_offset[:, None, :] - self._shifts  # (O, 27, 3)
-        on_site = torch.einsum("oij,okj->oki", self.site_projectors, d)  # (O, 27, 3)
+        d, on_site = self._on_site(r[:, None, :], self._site_offset[:, None, :], self.site_projectors)  # (O, 27, 3)
         best = (d - on_site).norm(dim=-1).argmin(dim=1)  # (O,)
         r = self._site_offset + on_site[torch.arange(len(best)), best]
         self.representatives = torch.remainder(r, 1.0)

@@ -38,11 +38,6 @@ MIN_DISTANCE = 0.5
 _FORMAT = 1
 
 
-def _sym_sqrt(m: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
 def symmetrize(lattice: np.ndarray, frac_coords: np.ndarray, atomic_numbers: np.ndarray, tol: float = TOLERANCE
                ) -> tuple[WyckoffTemplate, np.ndarray, np.ndarray, np.ndarray] | None:
     """``(template, lattice (3, 3), frac_coords (n, 3), atomic_numbers (n,))`` of one crystal in the constraint's frame
@@ -66,19 +61,15 @@ def symmetrize(lattice: np.ndarray, frac_coords: np.ndarray, atomic_numbers: np.
     except ValueError:
         return None
     p = centring_matrix(sg)
-    conv = _sym_sqrt(np.asarray(xtal.lattice.matrix) @ np.asarray(xtal.lattice.matrix).T)
-    prim = p.T @ conv
+    conv = polar_symmetric(torch.as_tensor(np.asarray(xtal.lattice.matrix, dtype=np.float64)))
+    prim = torch.as_tensor(p.T) @ conv  # L_prim = Pᵀ L_conv
     constraint = SymmetryConstraint([template])
-    lat = constraint.lattice(torch.as_tensor(_sym_sqrt(prim @ prim.T))[None])  # (1, 3, 3) on the crystal system
+    lat = constraint.lattice(polar_symmetric(prim)[None])  # (1, 3, 3) on the crystal system
     # each orbit's representative: the member of pyxtal's orbit that lies on the site (member 0's form)
     reps = []
     for o, site in enumerate(sites):
         members = np.linalg.solve(p, np.asarray(site.coords, dtype=np.float64).T).T  # (m, 3) primitive fractional
-        proj = constraint.site_projectors[o].numpy()
-        offset = constraint._site_offset[o].numpy()
-        d = members[:, None, :] - offset - constraint._shifts.numpy()[None]  # (m, 27, 3)
-        off_site = np.linalg.norm(d - np.einsum("ij,mkj->mki", proj, d), axis=-1).min(axis=1)  # (m,)
-        reps.append(members[int(np.argmin(off_site))])
+        reps.append(members[int(constraint.site_distance(o, torch.as_tensor(members)).argmin())])
     r = torch.as_tensor(np.stack(reps))
     x = constraint.snap(constraint.expand(r)).numpy()  # exactly symmetric
     z = np.repeat([Element(str(s.specie)).Z for s in sites], template.primitive_multiplicities)
@@ -123,11 +114,8 @@ class SymmetricDataset:
 
     def split_validation(self, fraction: float, seed: int = 0) -> tuple["SymmetricDataset", "SymmetricDataset"]:
         """The same split as ``CrystalDataset.split_validation`` of the source (crystals stay in their places)."""
-        order = np.arange(len(self))
-        probe = CrystalDataset(np.ones(len(self), np.int64), np.zeros((len(self), 3)), np.tile(np.eye(3), (len(self), 1, 1)),
-                               np.ones(len(self), np.int64), ids=[str(i) for i in order])
-        train, val = probe.split_validation(fraction, seed=seed)
-        return self.subset(train.ids.astype(int)), self.subset(val.ids.astype(int))
+        train, val = self.crystals.validation_indices(fraction, seed)
+        return self.subset(train), self.subset(val)
 
     def num_atoms_distribution(self):
         return self.crystals.num_atoms_distribution()

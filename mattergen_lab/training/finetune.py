@@ -108,6 +108,16 @@ def finetune(
     return train(config, train_data, val_data, out_dir, init_from=start, extra_config=info, callback=callback)
 
 
+def _same_network(base: Checkpoint) -> Checkpoint:
+    """A fresh copy of ``base``'s network and weights (its config and path kept), for the fine-tunings that train the
+    whole model as it is (CSP, symmetric noise); ``ValueError`` when the checkpoint holds no ScoreModel."""
+    if not isinstance(base.model, ScoreModel):
+        raise ValueError(f"the base checkpoint holds a {type(base.model).__name__}, not a mattergen-lab ScoreModel")
+    model = ScoreModel(base.model.config)
+    model.load_state_dict(base.model.state_dict(), strict=True)
+    return Checkpoint(model=model, config=base.config, path=base.path)
+
+
 def finetune_csp(
     base: Checkpoint,
     train_data: Any,
@@ -123,15 +133,11 @@ def finetune_csp(
     Resumes from ``out_dir/last`` like :func:`~mattergen_lab.training.trainer.train`. The base's diffusion
     settings are kept, with ``fixed_atom_types=True``.
     """
-    if not isinstance(base.model, ScoreModel):
-        raise ValueError(f"the base checkpoint holds a {type(base.model).__name__}, not a mattergen-lab ScoreModel")
+    start = _same_network(base)
     if base.model.conditions:
         raise ValueError(f"CSP fine-tuning starts from an unconditional model; {base.path} has adapters {list(base.model.conditions)}")
     settings = dict(base.config.get("diffusion") or {})
     diffusion = DiffusionConfig.from_dict({**settings, "fixed_atom_types": True})
-    model = ScoreModel(base.model.config)
-    model.load_state_dict(base.model.state_dict(), strict=True)
-    start = Checkpoint(model=model, config=base.config, path=base.path)
     info = {"csp": True, "base_checkpoint": str(base.path or ""), "base_was_csp": is_csp_config(base.config),
             "base_step": (base.config.get("training") or {}).get("step"), **(extra_config or {})}
     return train(config, train_data, val_data, out_dir, init_from=start, diffusion_config=diffusion,
@@ -152,14 +158,10 @@ def finetune_symmetric(
     :class:`~mattergen_lab.symmetry.dataset.SymmetricDataset` batches, which the loss noises inside each crystal's
     Wyckoff template (DiffCSP++-style; :mod:`~mattergen_lab.symmetry.noising`). The model is meant for the symmetric
     sampling mode; resumes from ``out_dir/last``."""
-    if not isinstance(base.model, ScoreModel):
-        raise ValueError(f"the base checkpoint holds a {type(base.model).__name__}, not a mattergen-lab ScoreModel")
+    start = _same_network(base)
     for name, data in (("train_data", train_data), ("val_data", val_data)):
         if data is not None and not hasattr(data, "templates"):
             raise ValueError(f"{name} must be a SymmetricDataset (mattergen_lab.symmetry.dataset.symmetrize_dataset)")
-    model = ScoreModel(base.model.config)
-    model.load_state_dict(base.model.state_dict(), strict=True)
-    start = Checkpoint(model=model, config=base.config, path=base.path)
     diffusion = DiffusionConfig.from_dict(dict(base.config.get("diffusion") or {}))
     # the symmetric mode samples as it was trained: constrained from the training data's start time down
     sampling = {**(base.config.get("sampling") or {}), "symmetry_start": float(getattr(train_data, "start", 1.0))}
