@@ -221,7 +221,10 @@ def _disordered() -> Structure:
     ({"substitute": "Ti=Zr", "elements": "Zr-O"}, "substitute keeps the parent's Sr, outside the element mask O-Zr"),
     ({"num_atoms": 8}, "num_atoms=8 conflicts with the parent Sr1Ti1O3"),
     ({"composition": "SrTiO3"}, "composition= is not used with it"),
-    ({"symmetry": 225}, "parent= does not combine with symmetry='225' yet"),
+    ({"symmetry": 225}, r"symmetry='225' with parent SrTiO3: a variation keeps the parent's own symmetry, "
+                        r"221:\w+ \(space group 221\); pass symmetry='parent'"),
+    ({"symmetry": "parent", "fix_sites": "O"}, "fix_sites='O' does not combine with a symmetric variation yet"),
+    ({"symmetry": "mp20"}, "a variation keeps the parent's own symmetry"),
 ])
 def test_refusals_name_the_value_before_any_work(srtio3, kwargs, message, monkeypatch):
     calls = []

@@ -273,6 +273,13 @@ def test_the_vary_button_samples_variations_of_its_candidate(app):
                                                                  f"{request.parent.sha256[:12]}, t0=0.1)") for c in new)
     assert app.vary(parent.id, 1.5) is None and "strength=1.5" in app.status.value  # named, before any work
     assert len(app.candidates) == 9
+    # with the symmetry control set, a variation keeps the parent's own group and sites (its primitive cell)
+    app.symmetry.value = "mp20"
+    request = app.vary(parent.id, 0.1)
+    assert app.error is None, app.status.value
+    assert request.symmetry == "225:ab" and request.sampling.num_atoms == 2
+    assert len(app.candidates) == 13 and all(len(c.structure) == 2 for c in app.candidates[9:])
+    app.symmetry.value = ""
 
 
 def test_cancel_keeps_finished_samples_and_results_accumulate(app):

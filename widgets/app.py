@@ -174,10 +174,15 @@ class DesignApp(w.VBox):
 
     def vary(self, candidate_id: str, strength: float = 0.3, wait: bool = True) -> design.DesignRequest | None:
         """Variations of one candidate (the row's "vary" button): its crystal noised to t0 = ``strength`` and denoised
-        with the current targets, guidance, samples and seed (no formula, no symmetry: a parent brings its own atoms
-        and cell). Returns the request (None if invalid: the status names the value)."""
-        return self._sample(lambda: dataclasses.replace(self.targets.request(), num_atoms=None, strength=strength,
-                                                        parent=self.session.candidate(candidate_id).structure), wait)
+        with the current targets, guidance, samples and seed (no formula: a parent brings its own atoms and cell).
+        With the symmetry control set, every variation keeps the candidate's own space group and Wyckoff sites
+        (``symmetry="parent"``, on the symmetric model). Returns the request (None if invalid: the status names it)."""
+        def build() -> design.DesignRequest:
+            request = dataclasses.replace(self.targets.request(), num_atoms=None, strength=strength,
+                                          parent=self.session.candidate(candidate_id).structure)
+            return self._with_symmetry(request, keep_parent=True)
+
+        return self._sample(build, wait)
 
     def _sample(self, build: Callable[[], design.DesignRequest], wait: bool) -> design.DesignRequest | None:
         """Build the request (a ``ValueError`` goes to the status line, before any work) and sample it on the worker."""
@@ -198,14 +203,15 @@ class DesignApp(w.VBox):
         return dataclasses.replace(request, checkpoint=CSP_CHECKPOINT, composition=formula, formula_units=int(self.formula_units.value),
                                    chemical_system=None, targets={}, guidance_scale=0.0, num_atoms=None)
 
-    def _with_symmetry(self, request: design.DesignRequest) -> design.DesignRequest:
+    def _with_symmetry(self, request: design.DesignRequest, keep_parent: bool = False) -> design.DesignRequest:
         """The symmetry control: empty or ``off`` samples as usual; otherwise the symmetric mode (``ValueError``
-        names a bad value before any work, e.g. ``231``)."""
+        names a bad value before any work, e.g. ``231``), or with ``keep_parent`` the parent's own symmetry."""
         text = self.symmetry.value.strip()
         if not text or text.lower() == "off":
             return request
         checkpoint = SYMMETRIC_CHECKPOINT if request.checkpoint == BASE_CHECKPOINT else request.checkpoint
-        return dataclasses.replace(request, symmetry=text.split(" ")[0], checkpoint=checkpoint)
+        symmetry = "parent" if keep_parent else text.split(" ")[0]
+        return dataclasses.replace(request, symmetry=symmetry, checkpoint=checkpoint)
 
     def cancel(self) -> None:
         """Stop after the current step; every finished batch is kept."""

@@ -121,7 +121,8 @@ def vary(
     strength: float | None = None,
     fix_sites: Any = None,
     substitute: Any = None,
-    checkpoint: str | os.PathLike = "mgl_mp20_small",
+    keep_symmetry: bool = False,
+    checkpoint: str | os.PathLike | None = None,
     batch_size: int = 16,
     num_steps: int | None = None,
     seed: int = 0,
@@ -135,7 +136,9 @@ def vary(
 
     ``strength`` t0 in (0, 1] noises the parent to t0 and denoises from there (SDEdit); ``fix_sites`` keeps those
     sites and the cell and generates the rest (RePaint-style inpainting); ``substitute="Fe=Mn,Co"`` re-samples the
-    Fe sites among Mn and Co and keeps the others. See :mod:`~mattergen_lab.sampling.variation`::
+    Fe sites among Mn and Co and keeps the others; ``keep_symmetry`` keeps the parent's space group and Wyckoff sites
+    (the symmetric mode on the parent's own template). ``checkpoint``: ``None`` is the bundled base, or with
+    ``keep_symmetry`` its fine-tune on symmetric noise. See :mod:`~mattergen_lab.sampling.variation`::
 
         from mattergen_lab import vary
         neighbours = vary("LiFePO4.cif", 16, strength=0.3, seed=0)
@@ -143,11 +146,13 @@ def vary(
     The same as ``SamplingPipeline.for_request(r)(r)`` with ``r = SamplingRequest(checkpoint, parent=parent, ...)``
     (``pipe.to_dir(r, out)`` writes them, recording the parent's sha256 in ``sampling.json``).
     """
+    if checkpoint is None:
+        checkpoint = "mgl_mp20_small_symmetric" if keep_symmetry else "mgl_mp20_small"
     request = SamplingRequest(
         checkpoint=str(checkpoint), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps, seed=seed,
         conditions=conditions if conditions is not None else {}, guidance_scale=guidance_scale, elements=elements, device=str(device),
         sampler=dict(sampler_settings or {}), parent=parent, strength=strength, fix_sites=fix_sites,
-        substitute=substitute,
+        substitute=substitute, symmetry="parent" if keep_symmetry else None,
     )
     return SamplingPipeline.for_request(request)(request)
 

@@ -3,6 +3,7 @@
     mattergen-lab vary --structure LiFePO4.cif --strength 0.3 --num-samples 16 --out runs/lfp
     mattergen-lab vary --structure LiFePO4.cif --fix-sites anions --num-samples 16 --out runs/lfp_inpaint
     mattergen-lab vary --structure LiFePO4.cif --substitute Fe=Mn,Co --num-samples 16 --out runs/lfp_subst
+    mattergen-lab vary --structure LiFePO4.cif --keep-symmetry --num-samples 16 --out runs/lfp_sym
 
 It builds one :class:`~mattergen_lab.sampling.request.SamplingRequest` with ``parent=`` (every refusal is raised
 there, before a model is loaded or a folder made) and writes through
@@ -42,7 +43,12 @@ def add_vary_parser(sub: argparse._SubParsersAction) -> None:
                         "indices (0,3,5 or 0-3, in the file's site order), elements (O or Fe,O) or 'anions'")
     p.add_argument("--substitute", action="append", default=None, metavar="EL=EL,EL",
                    help="re-sample every site of an element among others, keep the rest (repeatable), e.g. Fe=Mn,Co")
-    p.add_argument("--checkpoint", default="mgl_mp20_small", help="registry name or folder (default: the bundled base model)")
+    p.add_argument("--keep-symmetry", action="store_true",
+                   help="symmetric mode: every variation keeps the parent's space group and Wyckoff sites (the parent "
+                        "symmetrised at 0.1 Å, in its primitive cell)")
+    p.add_argument("--checkpoint", default=None,
+                   help="registry name or folder (default: the bundled base model, mgl_mp20_small; with "
+                        "--keep-symmetry the one trained on symmetric noise, mgl_mp20_small_symmetric)")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=None,
@@ -64,17 +70,20 @@ def cmd_vary(args: argparse.Namespace) -> int:
 
     if not args.out.strip():
         raise ValueError(f"--out {args.out!r} is empty; give an output folder")
+    checkpoint = args.checkpoint or ("mgl_mp20_small_symmetric" if args.keep_symmetry else "mgl_mp20_small")
     request = SamplingRequest(  # every refusal (parent, strength, sites, substitution) is raised here, before any work
-        checkpoint=args.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size, num_steps=args.steps,
+        checkpoint=checkpoint, num_samples=args.num_samples, batch_size=args.batch_size, num_steps=args.steps,
         seed=args.seed, conditions=parse_conditions(args.condition), guidance_scale=args.guidance, elements=args.elements,
         device=args.device, sampler=parse_sampler_text(args.sampler), parent=args.structure, strength=args.strength,
         fix_sites=args.fix_sites, substitute=";".join(args.substitute) if args.substitute else None,
+        symmetry="parent" if args.keep_symmetry else None,
     )
     pipe = SamplingPipeline.for_request(request)
     bar = progress_bar(args.num_samples, "vary", "crystal", quiet=getattr(args, "quiet", False))
     paths = pipe.to_dir(request, args.out, on_batch=lambda n: bar.update(n))
     bar.close()
     parent = request.parent
-    print(f"wrote {len(paths)} variations of {parent.formula} (sha256 {parent.sha256[:12]}, strength {request.strength}) "
+    kept = f", template {request.symmetry}" if request.symmetry is not None else ""
+    print(f"wrote {len(paths)} variations of {parent.formula} (sha256 {parent.sha256[:12]}, strength {request.strength}{kept}) "
           f"to {Path(args.out) / 'cifs'} and {Path(args.out) / 'generated_crystals.extxyz'}")
     return 0

@@ -14,6 +14,7 @@ the last bits of the matrix products, and the stochastic sampler can amplify the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ class SamplingRequest:
             :meth:`SymmetrySpec.parse` reads: a space group ``225``, a crystal system ``"cubic"``, ``"mp20"``, a
             template ``"225:ab"``). Each crystal draws a Wyckoff template (with its chunk's CPU generator) and keeps
             it exactly; its atom count is the template's conventional cell (``num_atoms``, if given, picks templates
-            of that size).
+            of that size). With ``parent``: ``"parent"`` keeps the parent's own space group and Wyckoff template (the
+            parent symmetrised at 0.1 Å, in its primitive cell; stored as that template).
     """
 
     checkpoint: str = ""
@@ -217,7 +219,7 @@ class SamplingRequest:
         check_size(self.num_samples, self.batch_size, None if n is None else max((n,) if _is_int(n) else n))
 
     def _check_symmetry(self) -> None:
-        if self.symmetry is None:
+        if self.symmetry is None or self.parent is not None:  # with a parent: the parent's own group (_check_parent)
             return
         spec = SymmetrySpec.parse(self.symmetry)
         object.__setattr__(self, "symmetry", spec)
@@ -248,25 +250,23 @@ class SamplingRequest:
 
         if self.fixes_atoms:
             raise ValueError("parent= starts from a crystal with its own atoms; composition= is not used with it")
-        if self.symmetry is not None:
-            raise ValueError(f"parent= does not combine with symmetry={str(self.symmetry)!r} yet; pass one of them")
-        v = Variation.build(self.parent, self.strength, self.fix_sites, self.substitute, self.mask)
+        v = Variation.build(self.parent, self.strength, self.fix_sites, self.substitute, self.mask,
+                            symmetric=self.symmetry is not None)
         n = self.num_atoms
-        if n is not None and any(k != v.parent.num_atoms for k in ((n,) if _is_int(n) else n)):
-            raise ValueError(f"num_atoms={n!r} conflicts with the parent {v.parent.formula} ({v.parent.num_atoms} "
-                             "atoms); drop num_atoms")
+        if n is not None and any(k != v.num_atoms for k in ((n,) if _is_int(n) else n)):
+            raise ValueError(f"num_atoms={n!r} conflicts with the parent {v.parent.formula} ({v.num_atoms} "
+                             f"atoms{' in its primitive cell' if v.template else ''}); drop num_atoms")
+        if v.template is not None:
+            object.__setattr__(self, "symmetry", _parent_symmetry(self.symmetry, v))
         for name, value in (("parent", v.parent), ("strength", v.strength), ("fix_sites", v.fix_sites or None),
-                            ("substitute", dict(v.substitute) or None), ("num_atoms", v.parent.num_atoms)):
+                            ("substitute", dict(v.substitute) or None), ("num_atoms", v.num_atoms)):
             object.__setattr__(self, name, value)
+        self.__dict__["variation"] = v  # what `variation` gives (the symmetrised parent is not built twice)
 
-    @property
+    @functools.cached_property
     def variation(self) -> Any:
         """The :class:`~mattergen_lab.sampling.variation.Variation` of a request with ``parent``, else ``None``."""
-        if self.parent is None:
-            return None
-        from mattergen_lab.sampling.variation import Variation
-
-        return Variation(self.parent, self.strength, self.fix_sites or (), self.substitute or {})  # type: ignore[arg-type]
+        return None  # set by the check of a request with a parent
 
     def _check_composition(self) -> None:
         c, units = self.composition, self.formula_units
@@ -343,3 +343,18 @@ class SamplingRequest:
         """``(j, sample indices, seed)`` of every chunk."""
         for j in range(self.num_chunks):
             yield j, tuple(range(j * self.batch_size, min((j + 1) * self.batch_size, self.num_samples))), chunk_seed(self.seed, j)
+
+
+def _parent_symmetry(asked: Any, variation: Any) -> SymmetrySpec:
+    """A symmetric variation's spec: the parent's own template. ``asked`` is ``"parent"``, or the parent's group or
+    template as a spec (a request checked again); ``ValueError`` naming both when it asks for another group."""
+    template = variation.template
+    own = SymmetrySpec(templates=(template,))
+    if isinstance(asked, str) and asked.strip().lower() == "parent":
+        return own
+    spec = SymmetrySpec.parse(asked)
+    groups = {t.space_group for t in spec.templates} if spec.templates else {spec.space_group}  # type: ignore[union-attr]
+    if groups != {template.space_group} or spec.templates and set(spec.templates) != {template}:  # type: ignore[union-attr]
+        raise ValueError(f"symmetry={str(asked)!r} with parent {variation.parent.name}: a variation keeps the parent's "
+                         f"own symmetry, {template} (space group {template.space_group}); pass symmetry='parent'")
+    return SymmetrySpec(templates=(template,), start=spec.start)  # type: ignore[union-attr]

@@ -259,7 +259,10 @@ class PredictorCorrectorSampler:
         if start is not None:  # SDEdit: from the noised crystals at t0, then the grid's times below t0
             ts = start.timesteps(ts)
             n = len(ts)
-            x = start.initial(x, ts[0], allowed, self.diffusion, generator=generator)
+            inside = constraint is not None and ts[0] <= constraint.start  # noised inside the templates
+            x = start.initial(x, ts[0], allowed, self.diffusion, generator=generator,
+                              constraint=constraint if inside else None)
+            active = False  # the first step at or below the constraint's start snaps (sets the representatives)
         if every:
             yield SamplerFrame(step=0, t=ts[0], batch=x, mean=None)
         mean = x

@@ -25,6 +25,11 @@
    The step's noise-free ``mean`` holds the known values exactly, and so does the final crystal (σ_s = 0 on the
    last step). (RePaint's resampling jumps, re-noising x_{t-1} back to x_t several times, are not done.)
 
+In the symmetric mode the crystals to start from must already be exactly symmetric, atoms orbit after orbit in their
+templates (a parent symmetrized by :func:`~mattergen_lab.symmetry.dataset.symmetrize`): where the constraint holds
+at t₀ they are noised inside their templates, otherwise as usual and snapped when the constraint starts, as in the
+hybrid training of :mod:`~mattergen_lab.symmetry.noising`. Fixed sites do not combine with it yet.
+
 Plain data: build one per chunk with :meth:`repeat` (the same parent ``k`` times) and move it with :meth:`to`.
 """
 
@@ -39,6 +44,8 @@ import torch
 from mattergen_lab.constants import MASK_CLASS, MASK_Z, NUM_CLASSES
 from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.noise.joint import JointDiffusion
+from mattergen_lab.symmetry.constraint import SymmetryConstraint
+from mattergen_lab.symmetry.noising import constrained_corrupt
 
 
 @dataclass(frozen=True)
@@ -127,14 +134,21 @@ class StartFrom:
         return per_atom
 
     def initial(self, x: CrystalBatch, t: float, allowed: torch.Tensor, diffusion: JointDiffusion, *,
-                generator: torch.Generator) -> CrystalBatch:
+                generator: torch.Generator, constraint: SymmetryConstraint | None = None) -> CrystalBatch:
         """The known crystals noised to time ``t`` (the first step's), replacing the prior ``x`` (whose atom counts
-        and properties they keep); atoms not allowed their own element (``allowed``: :meth:`site_allowed`) masked."""
+        and properties they keep); atoms not allowed their own element (``allowed``: :meth:`site_allowed`) masked.
+        With a ``constraint`` (a symmetric variation whose start lies where the constraint holds) the noise stays
+        inside each crystal's template, as in training on symmetric noise
+        (:func:`~mattergen_lab.symmetry.noising.constrained_corrupt`)."""
         b = self.batch
         if x.num_atoms.tolist() != b.num_atoms.tolist():
             raise ValueError(f"num_atoms={x.num_atoms.tolist()} but the crystals to start from hold {b.num_atoms.tolist()}")
         times = torch.full((b.num_crystals,), float(t), dtype=x.lattice.dtype, device=x.device)
-        noisy, _ = diffusion.corrupt(b.replace(properties=x.properties), times, generator=generator)
+        clean = b.replace(properties=x.properties)
+        if constraint is not None:
+            noisy, _ = constrained_corrupt(diffusion, clean, times, generator=generator, constraint=constraint)
+        else:
+            noisy, _ = diffusion.corrupt(clean, times, generator=generator)
         own_ok = allowed[torch.arange(len(allowed), device=allowed.device), b.atom_types - 1]
         types = torch.where(own_ok, noisy.atom_types, torch.full_like(noisy.atom_types, MASK_Z))
         return x.replace(atom_types=types, frac_coords=noisy.frac_coords, lattice=noisy.lattice)
@@ -182,9 +196,15 @@ def check_start(start: StartFrom, num_atoms: torch.Tensor, fixed: torch.Tensor |
     if start.batch.num_atoms.tolist() != num_atoms.tolist():
         raise ValueError(f"num_atoms={num_atoms.tolist()} but the crystals to start from hold "
                          f"{start.batch.num_atoms.tolist()} atoms")
-    if constraint is not None:
-        raise ValueError("the symmetric mode (symmetry=) does not start from known crystals (start=) yet; pass one")
     start = start.to(device, dtype)
+    if constraint is not None:  # a symmetric variation: the crystals must already sit on their templates
+        if start.known_sites is not None and bool(start.known_sites.any()) or start.known_lattice:
+            raise ValueError("fixed sites (inpainting) do not combine with the symmetric mode yet; pass one of them")
+        frac = start.batch.frac_coords
+        off = (torch.remainder(constraint.snap(frac).to(frac) - frac + 0.5, 1.0) - 0.5).abs().max()
+        if float(off) > 1e-4:
+            raise ValueError(f"the crystals to start from are {float(off):.3g} (fractional) off their Wyckoff templates; "
+                             "symmetrize them first (SamplingRequest(parent=..., symmetry='parent') does)")
     if fixed is not None and not torch.equal(fixed, start.batch.atom_types):
         raise ValueError("atom_types (a composition) must be the atom types of the crystals to start from")
     return start, start.site_allowed(allowed)

@@ -15,6 +15,10 @@ POSCAR or extxyz path) is one of three runs, or a mix of them, each built from :
   which, site by site); every other site may only be its own element (re-drawn when the forward process masks it);
   the coordinates and the lattice are noised lightly (t₀) and denoised with the new types.
 
+With ``symmetric=True`` (``SamplingRequest(symmetry="parent")``) any of them but inpainting keeps the parent's own
+space group: the parent is written in its Wyckoff template (:func:`symmetric_parent`) and sampled on the symmetric
+mode (:mod:`~mattergen_lab.symmetry`), so the run's crystals are the template's primitive cell.
+
 The parent keeps its own cell and site order (Niggli-reduced, which keeps the order; not made primitive), so site
 indices are those of the file as pymatgen reads it (a CIF's symmetry operations applied, sites in its order). The
 lattice the model sees is its symmetric polar factor, as in training. An element mask (``elements=`` or a
@@ -48,6 +52,7 @@ from mattergen_lab.crystal import CrystalBatch
 from mattergen_lab.limits import MAX_ATOMS_PER_CRYSTAL
 from mattergen_lab.sampling.start import StartFrom
 from mattergen_lab.structure_io import check_cif_size, check_structure_input, structure_from_cif
+from mattergen_lab.symmetry.templates import WyckoffTemplate
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -275,12 +280,19 @@ class Variation:
     strength: float
     fix_sites: tuple[int, ...] = ()
     substitute: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: a symmetric variation: the parent's Wyckoff template, and the parent written in it (see :func:`symmetric_parent`)
+    template: WyckoffTemplate | None = None
+    symmetric: CrystalBatch | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, parent: Any, strength: Any = None, fix_sites: Any = None, substitute: Any = None,
-              mask: ChemicalSystem | None = None) -> Variation:
-        """Everything checked (``ValueError`` naming the value); ``strength=None`` takes the kind's default."""
+              mask: ChemicalSystem | None = None, symmetric: bool = False) -> Variation:
+        """Everything checked (``ValueError`` naming the value); ``strength=None`` takes the kind's default;
+        ``symmetric``: keep the parent's own space group (:func:`symmetric_parent`)."""
         parent = ParentCrystal.parse(parent)
+        if symmetric and fix_sites is not None:
+            raise ValueError(f"fix_sites={fix_sites!r} does not combine with a symmetric variation yet (the parent's "
+                             "sites are renumbered orbit by orbit); pass one of them")
         fixed = select_sites(parent, fix_sites) if fix_sites is not None else ()
         subst = parse_substitution(substitute, parent) if substitute is not None else {}
         if strength is None:
@@ -301,14 +313,22 @@ class Variation:
             if subst and kept:
                 raise ValueError(f"substitute keeps the parent's {', '.join(kept)}, outside the element mask {mask}; "
                                  "add it to the mask or substitute it too")
+        if symmetric:
+            template, crystal = symmetric_parent(parent)
+            return cls(parent, float(strength), fixed, subst, template, crystal)
         return cls(parent, float(strength), fixed, subst)
+
+    @property
+    def num_atoms(self) -> int:
+        """Atoms of every crystal of the run (a symmetric variation's: the primitive cell of the parent's template)."""
+        return self.parent.num_atoms if self.symmetric is None else int(self.symmetric.num_atoms[0])
 
     def start(self, *, keep_own: bool = True) -> StartFrom:
         """The single-crystal start (repeat it per chunk): substituted sites allowed their targets only, other sites
         of a substitution their own element only, fixed sites (and the lattice) known. ``keep_own``: every site but a
         substituted one may stay its own element whatever the run's mask (``False`` under an explicit element mask,
         which then re-samples the parent's elements outside it)."""
-        batch = self.parent.batch()
+        batch = self.parent.batch() if self.symmetric is None else self.symmetric
         z = batch.atom_types
         allowed, keep = None, torch.full((len(z),), keep_own)
         for old in self.substitute:
@@ -335,4 +355,30 @@ class Variation:
             out["fix_sites"] = list(self.fix_sites)
         if self.substitute:
             out["substitute"] = {k: list(v) for k, v in self.substitute.items()}
+        if self.template is not None:
+            out["template"] = str(self.template)
         return out
+
+
+def symmetric_parent(parent: ParentCrystal) -> tuple[WyckoffTemplate, CrystalBatch]:
+    """The parent's Wyckoff template and the parent written in it, exactly symmetric (float64): the primitive cell of
+    its standard setting, atoms orbit after orbit, as the symmetric mode samples
+    (:func:`~mattergen_lab.symmetry.dataset.symmetrize`, pyxtal/spglib at 0.1 Å). ``ValueError`` naming the parent when
+    its symmetry cannot be read or its primitive cell exceeds the templates' atom limit."""
+    from mattergen_lab.symmetry.dataset import TOLERANCE, symmetrize
+    from mattergen_lab.symmetry.templates import MAX_TEMPLATE_ATOMS
+
+    s = parent.structure.get_primitive_structure(tolerance=TOLERANCE)  # a supercell parent: its primitive cell
+    found = symmetrize(s.lattice.matrix, s.frac_coords, s.atomic_numbers)
+    if found is None:
+        raise ValueError(f"parent {parent.name}: its space group could not be read at {TOLERANCE} Å (pyxtal/spglib); "
+                         "vary it without symmetry")
+    template, lattice, frac, z = found
+    if template.primitive_atoms > MAX_TEMPLATE_ATOMS:
+        raise ValueError(f"parent {parent.name}: its primitive cell holds {template.primitive_atoms} atoms, more than "
+                         f"the symmetric mode's {MAX_TEMPLATE_ATOMS}")
+    batch = CrystalBatch(atom_types=torch.as_tensor(z, dtype=torch.long),
+                         frac_coords=torch.as_tensor(frac, dtype=torch.float64),
+                         lattice=torch.as_tensor(lattice, dtype=torch.float64)[None],
+                         num_atoms=torch.tensor([len(z)], dtype=torch.long))
+    return template, batch

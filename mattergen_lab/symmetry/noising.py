@@ -61,7 +61,7 @@ def symmetric_corrupt(
     if t.shape != (batch.num_crystals,):
         raise ValueError(f"t has shape {tuple(t.shape)}, expected ({batch.num_crystals},)")
     start = batch.properties.get("symmetry_start")  # (B,) or absent (constrained at every t)
-    noisy, targets = _constrained(diffusion, batch, t, generator)
+    noisy, targets = constrained_corrupt(diffusion, batch, t, generator=generator)
     if start is None:
         return noisy, targets
     free = t.to(batch.device) > torch.as_tensor(start).to(device=batch.device, dtype=t.dtype)  # (B,)
@@ -86,10 +86,12 @@ def symmetric_corrupt(
     return noisy, targets
 
 
-def _constrained(diffusion: JointDiffusion, batch: CrystalBatch, t: torch.Tensor, generator: torch.Generator
-                 ) -> tuple[CrystalBatch, DiffusionTargets]:
-    """Every crystal of ``batch`` noised inside its template."""
-    constraint = constraint_of(batch)
+def constrained_corrupt(diffusion: JointDiffusion, batch: CrystalBatch, t: torch.Tensor, *,
+                        generator: torch.Generator, constraint: SymmetryConstraint | None = None
+                        ) -> tuple[CrystalBatch, DiffusionTargets]:
+    """Every crystal of ``batch`` noised inside its template: ``constraint``'s (a symmetric variation's start, which
+    also leaves its representatives on the clean crystal), else that of ``properties["wyckoff_template"]``."""
+    constraint = constraint_of(batch) if constraint is None else constraint
     t = t.to(dtype=batch.lattice.dtype, device=batch.device)
     num_atoms = batch.num_atoms
     dtype = batch.frac_coords.dtype
