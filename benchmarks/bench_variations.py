@@ -11,7 +11,10 @@ over variations of the largest site displacement from the parent (Å, site by si
 site order and cell basis; variations with the parent's formula only), and the sampling seconds per crystal. With
 ``--relax`` the parents and the variations are also relaxed with CHGNet (``RelaxConfig(max_steps=300,
 max_seconds=60)``) and the share whose relaxed structure matches the relaxed parent is added. Energies above the
-hull (new *and stable*) are not measured here.
+hull (new *and stable*) are not measured here. Every variation's space group (spglib at 0.1 Å) is compared with the
+parent's: the share that keeps it. ``--keep-symmetry`` samples the symmetric variations (``symmetry="parent"``: the
+parent symmetrised into its Wyckoff template, in its primitive cell), matched and measured against that symmetrised
+parent (whose site order they keep).
 
 Parents: ``--num-parents`` rows of ``mp_20/test.csv`` drawn with ``--seed``; parent ``i`` is varied with seed ``i``
 at every strength. Results are appended to ``OUT/rows.jsonl`` as each (parent, strength) finishes, so a rerun of the
@@ -58,6 +61,13 @@ def max_displacement(structure: Any, parent: Any) -> float:
     return float(np.linalg.norm(d @ parent.lattice.matrix, axis=1).max())
 
 
+def space_group(structure: Any) -> int:
+    """spglib's space group at the symmetry metrics' 0.1 Å (-1 where spglib cannot analyse the crystal)."""
+    from mattergen_lab.evaluation.symmetry_report import generated_space_groups
+
+    return int(generated_space_groups([structure])[0])
+
+
 def pick_parents(data_dir: Path, n: int, seed: int) -> list[tuple[str, Any]]:
     """``n`` (material id, Structure) pairs of MP-20's test split, drawn with ``seed``."""
     from mattergen_lab.structure_io import structure_from_cif
@@ -83,7 +93,9 @@ def summarize(rows: list[dict[str, Any]], strengths: list[float], relax: bool) -
                "match_pct": 100 * sum(v["match"] for v in items) / n,
                "median_max_displacement_A": statistics.median([v["max_displacement"] for v in items if v["same_formula"]]
                                                               or [float("nan")]),
-               "seconds_per_crystal": sum(r["seconds"] for r in mine) / n}
+               "seconds_per_crystal": sum(r["seconds"] for r in mine) / n,
+               "kept_group_pct": 100 * sum(v.get("space_group") == r.get("parent_space_group")
+                                           for r in mine for v in r["variations"]) / n}
         if relax:
             done = [v for v in items if v.get("relaxed_match") is not None]
             row["relaxed_match_pct"] = 100 * sum(v["relaxed_match"] for v in done) / max(len(done), 1)
@@ -98,15 +110,16 @@ def markdown(table: list[dict[str, Any]], relax: bool) -> str:
     if relax:
         head += " match parent (both relaxed) |"
         line += "---|"
-    head += " median max displacement | s / crystal |"
-    line += "---|---|"
+    head += " keeps the parent's space group | median max displacement | s / crystal |"
+    line += "---|---|---|"
     out = [head, line]
     for r in table:
         cells = [f"{r['strength']:g}", str(r["parents"]), str(r["variations"]), f"{r['same_formula_pct']:.0f} %",
                  f"{r['match_pct']:.0f} %"]
         if relax:
             cells.append(f"{r['relaxed_match_pct']:.0f} % (of {r['relaxed']})")
-        cells += [f"{r['median_max_displacement_A']:.2f} Å", f"{r['seconds_per_crystal']:.2f}"]
+        cells += [f"{r.get('kept_group_pct', float('nan')):.0f} %", f"{r['median_max_displacement_A']:.2f} Å",
+                  f"{r['seconds_per_crystal']:.2f}"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -121,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="mgl_mp20_small")
     p.add_argument("--seed", type=int, default=0, help="which test crystals are the parents")
     p.add_argument("--relax", action="store_true", help="also relax parents and variations with CHGNet (slow)")
+    p.add_argument("--keep-symmetry", action="store_true",
+                   help="symmetric variations (symmetry='parent'), measured against the symmetrised parent")
     return p
 
 
@@ -151,17 +166,18 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             request = SamplingRequest(checkpoint=args.checkpoint, num_samples=args.variations,
                                       batch_size=args.variations, num_steps=args.steps, seed=i, parent=structure,
-                                      strength=t0)
+                                      strength=t0, symmetry="parent" if args.keep_symmetry else None)
             start = time.perf_counter()
             variations = SamplingPipeline.for_request(request)(request)
             seconds = time.perf_counter() - start
-            parent = request.parent.structure
+            v_ = request.variation  # the symmetrised parent is the one a symmetric variation keeps its sites of
+            parent = request.parent.structure if v_.symmetric is None else v_.symmetric.to_structures()[0]
             items = []
             for v in variations:
                 same = v.composition.reduced_formula == parent.composition.reduced_formula
                 item = {"formula": v.composition.reduced_formula, "same_formula": same,
                         "match": bool(structures_match(v, parent, matcher="ordered")),
-                        "max_displacement": max_displacement(v, parent)}
+                        "max_displacement": max_displacement(v, parent), "space_group": space_group(v)}
                 if relaxer is not None:
                     if relaxed_parent is None:
                         relaxed_parent = relaxer.relax(parent).structure or parent
@@ -171,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                                              if result.structure is not None else False)
                 items.append(item)
             row = {"material_id": mid, "formula": parent.composition.reduced_formula, "num_atoms": len(parent),
-                   "strength": t0, "seconds": seconds, "variations": items}
+                   "strength": t0, "seconds": seconds, "variations": items,
+                   "parent_space_group": space_group(request.parent.structure)}
             rows.append(row)
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")

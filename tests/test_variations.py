@@ -272,14 +272,15 @@ def test_the_benchmark_helpers(srtio3):
     moved.translate_sites([1], [0.1, 0, 0])  # 0.3905 Å along a
     moved.translate_sites([0], [-0.02, 0, 0])  # across the cell boundary: 0.078 Å, not 3.8
     assert bench.max_displacement(moved, srtio3) == pytest.approx(0.3905)
-    rows = [{"strength": 0.1, "seconds": 2.0, "variations": [
-        {"same_formula": True, "match": True, "max_displacement": 0.2, "relaxed_match": True},
-        {"same_formula": False, "match": False, "max_displacement": 3.0, "relaxed_match": False}]}]
+    assert bench.space_group(srtio3) == 221 and bench.space_group(moved) != 221
+    rows = [{"strength": 0.1, "seconds": 2.0, "parent_space_group": 221, "variations": [
+        {"same_formula": True, "match": True, "max_displacement": 0.2, "relaxed_match": True, "space_group": 221},
+        {"same_formula": False, "match": False, "max_displacement": 3.0, "relaxed_match": False, "space_group": 1}]}]
     table = bench.summarize(rows, [0.1, 0.3], relax=True)
     assert table == [{"strength": 0.1, "parents": 1, "variations": 2, "same_formula_pct": 50.0, "match_pct": 50.0,
-                      "median_max_displacement_A": 0.2, "seconds_per_crystal": 1.0, "relaxed_match_pct": 50.0,
-                      "relaxed": 2}]
-    assert "| 0.1 | 1 | 2 | 50 % | 50 % | 50 % (of 2) | 0.20 Å | 1.00 |" in bench.markdown(table, relax=True)
+                      "median_max_displacement_A": 0.2, "seconds_per_crystal": 1.0, "kept_group_pct": 50.0,
+                      "relaxed_match_pct": 50.0, "relaxed": 2}]
+    assert "| 0.1 | 1 | 2 | 50 % | 50 % | 50 % (of 2) | 50 % | 0.20 Å | 1.00 |" in bench.markdown(table, relax=True)
 
 
 def test_strength_is_a_campaign_grid_axis_over_one_parent(srtio3, tmp_path):
