@@ -50,6 +50,7 @@ from mattergen_lab.sampling.inputs import (
     fixed_types_tensor,
 )
 from mattergen_lab.sampling.start import StartFrom, check_start
+from mattergen_lab.symmetry.assign import nearest_assignment
 from mattergen_lab.sampling.writers import SampleDirWriter, sampling_record
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
 from mattergen_lab.symmetry.templates import WyckoffTemplate
@@ -165,6 +166,7 @@ class PredictorCorrectorSampler:
         atom_types: torch.Tensor | Sequence[int] | None = None,
         symmetry: Sequence[WyckoffTemplate] | SymmetryConstraint | None = None,
         symmetry_start: float = 1.0,
+        symmetry_assign: str = "nearest",
         start: StartFrom | None = None,
     ) -> Iterator[SamplerFrame]:
         """Denoise one batch, yielding frames as it goes (nothing is kept in memory).
@@ -187,6 +189,10 @@ class PredictorCorrectorSampler:
                 template exactly (:class:`~mattergen_lab.symmetry.constraint.SymmetryConstraint`).
             symmetry_start: with templates, the diffusion time from which coordinates and lattice are constrained
                 (types are pooled per orbit throughout); a ``SymmetryConstraint`` carries its own.
+            symmetry_assign: how the freely diffused atoms are numbered into the templates' slots when the
+                constraint starts after t = 1: ``"nearest"`` (the orbit-by-orbit optimal assignment,
+                :func:`~mattergen_lab.symmetry.assign.nearest_assignment`) or ``"index"`` (as numbered). Crystals
+                started from (``start``) keep their numbering.
             start: known crystals to start from instead of the prior (variations, inpainting, substitutions; see
                 :class:`~mattergen_lab.sampling.start.StartFrom`): they are noised to its strength t0 (the first
                 frame, step 0 at t = t0), then the loop steps to each time of the schedule below t0 (so it runs
@@ -216,7 +222,7 @@ class PredictorCorrectorSampler:
         constraint = None
         if symmetry is not None:
             constraint = symmetry if isinstance(symmetry, SymmetryConstraint) else SymmetryConstraint(
-                symmetry, device=device, start=symmetry_start)
+                symmetry, device=device, start=symmetry_start, assign=symmetry_assign)
             if constraint.num_atoms.tolist() != num_atoms.tolist():
                 raise ValueError(f"num_atoms={num_atoms.tolist()} but the templates {[str(t) for t in constraint.templates]} hold "
                                  f"{constraint.num_atoms.tolist()} atoms")
@@ -270,6 +276,9 @@ class PredictorCorrectorSampler:
             last = i == n - 1
             s_now = 0.0 if last else ts[i + 1]
             if constraint is not None and not active and t_now <= constraint.start:  # the constraint starts here
+                if constraint.assign == "nearest" and start is None and i > 0:  # atoms numbered into the slots
+                    perm = nearest_assignment(constraint, x.frac_coords, x.lattice, types=fixed_types)
+                    x = x.replace(atom_types=x.atom_types[perm], frac_coords=x.frac_coords[perm])
                 x = x.replace(frac_coords=constraint.snap(x.frac_coords).to(dtype), lattice=constraint.lattice(x.lattice),
                               atom_types=constraint.share_types(x.atom_types))
                 active = True

@@ -30,6 +30,11 @@ from mattergen_lab.symmetry.groups import centring_matrix, lattice_basis, orbit_
 from mattergen_lab.symmetry.templates import WyckoffTemplate
 
 
+#: How the sampler numbers freely diffused atoms into the templates' slots when the constraint starts after t = 1:
+#: ``"nearest"`` (:func:`~mattergen_lab.symmetry.assign.nearest_assignment`) or ``"index"`` (as numbered).
+ASSIGNMENTS = ("nearest", "index")
+
+
 def _sym_sqrt(g: torch.Tensor) -> torch.Tensor:
     """``(B, 3, 3)`` symmetric square roots of symmetric positive semi-definite ``g`` (negative rounding clipped)."""
     w, v = torch.linalg.eigh((g + g.transpose(1, 2)) / 2)
@@ -53,12 +58,15 @@ class SymmetryConstraint:
     """
 
     def __init__(self, templates: Sequence[WyckoffTemplate], *, device: torch.device | str = "cpu",
-                 start: float = 1.0) -> None:
+                 start: float = 1.0, assign: str = "nearest") -> None:
         if not templates:
             raise ValueError("SymmetryConstraint needs one template per crystal")
         if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 < start <= 1.0:
             raise ValueError(f"start={start!r} must be in (0, 1]: the diffusion time from which the constraint holds")
+        if assign not in ASSIGNMENTS:
+            raise ValueError(f"assign={assign!r} must be one of {ASSIGNMENTS}")
         self.start = float(start)
+        self.assign = assign  # how free atoms are numbered into the slots when the constraint starts (the sampler)
         self.templates = [t if isinstance(t, WyckoffTemplate) else WyckoffTemplate.parse(t) for t in templates]
         self.device = torch.device(device)
         self.dtype = torch.float32 if self.device.type == "mps" else torch.float64

@@ -203,6 +203,9 @@ class SymmetrySpec:
     #: ``None``: the checkpoint's recommendation (``config.json`` ``sampling.symmetry_start``: 1.0 for a model trained
     #: on symmetric noise), else :data:`DEFAULT_START`
     start: float | None = None
+    #: how the freely diffused atoms are numbered into the slots when the constraint starts (``"nearest"`` or
+    #: ``"index"``; :data:`~mattergen_lab.symmetry.constraint.ASSIGNMENTS`)
+    assign: str = "nearest"
 
     def __post_init__(self) -> None:
         given = [self.space_group is not None, self.crystal_system is not None, self.source is not None, bool(self.templates)]
@@ -214,6 +217,8 @@ class SymmetrySpec:
             raise ValueError(f"max_atoms={m!r} must be an integer in 1-{MAX_TEMPLATE_ATOMS}")
         if self.start is not None:
             object.__setattr__(self, "start", check_start(self.start))
+        if self.assign not in ("nearest", "index"):
+            raise ValueError(f"assign={self.assign!r} must be 'nearest' or 'index'")
         if self.space_group is not None:
             object.__setattr__(self, "space_group", check_space_group(self.space_group))
         if self.crystal_system is not None:
@@ -252,7 +257,7 @@ class SymmetrySpec:
         return DEFAULT_START if self.start is None else self.start
 
     def to_dict(self) -> dict:
-        out: dict = {"max_atoms": self.max_atoms, "start": self.start}
+        out: dict = {"max_atoms": self.max_atoms, "start": self.start, "assign": self.assign}
         for key in ("space_group", "crystal_system", "source"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
