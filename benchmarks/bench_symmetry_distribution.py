@@ -16,6 +16,7 @@ drawing templates from MP-20's train and val crystals, against the test split's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help={"steps": "sampler steps (default: the checkpoint's)"})
     ap.add_argument("--checkpoint", default="mgl_mp20_small")
     ap.add_argument("--symmetry", default="mp20")
+    ap.add_argument("--assign", default="nearest", choices=("nearest", "index"),
+                    help="how free atoms are numbered into the Wyckoff slots when the constraint starts "
+                         "(SymmetrySpec.assign; index: as numbered, the mode before 7 Dec)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -46,10 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     from mattergen_lab.sampling.pipeline import SamplingPipeline
     from mattergen_lab.sampling.request import SamplingRequest
     from mattergen_lab.symmetry import reference_space_groups
+    from mattergen_lab.symmetry.templates import SymmetrySpec
 
     out = Path(args.out)
+    spec = dataclasses.replace(SymmetrySpec.parse(args.symmetry), assign=args.assign)
     request = SamplingRequest(checkpoint=args.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size,
-                              num_steps=args.steps, seed=args.seed, symmetry=args.symmetry)
+                              num_steps=args.steps, seed=args.seed, symmetry=spec)
     pipe = SamplingPipeline.for_request(request)
     t0 = time.perf_counter()
     pipe.to_dir(request, out / "samples", progress=True)
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     n = len(structures)
     record = {
         "benchmark": "bench_symmetry_distribution",
-        "checkpoint": args.checkpoint, "symmetry": args.symmetry, "num_samples": n, "seed": args.seed,
+        "checkpoint": args.checkpoint, "symmetry": args.symmetry, "assign": args.assign, "num_samples": n,
+        "seed": args.seed,
         "num_steps": pipe.num_steps, "symmetry_start": pipe.check(request).symmetry.start,
         "chi2_groups": round(space_group_chi2(groups, ref), 3),
         "chi2_systems": round(space_group_chi2(groups, ref, by="system"), 3),
