@@ -277,7 +277,8 @@ class PredictorCorrectorSampler:
             s_now = 0.0 if last else ts[i + 1]
             if constraint is not None and not active and t_now <= constraint.start:  # the constraint starts here
                 if constraint.assign == "nearest" and start is None and i > 0:  # atoms numbered into the slots
-                    perm = nearest_assignment(constraint, x.frac_coords, x.lattice, types=fixed_types)
+                    # within one type: the types were pooled per orbit as numbered, so each orbit keeps one type
+                    perm = nearest_assignment(constraint, x.frac_coords, x.lattice, types=x.atom_types)
                     x = x.replace(atom_types=x.atom_types[perm], frac_coords=x.frac_coords[perm])
                 x = x.replace(frac_coords=constraint.snap(x.frac_coords).to(dtype), lattice=constraint.lattice(x.lattice),
                               atom_types=constraint.share_types(x.atom_types))
