@@ -121,6 +121,37 @@ def test_fixed_sites_stay_fixed_in_every_frame_and_the_rest_is_generated(srtio3_
     assert len({tuple(s.atomic_numbers[:4]) for s in out}) > 1  # the free sites are generated, not copied
 
 
+def test_inpainting_with_more_atoms_keeps_the_fixed_sites_and_generates_the_rest(srtio3_x2, tmp_path):
+    from mattergen_lab.cli import main
+
+    request = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=8, seed=2, parent=srtio3_x2,
+                              fix_sites="O", num_atoms=9)
+    assert request.num_atoms == 9 and request.strength == 1.0 and request.variation.record()["generated_atoms"] == 3
+    parent = request.parent.batch()
+    fixed = torch.tensor(request.fix_sites)
+    f0, lattice0 = parent.frac_coords[fixed], parent.lattice[0]
+    pipe = SamplingPipeline.for_request(request)
+    checked = 0
+    for item in pipe.frames(request, every=1):
+        frame = item.frame
+        for batch in [frame.batch] if frame.final else [frame.mean] if frame.mean is not None else []:
+            for c in batch.split():  # the six O sites first, exact in every denoised state
+                assert c.num_atoms.tolist() == [9] and (c.atom_types[:6] == 8).all()
+                assert ((c.frac_coords[:6].double() - f0 + 0.5) % 1 - 0.5).abs().max() < 1e-6
+                assert (c.lattice[0].double() - lattice0).abs().max() < 1e-5
+                checked += 1
+    assert checked == 2 * 9
+    out = pipe(request)
+    assert [len(s) for s in out] == [9, 9]
+    assert all(1 <= z <= 94 and z != 100 for s in out for z in s.atomic_numbers)  # the placeholder never survives
+    cif = tmp_path / "sto.cif"
+    srtio3_x2.to(filename=str(cif))
+    assert main(["vary", "--structure", str(cif), "--fix-sites", "O", "--num-atoms", "9", "--num-samples", "2",
+                 "--batch-size", "2", "--steps", "8", "--seed", "2", "--out", str(tmp_path / "more"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "more" / "sampling.json").read_text())["parent"]
+    assert record["generated_atoms"] == 3 and record["fix_sites"] == list(request.fix_sites)
+
+
 def test_a_substitution_keeps_the_framework_and_re_samples_the_chosen_sites(srtio3_x2):
     request, out = _run(num_samples=4, batch_size=4, num_steps=20, seed=3, parent=srtio3_x2, substitute="Ti=Mn,Fe")
     assert request.substitute == {"Ti": ("Fe", "Mn")} and request.strength == 0.2
@@ -220,6 +251,11 @@ def _disordered() -> Structure:
     ({"substitute": "Ti=Mn", "fix_sites": [1]}, r"site 1 \(Ti\) is both fixed"),
     ({"substitute": "Ti=Zr", "elements": "Zr-O"}, "substitute keeps the parent's Sr, outside the element mask O-Zr"),
     ({"num_atoms": 8}, "num_atoms=8 conflicts with the parent Sr1Ti1O3"),
+    ({"num_atoms": 3, "fix_sites": "O"}, "num_atoms=3 must be more than the 3 fixed sites of Sr1Ti1O3"),
+    ({"num_atoms": 7, "fix_sites": "O", "strength": 0.5}, "the 4 generated atoms start from the prior, so the "
+                                                          "strength must be 1"),
+    ({"num_atoms": 7, "fix_sites": "O", "substitute": "Ti=Zr"}, "does not combine with substitute"),
+    ({"num_atoms": 201, "fix_sites": "O"}, "num_atoms=201 is more than MAX_ATOMS_PER_CRYSTAL=200"),
     ({"composition": "SrTiO3"}, "composition= is not used with it"),
     ({"symmetry": 225}, r"symmetry='225' with parent SrTiO3: a variation keeps the parent's own symmetry, "
                         r"221:\w+ \(space group 221\); pass symmetry='parent'"),

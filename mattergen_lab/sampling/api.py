@@ -122,6 +122,7 @@ def vary(
     fix_sites: Any = None,
     substitute: Any = None,
     keep_symmetry: bool = False,
+    num_atoms: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     batch_size: int = 16,
     num_steps: int | None = None,
@@ -137,7 +138,8 @@ def vary(
     ``strength`` t0 in (0, 1] noises the parent to t0 and denoises from there (SDEdit); ``fix_sites`` keeps those
     sites and the cell and generates the rest (RePaint-style inpainting); ``substitute="Fe=Mn,Co"`` re-samples the
     Fe sites among Mn and Co and keeps the others; ``keep_symmetry`` keeps the parent's space group and Wyckoff sites
-    (the symmetric mode on the parent's own template). ``checkpoint``: ``None`` is the bundled base, or with
+    (the symmetric mode on the parent's own template); ``num_atoms`` with ``fix_sites`` sets each crystal's atoms (the
+    fixed sites plus new ones from the prior). ``checkpoint``: ``None`` is the bundled base, or with
     ``keep_symmetry`` its fine-tune on symmetric noise. See :mod:`~mattergen_lab.sampling.variation`::
 
         from mattergen_lab import vary
@@ -152,7 +154,7 @@ def vary(
         checkpoint=str(checkpoint), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps, seed=seed,
         conditions=conditions if conditions is not None else {}, guidance_scale=guidance_scale, elements=elements, device=str(device),
         sampler=dict(sampler_settings or {}), parent=parent, strength=strength, fix_sites=fix_sites,
-        substitute=substitute, symmetry="parent" if keep_symmetry else None,
+        substitute=substitute, symmetry="parent" if keep_symmetry else None, num_atoms=num_atoms,
     )
     return SamplingPipeline.for_request(request)(request)
 

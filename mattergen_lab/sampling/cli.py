@@ -41,6 +41,9 @@ def add_vary_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fix-sites", default=None, metavar="SITES",
                    help="keep these sites' elements and fractional coordinates and the parent's cell, generate the rest: "
                         "indices (0,3,5 or 0-3, in the file's site order), elements (O or Fe,O) or 'anions'")
+    p.add_argument("--num-atoms", type=int, default=None,
+                   help="with --fix-sites: atoms per crystal, the fixed sites plus new atoms generated from scratch "
+                        "(default: the parent's count, its other sites re-generated)")
     p.add_argument("--substitute", action="append", default=None, metavar="EL=EL,EL",
                    help="re-sample every site of an element among others, keep the rest (repeatable), e.g. Fe=Mn,Co")
     p.add_argument("--keep-symmetry", action="store_true",
@@ -76,7 +79,7 @@ def cmd_vary(args: argparse.Namespace) -> int:
         seed=args.seed, conditions=parse_conditions(args.condition), guidance_scale=args.guidance, elements=args.elements,
         device=args.device, sampler=parse_sampler_text(args.sampler), parent=args.structure, strength=args.strength,
         fix_sites=args.fix_sites, substitute=";".join(args.substitute) if args.substitute else None,
-        symmetry="parent" if args.keep_symmetry else None,
+        symmetry="parent" if args.keep_symmetry else None, num_atoms=args.num_atoms,
     )
     pipe = SamplingPipeline.for_request(request)
     bar = progress_bar(args.num_samples, "vary", "crystal", quiet=getattr(args, "quiet", False))

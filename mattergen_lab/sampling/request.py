@@ -125,7 +125,8 @@ class SamplingRequest:
         strength: with ``parent``: the start time t0 in (0, 1] (``None``: 0.3; 1.0 with ``fix_sites``; 0.2 with
             ``substitute``), stored resolved.
         fix_sites: with ``parent``: sites whose types and coordinates are kept (inpainting): indices, elements or
-            ``"anions"``; stored as sorted indices.
+            ``"anions"``; stored as sorted indices. With ``num_atoms`` (one count) other than the parent's, each
+            crystal is the fixed sites plus ``num_atoms`` minus them generated from the prior (strength 1).
         substitute: with ``parent``: ``"Fe=Mn,Co"`` or ``{"Fe": ["Mn", "Co"]}``: those sites re-sampled among those
             elements, all others keep theirs; stored as ``{"Fe": ("Co", "Mn")}``.
         symmetry: the symmetric mode (:class:`~mattergen_lab.symmetry.templates.SymmetrySpec`, or what
@@ -250,12 +251,14 @@ class SamplingRequest:
 
         if self.fixes_atoms:
             raise ValueError("parent= starts from a crystal with its own atoms; composition= is not used with it")
-        v = Variation.build(self.parent, self.strength, self.fix_sites, self.substitute, self.mask,
-                            symmetric=self.symmetry is not None)
         n = self.num_atoms
+        total = n[0] if isinstance(n, tuple) and len(set(n)) == 1 else n  # the same count for every crystal
+        v = Variation.build(self.parent, self.strength, self.fix_sites, self.substitute, self.mask,
+                            symmetric=self.symmetry is not None, num_atoms=total if self.fix_sites is not None else None)
         if n is not None and any(k != v.num_atoms for k in ((n,) if _is_int(n) else n)):
             raise ValueError(f"num_atoms={n!r} conflicts with the parent {v.parent.formula} ({v.num_atoms} "
-                             f"atoms{' in its primitive cell' if v.template else ''}); drop num_atoms")
+                             f"atoms{' in its primitive cell' if v.template else ''}); drop num_atoms, or with "
+                             "fix_sites it sets how many atoms each crystal has")
         if v.template is not None:
             object.__setattr__(self, "symmetry", _parent_symmetry(self.symmetry, v))
         for name, value in (("parent", v.parent), ("strength", v.strength), ("fix_sites", v.fix_sites or None),

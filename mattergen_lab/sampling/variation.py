@@ -61,6 +61,9 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_STRENGTH = 0.3
 #: Strength of a substitution (coordinates and lattice lightly noised, so they follow the new elements).
 DEFAULT_SUBSTITUTION_STRENGTH = 0.2
+#: Atomic number the generated atoms of an inpainting with new atoms hold before the first step (never sampled: Fm is
+#: outside the models' 76 elements, and their masks exclude it); they start masked.
+PLACEHOLDER_Z = 100
 #: What a parent may be read from.
 PARENT_SUFFIXES = (".cif", ".vasp", ".poscar", ".extxyz", ".xyz")
 
@@ -283,12 +286,16 @@ class Variation:
     #: a symmetric variation: the parent's Wyckoff template, and the parent written in it (see :func:`symmetric_parent`)
     template: WyckoffTemplate | None = None
     symmetric: CrystalBatch | None = field(default=None, compare=False, repr=False)
+    #: inpainting with another number of generated atoms than the parent's unfixed sites (``None``: as many)
+    free_atoms: int | None = None
 
     @classmethod
     def build(cls, parent: Any, strength: Any = None, fix_sites: Any = None, substitute: Any = None,
-              mask: ChemicalSystem | None = None, symmetric: bool = False) -> Variation:
+              mask: ChemicalSystem | None = None, symmetric: bool = False, num_atoms: Any = None) -> Variation:
         """Everything checked (``ValueError`` naming the value); ``strength=None`` takes the kind's default;
-        ``symmetric``: keep the parent's own space group (:func:`symmetric_parent`)."""
+        ``symmetric``: keep the parent's own space group (:func:`symmetric_parent`); ``num_atoms``: with
+        ``fix_sites``, the atoms of every crystal, the fixed sites plus that many minus them generated from the
+        prior (``None`` or the parent's count: the parent's other sites)."""
         parent = ParentCrystal.parse(parent)
         if symmetric and fix_sites is not None:
             raise ValueError(f"fix_sites={fix_sites!r} does not combine with a symmetric variation yet (the parent's "
@@ -316,11 +323,14 @@ class Variation:
         if symmetric:
             template, crystal = symmetric_parent(parent)
             return cls(parent, float(strength), fixed, subst, template, crystal)
-        return cls(parent, float(strength), fixed, subst)
+        free = _free_atoms(parent, fixed, subst, float(strength), num_atoms)
+        return cls(parent, float(strength), fixed, subst, free_atoms=free)
 
     @property
     def num_atoms(self) -> int:
         """Atoms of every crystal of the run (a symmetric variation's: the primitive cell of the parent's template)."""
+        if self.free_atoms is not None:
+            return len(self.fix_sites) + self.free_atoms
         return self.parent.num_atoms if self.symmetric is None else int(self.symmetric.num_atoms[0])
 
     def start(self, *, keep_own: bool = True) -> StartFrom:
@@ -328,6 +338,8 @@ class Variation:
         of a substitution their own element only, fixed sites (and the lattice) known. ``keep_own``: every site but a
         substituted one may stay its own element whatever the run's mask (``False`` under an explicit element mask,
         which then re-samples the parent's elements outside it)."""
+        if self.free_atoms is not None:
+            return self._start_with_free_atoms()
         batch = self.parent.batch() if self.symmetric is None else self.symmetric
         z = batch.atom_types
         allowed, keep = None, torch.full((len(z),), keep_own)
@@ -348,6 +360,20 @@ class Variation:
         return StartFrom(batch=batch, strength=self.strength, allowed=allowed, known_sites=known,
                          known_lattice=bool(self.fix_sites), keep_own=keep if bool(keep.any()) else None)
 
+    def _start_with_free_atoms(self) -> StartFrom:
+        """Inpainting with :attr:`free_atoms` new atoms: the fixed sites (first, in the parent's order) and the
+        parent's cell known, the new atoms masked and placed by the prior (t0 = 1), any element the run allows."""
+        parent = self.parent.batch()
+        keep = torch.tensor(self.fix_sites, dtype=torch.long)
+        k, n = len(keep), len(self.fix_sites) + int(self.free_atoms or 0)
+        z = torch.cat([parent.atom_types[keep], torch.full((n - k,), PLACEHOLDER_Z, dtype=torch.long)])
+        frac = torch.cat([parent.frac_coords[keep], torch.zeros(n - k, 3, dtype=parent.frac_coords.dtype)])
+        batch = CrystalBatch(atom_types=z, frac_coords=frac, lattice=parent.lattice, num_atoms=torch.tensor([n]))
+        allowed = torch.ones(n, NUM_CLASSES, dtype=torch.bool)
+        allowed[k:, PLACEHOLDER_Z - 1] = False  # never their placeholder: they start masked
+        known = torch.arange(n) < k
+        return StartFrom(batch=batch, strength=self.strength, allowed=allowed, known_sites=known, known_lattice=True)
+
     def record(self) -> dict[str, Any]:
         """What ``sampling.json`` records (a folder refuses crystals of another parent or settings)."""
         out: dict[str, Any] = {**self.parent.record(), "strength": self.strength}
@@ -357,7 +383,31 @@ class Variation:
             out["substitute"] = {k: list(v) for k, v in self.substitute.items()}
         if self.template is not None:
             out["template"] = str(self.template)
+        if self.free_atoms is not None:
+            out["generated_atoms"] = self.free_atoms
         return out
+
+
+def _free_atoms(parent: ParentCrystal, fixed: tuple[int, ...], subst: Mapping[str, Any], strength: float,
+                num_atoms: Any) -> int | None:
+    """How many atoms an inpainting with ``num_atoms`` in all generates, when that is not the parent's unfixed sites
+    (``None`` then); ``ValueError`` naming the value when it cannot be done."""
+    if num_atoms is None or num_atoms == parent.num_atoms or not fixed:
+        return None
+    if isinstance(num_atoms, bool) or not isinstance(num_atoms, int):
+        raise ValueError(f"num_atoms={num_atoms!r}: inpainting with another number of atoms takes one count for "
+                         "every crystal")
+    if num_atoms <= len(fixed):
+        raise ValueError(f"num_atoms={num_atoms} must be more than the {len(fixed)} fixed sites of {parent.formula}")
+    if num_atoms > MAX_ATOMS_PER_CRYSTAL:
+        raise ValueError(f"num_atoms={num_atoms} is more than MAX_ATOMS_PER_CRYSTAL={MAX_ATOMS_PER_CRYSTAL}")
+    if subst:
+        raise ValueError(f"num_atoms={num_atoms} (another number of generated atoms) does not combine with substitute; "
+                         "pass one of them")
+    if strength != 1.0:
+        raise ValueError(f"strength={strength:g}: with num_atoms={num_atoms} the {num_atoms - len(fixed)} generated "
+                         "atoms start from the prior, so the strength must be 1 (leave it out)")
+    return num_atoms - len(fixed)
 
 
 def symmetric_parent(parent: ParentCrystal) -> tuple[WyckoffTemplate, CrystalBatch]:
