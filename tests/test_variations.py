@@ -345,3 +345,9 @@ def test_strength_is_a_campaign_grid_axis_over_one_parent(srtio3, tmp_path):
         CampaignSpec.from_dict({"checkpoint": "mgl_mp20_small", "strength": 0.3, "evaluate": False})
     with pytest.raises(ValueError, match=r"arm a1 .*strength"):
         CampaignSpec.from_dict({**d, "strength": [0.3, 1.5]})
+    # the parent's own symmetry as a grid axis beside the plain variations
+    both = CampaignSpec.from_dict({**d, "strength": 0.3, "symmetry": [None, "parent"]})
+    plain, symmetric = both.arms()
+    assert both.request(plain).symmetry is None and both.request(symmetric).symmetry.templates[0].space_group == 221
+    with pytest.raises(ValueError, match=r"arm a0 .*a variation keeps the parent's own symmetry, 221:"):
+        CampaignSpec.from_dict({**d, "strength": 0.3, "symmetry": 225})
