@@ -233,6 +233,9 @@ def _check_08(nb, work: Path) -> None:
     assert inpaint["O sites kept"].all() and (inpaint["largest O move (Å)"] < 1e-4).all()
     subst = pd.read_csv(out / "substitution.csv")
     assert all(set(f.replace("Cu", "").replace("Al", "")) and "Mn" not in f for f in subst["formula"])
+    sym = pd.read_csv(out / "symmetric.csv")
+    kept = sym[sym["kind"] == "keep_symmetry"]["space group (0.1 Å)"]
+    assert len(kept) == 2 and kept.isin([227, 225, 221, 229]).all()  # Fd-3m or a cubic supergroup
 
 
 CHECKS = {
