@@ -84,6 +84,21 @@ def test_a_smoke_run_writes_its_record_under_out(tmp_path, capsys):
     assert '"ratio"' in capsys.readouterr().out
 
 
+def test_the_first_frame_benchmark_times_the_apps_live_view(tmp_path):
+    import torch
+
+    bench = load_benchmark("bench_first_frame")
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--num-samples", "2", "--steps", "3", "--repeats", "2", "--threads", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    record = json.loads((tmp_path / "first_frame.json").read_text())
+    presses = record["presses"]
+    assert [p["press"] for p in presses] == [1, 2] and all(p["frames"] >= 2 for p in presses)
+    assert all(0 < p["first_frame_s"] < p["done_s"] for p in presses)
+
+
 def _documented_commands() -> list[tuple[str, str, list[str]]]:
     """``(where, benchmark, argv)`` of every benchmark command line in the README and the ``docs/`` pages (inline
     code; the measurements and their commands live in ``docs/*.md``), in the scripts'
