@@ -161,7 +161,9 @@ def test_export_candidates_takes_plain_structures_with_or_without_an_evaluation(
     with zipfile.ZipFile(plain) as zf:
         csv = pd.read_csv(io.BytesIO(zf.read("report.csv")))
         rep = json.loads(zf.read("report.json"))
-        back = Structure.from_str(zf.read(f"0_{formulas[0]}_P1.cif").decode(), fmt="cif")
+        # the member's formula part is made file-safe ("(Ru2O)2" becomes "_Ru2O_2"): find it by id and suffix
+        name = next(n for n in zf.namelist() if n.startswith("0_") and n.endswith("_P1.cif"))
+        back = Structure.from_str(zf.read(name).decode(), fmt="cif")
     assert list(csv["id"]) == [0, 1] and list(csv["formula"]) == formulas
     assert list(csv["space_group"]) == [float(design.candidate_oracles(s)["space_group"]) for s in structures]
     assert csv["energy_above_hull"].isna().all() and rep["evaluation_protocol"] == "not evaluated"
