@@ -178,6 +178,7 @@ class DesignRequest:
             every crystal holds exactly ``formula × formula_units`` atoms (no targets, no chemical system).
         symmetry: the symmetric mode (``SamplingRequest.symmetry``): a space group ``225``, a crystal system
             ``"cubic"``, ``"mp20"`` or a template ``"225:ab"``; with a space-group adapter a space group also guides.
+            With ``parent``, ``"parent"`` keeps the parent's own space group and Wyckoff sites (stored as its template).
         parent, strength: variations of a known crystal (``SamplingRequest.parent``/``strength``: a pymatgen
             ``Structure`` or a structure file, noised to t0 = ``strength`` and denoised with the targets).
     """
