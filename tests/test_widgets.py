@@ -240,6 +240,9 @@ def test_the_symmetry_control_generates_symmetric_crystals_and_the_table_shows_t
     assert any(getattr(c, "value", None) == app.candidates[0].oracles["wyckoff"] for c in row.children)
     base = dataclasses.replace(app.targets.request(), checkpoint="mgl_mp20_small", targets={})
     assert app._with_symmetry(base).checkpoint == "mgl_mp20_small_symmetric"  # the base's symmetric fine-tune
+    app.formula.value = "SrTiO3"  # a formula on the symmetric mode: the CSP model's symmetric fine-tune
+    assert app._with_symmetry(app._with_composition(base)).checkpoint == "mgl_mp20_small_csp_symmetric"
+    app.formula.value = ""
     app.symmetry.value = "off"
     assert app._with_symmetry(base).checkpoint == "mgl_mp20_small"
     assert app.generate(wait=True).symmetry is None

@@ -40,8 +40,10 @@ Evaluator = Callable[..., Any]
 #: The checkpoint a formula in the app's "Formula" field switches to (crystal-structure prediction).
 CSP_CHECKPOINT = "mgl_mp20_small_csp"
 #: With a symmetry set, the bundled base gives way to its fine-tune on symmetric noise (its crystals keep their group
-#: after relaxation more often at the same S.U.N.; docs/quality.md), as a formula gives way to the CSP model.
+#: after relaxation more often at the same S.U.N.; docs/quality.md), as a formula gives way to the CSP model, and the
+#: CSP model to its own symmetric fine-tune (15 of 20 held-out structures found against 11; docs/quality.md).
 BASE_CHECKPOINT, SYMMETRIC_CHECKPOINT = "mgl_mp20_small", "mgl_mp20_small_symmetric"
+SYMMETRIC_FINE_TUNES = {BASE_CHECKPOINT: SYMMETRIC_CHECKPOINT, CSP_CHECKPOINT: "mgl_mp20_small_csp_symmetric"}
 #: suggestions of the symmetry control (any space group 1-230 or template such as 225:ab may be typed)
 SYMMETRY_CHOICES = ("off", "mp20 (MP-20's space groups)", "cubic", "hexagonal", "trigonal", "tetragonal",
                     "orthorhombic", "monoclinic", "triclinic", "225 (Fm-3m)", "221 (Pm-3m)", "194 (P6_3/mmc)",
@@ -209,7 +211,7 @@ class DesignApp(w.VBox):
         text = self.symmetry.value.strip()
         if not text or text.lower() == "off":
             return request
-        checkpoint = SYMMETRIC_CHECKPOINT if request.checkpoint == BASE_CHECKPOINT else request.checkpoint
+        checkpoint = SYMMETRIC_FINE_TUNES.get(request.checkpoint, request.checkpoint)
         symmetry = "parent" if keep_parent else text.split(" ")[0]
         return dataclasses.replace(request, symmetry=symmetry, checkpoint=checkpoint)
 
