@@ -112,6 +112,9 @@ def markdown(table: list[dict[str, Any]], relax: bool) -> str:
         line += "---|"
     head += " keeps the parent's space group | median max displacement | s / crystal |"
     line += "---|---|---|"
+    if table and "new_and_stable_pct" in table[0]:
+        head += " stable | new and stable |"
+        line += "---|---|"
     out = [head, line]
     for r in table:
         cells = [f"{r['strength']:g}", str(r["parents"]), str(r["variations"]), f"{r['same_formula_pct']:.0f} %",
@@ -120,8 +123,32 @@ def markdown(table: list[dict[str, Any]], relax: bool) -> str:
             cells.append(f"{r['relaxed_match_pct']:.0f} % (of {r['relaxed']})")
         cells += [f"{r.get('kept_group_pct', float('nan')):.0f} %", f"{r['median_max_displacement_A']:.2f} Å",
                   f"{r['seconds_per_crystal']:.2f}"]
+        if "new_and_stable_pct" in r:
+            cells += [f"{r['stable_pct']:.0f} %", f"{r['new_and_stable_pct']:.0f} % (of {r['evaluated']})"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+def add_new_and_stable(table: list[dict[str, Any]], out: Path) -> None:
+    """Relax and score every saved variation (``OUT/variations/*.cif``) with the library's evaluation (CHGNet, MP-20
+    hull, novelty against MP-20, disordered matcher; resumable in ``OUT/evaluation``) and add, per strength, the
+    share that is new (no MP-20 match, its parent included) and stable (E_hull ≤ the library's threshold)."""
+    from pymatgen.core import Structure
+
+    from mattergen_lab.evaluation.evaluate import evaluate_structures
+    from mattergen_lab.evaluation.relax import RelaxConfig
+
+    paths = sorted((out / "variations").glob("*.cif"))
+    ids = [p.stem for p in paths]
+    result = evaluate_structures([Structure.from_file(str(p)) for p in paths], ids=ids, relaxer="chgnet",
+                                 relax_config=RelaxConfig(max_steps=200, max_seconds=60.0), out_dir=out / "evaluation")
+    frame = result.table.set_index("id")
+    for row in table:
+        mine = [i for i in ids if i.split("_t")[-1].startswith(f"{row['strength']:g}_")]
+        new_stable = [bool(frame.loc[i, "is_novel"]) and bool(frame.loc[i, "stable"]) for i in mine]
+        row["new_and_stable_pct"] = 100 * sum(new_stable) / max(len(mine), 1)
+        row["stable_pct"] = 100 * sum(bool(frame.loc[i, "stable"]) for i in mine) / max(len(mine), 1)
+        row["evaluated"] = len(mine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="mgl_mp20_small")
     p.add_argument("--seed", type=int, default=0, help="which test crystals are the parents")
     p.add_argument("--relax", action="store_true", help="also relax parents and variations with CHGNet (slow)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="also relax and score every variation with the library's evaluation (CHGNet, MP-20 hull and "
+                        "novelty, 200 steps / 60 s): the share that is new and stable (slow)")
     p.add_argument("--keep-symmetry", action="store_true",
                    help="symmetric variations (symmetry='parent'), measured against the symmetrised parent")
     return p
@@ -186,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                     item["relaxed_match"] = (bool(structures_match(result.structure, relaxed_parent, matcher="ordered"))
                                              if result.structure is not None else False)
                 items.append(item)
+                if args.evaluate:  # kept for the evaluation at the end (one batched run, resumable in OUT/evaluation)
+                    (out / "variations").mkdir(exist_ok=True)
+                    v.to(filename=str(out / "variations" / f"{mid}_t{t0:g}_{len(items) - 1}.cif"))
             row = {"material_id": mid, "formula": parent.composition.reduced_formula, "num_atoms": len(parent),
                    "strength": t0, "seconds": seconds, "variations": items,
                    "parent_space_group": space_group(request.parent.structure)}
@@ -195,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i + 1}/{args.num_parents} {mid} {row['formula']} t0={t0}: "
                   f"{sum(v['match'] for v in items)}/{len(items)} match", flush=True)
     table = summarize(rows, strengths, args.relax)
+    if args.evaluate:
+        add_new_and_stable(table, out)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     write_json(out, "variations", {"settings": settings, "machine": machine_info(), "table": table}, indent=1)
     (out / "variations.md").write_text(markdown(table, args.relax))
