@@ -317,6 +317,9 @@ def test_the_benchmark_helpers(srtio3):
                       "median_max_displacement_A": 0.2, "seconds_per_crystal": 1.0, "kept_group_pct": 50.0,
                       "relaxed_match_pct": 50.0, "relaxed": 2}]
     assert "| 0.1 | 1 | 2 | 50 % | 50 % | 50 % (of 2) | 50 % | 0.20 Å | 1.00 |" in bench.markdown(table, relax=True)
+    table[0].update(stable_pct=50.0, new_and_stable_pct=0.0, evaluated=2)  # what --evaluate adds
+    text = bench.markdown(table, relax=False)
+    assert "| stable | new and stable |" in text and text.rstrip().endswith("| 1.00 | 50 % | 0 % (of 2) |")
 
 
 def test_strength_is_a_campaign_grid_axis_over_one_parent(srtio3, tmp_path):
