@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -100,11 +99,9 @@ def test_the_cli_keeps_the_parents_symmetry_on_the_symmetric_model(rutile_x2, tm
                  "--batch-size", "2", "--steps", "20", "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / "sampling.json").read_text())
     assert record["checkpoint"] == "mgl_mp20_small_symmetric" and record["parent"]["template"] == "136:af"
-    constraint = SymmetryConstraint(["136:af", "136:af"])
-    for s in read_samples(out, 2):
+    for s in read_samples(out, 2):  # P4_2/mnm, or a supergroup when its two orbits take one element
         assert len(s) == 6
         assert SpacegroupAnalyzer(s, symprec=1e-3).get_space_group_number() in (136, 123, 139, 191, 221, 225, 229)
-    del constraint
 
 
 def test_a_start_off_its_template_is_refused(rutile_x2):
