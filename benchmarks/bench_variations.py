@@ -55,10 +55,13 @@ def parse_strengths(text: str) -> list[float]:
     return out
 
 
-def max_displacement(structure: Any, parent: Any) -> float:
-    """Largest distance (Å, in the parent's cell) between a site and the same site of the parent."""
+def max_displacement(structure: Any, parent: Any, sites: list[int] | None = None, cell: Any = None) -> float:
+    """Largest distance (Å, in the parent's cell or ``cell``) between a site (of ``sites``; all by default) and the
+    same site of the parent."""
     d = (np.asarray(structure.frac_coords) - np.asarray(parent.frac_coords) + 0.5) % 1.0 - 0.5
-    return float(np.linalg.norm(d @ parent.lattice.matrix, axis=1).max())
+    if sites is not None:
+        d = d[sites]
+    return float(np.linalg.norm(d @ (parent.lattice.matrix if cell is None else cell), axis=1).max())
 
 
 def space_group(structure: Any) -> int:
@@ -66,6 +69,14 @@ def space_group(structure: Any) -> int:
     from mattergen_lab.evaluation.symmetry_report import generated_space_groups
 
     return int(generated_space_groups([structure])[0])
+
+
+def fixed_sites_move(generated: Any, relaxed: Any, sites: list[int]) -> float:
+    """Largest distance (Å, in the relaxed cell) any of ``sites`` moved in relaxation. The relaxer works on the
+    Niggli-reduced cell (``RelaxConfig.niggli``), whose basis may differ from the generated one by axis signs and
+    order, so the generated crystal is compared in that same reduced cell, site by site."""
+    before = generated.get_reduced_structure("niggli")
+    return max_displacement(relaxed, before, sites, cell=relaxed.lattice.matrix)
 
 
 def pick_parents(data_dir: Path, n: int, seed: int) -> list[tuple[str, Any]]:
@@ -100,6 +111,10 @@ def summarize(rows: list[dict[str, Any]], strengths: list[float], relax: bool) -
             done = [v for v in items if v.get("relaxed_match") is not None]
             row["relaxed_match_pct"] = 100 * sum(v["relaxed_match"] for v in done) / max(len(done), 1)
             row["relaxed"] = len(done)
+            moves = [v["fixed_sites_move"] for v in items if v.get("fixed_sites_move") is not None]
+            if moves:
+                row["fixed_sites_relax_move_A"] = statistics.median(moves)
+                row["fixed_sites_relax_move_p90_A"] = float(np.percentile(moves, 90))
         table.append(row)
     return table
 
@@ -125,6 +140,9 @@ def markdown(table: list[dict[str, Any]], relax: bool) -> str:
                   f"{r['seconds_per_crystal']:.2f}"]
         if "new_and_stable_pct" in r:
             cells += [f"{r['stable_pct']:.0f} %", f"{r['new_and_stable_pct']:.0f} % (of {r['evaluated']})"]
+        if "fixed_sites_relax_move_A" in r:
+            cells.append(f"fixed sites' largest move in relaxation: median {r['fixed_sites_relax_move_A']:.2f} Å, "
+                         f"90th percentile {r['fixed_sites_relax_move_p90_A']:.2f} Å")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -161,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="mgl_mp20_small")
     p.add_argument("--seed", type=int, default=0, help="which test crystals are the parents")
     p.add_argument("--relax", action="store_true", help="also relax parents and variations with CHGNet (slow)")
+    p.add_argument("--fix-sites", default=None,
+                   help="inpainting: keep these sites of every parent (e.g. anions); with --relax the median over "
+                        "variations of the fixed sites' largest move in relaxation is added")
     p.add_argument("--evaluate", action="store_true",
                    help="also relax and score every variation with the library's evaluation (CHGNet, MP-20 hull and "
                         "novelty, 200 steps / 60 s): the share that is new and stable (slow)")
@@ -194,9 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         for t0 in strengths:
             if (mid, t0) in done:
                 continue
-            request = SamplingRequest(checkpoint=args.checkpoint, num_samples=args.variations,
-                                      batch_size=args.variations, num_steps=args.steps, seed=i, parent=structure,
-                                      strength=t0, symmetry="parent" if args.keep_symmetry else None)
+            try:
+                request = SamplingRequest(checkpoint=args.checkpoint, num_samples=args.variations,
+                                          batch_size=args.variations, num_steps=args.steps, seed=i, parent=structure,
+                                          strength=t0, symmetry="parent" if args.keep_symmetry else None,
+                                          fix_sites=args.fix_sites)
+            except ValueError as exc:  # e.g. --fix-sites anions on an intermetallic: this parent has none
+                if args.fix_sites is None:
+                    raise
+                print(f"{i + 1}/{args.num_parents} {mid}: skipped ({exc})", flush=True)
+                continue
             start = time.perf_counter()
             variations = SamplingPipeline.for_request(request)(request)
             seconds = time.perf_counter() - start
@@ -213,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                         relaxed_parent = relaxer.relax(parent).structure or parent
                     result = relaxer.relax(v)
                     item["relax_status"] = result.status
+                    if request.fix_sites and result.structure is not None:
+                        item["fixed_sites_move"] = fixed_sites_move(v, result.structure, list(request.fix_sites))
                     item["relaxed_match"] = (bool(structures_match(result.structure, relaxed_parent, matcher="ordered"))
                                              if result.structure is not None else False)
                 items.append(item)

@@ -309,6 +309,12 @@ def test_the_benchmark_helpers(srtio3):
     moved.translate_sites([0], [-0.02, 0, 0])  # across the cell boundary: 0.078 Å, not 3.8
     assert bench.max_displacement(moved, srtio3) == pytest.approx(0.3905)
     assert bench.space_group(srtio3) == 221 and bench.space_group(moved) != 221
+    # the relaxer works on the Niggli-reduced cell: the move is measured there, whatever basis the generated one had
+    flipped = Structure(Lattice(-srtio3.lattice.matrix), srtio3.species, -srtio3.frac_coords)  # axes reversed
+    relaxed = flipped.get_reduced_structure("niggli").copy()
+    relaxed.translate_sites([2], [0.01, 0, 0])  # an O site moves 0.039 Å
+    assert bench.fixed_sites_move(flipped, relaxed, [2, 3, 4]) == pytest.approx(0.03905, abs=1e-6)
+    assert bench.fixed_sites_move(flipped, relaxed, [3, 4]) < 1e-9
     rows = [{"strength": 0.1, "seconds": 2.0, "parent_space_group": 221, "variations": [
         {"same_formula": True, "match": True, "max_displacement": 0.2, "relaxed_match": True, "space_group": 221},
         {"same_formula": False, "match": False, "max_displacement": 3.0, "relaxed_match": False, "space_group": 1}]}]
