@@ -360,3 +360,30 @@ def test_strength_is_a_campaign_grid_axis_over_one_parent(srtio3, tmp_path):
     assert both.request(plain).symmetry is None and both.request(symmetric).symmetry.templates[0].space_group == 221
     with pytest.raises(ValueError, match=r"arm a0 .*a variation keeps the parent's own symmetry, 221:"):
         CampaignSpec.from_dict({**d, "strength": 0.3, "symmetry": 225})
+
+
+def test_variations_inpainting_and_substitution_run_on_the_official_architecture(srtio3_x2):
+    """Random weights of the official preset (the nine official checkpoints' architecture): a variation, an
+    inpainting and a substitution each start from the parent and keep what they promise."""
+    from mattergen_lab.model.score_model import ScoreModel
+    from mattergen_lab.noise.joint import JointDiffusion
+    from mattergen_lab.sampling.sampler import PredictorCorrectorSampler, SamplerConfig
+    from mattergen_lab.sampling.variation import Variation
+
+    torch.manual_seed(0)
+    sampler = PredictorCorrectorSampler(ScoreModel.from_preset("official").eval(), JointDiffusion(),
+                                        SamplerConfig(num_steps=4))
+    cases = {"vary": Variation.build(srtio3_x2, 0.3), "inpaint": Variation.build(srtio3_x2, fix_sites="O"),
+             "substitute": Variation.build(srtio3_x2, substitute="Ti=Zr")}
+    for name, v in cases.items():
+        start = v.start().repeat(2)
+        *_, final = sampler.iter_steps(torch.tensor([10, 10]), generator=torch.Generator().manual_seed(1), every=0,
+                                       start=start)
+        z = final.batch.atom_types.reshape(2, 10)
+        assert bool(((z >= 1) & (z <= 100)).all()), name
+        if name == "inpaint":  # the six O sites exactly where they were
+            f0 = start.batch.frac_coords.reshape(2, 10, 3)[:, 4:]
+            assert ((final.batch.frac_coords.reshape(2, 10, 3)[:, 4:].double() - f0 + 0.5) % 1 - 0.5).abs().max() < 1e-6
+            assert (z[:, 4:] == 8).all()
+        if name == "substitute":  # the Ti sites became Zr, the others stayed
+            assert (z[:, 2:4] == 40).all() and (z[:, :2] == 38).all() and (z[:, 4:] == 8).all()
