@@ -69,15 +69,19 @@ def test_every_benchmark_builds_its_parser_with_the_shared_flags(name):
     assert not {"--json-out", "--out-file", "--output"} & set(flags)
 
 
-def test_a_smoke_run_writes_its_record_under_out(tmp_path, capsys):
+def _run_one_thread(name: str, argv: list[str]) -> None:
+    """Run benchmark ``name``'s main with ``--threads 1``, giving torch its thread count back afterwards."""
     import torch
 
-    bench = load_benchmark("bench_symmetry_step")
     threads = torch.get_num_threads()
     try:
-        bench.main(["--batch-size", "2", "--steps", "2", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)])
+        load_benchmark(name).main([*argv, "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_smoke_run_writes_its_record_under_out(tmp_path, capsys):
+    _run_one_thread("bench_symmetry_step", ["--batch-size", "2", "--steps", "2", "--repeats", "1", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "symmetry_step.json").read_text())
     assert record["benchmark"] == "bench_symmetry_step" and record["steps"] == 2 and record["batch_size"] == 2
     assert record["machine"]["torch_threads"] == 1 and record["s_per_step_plain"] > 0
@@ -85,14 +89,7 @@ def test_a_smoke_run_writes_its_record_under_out(tmp_path, capsys):
 
 
 def test_the_first_frame_benchmark_times_the_apps_live_view(tmp_path):
-    import torch
-
-    bench = load_benchmark("bench_first_frame")
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--num-samples", "2", "--steps", "3", "--repeats", "2", "--threads", "1", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    _run_one_thread("bench_first_frame", ["--num-samples", "2", "--steps", "3", "--repeats", "2", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "first_frame.json").read_text())
     presses = record["presses"]
     assert [p["press"] for p in presses] == [1, 2] and all(p["frames"] >= 2 for p in presses)

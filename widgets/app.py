@@ -32,6 +32,7 @@ from mattergen_lab.widgets.trajectory import TrajectoryPanel
 
 from mattergen_lab import design
 from mattergen_lab.console import silence_library_warnings
+from mattergen_lab.sampling.variation import SYMMETRIC_FINE_TUNES
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,8 @@ Evaluator = Callable[..., Any]
 CSP_CHECKPOINT = "mgl_mp20_small_csp"
 #: With a symmetry set, the bundled base gives way to its fine-tune on symmetric noise (its crystals keep their group
 #: after relaxation more often at the same S.U.N.; docs/quality.md), as a formula gives way to the CSP model, and the
-#: CSP model to its own symmetric fine-tune (15 of 20 held-out structures found against 11; docs/quality.md).
-BASE_CHECKPOINT, SYMMETRIC_CHECKPOINT = "mgl_mp20_small", "mgl_mp20_small_symmetric"
-SYMMETRIC_FINE_TUNES = {BASE_CHECKPOINT: SYMMETRIC_CHECKPOINT, CSP_CHECKPOINT: "mgl_mp20_small_csp_symmetric"}
+#: CSP model to its own symmetric fine-tune (15 of 20 held-out structures found against 11; docs/quality.md):
+#: ``SYMMETRIC_FINE_TUNES`` (mattergen_lab.sampling.variation).
 #: suggestions of the symmetry control (any space group 1-230 or template such as 225:ab may be typed)
 SYMMETRY_CHOICES = ("off", "mp20 (MP-20's space groups)", "cubic", "hexagonal", "trigonal", "tetragonal",
                     "orthorhombic", "monoclinic", "triclinic", "225 (Fm-3m)", "221 (Pm-3m)", "194 (P6_3/mmc)",

@@ -148,10 +148,10 @@ def vary(
     The same as ``SamplingPipeline.for_request(r)(r)`` with ``r = SamplingRequest(checkpoint, parent=parent, ...)``
     (``pipe.to_dir(r, out)`` writes them, recording the parent's sha256 in ``sampling.json``).
     """
-    if checkpoint is None:
-        checkpoint = "mgl_mp20_small_symmetric" if keep_symmetry else "mgl_mp20_small"
+    from mattergen_lab.sampling.variation import vary_checkpoint
+
     request = SamplingRequest(
-        checkpoint=str(checkpoint), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps, seed=seed,
+        checkpoint=vary_checkpoint(checkpoint, keep_symmetry), num_samples=num_samples, batch_size=batch_size, num_steps=num_steps, seed=seed,
         conditions=conditions if conditions is not None else {}, guidance_scale=guidance_scale, elements=elements, device=str(device),
         sampler=dict(sampler_settings or {}), parent=parent, strength=strength, fix_sites=fix_sites,
         substitute=substitute, symmetry="parent" if keep_symmetry else None, num_atoms=num_atoms,

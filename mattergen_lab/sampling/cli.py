@@ -70,12 +70,12 @@ def cmd_vary(args: argparse.Namespace) -> int:
     from mattergen_lab.sampling.frames import parse_sampler_text
     from mattergen_lab.sampling.pipeline import SamplingPipeline
     from mattergen_lab.sampling.request import SamplingRequest
+    from mattergen_lab.sampling.variation import vary_checkpoint
 
     if not args.out.strip():
         raise ValueError(f"--out {args.out!r} is empty; give an output folder")
-    checkpoint = args.checkpoint or ("mgl_mp20_small_symmetric" if args.keep_symmetry else "mgl_mp20_small")
     request = SamplingRequest(  # every refusal (parent, strength, sites, substitution) is raised here, before any work
-        checkpoint=checkpoint, num_samples=args.num_samples, batch_size=args.batch_size, num_steps=args.steps,
+        checkpoint=vary_checkpoint(args.checkpoint, args.keep_symmetry), num_samples=args.num_samples, batch_size=args.batch_size, num_steps=args.steps,
         seed=args.seed, conditions=parse_conditions(args.condition), guidance_scale=args.guidance, elements=args.elements,
         device=args.device, sampler=parse_sampler_text(args.sampler), parent=args.structure, strength=args.strength,
         fix_sites=args.fix_sites, substitute=";".join(args.substitute) if args.substitute else None,

@@ -50,8 +50,8 @@ from mattergen_lab.sampling.inputs import (
     fixed_types_tensor,
 )
 from mattergen_lab.sampling.start import StartFrom, check_start
-from mattergen_lab.symmetry.assign import nearest_assignment
 from mattergen_lab.sampling.writers import SampleDirWriter, sampling_record
+from mattergen_lab.symmetry.assign import nearest_assignment
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
 from mattergen_lab.symmetry.templates import WyckoffTemplate
 from mattergen_lab.sampling.steps import (

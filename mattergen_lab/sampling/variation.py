@@ -64,6 +64,10 @@ DEFAULT_SUBSTITUTION_STRENGTH = 0.2
 #: Atomic number the generated atoms of an inpainting with new atoms hold before the first step (never sampled: Fm is
 #: outside the models' 76 elements, and their masks exclude it); they start masked.
 PLACEHOLDER_Z = 100
+#: The bundled model a run starts from when none is named, and, for the symmetric mode, the bundled models fine-tuned
+#: on symmetric noise that stand in for the one they came from (their crystals keep their group more often).
+BASE_CHECKPOINT = "mgl_mp20_small"
+SYMMETRIC_FINE_TUNES = {BASE_CHECKPOINT: "mgl_mp20_small_symmetric", "mgl_mp20_small_csp": "mgl_mp20_small_csp_symmetric"}
 #: What a parent may be read from.
 PARENT_SUFFIXES = (".cif", ".vasp", ".poscar", ".extxyz", ".xyz")
 
@@ -432,3 +436,11 @@ def symmetric_parent(parent: ParentCrystal) -> tuple[WyckoffTemplate, CrystalBat
                          lattice=torch.as_tensor(lattice, dtype=torch.float64)[None],
                          num_atoms=torch.tensor([len(z)], dtype=torch.long))
     return template, batch
+
+
+def vary_checkpoint(checkpoint: Any, keep_symmetry: bool) -> str:
+    """The checkpoint a variation runs on: ``checkpoint``, or without one the bundled base (its symmetric fine-tune
+    with ``keep_symmetry``)."""
+    if checkpoint:
+        return str(checkpoint)
+    return SYMMETRIC_FINE_TUNES[BASE_CHECKPOINT] if keep_symmetry else BASE_CHECKPOINT

@@ -33,48 +33,42 @@ def nearest_assignment(constraint: SymmetryConstraint, frac_coords: torch.Tensor
     constraint's templates (crystal after crystal, orbit after orbit), each crystal within itself. ``lattice``:
     ``(B, 3, 3)`` rows in Å. ``types``: with ``types`` (N,) given, slot ``j`` only takes an atom of type
     ``types[j]`` (CSP: the given composition, already in template order), else any atom."""
-    x = frac_coords.detach().double().cpu().numpy()
+    xt = frac_coords.detach().to(device="cpu", dtype=constraint.dtype)
+    x = xt.double().numpy()
     lat = lattice.detach().double().cpu().numpy()
     z = None if types is None else types.detach().cpu().numpy()
     rot = constraint.rotations.double().cpu().numpy()
-    inv = constraint.inverse_rotations.double().cpu().numpy()
-    trans = constraint.translations.double().cpu().numpy()
-    proj = constraint.site_projectors.double().cpu().numpy()
-    offset = constraint._site_offset.double().cpu().numpy()
-    shifts = constraint._shifts.double().cpu().numpy()  # (27, 3)
+    inv = constraint.inverse_rotations.cpu()
+    trans = constraint.translations.cpu()
     orbit = constraint.orbit.cpu().numpy()
     rep = constraint.rep.cpu().numpy()
-    counts = constraint.num_atoms.tolist()
+    sizes = constraint.orbit_sizes.cpu().numpy()
+    dof = [int(np.linalg.matrix_rank(p, tol=1e-6)) for p in constraint.site_projectors.double().cpu().numpy()]
     perm = np.arange(len(x))
     start = 0
-    for b, n in enumerate(counts):
+    for b, n in enumerate(constraint.num_atoms.tolist()):
         atoms = np.arange(start, start + n)
-        orbits = sorted(set(orbit[atoms].tolist()),
-                        key=lambda o: (-int((orbit == o).sum()), int(np.linalg.matrix_rank(proj[o], tol=1e-6)), o))
         free = list(atoms)
-        for o in orbits:
+        for o in sorted(set(orbit[atoms].tolist()), key=lambda o: (-sizes[o], dof[o], o)):
             slots = np.flatnonzero(orbit == o)
             free_arr = np.asarray(free)
-            allowed = np.ones((len(slots), len(free_arr)), dtype=bool)
-            if z is not None:
-                allowed = z[slots][:, None] == z[free_arr][None, :]
+            candidates = free_arr if z is None else free_arr[z[free_arr] == z[rep[o]]]
+            if len(candidates) == 0:  # no atom of the slot's type is left: keep the numbering (the types are wrong)
+                return torch.arange(len(x), device=frac_coords.device)
+            # each candidate as the representative's site form, moved onto the site: the orbit it would make
+            pulled = torch.einsum("ij,kj->ki", inv[rep[o]], xt[candidates] - trans[rep[o]])  # (c, 3)
+            reps = constraint.onto_site(torch.full((len(candidates),), int(o)), pulled).double().cpu().numpy()
+            allowed = np.ones((len(slots), len(free_arr)), dtype=bool) if z is None else \
+                z[slots][:, None] == z[free_arr][None, :]
             best = None
-            for c, a in enumerate(free_arr):
-                if z is not None and z[a] != z[rep[o]]:
-                    continue
-                pulled = inv[rep[o]] @ (x[a] - trans[rep[o]])  # the candidate as the representative's site form
-                d = pulled - offset[o] - shifts  # (27, 3): its lattice translates, from the site's offset
-                on = d @ proj[o].T
-                r = offset[o] + on[np.argmin(np.linalg.norm(d - on, axis=1))]
-                pos = np.einsum("kij,j->ki", rot[slots], r) + trans[slots]  # (m, 3) the orbit's positions
+            for r in reps:
+                pos = np.einsum("kij,j->ki", rot[slots], r) + trans[slots].double().numpy()  # (m, 3) the orbit
                 cart = _wrap(pos[:, None, :] - x[free_arr][None, :, :]) @ lat[b]  # (m, f, 3)
                 cost = np.where(allowed, (cart ** 2).sum(-1), 1e9)
                 rows, cols = linear_sum_assignment(cost)
                 total = cost[rows, cols].sum()
                 if best is None or total < best[0]:
                     best = (total, cols[np.argsort(rows)])
-            if best is None:  # no atom of the slot's type is left: keep the numbering (the caller's types are wrong)
-                return torch.arange(len(x), device=frac_coords.device)
             chosen = free_arr[best[1]]
             perm[slots] = chosen
             taken = set(chosen.tolist())

@@ -132,6 +132,15 @@ class SymmetryConstraint:
                                    self.site_projectors[orbit][None])
         return (d - on_site).norm(dim=-1).amin(dim=1)
 
+    def onto_site(self, orbits: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """``(k, 3)``: each of ``points`` (k, 3; primitive-cell fractional) moved onto the site of its orbit ``orbits``
+        (k,): the site's plane through a point of it (its offset), among the lattice translates of the point the one
+        nearest to that plane (a site such as x, 2x, z is not closed under wrapping each coordinate)."""
+        offset = self._site_offset[orbits][:, None, :]  # (k, 1, 3)
+        d, on_site = self._on_site(points.to(self.dtype)[:, None, :], offset, self.site_projectors[orbits])  # (k, 27, 3)
+        best = (d - on_site).norm(dim=-1).argmin(dim=1)  # (k,)
+        return offset[:, 0] + on_site[torch.arange(len(best), device=best.device), best]
+
     def push(self, d_r: torch.Tensor) -> torch.Tensor:
         """``(N, 3)``: a representative displacement (O, 3) carried to every atom of its orbit."""
         return torch.einsum("nij,nj->ni", self.rotations, d_r[self.orbit])
@@ -154,11 +163,7 @@ class SymmetryConstraint:
         anchor = pulled[self.rep][self.orbit]  # (N, 3)
         offsets = torch.zeros_like(self._site_offset).index_add_(0, self.orbit, _wrap(pulled - anchor))
         r = pulled[self.rep] + offsets / self.orbit_sizes[:, None]  # (O, 3)
-        # onto the site: the site's plane through a point of it (its offset), among the lattice translates of r the
-        # one nearest to that plane (a site such as x, 2x, z is not closed under wrapping each coordinate)
-        d, on_site = self._on_site(r[:, None, :], self._site_offset[:, None, :], self.site_projectors)  # (O, 27, 3)
-        best = (d - on_site).norm(dim=-1).argmin(dim=1)  # (O,)
-        r = self._site_offset + on_site[torch.arange(len(best)), best]
+        r = self.onto_site(torch.arange(len(r), device=r.device), r)
         self.representatives = torch.remainder(r, 1.0)
         return self.expand(self.representatives)
 
