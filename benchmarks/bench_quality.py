@@ -116,7 +116,7 @@ def campaign_spec(args: argparse.Namespace, steps: int) -> dict[str, Any]:
         "checkpoint": args.checkpoint, "num_samples": args.num_samples, "batch_size": args.batch_size,
         "num_steps": steps, "seed": args.seed, "guidance_scale": float(getattr(args, "guidance", 0.0) or 0.0),
         "sampler": dict(getattr(args, "sampler", None) or {}),
-        **({"symmetry": _axis(args.symmetry)} if getattr(args, "symmetry", None) else {}),
+        **({"symmetry": _symmetry_axis(args)} if getattr(args, "symmetry", None) else {}),
         **({"conditions": dict(args.conditions)} if getattr(args, "conditions", None) else {}),
         "evaluate": {"relaxer": args.relaxer, "batch_size": args.eval_batch_size, "fmax": args.fmax,
                      "max_steps": args.relax_max_steps, "max_seconds": args.relax_max_seconds,
@@ -161,6 +161,23 @@ def _axis(text: str) -> Any:
     """``mp20`` is one value; ``2,14,225`` a grid axis (one campaign arm per value, seeds ``seed + arm``)."""
     values = [int(v) if v.strip().isdigit() else v.strip() for v in str(text).split(",")]
     return values if len(values) > 1 else values[0]
+
+
+def _symmetry_axis(args: argparse.Namespace) -> Any:
+    """``--symmetry`` as the campaign's axis; with ``--assign`` / ``--symmetry-start``, each value as the spec's fields
+    (``{"source": "mp20", "assign": "origin"}``), which ``SymmetrySpec.parse`` reads back."""
+    axis = _axis(args.symmetry)
+    options = {k: v for k, v in (("assign", getattr(args, "assign", None)),
+                                 ("start", getattr(args, "symmetry_start", None))) if v is not None}
+    if not options:
+        return axis
+    from mattergen_lab.symmetry.templates import SymmetrySpec
+
+    def one(value: Any) -> dict[str, Any]:
+        fields = {k: v for k, v in SymmetrySpec.parse(value).to_dict().items() if v is not None}
+        return {**fields, **options}
+
+    return [one(v) for v in axis] if isinstance(axis, list) else one(axis)
 
 
 def symmetry_record(args: argparse.Namespace, out: Path, table: Any, generated: list[Any]) -> dict[str, Any]:
@@ -220,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
                         help="an adapter target (e.g. space_group=225), with --guidance")
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance γ with --condition")
+    parser.add_argument("--assign", default=None, choices=("nearest", "origin", "index"),
+                        help="with --symmetry: how free atoms are numbered into the Wyckoff slots (SymmetrySpec.assign)")
+    parser.add_argument("--symmetry-start", type=float, default=None,
+                        help="with --symmetry: the diffusion time from which the constraint holds (SymmetrySpec.start)")
+    parser.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
+                        help="a sampler variant, e.g. settle_steps=20 or n_corrector_steps=0 (default: the official)")
     add_campaign_arguments(parser, out="runs/bench_quality")
     return parser
 
@@ -228,6 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.conditions = {k: _axis(v) for k, v in (item.split("=", 1) for item in args.condition)}
+    from mattergen_lab.sampling.frames import parse_sampler_text
+    try:
+        args.sampler = parse_sampler_text(args.sampler)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.num_samples < 1 or args.workers < 1:
         parser.error("--num-samples and --workers must be >= 1")
     warnings.filterwarnings("ignore", message="No Pauling electronegativity")

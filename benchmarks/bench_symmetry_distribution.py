@@ -30,9 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help={"steps": "sampler steps (default: the checkpoint's)"})
     ap.add_argument("--checkpoint", default="mgl_mp20_small")
     ap.add_argument("--symmetry", default="mp20")
-    ap.add_argument("--assign", default="nearest", choices=("nearest", "index"),
+    ap.add_argument("--assign", default="nearest", choices=("nearest", "origin", "index"),
                     help="how free atoms are numbered into the Wyckoff slots when the constraint starts "
-                         "(SymmetrySpec.assign; index: as numbered, the mode before 7 Dec)")
+                         "(SymmetrySpec.assign; index: as numbered, the mode before 7 Dec; origin: nearest after "
+                         "moving each crystal's origin)")
+    ap.add_argument("--start", type=float, default=None,
+                    help="diffusion time from which the constraint holds (SymmetrySpec.start; default: the checkpoint's)")
+    ap.add_argument("--sampler", default="", metavar="KEY=VALUE,...", help="a sampler variant, e.g. settle_steps=20")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -53,9 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     from mattergen_lab.symmetry.templates import SymmetrySpec
 
     out = Path(args.out)
-    spec = dataclasses.replace(SymmetrySpec.parse(args.symmetry), assign=args.assign)
+    from mattergen_lab.sampling.frames import parse_sampler_text
+
+    spec = dataclasses.replace(SymmetrySpec.parse(args.symmetry), assign=args.assign, start=args.start)
     request = SamplingRequest(checkpoint=args.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size,
-                              num_steps=args.steps, seed=args.seed, symmetry=spec)
+                              num_steps=args.steps, seed=args.seed, symmetry=spec,
+                              sampler=parse_sampler_text(args.sampler))
     pipe = SamplingPipeline.for_request(request)
     t0 = time.perf_counter()
     pipe.to_dir(request, out / "samples", progress=True)
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     n = len(structures)
     record = {
         "benchmark": "bench_symmetry_distribution",
-        "checkpoint": args.checkpoint, "symmetry": args.symmetry, "assign": args.assign, "num_samples": n,
+        "checkpoint": args.checkpoint, "symmetry": args.symmetry, "assign": args.assign,
+        "sampler": request.sampler, "num_samples": n,
         "seed": args.seed,
         "num_steps": pipe.num_steps, "symmetry_start": pipe.check(request).symmetry.start,
         "chi2_groups": round(space_group_chi2(groups, ref), 3),

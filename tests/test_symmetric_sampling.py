@@ -84,8 +84,42 @@ def test_the_constraint_start_must_be_a_diffusion_time():
         SymmetrySpec(source="mp20", start=0.0)
     assert SymmetrySpec(source="mp20", start=1).to_dict() == {"max_atoms": 20, "start": 1.0, "assign": "nearest",
                                                               "source": "mp20"}
-    with pytest.raises(ValueError, match="assign='first' must be 'nearest' or 'index'"):
+    with pytest.raises(ValueError, match="assign='first' must be 'nearest', 'origin' or 'index'"):
         SymmetrySpec(source="mp20", assign="first")
+
+
+def test_a_spec_reads_back_from_its_fields_as_a_campaign_or_benchmark_names_them():
+    spec = SymmetrySpec(source="mp20", assign="origin", start=0.6)
+    assert SymmetrySpec.parse(spec.to_dict()) == spec
+    assert SymmetrySpec.parse({"templates": ["225:ab"]}) == SymmetrySpec.parse("225:ab")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['sorce'\]"):
+        SymmetrySpec.parse({"sorce": "mp20"})
+    with pytest.raises(ValueError, match="templates='225:ab' must be a list"):
+        SymmetrySpec.parse({"templates": "225:ab"})
+    arm = CampaignSpec.from_dict({"checkpoint": BASE, "num_samples": 2, "batch_size": 2, "evaluate": False,
+                                  "symmetry": [{"source": "mp20", "assign": "origin"}]}).arms()[0]
+    assert SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, symmetry=arm.symmetry).symmetry.assign == "origin"
+
+
+def test_settle_steps_run_only_where_a_free_crystal_was_snapped():
+    """``settle_steps`` adds corrector steps inside the templates right after the snap: the crystals stay exactly
+    on their templates and change; without a symmetry request (nothing snapped) the crystals are the same bits."""
+    plain = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4)
+    settled = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4,
+                              sampler={"settle_steps": 3})
+    a, b = SamplingPipeline.for_request(plain)(plain), SamplingPipeline.for_request(settled)(settled)
+    assert all(np.array_equal(x.frac_coords, y.frac_coords) and x.lattice == y.lattice for x, y in zip(a, b))
+    sym = {"source": "mp20", "start": 0.5}
+    r0 = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4, symmetry=sym)
+    r3 = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4, symmetry=sym,
+                         sampler={"settle_steps": 3})
+    c, d = SamplingPipeline.for_request(r0)(r0), SamplingPipeline.for_request(r3)(r3)
+    templates = request_templates(r3)
+    assert templates == request_templates(r0)
+    assert all(_kept(t, s) for t, s in zip(templates, d))
+    assert not all(np.allclose(x.lattice.matrix, y.lattice.matrix) for x, y in zip(c, d))
+    with pytest.raises(ValueError, match=r"settle_steps=-1"):
+        SamplingRequest(checkpoint=BASE, sampler={"settle_steps": -1})
 
 
 def test_the_cli_samples_a_space_group_and_records_it(tmp_path):

@@ -272,23 +272,31 @@ class PredictorCorrectorSampler:
         if every:
             yield SamplerFrame(step=0, t=ts[0], batch=x, mean=None)
         mean = x
+        settle = self.config.settle_steps  # extra corrector steps right after a snap (SamplerConfig.settle_steps)
         for i, t_now in enumerate(ts):
             last = i == n - 1
             s_now = 0.0 if last else ts[i + 1]
+            snapped = False
             if constraint is not None and not active and t_now <= constraint.start:  # the constraint starts here
-                if constraint.assign == "nearest" and start is None and i > 0:  # atoms numbered into the slots
+                if constraint.assign != "index" and start is None and i > 0:  # atoms numbered into the slots
                     # within one type: the types were pooled per orbit as numbered, so each orbit keeps one type
-                    perm = nearest_assignment(constraint, x.frac_coords, x.lattice, types=x.atom_types)
-                    x = x.replace(atom_types=x.atom_types[perm], frac_coords=x.frac_coords[perm])
+                    frac = x.frac_coords
+                    if constraint.assign == "origin":  # and each crystal's origin moved to fit its template
+                        perm, shift = nearest_assignment(constraint, frac, x.lattice, types=x.atom_types, origin=True)
+                        frac = torch.remainder(frac + shift[batch_idx], 1.0)
+                    else:
+                        perm = nearest_assignment(constraint, frac, x.lattice, types=x.atom_types)
+                    x = x.replace(atom_types=x.atom_types[perm], frac_coords=frac[perm])
                 x = x.replace(frac_coords=constraint.snap(x.frac_coords).to(dtype), lattice=constraint.lattice(x.lattice),
                               atom_types=constraint.share_types(x.atom_types))
                 active = True
+                snapped = start is None and i > 0  # a freely diffused crystal was snapped (not a prior, not a parent)
             t = torch.full((b,), t_now, dtype=dtype, device=device)  # (B,)
             s = torch.full((b,), s_now, dtype=dtype, device=device)
 
             # Every predictor and corrector takes (x, score, **common): one step contract for all five.
             common = {"t": t, "s": s, "dt": dt, "num_atoms": num_atoms, "last": last, "generator": generator}
-            for _ in range(self.config.n_corrector_steps):
+            for _ in range(self.config.n_corrector_steps + (settle if snapped else 0)):
                 out = self.score_fn(x, t)
                 score_pos, score_cell = self.scores(out, x, t)
                 pos = self.coord_corrector.step(x.frac_coords, score_pos, **common)

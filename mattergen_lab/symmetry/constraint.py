@@ -31,8 +31,10 @@ from mattergen_lab.symmetry.templates import WyckoffTemplate
 
 
 #: How the sampler numbers freely diffused atoms into the templates' slots when the constraint starts after t = 1:
-#: ``"nearest"`` (:func:`~mattergen_lab.symmetry.assign.nearest_assignment`) or ``"index"`` (as numbered).
-ASSIGNMENTS = ("nearest", "index")
+#: ``"nearest"`` (:func:`~mattergen_lab.symmetry.assign.nearest_assignment`), ``"origin"`` (the same after moving each
+#: crystal's origin to where its template fits it best: ``nearest_assignment(..., origin=True)``) or ``"index"`` (as
+#: numbered).
+ASSIGNMENTS = ("nearest", "origin", "index")
 
 
 def _sym_sqrt(g: torch.Tensor) -> torch.Tensor:

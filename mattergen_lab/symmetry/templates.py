@@ -16,9 +16,10 @@ keeps the test split's space-group histogram as the reference for the χ² of ge
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,8 +204,8 @@ class SymmetrySpec:
     #: ``None``: the checkpoint's recommendation (``config.json`` ``sampling.symmetry_start``: 1.0 for a model trained
     #: on symmetric noise), else :data:`DEFAULT_START`
     start: float | None = None
-    #: how the freely diffused atoms are numbered into the slots when the constraint starts (``"nearest"`` or
-    #: ``"index"``; :data:`~mattergen_lab.symmetry.constraint.ASSIGNMENTS`)
+    #: how the freely diffused atoms are numbered into the slots when the constraint starts (``"nearest"``,
+    #: ``"origin"`` or ``"index"``; :data:`~mattergen_lab.symmetry.constraint.ASSIGNMENTS`)
     assign: str = "nearest"
 
     def __post_init__(self) -> None:
@@ -217,8 +218,8 @@ class SymmetrySpec:
             raise ValueError(f"max_atoms={m!r} must be an integer in 1-{MAX_TEMPLATE_ATOMS}")
         if self.start is not None:
             object.__setattr__(self, "start", check_start(self.start))
-        if self.assign not in ("nearest", "index"):
-            raise ValueError(f"assign={self.assign!r} must be 'nearest' or 'index'")
+        if self.assign not in ("nearest", "origin", "index"):
+            raise ValueError(f"assign={self.assign!r} must be 'nearest', 'origin' or 'index'")
         if self.space_group is not None:
             object.__setattr__(self, "space_group", check_space_group(self.space_group))
         if self.crystal_system is not None:
@@ -235,10 +236,22 @@ class SymmetrySpec:
     @classmethod
     def parse(cls, value: "SymmetrySpec | str | int | None", *, max_atoms: int | None = None) -> "SymmetrySpec | None":
         """``None``; a space group (``225``, ``"225"``); a crystal system (``"cubic"``); ``"mp20"``; a template
-        (``"225:ab"``); or a spec."""
+        (``"225:ab"``); a spec; or a spec's fields as a mapping (what :meth:`to_dict` writes, e.g. ``{"source":
+        "mp20", "assign": "origin"}``: how a campaign spec or a benchmark names the sampler's options)."""
         if value is None or isinstance(value, SymmetrySpec):
             return value
         extra = {} if max_atoms is None else {"max_atoms": max_atoms}
+        if isinstance(value, Mapping):
+            fields = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(str(k) for k in value if k not in fields)
+            if unknown:
+                raise ValueError(f"symmetry={dict(value)!r}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+            given = {**extra, **value}
+            if "templates" in given:
+                if isinstance(given["templates"], (str, bytes)) or not isinstance(given["templates"], Sequence):
+                    raise ValueError(f"symmetry templates={given['templates']!r} must be a list such as ['225:ab']")
+                given["templates"] = tuple(given["templates"])
+            return cls(**given)
         text = str(value).strip()
         if isinstance(value, int) and not isinstance(value, bool) or text.isdigit():
             return cls(space_group=int(text), **extra)
