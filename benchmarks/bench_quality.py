@@ -164,10 +164,10 @@ def _axis(text: str) -> Any:
 
 
 def _symmetry_axis(args: argparse.Namespace) -> Any:
-    """``--symmetry`` as the campaign's axis; with ``--assign`` / ``--symmetry-start``, each value as the spec's fields
+    """``--symmetry`` as the campaign's axis; with ``--assign`` / ``--settle`` / ``--symmetry-start``, each value as the spec's fields
     (``{"source": "mp20", "assign": "origin"}``), which ``SymmetrySpec.parse`` reads back."""
     axis = _axis(args.symmetry)
-    options = {k: v for k, v in (("assign", getattr(args, "assign", None)),
+    options = {k: v for k, v in (("assign", getattr(args, "assign", None)), ("settle", getattr(args, "settle", None)),
                                  ("start", getattr(args, "symmetry_start", None))) if v is not None}
     if not options:
         return axis
@@ -241,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --symmetry: how free atoms are numbered into the Wyckoff slots (SymmetrySpec.assign)")
     parser.add_argument("--symmetry-start", type=float, default=None,
                         help="with --symmetry: the diffusion time from which the constraint holds (SymmetrySpec.start)")
+    parser.add_argument("--settle", type=int, default=None,
+                        help="with --symmetry: corrector steps right after the snap (SymmetrySpec.settle)")
     parser.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
-                        help="a sampler variant, e.g. settle_steps=20 or n_corrector_steps=0 (default: the official)")
+                        help="a sampler variant, e.g. n_corrector_steps=0 (default: the official sampler)")
     add_campaign_arguments(parser, out="runs/bench_quality")
     return parser
 

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "moving each crystal's origin)")
     ap.add_argument("--start", type=float, default=None,
                     help="diffusion time from which the constraint holds (SymmetrySpec.start; default: the checkpoint's)")
-    ap.add_argument("--sampler", default="", metavar="KEY=VALUE,...", help="a sampler variant, e.g. settle_steps=20")
+    ap.add_argument("--settle", type=int, default=None,
+                    help="corrector steps right after the snap (SymmetrySpec.settle; default: the spec's)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -57,12 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     from mattergen_lab.symmetry.templates import SymmetrySpec
 
     out = Path(args.out)
-    from mattergen_lab.sampling.frames import parse_sampler_text
-
     spec = dataclasses.replace(SymmetrySpec.parse(args.symmetry), assign=args.assign, start=args.start)
+    if args.settle is not None:
+        spec = dataclasses.replace(spec, settle=args.settle)
     request = SamplingRequest(checkpoint=args.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size,
-                              num_steps=args.steps, seed=args.seed, symmetry=spec,
-                              sampler=parse_sampler_text(args.sampler))
+                              num_steps=args.steps, seed=args.seed, symmetry=spec)
     pipe = SamplingPipeline.for_request(request)
     t0 = time.perf_counter()
     pipe.to_dir(request, out / "samples", progress=True)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "benchmark": "bench_symmetry_distribution",
         "checkpoint": args.checkpoint, "symmetry": args.symmetry, "assign": args.assign,
-        "sampler": request.sampler, "num_samples": n,
+        "settle": spec.settle, "num_samples": n,
         "seed": args.seed,
         "num_steps": pipe.num_steps, "symmetry_start": pipe.check(request).symmetry.start,
         "chi2_groups": round(space_group_chi2(groups, ref), 3),

@@ -83,7 +83,7 @@ def test_the_constraint_start_must_be_a_diffusion_time():
     with pytest.raises(ValueError, match=r"start=0.0 .*\(0, 1\]"):
         SymmetrySpec(source="mp20", start=0.0)
     assert SymmetrySpec(source="mp20", start=1).to_dict() == {"max_atoms": 20, "start": 1.0, "assign": "nearest",
-                                                              "source": "mp20"}
+                                                              "settle": 20, "source": "mp20"}
     with pytest.raises(ValueError, match="assign='first' must be 'nearest', 'origin' or 'index'"):
         SymmetrySpec(source="mp20", assign="first")
 
@@ -101,25 +101,28 @@ def test_a_spec_reads_back_from_its_fields_as_a_campaign_or_benchmark_names_them
     assert SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, symmetry=arm.symmetry).symmetry.assign == "origin"
 
 
-def test_settle_steps_run_only_where_a_free_crystal_was_snapped():
-    """``settle_steps`` adds corrector steps inside the templates right after the snap: the crystals stay exactly
-    on their templates and change; without a symmetry request (nothing snapped) the crystals are the same bits."""
-    plain = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4)
-    settled = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4,
-                              sampler={"settle_steps": 3})
-    a, b = SamplingPipeline.for_request(plain)(plain), SamplingPipeline.for_request(settled)(settled)
-    assert all(np.array_equal(x.frac_coords, y.frac_coords) and x.lattice == y.lattice for x, y in zip(a, b))
-    sym = {"source": "mp20", "start": 0.5}
-    r0 = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4, symmetry=sym)
-    r3 = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4, symmetry=sym,
-                         sampler={"settle_steps": 3})
-    c, d = SamplingPipeline.for_request(r0)(r0), SamplingPipeline.for_request(r3)(r3)
-    templates = request_templates(r3)
-    assert templates == request_templates(r0)
-    assert all(_kept(t, s) for t, s in zip(templates, d))
-    assert not all(np.allclose(x.lattice.matrix, y.lattice.matrix) for x, y in zip(c, d))
-    with pytest.raises(ValueError, match=r"settle_steps=-1"):
-        SamplingRequest(checkpoint=BASE, sampler={"settle_steps": -1})
+def test_settle_runs_only_where_a_free_crystal_was_snapped():
+    """``settle`` adds corrector steps inside the templates right after the snap: one network evaluation each, and
+    the crystals stay exactly on their templates; with the constraint from t = 1 (nothing snapped) it changes nothing."""
+    def run(**spec):
+        r = SamplingRequest(checkpoint=BASE, num_samples=2, batch_size=2, num_steps=10, seed=4,
+                            symmetry={"source": "mp20", **spec})
+        pipe = SamplingPipeline.from_checkpoint(BASE, num_steps=10)
+        calls, score = [], pipe.sampler.score_fn
+        pipe.sampler.score_fn = lambda *a, **k: calls.append(1) or score(*a, **k)
+        return request_templates(r), pipe(r), len(calls)
+
+    templates, none, calls0 = run(start=0.5, settle=0)
+    same, settled, calls3 = run(start=0.5, settle=3)
+    assert same == templates and (calls0, calls3) == (20, 23)  # 10 corrector + 10 predictor evaluations, + 3
+    assert all(_kept(t, s) for t, s in zip(templates, settled))
+    assert not all(np.allclose(x.lattice.matrix, y.lattice.matrix) for x, y in zip(none, settled))
+    _, from_one, calls_one = run(start=1.0, settle=0)
+    _, from_one_settled, calls_one_settled = run(start=1.0, settle=3)
+    assert calls_one == calls_one_settled == 20
+    assert all(np.array_equal(x.frac_coords, y.frac_coords) for x, y in zip(from_one, from_one_settled))
+    with pytest.raises(ValueError, match=r"settle=-1 must be an integer in 0-1000"):
+        SymmetrySpec(source="mp20", settle=-1)
 
 
 def test_the_cli_samples_a_space_group_and_records_it(tmp_path):
@@ -129,7 +132,8 @@ def test_the_cli_samples_a_space_group_and_records_it(tmp_path):
     assert main(["sample", "--checkpoint", BASE, "--num-samples", "2", "--batch-size", "2", "--steps", "3",
                  "--space-group", "194", "--out", str(out)]) == 0
     record = json.loads((out / "sampling.json").read_text())
-    assert record["symmetry"] == {"max_atoms": 20, "start": 0.4, "assign": "nearest", "space_group": 194}
+    assert record["symmetry"] == {"max_atoms": 20, "start": 0.4, "assign": "nearest", "settle": 20,
+                                  "space_group": 194}
     with pytest.raises(SystemExit):  # one symmetry flag at a time
         main(["sample", "--checkpoint", BASE, "--space-group", "194", "--crystal-system", "cubic", "--out", str(out)])
 

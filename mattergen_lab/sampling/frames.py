@@ -18,7 +18,7 @@ PREDICTORS = ("ancestral", "ode")
 
 #: The sampler settings a request or a campaign may vary (``sampler: {n_corrector_steps: 0}``): the step count has its
 #: own field (``num_steps``), and ``eps_t`` / ``record_every`` are not variants.
-SAMPLER_VARIANT_KEYS = ("n_corrector_steps", "coord_snr", "lattice_snr", "max_step_size", "predictor", "settle_steps")
+SAMPLER_VARIANT_KEYS = ("n_corrector_steps", "coord_snr", "lattice_snr", "max_step_size", "predictor")
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,6 @@ class SamplerConfig(PlainConfig):
             trajectories with a frame every ``record_every`` steps.
         predictor: ``"ancestral"`` (official) or ``"ode"``: a deterministic probability-flow (DDIM, η = 0) step
             for the coordinates and the lattice, from the same scores (atom types keep the D3PM ancestral step).
-        settle_steps: symmetric mode only: Langevin corrector steps, inside the templates, at the time the
-            constraint starts, right after the freely diffused crystal is snapped onto its templates (0: none). The
-            snap moves atoms about 1.4 Å, more than the noise of that time; the extra corrector steps bring the
-            snapped crystal back to the noised distribution there before the predictor goes on (the annealed
-            Langevin dynamics of Song & Ermon, 2019, run at one noise level). No effect without a symmetry request.
     """
 
     num_steps: int = 1000
@@ -50,7 +45,6 @@ class SamplerConfig(PlainConfig):
     max_step_size: float = 1e6
     record_every: int = 0
     predictor: str = "ancestral"
-    settle_steps: int = 0
 
     def __post_init__(self) -> None:
         def is_int(v: Any) -> bool:
@@ -79,10 +73,6 @@ class SamplerConfig(PlainConfig):
             raise ValueError(f"SamplerConfig: max_step_size={self.max_step_size!r} must be a positive number")
         if not is_int(self.record_every) or self.record_every < 0:
             raise ValueError(f"SamplerConfig: record_every={self.record_every!r} must be an integer >= 0")
-        if not is_int(self.settle_steps) or self.settle_steps < 0:
-            raise ValueError(f"SamplerConfig: settle_steps={self.settle_steps!r} must be an integer >= 0")
-        check_at_most("SamplerConfig: settle_steps", self.settle_steps, MAX_NUM_STEPS, "MAX_NUM_STEPS",
-                      "a few dozen suffice")
         if self.predictor not in PREDICTORS:
             raise ValueError(f"SamplerConfig: predictor={self.predictor!r}; expected one of {list(PREDICTORS)}")
 

@@ -96,7 +96,7 @@ class ChunkInputs:
         out = {"num_atoms": counts, "allowed_elements": allowed, "properties": self.properties, "atom_types": types}
         if templates is not None:
             out.update(symmetry=templates, symmetry_start=self.symmetry.effective_start,  # type: ignore[union-attr]
-                       symmetry_assign=self.symmetry.assign)  # type: ignore[union-attr]
+                       symmetry_assign=self.symmetry.assign, symmetry_settle=self.symmetry.settle)  # type: ignore[union-attr]
         if self.start is not None:  # a parent: the same crystal for every sample of the chunk
             out["start"] = self.start.repeat(len(indices))
         return out
@@ -113,7 +113,7 @@ class ChunkInputs:
         return {"num_atoms": torch.tensor([t.primitive_atoms for t in templates], dtype=torch.long), "allowed_elements": None,
                 "properties": self.properties, "atom_types": torch.tensor(types, dtype=torch.long),
                 "symmetry": templates, "symmetry_start": self.symmetry.effective_start,  # type: ignore[union-attr]
-                "symmetry_assign": self.symmetry.assign}  # type: ignore[union-attr]
+                "symmetry_assign": self.symmetry.assign, "symmetry_settle": self.symmetry.settle}  # type: ignore[union-attr]
 
     def _templates(self, indices: Sequence[int], g: torch.Generator, counts: list[int] | None) -> list:
         spec = self.symmetry

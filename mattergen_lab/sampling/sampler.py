@@ -167,6 +167,7 @@ class PredictorCorrectorSampler:
         symmetry: Sequence[WyckoffTemplate] | SymmetryConstraint | None = None,
         symmetry_start: float = 1.0,
         symmetry_assign: str = "nearest",
+        symmetry_settle: int = 0,
         start: StartFrom | None = None,
     ) -> Iterator[SamplerFrame]:
         """Denoise one batch, yielding frames as it goes (nothing is kept in memory).
@@ -191,8 +192,10 @@ class PredictorCorrectorSampler:
                 (types are pooled per orbit throughout); a ``SymmetryConstraint`` carries its own.
             symmetry_assign: how the freely diffused atoms are numbered into the templates' slots when the
                 constraint starts after t = 1: ``"nearest"`` (the orbit-by-orbit optimal assignment,
-                :func:`~mattergen_lab.symmetry.assign.nearest_assignment`) or ``"index"`` (as numbered). Crystals
-                started from (``start``) keep their numbering.
+                :func:`~mattergen_lab.symmetry.assign.nearest_assignment`), ``"origin"`` (the same after moving each
+                crystal's origin) or ``"index"`` (as numbered). Crystals started from (``start``) keep their numbering.
+            symmetry_settle: corrector steps run inside the templates right after a freely diffused crystal is
+                snapped onto them (:attr:`~mattergen_lab.symmetry.templates.SymmetrySpec.settle`).
             start: known crystals to start from instead of the prior (variations, inpainting, substitutions; see
                 :class:`~mattergen_lab.sampling.start.StartFrom`): they are noised to its strength t0 (the first
                 frame, step 0 at t = t0), then the loop steps to each time of the schedule below t0 (so it runs
@@ -222,7 +225,7 @@ class PredictorCorrectorSampler:
         constraint = None
         if symmetry is not None:
             constraint = symmetry if isinstance(symmetry, SymmetryConstraint) else SymmetryConstraint(
-                symmetry, device=device, start=symmetry_start, assign=symmetry_assign)
+                symmetry, device=device, start=symmetry_start, assign=symmetry_assign, settle=symmetry_settle)
             if constraint.num_atoms.tolist() != num_atoms.tolist():
                 raise ValueError(f"num_atoms={num_atoms.tolist()} but the templates {[str(t) for t in constraint.templates]} hold "
                                  f"{constraint.num_atoms.tolist()} atoms")
@@ -272,7 +275,7 @@ class PredictorCorrectorSampler:
         if every:
             yield SamplerFrame(step=0, t=ts[0], batch=x, mean=None)
         mean = x
-        settle = self.config.settle_steps  # extra corrector steps right after a snap (SamplerConfig.settle_steps)
+        settle = 0 if constraint is None else constraint.settle  # extra corrector steps right after a snap
         for i, t_now in enumerate(ts):
             last = i == n - 1
             s_now = 0.0 if last else ts[i + 1]

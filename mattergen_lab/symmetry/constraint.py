@@ -60,7 +60,7 @@ class SymmetryConstraint:
     """
 
     def __init__(self, templates: Sequence[WyckoffTemplate], *, device: torch.device | str = "cpu",
-                 start: float = 1.0, assign: str = "nearest") -> None:
+                 start: float = 1.0, assign: str = "nearest", settle: int = 0) -> None:
         if not templates:
             raise ValueError("SymmetryConstraint needs one template per crystal")
         if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 < start <= 1.0:
@@ -68,7 +68,10 @@ class SymmetryConstraint:
         if assign not in ASSIGNMENTS:
             raise ValueError(f"assign={assign!r} must be one of {ASSIGNMENTS}")
         self.start = float(start)
+        if isinstance(settle, bool) or not isinstance(settle, int) or settle < 0:
+            raise ValueError(f"settle={settle!r} must be an integer >= 0")
         self.assign = assign  # how free atoms are numbered into the slots when the constraint starts (the sampler)
+        self.settle = settle  # corrector steps the sampler runs inside the templates right after the snap
         self.templates = [t if isinstance(t, WyckoffTemplate) else WyckoffTemplate.parse(t) for t in templates]
         self.device = torch.device(device)
         self.dtype = torch.float32 if self.device.type == "mps" else torch.float64

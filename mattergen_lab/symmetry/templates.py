@@ -45,6 +45,12 @@ MAX_TEMPLATE_ATOMS = 200  # the sampler's atom limit per crystal
 #: steps, 32 MP-20 templates (seed 7), CHGNet-relaxed: from t = 1, mean RMSD 0.50 Å, 66 % keep their group after
 #: relaxation, 9 % relax to P1; from t = 0.4, 0.35 Å, 72 % and 0 % (stable 34 % against 25 %: within noise at N = 32).
 DEFAULT_START = 0.4
+#: Langevin corrector steps run inside the templates right after the snap (see ``SymmetrySpec.settle``). Measured on
+#: ``mgl_mp20_small_symmetric``, 256 mp20 templates, seed 0, CHGNet: S.U.N. 30.1 % with none, 35.5 % with 20
+#: (docs/quality.md, *Settling after the snap*).
+DEFAULT_SETTLE = 20
+#: The most settle steps a request may ask for (each is one network evaluation per crystal).
+MAX_SETTLE = 1000
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,13 @@ class SymmetrySpec:
     #: how the freely diffused atoms are numbered into the slots when the constraint starts (``"nearest"``,
     #: ``"origin"`` or ``"index"``; :data:`~mattergen_lab.symmetry.constraint.ASSIGNMENTS`)
     assign: str = "nearest"
+    #: Langevin corrector steps, inside the templates, at the start time right after the freely diffused crystal is
+    #: snapped onto them (0: none). The snap moves atoms 1.4-1.9 Å, more than the coordinate noise at t = 0.4
+    #: (about 0.5 Å); the extra corrector steps at that one noise level (annealed Langevin dynamics, Song & Ermon,
+    #: NeurIPS 2019, run at one level; RePaint's resampling, Lugmayr et al., CVPR 2022, serves the same purpose by
+    #: re-noising) bring the snapped crystal back to the noised distribution before the predictor goes on. It costs
+    #: ``settle`` network evaluations per crystal (20 against the 400 of 200 steps); nothing with ``start=1``.
+    settle: int = DEFAULT_SETTLE
 
     def __post_init__(self) -> None:
         given = [self.space_group is not None, self.crystal_system is not None, self.source is not None, bool(self.templates)]
@@ -218,6 +231,8 @@ class SymmetrySpec:
             raise ValueError(f"max_atoms={m!r} must be an integer in 1-{MAX_TEMPLATE_ATOMS}")
         if self.start is not None:
             object.__setattr__(self, "start", check_start(self.start))
+        if isinstance(self.settle, bool) or not isinstance(self.settle, int) or not 0 <= self.settle <= MAX_SETTLE:
+            raise ValueError(f"settle={self.settle!r} must be an integer in 0-{MAX_SETTLE} (corrector steps after the snap)")
         if self.assign not in ("nearest", "origin", "index"):
             raise ValueError(f"assign={self.assign!r} must be 'nearest', 'origin' or 'index'")
         if self.space_group is not None:
@@ -270,7 +285,7 @@ class SymmetrySpec:
         return DEFAULT_START if self.start is None else self.start
 
     def to_dict(self) -> dict:
-        out: dict = {"max_atoms": self.max_atoms, "start": self.start, "assign": self.assign}
+        out: dict = {"max_atoms": self.max_atoms, "start": self.start, "assign": self.assign, "settle": self.settle}
         for key in ("space_group", "crystal_system", "source"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
