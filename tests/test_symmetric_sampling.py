@@ -195,6 +195,10 @@ def test_symmetry_summary_counts_p1_kept_groups_and_splits():
     out = symmetry_summary(table, [rocksalt, p1], reference_space_groups(), requested=[225, 225])
     assert out["p1_before_pct"] == 50.0 and out["p1_after_pct"] == 50.0
     assert out["kept_after_pct"] == 50.0 and out["symmetric_sun_pct"] == 50.0
+    # a crystal asked as P4/mmm (123) found in Fm-3m (225) has kept its group's symmetry, one asked as P6/mmm has not
+    up = symmetry_summary(table.assign(space_group=[225, 225]), [rocksalt, p1], reference_space_groups(),
+                          requested=[123, 191])
+    assert up["kept_after_pct"] == 0.0 and up["kept_or_supergroup_after_pct"] == 50.0
     assert out["five_plus_elements_pct"] == 50.0
     assert out["by_elements"]["1-3"] == {"n": 1, "stable_pct": 100.0, "sun_pct": 100.0, "rmsd_mean": 0.01}
     assert out["by_mp20_system"]["not covered"]["rmsd_mean"] == 0.7

@@ -187,3 +187,12 @@ def test_lattice_and_type_projections():
     types = torch.randint(1, 90, (int(c.num_atoms.sum()),))
     shared = c.share_types(types)
     assert all(len(set(shared[c.orbit == o].tolist())) == 1 for o in range(len(c.rep)))
+
+
+def test_subgroup_types_follow_the_international_tables():
+    from mattergen_lab.symmetry.groups import subgroup_types
+
+    cubic = subgroup_types(225)  # Fm-3m: P4/mmm via I4/mmm, Pm-3m by a klassengleiche step, P1 at the bottom
+    assert {225, 221, 139, 123, 166, 1} <= cubic and 194 not in cubic and 191 not in cubic
+    assert subgroup_types(1) == {1} and subgroup_types(2) == {1, 2}
+    assert 14 in subgroup_types(62) and 62 not in subgroup_types(14)

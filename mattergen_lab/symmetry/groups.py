@@ -159,6 +159,21 @@ def space_group_symbol(space_group: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def subgroup_types(space_group: int) -> frozenset[int]:
+    """Every space-group type that occurs as a subgroup of ``space_group`` (itself included): the closure of the
+    maximal translationengleiche and klassengleiche subgroups of the International Tables (pyxtal's tables), so
+    ``subgroup_types(225)`` holds 221 and 1. A crystal relaxed from a template of group G into a group H with G in
+    ``subgroup_types(H)`` has kept (at least) G's kind of symmetry."""
+    seen, todo = {check_space_group(space_group)}, [check_space_group(space_group)]
+    while todo:
+        for h in _group(todo.pop()).get_max_subgroup_numbers():
+            if int(h) not in seen:
+                seen.add(int(h))
+                todo.append(int(h))
+    return frozenset(seen)
+
+
+@functools.lru_cache(maxsize=None)
 def wyckoff_letters(space_group: int) -> dict[str, int]:
     """``{letter: multiplicity}`` of every Wyckoff position of the group (conventional cell)."""
     g = _group(space_group)
