@@ -164,11 +164,14 @@ def _axis(text: str) -> Any:
 
 
 def _symmetry_axis(args: argparse.Namespace) -> Any:
-    """``--symmetry`` as the campaign's axis; with ``--assign`` / ``--settle`` / ``--symmetry-start``, each value as the spec's fields
+    """``--symmetry`` as the campaign's axis; with ``--assign`` / ``--settle`` / ``--symmetry-start`` /
+    ``--element-patterns``, each value as the spec's fields
     (``{"source": "mp20", "assign": "origin"}``), which ``SymmetrySpec.parse`` reads back."""
     axis = _axis(args.symmetry)
+    patterns = getattr(args, "element_patterns", None)
     options = {k: v for k, v in (("assign", getattr(args, "assign", None)), ("settle", getattr(args, "settle", None)),
-                                 ("start", getattr(args, "symmetry_start", None))) if v is not None}
+                                 ("start", getattr(args, "symmetry_start", None)),
+                                 ("element_patterns", None if patterns is None else patterns == "on")) if v is not None}
     if not options:
         return axis
     from mattergen_lab.symmetry.templates import SymmetrySpec
@@ -243,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --symmetry: the diffusion time from which the constraint holds (SymmetrySpec.start)")
     parser.add_argument("--settle", type=int, default=None,
                         help="with --symmetry: corrector steps right after the snap (SymmetrySpec.settle)")
+    parser.add_argument("--element-patterns", choices=("on", "off"), default=None,
+                        help="with --symmetry: MP-20 templates with their element patterns (SymmetrySpec.element_patterns)")
     parser.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
                         help="a sampler variant, e.g. n_corrector_steps=0 (default: the official sampler)")
     add_campaign_arguments(parser, out="runs/bench_quality")

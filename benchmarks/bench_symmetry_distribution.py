@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "moving each crystal's origin)")
     ap.add_argument("--start", type=float, default=None,
                     help="diffusion time from which the constraint holds (SymmetrySpec.start; default: the checkpoint's)")
+    ap.add_argument("--element-patterns", choices=("on", "off"), default=None,
+                    help="MP-20 templates with their element patterns (SymmetrySpec.element_patterns)")
     ap.add_argument("--settle", type=int, default=None,
                     help="corrector steps right after the snap (SymmetrySpec.settle; default: the spec's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = dataclasses.replace(SymmetrySpec.parse(args.symmetry), assign=args.assign, start=args.start)
     if args.settle is not None:
         spec = dataclasses.replace(spec, settle=args.settle)
+    if args.element_patterns is not None:
+        spec = dataclasses.replace(spec, element_patterns=args.element_patterns == "on")
     request = SamplingRequest(checkpoint=args.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size,
                               num_steps=args.steps, seed=args.seed, symmetry=spec)
     pipe = SamplingPipeline.for_request(request)
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "benchmark": "bench_symmetry_distribution",
         "checkpoint": args.checkpoint, "symmetry": args.symmetry, "assign": args.assign,
-        "settle": spec.settle, "num_samples": n,
+        "settle": spec.settle, "element_patterns": spec.element_patterns, "num_samples": n,
         "seed": args.seed,
         "num_steps": pipe.num_steps, "symmetry_start": pipe.check(request).symmetry.start,
         "chi2_groups": round(space_group_chi2(groups, ref), 3),

@@ -83,7 +83,8 @@ def test_the_constraint_start_must_be_a_diffusion_time():
     with pytest.raises(ValueError, match=r"start=0.0 .*\(0, 1\]"):
         SymmetrySpec(source="mp20", start=0.0)
     assert SymmetrySpec(source="mp20", start=1).to_dict() == {"max_atoms": 20, "start": 1.0, "assign": "nearest",
-                                                              "settle": 20, "source": "mp20"}
+                                                              "settle": 20, "element_patterns": False,
+                                                              "source": "mp20"}
     with pytest.raises(ValueError, match="assign='first' must be 'nearest', 'origin' or 'index'"):
         SymmetrySpec(source="mp20", assign="first")
 
@@ -133,7 +134,7 @@ def test_the_cli_samples_a_space_group_and_records_it(tmp_path):
                  "--space-group", "194", "--out", str(out)]) == 0
     record = json.loads((out / "sampling.json").read_text())
     assert record["symmetry"] == {"max_atoms": 20, "start": 0.4, "assign": "nearest", "settle": 20,
-                                  "space_group": 194}
+                                  "element_patterns": False, "space_group": 194}
     with pytest.raises(SystemExit):  # one symmetry flag at a time
         main(["sample", "--checkpoint", BASE, "--space-group", "194", "--crystal-system", "cubic", "--out", str(out)])
 
@@ -253,3 +254,37 @@ def test_the_constraint_runs_on_the_official_architecture_for_every_crystal_syst
                                    every=0, symmetry=templates, symmetry_start=1.0)
     for t, s in zip(templates, final.batch.to_structures()):
         assert len(s) == t.primitive_atoms and _kept(t, s), str(t)
+
+
+def test_element_patterns_give_each_class_one_element_and_classes_different_ones():
+    """With MP-20's element patterns (``"62:c|cc"``: one element on the first c orbit, another on the other two) every
+    crystal has exactly as many elements as its template has classes, and stays exactly in its group."""
+    r = SamplingRequest(checkpoint=BASE, num_samples=6, batch_size=6, num_steps=8, seed=5,
+                        symmetry={"source": "mp20", "element_patterns": True})
+    templates = request_templates(r)
+    assert all(t.elements is not None for t in templates) and any("|" in str(t) for t in templates)
+    for t, s in zip(templates, SamplingPipeline.for_request(r)(r)):
+        assert len(s.composition.elements) == max(t.elements) + 1, (str(t), s.composition.formula)
+        assert _kept(t, s)
+    plain = request_templates(SamplingRequest(checkpoint=BASE, num_samples=6, batch_size=6, seed=5, symmetry="mp20"))
+    assert all(t.elements is None for t in plain)
+
+
+def test_distinct_types_send_a_repeated_element_back_to_mask_until_the_last_step():
+    import torch
+
+    from mattergen_lab.constants import MASK_Z
+    from mattergen_lab.symmetry import SymmetryConstraint
+    from mattergen_lab.symmetry.templates import WyckoffTemplate
+
+    c = SymmetryConstraint([WyckoffTemplate.parse("221:a|b|c")])  # CsCl-like + c: 1 + 1 + 3 atoms, three classes
+    old = torch.tensor([8, MASK_Z, MASK_Z, MASK_Z, MASK_Z])  # class 0 holds O; classes 1 and 2 are masked
+    new = torch.tensor([8, 8, 12, 12, 12])  # class 1 drew O again
+    logits = torch.zeros(5, 101)
+    logits[:, 25] = 5.0  # Fe (Z = 26) is the best free element
+    assert c.distinct_types(new, old, logits, last=False).tolist() == [8, MASK_Z, 12, 12, 12]
+    assert c.distinct_types(new, old, logits, last=True).tolist() == [8, 26, 12, 12, 12]
+    penalised = c.exclude_taken(torch.zeros(5, 101), old)
+    assert penalised[1, 7] < -1e9 and penalised[0, 7] == 0 and penalised[1, 11] == 0  # O taken for the masked ones
+    free = SymmetryConstraint([WyckoffTemplate.parse("221:abc")])  # no pattern: orbits may share an element
+    assert free.distinct_types(new, old, logits, last=True).tolist() == [8, 8, 12, 12, 12]

@@ -317,11 +317,14 @@ class PredictorCorrectorSampler:
             if fixed_types is None:
                 logits = mask_logits(out.atom_logits, allowed, batch_idx=batch_idx)
                 if constraint is not None:
-                    logits = constraint.pool_logits(logits)
+                    logits = constraint.exclude_taken(constraint.pool_logits(logits), x.atom_types)
                 types = self.type_predictor.step(x.atom_types, logits, **common)
                 type_sample, type_mean = types.sample, types.mean
-                if constraint is not None:
-                    type_sample, type_mean = constraint.share_types(type_sample), constraint.share_types(type_mean)
+                if constraint is not None:  # one type per orbit (per element class), classes of a pattern distinct
+                    type_sample = constraint.distinct_types(constraint.share_types(type_sample), x.atom_types, logits,
+                                                            last=last)
+                    type_mean = constraint.distinct_types(constraint.share_types(type_mean), x.atom_types, logits,
+                                                          last=True)
             else:
                 type_sample = type_mean = fixed_types
             x = x.replace(frac_coords=pos.sample, lattice=cell.sample, atom_types=type_sample)

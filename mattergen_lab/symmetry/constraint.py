@@ -77,11 +77,17 @@ class SymmetryConstraint:
         self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
         rots, trans, orbit, rep, proj, lin, off = [], [], [], [], [], [], []
         n = 0
+        ties, tie_rep = [], []  # per atom its element class (its orbit unless the template has an element pattern)
         for t in self.templates:
-            for letter in t.letters:
+            labels = t.elements if t.elements is not None else tuple(range(len(t.letters)))
+            first = len(tie_rep)
+            for letter, label in zip(t.letters, labels):
                 g = orbit_geometry(t.space_group, letter, primitive=True)
                 rots.append(torch.as_tensor(g.rotations))
                 trans.append(torch.as_tensor(g.translations))
+                if first + label == len(tie_rep):  # the class's first orbit: its representative stands for it
+                    tie_rep.append(n)
+                ties += [first + label] * g.multiplicity
                 orbit += [len(rep)] * g.multiplicity
                 rep.append(n)
                 proj.append(torch.as_tensor(g.site_projector))
@@ -98,6 +104,16 @@ class SymmetryConstraint:
         self._site_linear = torch.stack(lin).to(**kw)  # (O, 3, 3)
         self._site_offset = torch.stack(off).to(**kw)  # (O, 3)
         self.orbit_sizes = torch.bincount(self.orbit).to(self.dtype)  # (O,)
+        self.tie = torch.tensor(ties, dtype=torch.long, device=self.device)  # (N,) element class of each atom
+        self.tie_rep = torch.tensor(tie_rep, dtype=torch.long, device=self.device)  # (T,) its first atom
+        self._tie_sizes = torch.bincount(self.tie)  # (T,)
+        # element classes that must take different elements (templates with an element pattern), per crystal
+        self._distinct = [t.elements is not None for t in self.templates]
+        self._crystal_ties: list[list[int]] = []
+        for b, t in enumerate(self.templates):
+            first = sum(len(set(u.elements)) if u.elements is not None else len(u.letters) for u in self.templates[:b])
+            k = len(set(t.elements)) if t.elements is not None else len(t.letters)
+            self._crystal_ties.append(list(range(first, first + k)))
         self.num_atoms = torch.tensor([t.primitive_atoms for t in self.templates], dtype=torch.long)  # (B,)
         bases = []
         for t in self.templates:
@@ -204,11 +220,63 @@ class SymmetryConstraint:
         return flat.to(lattice.dtype)
 
     def pool_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(N, C)`` type logits averaged over each orbit."""
-        total = torch.zeros(len(self.rep), logits.shape[1], dtype=logits.dtype, device=logits.device)
-        total.index_add_(0, self.orbit, logits)
-        return (total / self.orbit_sizes.to(logits)[:, None])[self.orbit]
+        """``(N, C)`` type logits averaged over each orbit (over each element class, for a template with an element
+        pattern)."""
+        total = torch.zeros(len(self.tie_rep), logits.shape[1], dtype=logits.dtype, device=logits.device)
+        total.index_add_(0, self.tie, logits)
+        return (total / self._tie_sizes.to(logits)[:, None])[self.tie]
+
+    def exclude_taken(self, logits: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` pooled x₀ logits where, in a crystal whose template has an element pattern, a class still
+        masked in ``types`` (N,) may not draw an element another class of the crystal already holds (its logit gets
+        :data:`~mattergen_lab.sampling.steps.MASK_PENALTY`; if every allowed element is taken, the least bad one wins).
+        Unchanged for templates without a pattern, whose orbits may share an element."""
+        if not any(self._distinct):
+            return logits
+        from mattergen_lab.constants import MASK_Z
+        from mattergen_lab.sampling.steps import MASK_PENALTY
+
+        rep_types = types[self.tie_rep].tolist()
+        penalty = torch.zeros(len(self.tie_rep), logits.shape[1], dtype=logits.dtype, device=logits.device)
+        for distinct, ties in zip(self._distinct, self._crystal_ties):
+            taken = [rep_types[k] for k in ties if rep_types[k] != MASK_Z] if distinct else []
+            for k in ties if taken else ():
+                if rep_types[k] == MASK_Z:
+                    penalty[k, [z - 1 for z in taken]] = MASK_PENALTY
+        return logits + penalty[self.tie]
+
+    def distinct_types(self, new: torch.Tensor, old: torch.Tensor, logits: torch.Tensor, *, last: bool) -> torch.Tensor:
+        """``(N,)`` types after a type step (``new``, from ``old``) with, in a crystal whose template has an element
+        pattern, no two classes on one element: a class that drew in this step an element another class holds (one
+        that held it before, or came first) goes back to MASK, to draw again at the next step; at the last step it
+        takes instead the best element of its pooled ``logits`` (N, C) that is still free."""
+        if not any(self._distinct):
+            return new
+        from mattergen_lab.constants import MASK_Z
+
+        reps_new, reps_old = new[self.tie_rep].tolist(), old[self.tie_rep].tolist()
+        fixed = list(reps_new)
+        for distinct, ties in zip(self._distinct, self._crystal_ties):
+            if not distinct:
+                continue
+            taken = {reps_old[k] for k in ties if reps_old[k] != MASK_Z}
+            for k in ties:
+                z = reps_new[k]
+                if reps_old[k] != MASK_Z or z == MASK_Z:
+                    continue
+                if z in taken:
+                    if last:
+                        order = torch.argsort(logits[self.tie_rep[k]], descending=True).tolist()
+                        free = [c + 1 for c in order if c + 1 != MASK_Z and c + 1 not in taken]
+                        z = free[0] if free else z
+                    else:
+                        z = MASK_Z
+                    fixed[k] = z
+                if z != MASK_Z:
+                    taken.add(z)
+        out = torch.as_tensor(fixed, dtype=new.dtype, device=new.device)
+        return out[self.tie]
 
     def share_types(self, types: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` every atom takes its orbit representative's type."""
-        return types[self.rep][self.orbit]
+        """``(N,)`` every atom takes its orbit representative's type (its element class's, with a pattern)."""
+        return types[self.tie_rep][self.tie]

@@ -55,7 +55,7 @@ def fitting_templates(spec: SymmetrySpec, amounts: tuple[tuple[int, int], ...]) 
     A space group MP-20 has no fitting template of gets up to 64 random Wyckoff combinations that fit."""
     per_cell = sum(n for _, n in amounts)
     counts = dict(amounts)
-    templates, weights = spec.candidates()
+    templates, weights = spec.candidates(patterns=False)  # the composition decides which orbits share an element
     keep = [i for i, t in enumerate(templates)
             if t.primitive_atoms == per_cell and assign_orbits(t.primitive_multiplicities, counts) is not None]
     if keep:

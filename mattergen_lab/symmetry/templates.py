@@ -55,16 +55,29 @@ MAX_SETTLE = 1000
 
 @dataclass(frozen=True)
 class WyckoffTemplate:
-    """A space group and one Wyckoff letter per orbit (``ValueError`` names a letter the group lacks)."""
+    """A space group and one Wyckoff letter per orbit (``ValueError`` names a letter the group lacks), and optionally
+    which orbits share an element (``elements``: one class label per orbit, ``0, 1, …`` in order of first use).
+
+    Written ``"225:ab"`` (each orbit takes its own element, which may happen to be another orbit's) or, with an
+    element pattern, ``"225:ab|c"``: the orbits before a ``|`` share one element, so ``a`` and ``b`` take one and
+    ``c`` another (classes sorted, letters sorted within a class; the orbits are numbered in that order)."""
 
     space_group: int
     letters: tuple[str, ...]
+    elements: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "space_group", check_space_group(self.space_group))
         letters = tuple(self.letters) if not isinstance(self.letters, str) else tuple(self.letters)
         if not letters:
             raise ValueError(f"a Wyckoff template needs at least one orbit (space group {self.space_group})")
+        if self.elements is not None:
+            labels = tuple(int(x) for x in self.elements)
+            first_use = [x for i, x in enumerate(labels) if x not in labels[:i]]
+            if len(labels) != len(letters) or first_use != list(range(len(first_use))):
+                raise ValueError(f"elements={self.elements!r} must give each of the {len(letters)} orbits a class "
+                                 "label 0, 1, … in order of first use")
+            object.__setattr__(self, "elements", labels)
         known = wyckoff_letters(self.space_group)
         for letter in letters:
             if letter not in known:
@@ -106,20 +119,34 @@ class WyckoffTemplate:
     def crystal_system(self) -> str:
         return crystal_system(self.space_group)
 
-    def __str__(self) -> str:  # e.g. "225:ab"  (one character per orbit)
-        return f"{self.space_group}:{''.join(self.letters)}"
+    @property
+    def letters_only(self) -> "WyckoffTemplate":
+        """The same orbits without an element pattern (letters sorted, as a template without one is written)."""
+        return WyckoffTemplate(self.space_group, tuple(sorted(self.letters)))
+
+    def __str__(self) -> str:  # e.g. "225:ab"  (one character per orbit), "225:ab|c" with an element pattern
+        if self.elements is None:
+            return f"{self.space_group}:{''.join(self.letters)}"
+        classes = ["".join(x for x, c in zip(self.letters, self.elements) if c == k)
+                   for k in range(max(self.elements) + 1)]
+        return f"{self.space_group}:{'|'.join(classes)}"
 
     @classmethod
     def parse(cls, text: str) -> "WyckoffTemplate":
-        """``"225:ab"`` → ``WyckoffTemplate(225, ("a", "b"))``."""
+        """``"225:ab"`` → ``WyckoffTemplate(225, ("a", "b"))``; ``"225:ab|c"`` → the same group with letters
+        ``a, b, c`` and elements ``0, 0, 1`` (classes and their letters put in canonical order)."""
         sg, _, letters = str(text).partition(":")
-        if not letters:
-            raise ValueError(f"template {text!r} must look like '225:ab' (space group, ':', one letter per orbit)")
+        if not letters or any(not part for part in letters.split("|")):
+            raise ValueError(f"template {text!r} must look like '225:ab' or '225:ab|c' (space group, ':', one letter "
+                             "per orbit; '|' between orbits of different elements)")
         try:
             number = int(sg)
         except ValueError:
             raise ValueError(f"template {text!r}: {sg!r} is not a space-group number") from None
-        return cls(number, tuple(letters))
+        if "|" not in letters:
+            return cls(number, tuple(letters))
+        classes = sorted("".join(sorted(part)) for part in letters.split("|"))
+        return cls(number, tuple("".join(classes)), tuple(k for k, part in enumerate(classes) for _ in part))
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,8 +156,8 @@ def mp20_table() -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _mp20_templates(max_atoms: int) -> tuple[tuple[WyckoffTemplate, ...], np.ndarray]:
-    rows = [(WyckoffTemplate.parse(t), c) for t, c in mp20_table()["templates"].items()]
+def _mp20_templates(max_atoms: int, patterns: bool = False) -> tuple[tuple[WyckoffTemplate, ...], np.ndarray]:
+    rows = [(WyckoffTemplate.parse(t), c) for t, c in mp20_table()["patterns" if patterns else "templates"].items()]
     rows = [(t, c) for t, c in rows if t.primitive_atoms <= max_atoms]
     return tuple(t for t, _ in rows), np.array([c for _, c in rows], dtype=np.float64)
 
@@ -220,6 +247,10 @@ class SymmetrySpec:
     #: re-noising) bring the snapped crystal back to the noised distribution before the predictor goes on. It costs
     #: ``settle`` network evaluations per crystal (20 against the 400 of 200 steps); nothing with ``start=1``.
     settle: int = DEFAULT_SETTLE
+    #: templates drawn from MP-20 carry their crystal's element pattern (``"225:ab|c"``: the orbits that shared an
+    #: element in the MP-20 crystal draw one type together), so a crystal has at most as many elements as its MP-20
+    #: source had; ``False``: each orbit draws its own (the network may repeat one)
+    element_patterns: bool = False
 
     def __post_init__(self) -> None:
         given = [self.space_group is not None, self.crystal_system is not None, self.source is not None, bool(self.templates)]
@@ -233,6 +264,8 @@ class SymmetrySpec:
             object.__setattr__(self, "start", check_start(self.start))
         if isinstance(self.settle, bool) or not isinstance(self.settle, int) or not 0 <= self.settle <= MAX_SETTLE:
             raise ValueError(f"settle={self.settle!r} must be an integer in 0-{MAX_SETTLE} (corrector steps after the snap)")
+        if not isinstance(self.element_patterns, bool):
+            raise ValueError(f"element_patterns={self.element_patterns!r} must be True or False")
         if self.assign not in ("nearest", "origin", "index"):
             raise ValueError(f"assign={self.assign!r} must be 'nearest', 'origin' or 'index'")
         if self.space_group is not None:
@@ -285,7 +318,8 @@ class SymmetrySpec:
         return DEFAULT_START if self.start is None else self.start
 
     def to_dict(self) -> dict:
-        out: dict = {"max_atoms": self.max_atoms, "start": self.start, "assign": self.assign, "settle": self.settle}
+        out: dict = {"max_atoms": self.max_atoms, "start": self.start, "assign": self.assign, "settle": self.settle,
+                     "element_patterns": self.element_patterns}
         for key in ("space_group", "crystal_system", "source"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -298,9 +332,11 @@ class SymmetrySpec:
             return ",".join(str(t) for t in self.templates)
         return str(self.space_group or self.crystal_system or self.source)
 
-    def candidates(self) -> tuple[tuple[WyckoffTemplate, ...], np.ndarray]:
-        """MP-20 templates this spec draws from and their weights (empty for a group MP-20 lacks)."""
-        templates, counts = _mp20_templates(self.max_atoms)
+    def candidates(self, patterns: bool | None = None) -> tuple[tuple[WyckoffTemplate, ...], np.ndarray]:
+        """MP-20 templates this spec draws from and their weights (empty for a group MP-20 lacks); with element
+        patterns when ``patterns`` (default: ``element_patterns``) is true. A composition (CSP) asks without."""
+        patterns = self.element_patterns if patterns is None else patterns
+        templates, counts = _mp20_templates(self.max_atoms, patterns)
         if self.source == "mp20":
             keep = np.ones(len(templates), dtype=bool)
         elif self.crystal_system is not None:
