@@ -177,8 +177,9 @@ def _symmetry_axis(args: argparse.Namespace) -> Any:
     from mattergen_lab.symmetry.templates import SymmetrySpec
 
     def one(value: Any) -> dict[str, Any]:
-        fields = {k: v for k, v in SymmetrySpec.parse(value).to_dict().items() if v is not None}
-        return {**fields, **options}
+        fields = {**SymmetrySpec.parse(value).to_dict(), **options}
+        # element_patterns came later; off, it is the behaviour before it, so older folders keep their fingerprint
+        return {k: v for k, v in fields.items() if v is not None and not (k == "element_patterns" and v is False)}
 
     return [one(v) for v in axis] if isinstance(axis, list) else one(axis)
 
