@@ -83,7 +83,7 @@ def test_the_constraint_start_must_be_a_diffusion_time():
     with pytest.raises(ValueError, match=r"start=0.0 .*\(0, 1\]"):
         SymmetrySpec(source="mp20", start=0.0)
     assert SymmetrySpec(source="mp20", start=1).to_dict() == {"max_atoms": 20, "start": 1.0, "assign": "nearest",
-                                                              "settle": 20, "element_patterns": False,
+                                                              "settle": 0, "element_patterns": False,
                                                               "source": "mp20"}
     with pytest.raises(ValueError, match="assign='first' must be 'nearest', 'origin' or 'index'"):
         SymmetrySpec(source="mp20", assign="first")
@@ -133,7 +133,7 @@ def test_the_cli_samples_a_space_group_and_records_it(tmp_path):
     assert main(["sample", "--checkpoint", BASE, "--num-samples", "2", "--batch-size", "2", "--steps", "3",
                  "--space-group", "194", "--out", str(out)]) == 0
     record = json.loads((out / "sampling.json").read_text())
-    assert record["symmetry"] == {"max_atoms": 20, "start": 0.4, "assign": "nearest", "settle": 20,
+    assert record["symmetry"] == {"max_atoms": 20, "start": 0.4, "assign": "nearest", "settle": 0,
                                   "element_patterns": False, "space_group": 194}
     with pytest.raises(SystemExit):  # one symmetry flag at a time
         main(["sample", "--checkpoint", BASE, "--space-group", "194", "--crystal-system", "cubic", "--out", str(out)])

@@ -45,10 +45,11 @@ MAX_TEMPLATE_ATOMS = 200  # the sampler's atom limit per crystal
 #: steps, 32 MP-20 templates (seed 7), CHGNet-relaxed: from t = 1, mean RMSD 0.50 Å, 66 % keep their group after
 #: relaxation, 9 % relax to P1; from t = 0.4, 0.35 Å, 72 % and 0 % (stable 34 % against 25 %: within noise at N = 32).
 DEFAULT_START = 0.4
-#: Langevin corrector steps run inside the templates right after the snap (see ``SymmetrySpec.settle``). Measured on
-#: ``mgl_mp20_small_symmetric``, 256 mp20 templates, seed 0, CHGNet: S.U.N. 30.1 % with none, 35.5 % with 20
-#: (docs/quality.md, *Settling after the snap*).
-DEFAULT_SETTLE = 20
+#: Langevin corrector steps run inside the templates right after the snap (see ``SymmetrySpec.settle``): none by
+#: default. Measured on ``mgl_mp20_small_symmetric``, 256 mp20 templates, CHGNet: S.U.N. 30.1 / 35.5 / 29.7 % with
+#: 0 / 20 / 50 steps (seed 0) and 32.0 / 30.9 % with 0 / 20 (seed 1): no effect beyond the run-to-run spread
+#: (docs/quality.md, *What moves S.U.N. in the symmetric mode*).
+DEFAULT_SETTLE = 0
 #: The most settle steps a request may ask for (each is one network evaluation per crystal).
 MAX_SETTLE = 1000
 
@@ -244,8 +245,9 @@ class SymmetrySpec:
     #: snapped onto them (0: none). The snap moves atoms 1.4-1.9 Å, more than the coordinate noise at t = 0.4
     #: (about 0.5 Å); the extra corrector steps at that one noise level (annealed Langevin dynamics, Song & Ermon,
     #: NeurIPS 2019, run at one level; RePaint's resampling, Lugmayr et al., CVPR 2022, serves the same purpose by
-    #: re-noising) bring the snapped crystal back to the noised distribution before the predictor goes on. It costs
-    #: ``settle`` network evaluations per crystal (20 against the 400 of 200 steps); nothing with ``start=1``.
+    #: re-noising) are meant to bring the snapped crystal back to the noised distribution before the predictor goes
+    #: on; measured, they did not raise S.U.N. (see DEFAULT_SETTLE). Costs ``settle`` network evaluations per crystal
+    #: (against the 400 of 200 steps); nothing with ``start=1``.
     settle: int = DEFAULT_SETTLE
     #: templates drawn from MP-20 carry their crystal's element pattern (``"225:ab|c"``: the orbits that shared an
     #: element in the MP-20 crystal draw one type together), so a crystal has at most as many elements as its MP-20
