@@ -56,17 +56,29 @@ def _add_symmetry_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetry", default=None, metavar="SPEC",
                    help="symmetric mode: mp20 (MP-20's space groups, Wyckoff letters and sizes), a space group, a "
                         "crystal system or a template such as 225:ab")
+    p.add_argument("--element-patterns", action="store_true",
+                   help="with a symmetric mode: MP-20's templates with their element patterns (orbits that share an "
+                        "element in the MP-20 crystal share one; MP-20's numbers of elements; see docs/quality.md)")
 
 
 def symmetry_from_args(args: argparse.Namespace) -> object:
-    """What ``--space-group`` / ``--crystal-system`` / ``--symmetry`` ask for (``SamplingRequest.symmetry``), or None."""
+    """What ``--space-group`` / ``--crystal-system`` / ``--symmetry`` ask for (``SamplingRequest.symmetry``), or None;
+    with ``--element-patterns``, the spec with element patterns (``ValueError`` without a symmetric mode)."""
     if getattr(args, "space_group", None) is not None:
-        return args.space_group
-    if getattr(args, "crystal_system", None) is not None:
+        value: object = args.space_group
+    elif getattr(args, "crystal_system", None) is not None:
         from mattergen_lab.symmetry.groups import check_crystal_system
 
-        return check_crystal_system(args.crystal_system)
-    return getattr(args, "symmetry", None)
+        value = check_crystal_system(args.crystal_system)
+    else:
+        value = getattr(args, "symmetry", None)
+    if getattr(args, "element_patterns", False):
+        if value is None:
+            raise ValueError("--element-patterns needs a symmetric mode: --symmetry, --space-group or --crystal-system")
+        from mattergen_lab.symmetry.templates import SymmetrySpec
+
+        value = {**SymmetrySpec.parse(value).to_dict(), "element_patterns": True}
+    return value
 
 
 def _add_checkpoints(sub: argparse._SubParsersAction) -> None:

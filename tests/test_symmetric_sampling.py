@@ -288,3 +288,15 @@ def test_distinct_types_send_a_repeated_element_back_to_mask_until_the_last_step
     assert penalised[1, 7] < -1e9 and penalised[0, 7] == 0 and penalised[1, 11] == 0  # O taken for the masked ones
     free = SymmetryConstraint([WyckoffTemplate.parse("221:abc")])  # no pattern: orbits may share an element
     assert free.distinct_types(new, old, logits, last=True).tolist() == [8, 8, 12, 12, 12]
+
+
+def test_the_cli_asks_for_element_patterns_only_with_a_symmetric_mode(tmp_path, capsys):
+    from mattergen_lab.cli import main
+
+    out = tmp_path / "p"
+    assert main(["sample", "--checkpoint", BASE, "--num-samples", "2", "--batch-size", "2", "--steps", "3",
+                 "--symmetry", "mp20", "--element-patterns", "--out", str(out)]) == 0
+    assert json.loads((out / "sampling.json").read_text())["symmetry"]["element_patterns"] is True
+    code = main(["sample", "--checkpoint", BASE, "--num-samples", "2", "--element-patterns", "--out", str(tmp_path / "q")])
+    assert code != 0 and "--element-patterns needs a symmetric mode" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
