@@ -21,7 +21,13 @@ or two modules import each other, directly or round a cycle):
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# How long torch's OpenMP threads spin between parallel regions before they sleep (see mattergen_lab.threads): read
+# once, when torch loads its OpenMP runtime, so it is set here, before anything imports torch; a value in the
+# environment is kept.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 __version__ = "0.1.0"
 

@@ -15,6 +15,14 @@ unless the user chose (:func:`user_threads`): ``MATTERGEN_LAB_THREADS`` (a numbe
 Sampling entry points call it once per call (``SamplingPipeline`` readers, so ``sample()``, the CLI and the design
 app); campaign tasks set their spec's ``threads`` with :func:`set_threads`, which counts as the user's choice.
 
+**Waiting threads.** Between parallel regions torch's OpenMP workers (GNU libgomp on Linux) spin before they sleep,
+300,000 iterations by default; on cores shared with other work that spinning takes CPU from the thread the region
+waits for. ``import mattergen_lab`` sets ``GOMP_SPINCOUNT=10000`` (unless the environment has one), which must
+happen before torch is imported (libgomp reads it once). It changes how threads wait, not what they compute, so the
+crystals are the same bits. Measured with ``mattergen-lab quickstart`` (16 crystals, 200 steps, 2 threads; wall /
+CPU seconds), quiet: default 15.2 / 27.5, 10,000 spins 14.7 / 25.0; beside two busy processes: default 70 / 68,
+10,000 spins 34.7 / 27.2 (docs/speed.md, *Threads*).
+
 The choice depends on the machine and the batch size only, never on the load, because the thread count is part of
 what makes a seed reproducible: 1 and 2 threads give different bits (checked op by op: MKL's matrix-vector products,
 and transcendental elementwise ops such as ``silu`` and ``exp`` on tensors large enough to be split, whose split moves

@@ -1,5 +1,7 @@
 """Torch threads from the CPU quota, the affinity and the batch size (mattergen_lab.threads), on cgroup files we write."""
 
+import os
+
 import pytest
 import torch
 
@@ -149,3 +151,18 @@ def test_the_pipeline_fits_threads_to_its_chunks_and_to_guidance(monkeypatch):
         seen.clear()
         list(pipe.frames(request, every=0))
         assert seen == [expected]
+
+
+def test_importing_the_package_shortens_the_openmp_spin_before_torch_loads_it():
+    """``GOMP_SPINCOUNT`` is read once, when torch loads libgomp: ``import mattergen_lab`` sets it first (10,000),
+    and keeps a value the user gave."""
+    import subprocess
+    import sys
+
+    code = "import os, mattergen_lab, torch; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "10000"
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "500"}, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert mine == "500"
