@@ -53,6 +53,24 @@ def test_the_benchmark_is_a_one_arm_campaign_with_its_relaxation_caps():
     assert kinds.count("sample") == 3 and kinds.count("evaluate") == 5  # chunks of 4, 4, 2 -> batches 2, 2, 1
 
 
+def test_the_symmetry_flags_become_the_spec_fields_of_every_arm():
+    import argparse
+
+    from mattergen_lab.campaign import CampaignSpec
+
+    args = argparse.Namespace(checkpoint="mgl_mp20_small", num_samples=4, batch_size=4, seed=0, relaxer="chgnet",
+                              eval_batch_size=4, fmax=0.05, relax_max_steps=200, relax_max_seconds=60.0,
+                              symmetry="225,194", assign="origin", settle=5, symmetry_start=None, element_patterns="on")
+    spec = CampaignSpec.from_dict(bq.campaign_spec(args, 200))
+    requests = [spec.request(a).symmetry for a in spec.arms()]
+    assert [r.space_group for r in requests] == [225, 194]
+    assert all(r.assign == "origin" and r.settle == 5 and r.element_patterns for r in requests)
+    args.assign = args.settle = args.element_patterns = None  # plain: the axis as written, no fields
+    assert bq.campaign_spec(args, 200)["symmetry"] == [225, 194]
+    args.element_patterns = "off"  # off is the behaviour before the field existed: left out of the fingerprint
+    assert all("element_patterns" not in d for d in bq.campaign_spec(args, 200)["symmetry"])
+
+
 def test_campaign_table_recomputes_uniqueness_over_all_tasks(tmp_path):
     from mattergen_lab.campaign import CampaignFolder, CampaignSpec
     from mattergen_lab.evaluation import compute_metrics, unique_flags
