@@ -35,9 +35,9 @@ SMALL_PURE = {
     "mattergen_lab.symmetry.groups.lattice_basis": "a (K, 3, 3) basis per crystal system (7 at most)",
     **{f"mattergen_lab.symmetry.groups.{name}": "a space group's tables (operations, orbits), 230 groups at most"
        for name in ("_group", "wyckoff_letters", "general_operations", "centring_matrix", "primitive_operations",
-                    "orbit_geometry")},
-    "mattergen_lab.symmetry.templates.mp20_table": "the packaged 42 kB template table",
-    "mattergen_lab.symmetry.templates._mp20_templates": "templates parsed from that table, per max_atoms",
+                    "orbit_geometry", "subgroup_types")},
+    "mattergen_lab.symmetry.templates.mp20_table": "the packaged template table (114 kB)",
+    "mattergen_lab.symmetry.templates._mp20_templates": "templates parsed from that table, per max_atoms and patterns",
     "mattergen_lab.symmetry.templates.reachable_counts": "a frozenset of atom counts per space group",
     "mattergen_lab.symmetry.fit.fitting_templates": "template indices and weights per (spec, amounts), 256 at most",
 }
@@ -68,7 +68,7 @@ def test_the_scan_finds_the_known_caches():
     assert {"mattergen_lab.design.review._mp20_known", "mattergen_lab.forcefields.load_chgnet",
             "mattergen_lab.sampling.pipeline.cached_checkpoint", "mattergen_lab.campaign.tasks._relaxer",
             "mattergen_lab.chemistry._symbols"} <= found
-    assert len([f for f in found if f.startswith("mattergen_lab.symmetry.groups.")]) == 7
+    assert len([f for f in found if f.startswith("mattergen_lab.symmetry.groups.")]) == 8
     stale = set(SMALL_PURE) - found
     assert not stale, f"SMALL_PURE names caches that no longer exist: {stale}"
 
