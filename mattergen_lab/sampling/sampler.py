@@ -55,6 +55,7 @@ from mattergen_lab.symmetry.assign import nearest_assignment
 from mattergen_lab.symmetry.constraint import SymmetryConstraint
 from mattergen_lab.symmetry.templates import WyckoffTemplate
 from mattergen_lab.sampling.steps import (
+    MASK_PENALTY,
     LatticeAncestralPredictor,
     LatticeLangevinCorrector,
     LatticeODEPredictor,
@@ -316,11 +317,14 @@ class PredictorCorrectorSampler:
                 pos, cell = _symmetric(constraint, x, pos, cell)
             if fixed_types is None:
                 logits = mask_logits(out.atom_logits, allowed, batch_idx=batch_idx)
-                if constraint is not None:
-                    logits = constraint.exclude_taken(constraint.pool_logits(logits), x.atom_types)
+                if constraint is not None:  # one type per orbit (element class); a pattern's classes distinct
+                    logits = constraint.pool_logits(logits)
+                    taken = constraint.taken(x.atom_types, logits.shape[1])
+                    if taken is not None:
+                        logits = logits + torch.where(taken, MASK_PENALTY, 0.0).to(logits.dtype)
                 types = self.type_predictor.step(x.atom_types, logits, **common)
                 type_sample, type_mean = types.sample, types.mean
-                if constraint is not None:  # one type per orbit (per element class), classes of a pattern distinct
+                if constraint is not None:
                     type_sample = constraint.distinct_types(constraint.share_types(type_sample), x.atom_types, logits,
                                                             last=last)
                     type_mean = constraint.distinct_types(constraint.share_types(type_mean), x.atom_types, logits,

@@ -226,24 +226,23 @@ class SymmetryConstraint:
         total.index_add_(0, self.tie, logits)
         return (total / self._tie_sizes.to(logits)[:, None])[self.tie]
 
-    def exclude_taken(self, logits: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """``(N, C)`` pooled x₀ logits where, in a crystal whose template has an element pattern, a class still
-        masked in ``types`` (N,) may not draw an element another class of the crystal already holds (its logit gets
-        :data:`~mattergen_lab.sampling.steps.MASK_PENALTY`; if every allowed element is taken, the least bad one wins).
-        Unchanged for templates without a pattern, whose orbits may share an element."""
+    def taken(self, types: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        """``(N, num_classes)`` True where an atom may not draw a type class: in a crystal whose template has an element
+        pattern, an element class still masked in ``types`` (N,) may not take an element another class of the
+        crystal already holds (the sampler penalises those x₀ logits; if every allowed element is taken, the least
+        bad one wins). ``None`` when no template has a pattern (orbits may share an element)."""
         if not any(self._distinct):
-            return logits
+            return None
         from mattergen_lab.constants import MASK_Z
-        from mattergen_lab.sampling.steps import MASK_PENALTY
 
         rep_types = types[self.tie_rep].tolist()
-        penalty = torch.zeros(len(self.tie_rep), logits.shape[1], dtype=logits.dtype, device=logits.device)
+        out = torch.zeros(len(self.tie_rep), num_classes, dtype=torch.bool, device=types.device)
         for distinct, ties in zip(self._distinct, self._crystal_ties):
             taken = [rep_types[k] for k in ties if rep_types[k] != MASK_Z] if distinct else []
             for k in ties if taken else ():
                 if rep_types[k] == MASK_Z:
-                    penalty[k, [z - 1 for z in taken]] = MASK_PENALTY
-        return logits + penalty[self.tie]
+                    out[k, [z - 1 for z in taken]] = True
+        return out[self.tie]
 
     def distinct_types(self, new: torch.Tensor, old: torch.Tensor, logits: torch.Tensor, *, last: bool) -> torch.Tensor:
         """``(N,)`` types after a type step (``new``, from ``old``) with, in a crystal whose template has an element
