@@ -75,9 +75,11 @@ def symmetry_from_args(args: argparse.Namespace) -> object:
     if getattr(args, "element_patterns", False):
         if value is None:
             raise ValueError("--element-patterns needs a symmetric mode: --symmetry, --space-group or --crystal-system")
+        import dataclasses
+
         from mattergen_lab.symmetry.templates import SymmetrySpec
 
-        value = {**SymmetrySpec.parse(value).to_dict(), "element_patterns": True}
+        value = dataclasses.replace(SymmetrySpec.parse(value), element_patterns=True)
     return value
 
 

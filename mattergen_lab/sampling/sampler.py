@@ -282,7 +282,8 @@ class PredictorCorrectorSampler:
             s_now = 0.0 if last else ts[i + 1]
             snapped = False
             if constraint is not None and not active and t_now <= constraint.start:  # the constraint starts here
-                if constraint.assign != "index" and start is None and i > 0:  # atoms numbered into the slots
+                snapped = start is None and i > 0  # a freely diffused crystal is snapped (not a prior, not a parent)
+                if constraint.assign != "index" and snapped:  # atoms numbered into the slots
                     # within one type: the types were pooled per orbit as numbered, so each orbit keeps one type
                     frac = x.frac_coords
                     if constraint.assign == "origin":  # and each crystal's origin moved to fit its template
@@ -294,7 +295,6 @@ class PredictorCorrectorSampler:
                 x = x.replace(frac_coords=constraint.snap(x.frac_coords).to(dtype), lattice=constraint.lattice(x.lattice),
                               atom_types=constraint.share_types(x.atom_types))
                 active = True
-                snapped = start is None and i > 0  # a freely diffused crystal was snapped (not a prior, not a parent)
             t = torch.full((b,), t_now, dtype=dtype, device=device)  # (B,)
             s = torch.full((b,), s_now, dtype=dtype, device=device)
 

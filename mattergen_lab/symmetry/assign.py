@@ -60,7 +60,6 @@ def _assign_crystal(slots: _Slots, atoms: np.ndarray, x: np.ndarray, lat: np.nda
                     dtype: torch.dtype) -> tuple[float, np.ndarray, np.ndarray] | None:
     """``(squared distance moved, atoms per slot, each slot's atom as the lattice translate nearest the slot)`` for
     one crystal's atoms ``atoms`` at ``x`` (N, 3), orbit by orbit; ``None`` when no atom of a slot's type is left."""
-    z, zs = (None, None) if z is None else z
     perm = np.empty(len(atoms), dtype=np.int64)
     near = np.empty((len(atoms), 3))
     first = int(atoms[0])
@@ -69,12 +68,12 @@ def _assign_crystal(slots: _Slots, atoms: np.ndarray, x: np.ndarray, lat: np.nda
     for o in slots.order(atoms):
         orbit_slots = np.flatnonzero(slots.orbit == o)
         free_arr = np.asarray(free)
-        candidates = free_arr if z is None else free_arr[z[free_arr] == zs[slots.rep[o]]]
+        candidates = free_arr if z is None else free_arr[z[free_arr] == z[slots.rep[o]]]
         if len(candidates) == 0:
             return None
         reps = slots.on_site(o, torch.as_tensor(x[candidates], dtype=dtype)).double().numpy()
         allowed = np.ones((len(orbit_slots), len(free_arr)), dtype=bool) if z is None else \
-            zs[orbit_slots][:, None] == z[free_arr][None, :]
+            z[orbit_slots][:, None] == z[free_arr][None, :]
         best = None
         for r in reps:
             pos = np.einsum("kij,j->ki", slots.rot[orbit_slots], r) + slots.trans[orbit_slots].double().numpy()
@@ -122,21 +121,19 @@ def _origin_shifts(slots: _Slots, atoms: np.ndarray, x: np.ndarray, z: np.ndarra
     anchor = min(slots.order(atoms), key=lambda o: (slots.dof[o], -slots.sizes[o], o))
     if slots.dof[anchor] == 3:
         return np.zeros((1, 3))
-    candidates = atoms if z is None else atoms[z[0][atoms] == z[1][slots.rep[anchor]]]
+    candidates = atoms if z is None else atoms[z[atoms] == z[slots.rep[anchor]]]
     onto = slots.on_site(anchor, torch.as_tensor(x[candidates], dtype=dtype)).double().numpy()
     shifts = _wrap(onto - x[candidates])
     return np.concatenate([np.zeros((1, 3)), shifts])
 
 
 def nearest_assignment(constraint: SymmetryConstraint, frac_coords: torch.Tensor, lattice: torch.Tensor,
-                       types: torch.Tensor | None = None, *, origin: bool = False,
-                       slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+                       types: torch.Tensor | None = None, *, origin: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
     """``(N,)`` permutation ``p`` such that atom ``p[j]`` of ``frac_coords`` (N, 3) fills slot ``j`` of the
     constraint's templates (crystal after crystal, orbit after orbit), each crystal within itself. ``lattice``:
     ``(B, 3, 3)`` rows in Å. ``types``: with ``types`` (N,) given, slot ``j`` only takes an atom of type
-    ``types[j]`` (CSP: the given composition, already in template order), else any atom; ``slot_types`` (N,), when
-    the slots' types are not the atoms' own (a template other than the one the types were pooled for), slot ``j``
-    takes an atom of type ``slot_types[j]``.
+    ``types[j]`` (CSP: the given composition, already in template order), else any atom.
 
     ``origin=True`` also moves each crystal's origin (a translation of every atom, which leaves the crystal and
     MatterGen's translation-invariant network as they are) to the one, among those that put an atom exactly onto
@@ -148,8 +145,6 @@ def nearest_assignment(constraint: SymmetryConstraint, frac_coords: torch.Tensor
     x = frac_coords.detach().to(device="cpu", dtype=torch.float64).numpy()
     lat = lattice.detach().double().cpu().numpy()
     z = None if types is None else types.detach().cpu().numpy()
-    if z is not None:
-        z = (z, z if slot_types is None else slot_types.detach().cpu().numpy())  # the atoms', the slots'
     slots = _Slots(constraint)
     perm = np.arange(len(x))
     shifts = np.zeros((len(lat), 3))

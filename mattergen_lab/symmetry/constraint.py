@@ -26,15 +26,9 @@ from collections.abc import Sequence
 
 import torch
 
+from mattergen_lab.constants import MASK_Z
 from mattergen_lab.symmetry.groups import centring_matrix, lattice_basis, orbit_geometry
-from mattergen_lab.symmetry.templates import WyckoffTemplate
-
-
-#: How the sampler numbers freely diffused atoms into the templates' slots when the constraint starts after t = 1:
-#: ``"nearest"`` (:func:`~mattergen_lab.symmetry.assign.nearest_assignment`), ``"origin"`` (the same after moving each
-#: crystal's origin to where its template fits it best: ``nearest_assignment(..., origin=True)``) or ``"index"`` (as
-#: numbered).
-ASSIGNMENTS = ("nearest", "origin", "index")
+from mattergen_lab.symmetry.templates import ASSIGNMENTS, WyckoffTemplate
 
 
 def _sym_sqrt(g: torch.Tensor) -> torch.Tensor:
@@ -78,9 +72,11 @@ class SymmetryConstraint:
         rots, trans, orbit, rep, proj, lin, off = [], [], [], [], [], [], []
         n = 0
         ties, tie_rep = [], []  # per atom its element class (its orbit unless the template has an element pattern)
+        self._crystal_ties: list[range] = []  # each crystal's element classes
         for t in self.templates:
             labels = t.elements if t.elements is not None else tuple(range(len(t.letters)))
             first = len(tie_rep)
+            self._crystal_ties.append(range(first, first + max(labels) + 1))
             for letter, label in zip(t.letters, labels):
                 g = orbit_geometry(t.space_group, letter, primitive=True)
                 rots.append(torch.as_tensor(g.rotations))
@@ -109,11 +105,6 @@ class SymmetryConstraint:
         self._tie_sizes = torch.bincount(self.tie)  # (T,)
         # element classes that must take different elements (templates with an element pattern), per crystal
         self._distinct = [t.elements is not None for t in self.templates]
-        self._crystal_ties: list[list[int]] = []
-        for b, t in enumerate(self.templates):
-            first = sum(len(set(u.elements)) if u.elements is not None else len(u.letters) for u in self.templates[:b])
-            k = len(set(t.elements)) if t.elements is not None else len(t.letters)
-            self._crystal_ties.append(list(range(first, first + k)))
         self.num_atoms = torch.tensor([t.primitive_atoms for t in self.templates], dtype=torch.long)  # (B,)
         bases = []
         for t in self.templates:
@@ -233,8 +224,6 @@ class SymmetryConstraint:
         bad one wins). ``None`` when no template has a pattern (orbits may share an element)."""
         if not any(self._distinct):
             return None
-        from mattergen_lab.constants import MASK_Z
-
         rep_types = types[self.tie_rep].tolist()
         out = torch.zeros(len(self.tie_rep), num_classes, dtype=torch.bool, device=types.device)
         for distinct, ties in zip(self._distinct, self._crystal_ties):
@@ -251,8 +240,6 @@ class SymmetryConstraint:
         takes instead the best element of its pooled ``logits`` (N, C) that is still free."""
         if not any(self._distinct):
             return new
-        from mattergen_lab.constants import MASK_Z
-
         reps_new, reps_old = new[self.tie_rep].tolist(), old[self.tie_rep].tolist()
         fixed = list(reps_new)
         for distinct, ties in zip(self._distinct, self._crystal_ties):

@@ -52,6 +52,11 @@ DEFAULT_START = 0.4
 DEFAULT_SETTLE = 0
 #: The most settle steps a request may ask for (each is one network evaluation per crystal).
 MAX_SETTLE = 1000
+#: How the sampler numbers freely diffused atoms into the templates' slots when the constraint starts after t = 1:
+#: ``"nearest"`` (:func:`~mattergen_lab.symmetry.assign.nearest_assignment`), ``"origin"`` (the same after moving each
+#: crystal's origin to where its template fits it best: ``nearest_assignment(..., origin=True)``) or ``"index"`` (as
+#: numbered).
+ASSIGNMENTS = ("nearest", "origin", "index")
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ class SymmetrySpec:
     #: on symmetric noise), else :data:`DEFAULT_START`
     start: float | None = None
     #: how the freely diffused atoms are numbered into the slots when the constraint starts (``"nearest"``,
-    #: ``"origin"`` or ``"index"``; :data:`~mattergen_lab.symmetry.constraint.ASSIGNMENTS`)
+    #: ``"origin"`` or ``"index"``; :data:`ASSIGNMENTS`)
     assign: str = "nearest"
     #: Langevin corrector steps, inside the templates, at the start time right after the freely diffused crystal is
     #: snapped onto them (0: none). The snap moves atoms 1.4-1.9 Å, more than the coordinate noise at t = 0.4
@@ -268,7 +273,7 @@ class SymmetrySpec:
             raise ValueError(f"settle={self.settle!r} must be an integer in 0-{MAX_SETTLE} (corrector steps after the snap)")
         if not isinstance(self.element_patterns, bool):
             raise ValueError(f"element_patterns={self.element_patterns!r} must be True or False")
-        if self.assign not in ("nearest", "origin", "index"):
+        if self.assign not in ASSIGNMENTS:
             raise ValueError(f"assign={self.assign!r} must be 'nearest', 'origin' or 'index'")
         if self.space_group is not None:
             object.__setattr__(self, "space_group", check_space_group(self.space_group))
