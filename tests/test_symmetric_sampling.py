@@ -301,3 +301,30 @@ def test_the_cli_asks_for_element_patterns_only_with_a_symmetric_mode(tmp_path, 
     code = main(["sample", "--checkpoint", BASE, "--num-samples", "2", "--element-patterns", "--out", str(tmp_path / "q")])
     assert code != 0 and "--element-patterns needs a symmetric mode" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_the_space_group_adapter_is_conditioned_on_each_crystals_template_group():
+    """Guidance + constraint: ``space_group="template"`` gives each crystal its own template's group as the condition."""
+    from mattergen_lab.sampling.inputs import ChunkInputs
+
+    adapter = "mgl_mp20_small_space_group"
+    r = SamplingRequest(checkpoint=adapter, num_samples=6, batch_size=6, num_steps=3, seed=2, symmetry="mp20",
+                        conditions={"space_group": "template"}, guidance_scale=1.0)
+    pipe = SamplingPipeline.for_request(r)
+    checked = pipe.check(r)
+    (_, indices, seed), = checked.chunks()
+    args = ChunkInputs.from_request(checked).for_chunk(indices, seed)
+    groups = [t.space_group for t in args["symmetry"]]
+    assert len(set(groups)) > 1 and args["properties"]["space_group"] == groups
+    # one group: the same crystals as naming that group outright
+    one = dict(checkpoint=adapter, num_samples=2, batch_size=2, num_steps=3, seed=5, symmetry=225, guidance_scale=1.0)
+    by_template = pipe(SamplingRequest(**one, conditions={"space_group": "template"}))
+    by_number = pipe(SamplingRequest(**one, conditions={"space_group": 225}))
+    unconditional = SamplingPipeline.for_request(SamplingRequest(**{**one, "guidance_scale": 0.0}))(
+        SamplingRequest(**{**one, "guidance_scale": 0.0}))
+    assert np.allclose(by_template[0].frac_coords, by_number[0].frac_coords, atol=1e-6)
+    assert [s.composition for s in by_template] == [s.composition for s in by_number]
+    assert not np.allclose(by_template[0].lattice.matrix, unconditional[0].lattice.matrix, atol=1e-4)
+    with pytest.raises(ValueError, match="space_group='template' .* needs the symmetric mode"):
+        pipe(SamplingRequest(checkpoint=adapter, num_samples=1, num_steps=3, guidance_scale=1.0,
+                             conditions={"space_group": "template"}))

@@ -123,8 +123,15 @@ def load_sampler(checkpoint: str | os.PathLike, **kwargs: Any) -> tuple[Predicto
     return build_sampler(load_checkpoint(checkpoint), **kwargs)
 
 
-def validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo) -> dict[str, Any] | None:
-    """Check condition names and values at the boundary; ``ValueError`` names the bad one."""
+#: The ``space_group`` condition that conditions each crystal of a symmetric run on its own template's group
+#: (guidance and constraint together; :meth:`~mattergen_lab.sampling.inputs.ChunkInputs.for_chunk` fills it in).
+TEMPLATE_GROUP = "template"
+
+
+def validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo, *,
+                         symmetric: bool = False) -> dict[str, Any] | None:
+    """Check condition names and values at the boundary; ``ValueError`` names the bad one. ``symmetric``: the run
+    has Wyckoff templates, so ``space_group`` may be :data:`TEMPLATE_GROUP` (each crystal its template's group)."""
     from mattergen_lab.model.property_embeddings import check_scalar_target, parse_chemical_system
 
     if not conditions:
@@ -136,13 +143,18 @@ def validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo
             raise ValueError(f"condition {name!r} is not supported by checkpoint {info.checkpoint!r}; it conditions on {supported}")
         if name == "chemical_system":
             out[name] = "-".join(parse_chemical_system(str(value)))
+        elif name == "space_group" and value == TEMPLATE_GROUP:
+            if not symmetric:
+                raise ValueError(f"space_group={value!r} conditions each crystal on its Wyckoff template's group and "
+                                 "needs the symmetric mode (symmetry=..., CLI --symmetry / --space-group / --crystal-system)")
+            out[name] = TEMPLATE_GROUP
         elif name == "space_group":
             try:
                 x = float(value) if not isinstance(value, bool) else math.nan
             except (TypeError, ValueError):
                 x = math.nan
             if not math.isfinite(x) or x != int(x) or not 1 <= x <= 230:
-                raise ValueError(f"space_group={value!r} must be an integer in 1-230")
+                raise ValueError(f"space_group={value!r} must be an integer in 1-230 (or {TEMPLATE_GROUP!r} in the symmetric mode)")
             out[name] = int(x)
         else:
             out[name] = check_scalar_target(name, value)

@@ -93,7 +93,7 @@ class ChunkInputs:
         types = None
         if self.composition_of is not None:
             types = torch.tensor([z for i in indices for z in self.composition_of(i).atomic_numbers], dtype=torch.long)  # type: ignore[union-attr]
-        out = {"num_atoms": counts, "allowed_elements": allowed, "properties": self.properties, "atom_types": types}
+        out = {"num_atoms": counts, "allowed_elements": allowed, "properties": self._properties(templates), "atom_types": types}
         if templates is not None:
             out.update(symmetry=templates, symmetry_start=self.symmetry.effective_start,  # type: ignore[union-attr]
                        symmetry_assign=self.symmetry.assign, symmetry_settle=self.symmetry.settle)  # type: ignore[union-attr]
@@ -111,9 +111,17 @@ class ChunkInputs:
             templates.append(t)
             types += z
         return {"num_atoms": torch.tensor([t.primitive_atoms for t in templates], dtype=torch.long), "allowed_elements": None,
-                "properties": self.properties, "atom_types": torch.tensor(types, dtype=torch.long),
+                "properties": self._properties(templates), "atom_types": torch.tensor(types, dtype=torch.long),
                 "symmetry": templates, "symmetry_start": self.symmetry.effective_start,  # type: ignore[union-attr]
                 "symmetry_assign": self.symmetry.assign, "symmetry_settle": self.symmetry.settle}  # type: ignore[union-attr]
+
+    def _properties(self, templates: list | None) -> Mapping[str, Any] | None:
+        """The conditions, with ``space_group="template"`` replaced by each crystal's template group (one per crystal)."""
+        if not self.properties or self.properties.get("space_group") != "template":
+            return self.properties
+        if templates is None:
+            raise ValueError("space_group='template' needs the symmetric mode: these crystals have no templates")
+        return {**self.properties, "space_group": [int(t.space_group) for t in templates]}
 
     def _templates(self, indices: Sequence[int], g: torch.Generator, counts: list[int] | None) -> list:
         spec = self.symmetry

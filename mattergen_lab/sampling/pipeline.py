@@ -186,7 +186,7 @@ class SamplingPipeline:
                              f"{self.sampler.config.variant() or 'the official sampler'}; use SamplingPipeline.for_request(request)")
         if request.device is not None and not _same_device(request.device, self.device):
             raise ValueError(f"request.device={request.device!r} but this pipeline samples on {self.device!r}")
-        conditions = validated_conditions(request.conditions, self.info) or {}
+        conditions = validated_conditions(request.conditions, self.info, symmetric=request.symmetry is not None) or {}
         name = self.info.checkpoint or self.checkpoint or "this checkpoint"
         if request.fixes_atoms and not self.info.csp:
             formula = request.composition_of(0).formula  # type: ignore[union-attr]
