@@ -56,6 +56,8 @@ def test_design_request_validation_names_the_value():
     assert req.conditions(["hhi_score"]) == {"hhi_score": 1250.0}  # chemical system: mask only
     assert req.conditions(["hhi_score", "chemical_system"]) == {"hhi_score": 1250.0, "chemical_system": "Fe-Li-O"}
     assert req.to_dict()["targets"] == {"hhi_score": 1250.0}
+    symmetric = design.DesignRequest(checkpoint="x", symmetry="cubic")  # a space-group adapter: each template's group
+    assert symmetric.conditions(["space_group"]) == {"space_group": "template"} and symmetric.conditions([]) == {}
     for kwargs, message in [
         ({"guidance_scale": -1.0}, "guidance_scale=-1.0"),
         ({"num_samples": 0}, "num_samples=0"),

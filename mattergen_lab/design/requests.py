@@ -16,6 +16,7 @@ import numpy as np
 from mattergen_lab.caches import registered
 from mattergen_lab.chemistry import ChemicalSystem
 from mattergen_lab.model.property_embeddings import check_scalar_target
+from mattergen_lab.sampling.inputs import TEMPLATE_GROUP
 from mattergen_lab.sampling.request import SamplingRequest
 from mattergen_lab.constants import SELECTED_ATOMIC_NUMBERS
 
@@ -268,9 +269,8 @@ class DesignRequest:
         out: dict[str, Any] = {property_for(k, supported) or k: v for k, v in self.targets.items()}
         if self.chemical_system and "chemical_system" in supported:
             out["chemical_system"] = self.chemical_system
-        group = self.sampling.symmetry.space_group if self.sampling.symmetry is not None else None
-        if group is not None and "space_group" in supported:  # a space-group adapter is also guided towards it
-            out["space_group"] = group
+        if self.sampling.symmetry is not None and "space_group" in supported:
+            out["space_group"] = TEMPLATE_GROUP  # a space-group adapter is guided towards each crystal's template group
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from mattergen_lab.model.io import Checkpoint
 from mattergen_lab.noise.joint import DiffusionConfig, JointDiffusion
 from mattergen_lab.sampling.frames import sampler_variant
 from mattergen_lab.sampling.guidance import ClassifierFreeGuidance, check_guidance_scale
+from mattergen_lab.sampling.inputs import TEMPLATE_GROUP
 from mattergen_lab.sampling.sampler import PredictorCorrectorSampler, SamplerConfig
 
 
@@ -121,11 +122,6 @@ def build_sampler(
 def load_sampler(checkpoint: str | os.PathLike, **kwargs: Any) -> tuple[PredictorCorrectorSampler, SamplerInfo]:
     """:func:`build_sampler` on :func:`~mattergen_lab.checkpoints.load_checkpoint` (name or path)."""
     return build_sampler(load_checkpoint(checkpoint), **kwargs)
-
-
-#: The ``space_group`` condition that conditions each crystal of a symmetric run on its own template's group
-#: (guidance and constraint together; :meth:`~mattergen_lab.sampling.inputs.ChunkInputs.for_chunk` fills it in).
-TEMPLATE_GROUP = "template"
 
 
 def validated_conditions(conditions: Mapping[str, Any] | None, info: SamplerInfo, *,

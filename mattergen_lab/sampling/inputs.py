@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover
 #: every crystal, a list with one entry (list or None) per crystal, or a bool tensor ``(101,)`` / ``(B, 101)``.
 AllowedElements = Any
 
+#: The ``space_group`` condition that conditions each crystal of a symmetric run on its own template's group
+#: (guidance and constraint together; :meth:`ChunkInputs.for_chunk` puts in the groups).
+TEMPLATE_GROUP = "template"
+
 
 @dataclass(frozen=True)
 class ChunkInputs:
@@ -117,10 +121,10 @@ class ChunkInputs:
 
     def _properties(self, templates: list | None) -> Mapping[str, Any] | None:
         """The conditions, with ``space_group="template"`` replaced by each crystal's template group (one per crystal)."""
-        if not self.properties or self.properties.get("space_group") != "template":
+        if not self.properties or self.properties.get("space_group") != TEMPLATE_GROUP:
             return self.properties
         if templates is None:
-            raise ValueError("space_group='template' needs the symmetric mode: these crystals have no templates")
+            raise ValueError(f"space_group={TEMPLATE_GROUP!r} needs the symmetric mode: these crystals have no templates")
         return {**self.properties, "space_group": [int(t.space_group) for t in templates]}
 
     def _templates(self, indices: Sequence[int], g: torch.Generator, counts: list[int] | None) -> list:
