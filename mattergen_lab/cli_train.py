@@ -47,7 +47,8 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="crystal-structure prediction: atom types given and never noised, no type loss (no --property)")
     p.add_argument("--symmetric", action="store_true",
                    help="train on symmetric noise inside each crystal's Wyckoff template (for --symmetry sampling; "
-                        "no --property; the symmetrised data is cached in OUT/symmetric_data.npz)")
+                        "no --property; a base with a space_group adapter keeps it, labelled with each template's "
+                        "group; the symmetrised data is cached in OUT/symmetric_data.npz)")
     p.add_argument("--symmetry-start", type=float, default=0.4,
                    help="with --symmetric: the diffusion time below which crystals are noised in their templates "
                         "(above it, as usual), which the model then recommends to the symmetric mode (default 0.4)")
@@ -152,6 +153,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
         print(f"symmetrising {len(data)} crystals (cached in {Path(args.out) / 'symmetric_data.npz'})", flush=True)
         data = symmetrize_dataset(data, Path(args.out) / "symmetric_data.npz", start=args.symmetry_start)
+        if "space_group" in getattr(base.model, "conditions", ()):  # a space-group adapter: each template's group
+            data = data.with_template_groups()
     train_data, val_data = data.split_validation(args.val_fraction, seed=args.seed)
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
                       seed=args.seed, device=args.device, warmup_steps=args.warmup_steps, decay_steps=args.decay_steps)

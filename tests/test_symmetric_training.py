@@ -177,3 +177,23 @@ def test_the_symmetric_mode_starts_where_the_checkpoint_recommends_unless_the_re
     assert start_of(trained, SymmetrySpec(source="mp20", start=0.25)) == 0.25  # the request wins
     with pytest.raises(ValueError, match=r"sampling.symmetry_start: start=1.5 must be a diffusion time in \(0, 1\]"):
         start_of({"sampling": {"symmetry_start": 1.5}}, "mp20")
+
+
+def test_a_space_group_adapter_fine_tunes_on_symmetric_noise_labelled_with_its_templates(symmetric, data_dir, tmp_path):
+    from mattergen_lab.cli import main
+    from mattergen_lab.model.io import load_local_checkpoint
+    from mattergen_lab.training.finetune import adapter_model
+
+    labelled = symmetric.with_template_groups()
+    groups = [int(t.split(":")[0]) for t in symmetric.templates]
+    assert labelled.crystals.properties["space_group"].tolist() == groups and len(set(groups)) > 3
+    batch = labelled.subset(range(5)).get_batch(range(5))
+    assert batch.properties["space_group"].tolist() == groups[:5] and "space_group" not in symmetric.crystals.properties
+    base = save_checkpoint(tmp_path / "sg", adapter_model(tiny_model(), ["space_group"]),
+                           {"diffusion": DiffusionConfig().to_dict()})
+    out = tmp_path / "run"
+    assert main(["finetune", "--base", str(base), "--symmetric", "--out", str(out), "--data", str(data_dir), "--splits",
+                 "val", "--limit", "24", "--max-steps", "2", "--batch-size", "8", "--val-every", "2", "--lr", "1e-3"]) == 0
+    ckpt = load_local_checkpoint(out / "last")
+    assert ckpt.config["symmetric_training"] is True and ckpt.config["properties"] == ["space_group"]
+    assert list(ckpt.model.conditions) == ["space_group"]

@@ -108,6 +108,16 @@ class SymmetricDataset:
         return batch.replace(properties={**batch.properties, "wyckoff_template": [str(t) for t in self.templates[idx]],
                                          "symmetry_start": torch.full((len(idx),), self.start, dtype=dtype)})
 
+    def with_template_groups(self) -> "SymmetricDataset":
+        """The same crystals labelled ``properties["space_group"]`` with their templates' groups: what a space-group
+        adapter is fine-tuned on with symmetric noise, so each crystal is conditioned on the group it is noised in
+        (the sampler's ``space_group="template"``)."""
+        c = self.crystals
+        groups = np.array([int(str(t).partition(":")[0]) for t in self.templates], dtype=np.float64)
+        labelled = CrystalDataset(c.atom_types, c.frac_coords, c.lattice, c.num_atoms, c.ids,
+                                  {**c.properties, "space_group": groups}, failures=c.failures, source=c.source)
+        return SymmetricDataset(labelled, list(self.templates), start=self.start)
+
     def subset(self, indices: Any) -> "SymmetricDataset":
         idx = self.crystals._as_index_array(indices)
         return SymmetricDataset(self.crystals.subset(idx), list(self.templates[idx]), start=self.start)
