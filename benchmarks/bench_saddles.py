@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import add_common_arguments, machine_info, machine_line, write_json
+from _common import add_common_arguments, machine_info, machine_line, set_threads, write_json
 
 #: Falls (eV/atom) counted as a saddle: above the relaxation's own noise (fmax 0.05 eV/Å moves energies by < 1 meV).
 FALLS = (0.010, 0.050)
@@ -81,15 +81,21 @@ def _group(structure: Any) -> int:
     return int(data.number) if data is not None else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("campaign", help="a bench_quality.py run's campaign folder (relaxed/ and per_structure.csv)")
     parser.add_argument("--num-structures", type=int, default=64, help="the first N crystals of the run")
     parser.add_argument("--rattle", type=float, default=0.05, help="Gaussian displacement per component (Å)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--relaxer", default="chgnet")
-    add_common_arguments(parser, out="runs/bench_saddles")
+    add_common_arguments(parser, out="runs/bench_saddles", threads=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     campaign = Path(args.campaign)
     table = campaign / "per_structure.csv"
     if not table.is_file():
