@@ -5,7 +5,8 @@ breaks it), so an exactly symmetric crystal sampled at a saddle of the energy st
 to the symmetric stationary point, not to the minimum beside it. The usual test in structure searches (AIRSS,
 Pickard & Needs 2011: random displacements before relaxation) is to displace every atom a little and relax again:
 at a minimum the energy comes back; at a saddle it falls. This script does that for the first ``--num-structures``
-crystals of a ``bench_quality.py`` run (its ``campaign/relaxed/*.cif`` and ``per_structure.csv``):
+crystals of a ``bench_quality.py`` run (its ``campaign/relaxed/*.cif`` and ``per_structure.csv``), with
+:func:`mattergen_lab.evaluation.saddles.saddle_check`:
 
     OMP_NUM_THREADS=1 python benchmarks/bench_saddles.py runs/bench_quality_sym/campaign --num-structures 64
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,37 +29,7 @@ from typing import Any
 
 from _common import add_common_arguments, machine_info, machine_line, set_threads, write_json
 
-#: Falls (eV/atom) counted as a saddle: above the relaxation's own noise (fmax 0.05 eV/Å moves energies by < 1 meV).
-FALLS = (0.010, 0.050)
-
-
 # ====================================================================== pure helpers (tested)
-
-def saddle_summary(rows: Sequence[dict[str, Any]], *, threshold: float = 0.1) -> dict[str, Any]:
-    """Shares from rows with ``de`` (eV/atom, rattled minus reference), ``e_above_hull`` (eV/atom, the run's),
-    ``group_before`` and ``group_after`` (space groups of the reference and rattled relaxations)."""
-    rows = [r for r in rows if math.isfinite(r["de"])]
-    n = len(rows)
-
-    def pct(k: int, m: int) -> float:
-        return round(100.0 * k / m, 1) if m else math.nan
-
-    stable = [r for r in rows if r["e_above_hull"] <= threshold]
-    unstable = [r for r in rows if r["e_above_hull"] > threshold]
-    out: dict[str, Any] = {"n": n, "n_stable": len(stable), "n_unstable": len(unstable)}
-    for fall in FALLS:
-        key = f"{round(fall * 1000)}meV"
-        out[f"falls_over_{key}_pct"] = pct(sum(r["de"] < -fall for r in rows), n)
-        out[f"stable_falls_over_{key}_pct"] = pct(sum(r["de"] < -fall for r in stable), len(stable))
-        out[f"unstable_falls_over_{key}_pct"] = pct(sum(r["de"] < -fall for r in unstable), len(unstable))
-    out["unstable_made_stable"] = sum(r["e_above_hull"] + r["de"] <= threshold for r in unstable)
-    fallen = [r for r in rows if r["de"] < -FALLS[0]]
-    out["fallen_keep_group_pct"] = pct(sum(r["group_after"] == r["group_before"] for r in fallen), len(fallen))
-    out["fallen_p1_pct"] = pct(sum(r["group_after"] == 1 for r in fallen), len(fallen))
-    des = sorted(r["de"] for r in rows)
-    out["median_de_mev"] = round(1000 * des[n // 2], 2) if n else math.nan
-    return out
-
 
 def markdown(name: str, s: dict[str, Any]) -> str:
     return "\n".join([
@@ -72,14 +42,6 @@ def markdown(name: str, s: dict[str, Any]) -> str:
 
 
 # ====================================================================== the run
-
-def _group(structure: Any) -> int:
-    import spglib
-
-    cell = (structure.lattice.matrix, structure.frac_coords, [site.specie.Z for site in structure])
-    data = spglib.get_symmetry_dataset(cell, symprec=0.1)
-    return int(data.number) if data is not None else 1
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pymatgen.core import Structure
 
     from mattergen_lab.evaluation.relax import get_relaxer
+    from mattergen_lab.evaluation.saddles import saddle_check, saddle_summary
 
     machine = machine_info()
     print(machine_line(machine), flush=True)
@@ -119,16 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = campaign / "relaxed" / f"{r['id']}.cif"
         if not path.is_file():
             continue
-        s = Structure.from_file(path)
-        ref = relaxer.relax(s)
-        moved = s.copy()
-        for i, d in enumerate(rng.normal(0.0, args.rattle, (len(s), 3))):
-            moved.translate_sites([i], d, frac_coords=False, to_unit_cell=True)
-        again = relaxer.relax(moved)
-        ok = ref.ok and again.ok
+        check = saddle_check(Structure.from_file(path), relaxer, rattle=args.rattle, rng=rng)
         row = {"id": r["id"], "formula": r["formula"], "e_above_hull": float(r["energy_above_hull"]),
-               "de": (again.energy - ref.energy) / len(s) if ok else math.nan,
-               "group_before": _group(ref.structure) if ok else 0, "group_after": _group(again.structure) if ok else 0}
+               "de": check.de_per_atom, "group_before": check.group_before, "group_after": check.group_after}
         rows.append(row)
         print(f"{row['id']:10s} {row['formula']:20s} E_hull {row['e_above_hull']:7.3f}  ΔE {1000 * row['de']:8.1f} meV/atom  "
               f"group {row['group_before']} → {row['group_after']}", flush=True)
