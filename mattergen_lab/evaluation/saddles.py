@@ -17,6 +17,7 @@ check, costing one extra relaxation per crystal.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,26 +36,33 @@ RATTLE = 0.05
 
 @dataclass(frozen=True)
 class SaddleCheck:
-    """One crystal's check: ``de_per_atom`` (displaced minus reference relaxation, eV/atom; NaN when either failed),
-    the space groups (spglib, 0.1 Å) of the two relaxed crystals, and the displaced relaxation's crystal."""
+    """One crystal's check: ``de_per_atom`` (displaced minus reference relaxation, eV/atom; NaN unless both
+    relaxations converged: one stopped at a step or time cap would pass for a fall), the space groups of the two
+    relaxed crystals (:func:`~mattergen_lab.properties.symmetry.space_group`, 0.1 Å and 5°; 1 where spglib finds
+    none; 0 without a result), the relaxations' statuses and the displaced relaxation's crystal."""
 
     de_per_atom: float
     group_before: int
     group_after: int
     structure: Structure | None
+    status_before: str = ""
+    status_after: str = ""
 
     @property
     def at_saddle(self) -> bool:
         return bool(self.de_per_atom < -SADDLE_FALL)
 
 
-def space_group_number(structure: Structure, symprec: float = 0.1) -> int:
-    """spglib's space group of ``structure`` at ``symprec`` Å (1 when spglib finds none)."""
-    import spglib
+def space_group_number(structure: Structure | None) -> int:
+    """The project's space group of ``structure`` (1 where spglib finds none, 0 for no structure)."""
+    from mattergen_lab.properties.symmetry import space_group
 
-    cell = (structure.lattice.matrix, structure.frac_coords, [site.specie.Z for site in structure])
-    data = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    return int(data.number) if data is not None else 1
+    if structure is None:
+        return 0
+    try:
+        return int(space_group(structure))
+    except ValueError:
+        return 1
 
 
 def rattled(structure: Structure, amplitude: float, rng: np.random.Generator) -> Structure:
@@ -75,15 +83,18 @@ def saddle_check(structure: Structure, relaxer: Any, *, rattle: float = RATTLE, 
     moved = rattled(structure, rattle, rng if rng is not None else np.random.default_rng(seed))
     ref = relaxer.relax(structure)
     again = relaxer.relax(moved)
-    if not (ref.ok and again.ok):
-        return SaddleCheck(math.nan, 0, 0, again.structure)
-    return SaddleCheck((again.energy - ref.energy) / len(structure), space_group_number(ref.structure),
-                       space_group_number(again.structure), again.structure)
+    converged = ref.status == again.status == "converged" and math.isfinite(ref.energy) and math.isfinite(again.energy)
+    de = (again.energy - ref.energy) / len(structure) if converged else math.nan
+    return SaddleCheck(de, space_group_number(ref.structure), space_group_number(again.structure), again.structure,
+                       ref.status, again.status)
 
 
 def saddle_summary(rows: Sequence[dict[str, Any]], *, threshold: float = 0.1) -> dict[str, Any]:
-    """Shares from rows with ``de`` (eV/atom, displaced minus reference), ``e_above_hull`` (eV/atom, without
-    displacements), ``group_before`` and ``group_after``; ``threshold``: the stability threshold (eV/atom)."""
+    """Shares from rows with ``de`` (eV/atom, displaced minus reference; NaN rows, where a relaxation did not
+    converge, are left out and counted as ``not_converged``), ``e_above_hull`` (eV/atom, without displacements),
+    ``group_before`` and ``group_after``; ``threshold``: the stability threshold (eV/atom). ``unstable_made_stable``
+    adds the fall to E_hull: an estimate (the hull is not recomputed)."""
+    skipped = sum(not math.isfinite(r["de"]) for r in rows)
     rows = [r for r in rows if math.isfinite(r["de"])]
     n = len(rows)
 
@@ -92,7 +103,7 @@ def saddle_summary(rows: Sequence[dict[str, Any]], *, threshold: float = 0.1) ->
 
     stable = [r for r in rows if r["e_above_hull"] <= threshold]
     unstable = [r for r in rows if r["e_above_hull"] > threshold]
-    out: dict[str, Any] = {"n": n, "n_stable": len(stable), "n_unstable": len(unstable)}
+    out: dict[str, Any] = {"n": n, "not_converged": skipped, "n_stable": len(stable), "n_unstable": len(unstable)}
     for fall in FALLS:
         key = f"{round(fall * 1000)}meV"
         out[f"falls_over_{key}_pct"] = pct(sum(r["de"] < -fall for r in rows), n)
@@ -102,6 +113,6 @@ def saddle_summary(rows: Sequence[dict[str, Any]], *, threshold: float = 0.1) ->
     fallen = [r for r in rows if r["de"] < -SADDLE_FALL]
     out["fallen_keep_group_pct"] = pct(sum(r["group_after"] == r["group_before"] for r in fallen), len(fallen))
     out["fallen_p1_pct"] = pct(sum(r["group_after"] == 1 for r in fallen), len(fallen))
-    des = sorted(r["de"] for r in rows)
-    out["median_de_mev"] = round(1000 * des[n // 2], 2) if n else math.nan
+    out["median_de_mev"] = round(1000 * statistics.median(r["de"] for r in rows), 2) if n else math.nan
+    out["largest_fall_mev"] = round(-1000 * min(r["de"] for r in rows), 1) if n else math.nan
     return out
