@@ -179,7 +179,9 @@ def test_the_symmetric_mode_starts_where_the_checkpoint_recommends_unless_the_re
         start_of({"sampling": {"symmetry_start": 1.5}}, "mp20")
 
 
-def test_a_space_group_adapter_fine_tunes_on_symmetric_noise_labelled_with_its_templates(symmetric, data_dir, tmp_path):
+def test_a_space_group_adapter_fine_tunes_on_symmetric_noise_labelled_with_its_templates(symmetric, data_dir, tmp_path,
+                                                                                        monkeypatch):
+    import mattergen_lab.training.finetune as ft
     from mattergen_lab.cli import main
     from mattergen_lab.model.io import load_local_checkpoint
     from mattergen_lab.training.finetune import adapter_model
@@ -192,8 +194,13 @@ def test_a_space_group_adapter_fine_tunes_on_symmetric_noise_labelled_with_its_t
     base = save_checkpoint(tmp_path / "sg", adapter_model(tiny_model(), ["space_group"]),
                            {"diffusion": DiffusionConfig().to_dict()})
     out = tmp_path / "run"
+    seen = []
+    real = ft.finetune_symmetric
+    monkeypatch.setattr(ft, "finetune_symmetric", lambda b, train, *a, **k: seen.append(train) or real(b, train, *a, **k))
     assert main(["finetune", "--base", str(base), "--symmetric", "--out", str(out), "--data", str(data_dir), "--splits",
                  "val", "--limit", "24", "--max-steps", "2", "--batch-size", "8", "--val-every", "2", "--lr", "1e-3"]) == 0
+    train = seen[0]  # what the CLI trained on: every crystal labelled with its own template's group
+    assert train.crystals.properties["space_group"].tolist() == [int(t.split(":")[0]) for t in train.templates]
     ckpt = load_local_checkpoint(out / "last")
     assert ckpt.config["symmetric_training"] is True and ckpt.config["properties"] == ["space_group"]
     assert list(ckpt.model.conditions) == ["space_group"]
