@@ -66,13 +66,16 @@ def space_group_number(structure: Structure | None) -> int:
 
 
 def rattled(structure: Structure, amplitude: float, rng: np.random.Generator) -> Structure:
-    """A copy with every site moved by Gaussian displacements of ``amplitude`` Å per Cartesian component."""
+    """A copy with every site moved by Gaussian displacements of ``amplitude`` Å per Cartesian component (ASE's
+    ``Atoms.rattle`` with ``rng``), wrapped into the cell."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
     if not (isinstance(amplitude, (int, float)) and 0 < amplitude <= 0.5):
         raise ValueError(f"rattle amplitude={amplitude!r} must be in (0, 0.5] Å")
-    out = structure.copy()
-    for i, d in enumerate(rng.normal(0.0, amplitude, (len(out), 3))):
-        out.translate_sites([i], d, frac_coords=False, to_unit_cell=True)
-    return out
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.rattle(stdev=amplitude, rng=rng)
+    atoms.wrap()
+    return AseAtomsAdaptor.get_structure(atoms)
 
 
 def saddle_check(structure: Structure, relaxer: Any, *, rattle: float = RATTLE, seed: int = 0,

@@ -113,7 +113,7 @@ class SymmetricDataset:
         adapter is fine-tuned on with symmetric noise, so each crystal is conditioned on the group it is noised in
         (the sampler's ``space_group="template"``)."""
         c = self.crystals
-        groups = np.array([int(str(t).partition(":")[0]) for t in self.templates], dtype=np.float64)
+        groups = np.array([WyckoffTemplate.parse(t).space_group for t in self.templates], dtype=np.float64)
         labelled = CrystalDataset(c.atom_types, c.frac_coords, c.lattice, c.num_atoms, c.ids,
                                   {**c.properties, "space_group": groups}, failures=c.failures, source=c.source)
         return SymmetricDataset(labelled, list(self.templates), start=self.start)
